@@ -1,0 +1,1 @@
+"""geotune data: sensors, ingestion of user imagery and labels, dataset folders, datamodules."""

@@ -1,0 +1,322 @@
+"""User imagery in: name its bands, check it, stack band files on the finest grid, copy it tiled.
+
+Rules for ``--image`` files:
+- one multi-band file is one scene; several multi-band files with the same bands are several
+  dates of one area (multi-temporal / change detection);
+- several single-band files are the bands of one scene (as Sentinel-2 delivers them), stacked
+  onto the grid of the finest band, coarser bands resampled bilinearly.
+
+Band names come from ``--bands`` (in file/band order), else from the files' band descriptions,
+else from the sensor's asset ids in the file names (``..._B8A.tif`` → ``nir08``), else from the
+sensor when the band count equals the sensor's full band list. Otherwise it is an error that says
+how to name them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .errors import UserError
+from .sensors import Sensor, get_sensor
+
+
+class ImageryError(UserError):
+    """Bad imagery input; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Grid:
+    crs: rasterio.crs.CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return _bounds(self)
+
+
+def _bounds(g: Grid) -> tuple[float, float, float, float]:
+    left, top = g.transform.c, g.transform.f
+    right = left + g.transform.a * g.width
+    bottom = top + g.transform.e * g.height
+    return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+
+
+@dataclass
+class Scene:
+    """One date: its source files (one per band, or one multi-band file) on a common grid."""
+
+    files: list[Path]
+    bands: list[str]
+    grid: Grid
+    dtype: str
+    nodata: float | None
+    date: date | None = None
+    band_sources: list[tuple[Path, int]] = field(default_factory=list)  # (file, 1-based band)
+
+
+def _open(path: Path):
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise ImageryError(f"cannot read image {path}: {e}. Give a GeoTIFF/COG file.") from None
+
+
+def _file_date(ds) -> date | None:
+    tags = {k.upper(): v for k, v in ds.tags().items()}
+    for key in ("ACQUISITION_DATE", "DATETIME", "TIFFTAG_DATETIME", "DATE"):
+        if key in tags:
+            text = (
+                tags[key].strip().replace(":", "-", 2) if key == "TIFFTAG_DATETIME" else tags[key]
+            )
+            m = re.match(r"(\d{4})-(\d{2})-(\d{2})", text)
+            if m:
+                return date(int(m[1]), int(m[2]), int(m[3]))
+    return None
+
+
+def parse_date(text: str | None) -> date | None:
+    if text in (None, "", "unknown"):
+        return None
+    try:
+        return datetime.fromisoformat(str(text)).date()
+    except ValueError:
+        raise ImageryError(f"date {text!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _names_from_descriptions(ds) -> list[str] | None:
+    desc = [d for d in ds.descriptions]
+    if all(desc) and len(set(desc)) == len(desc):
+        return [d.strip() for d in desc]
+    return None
+
+
+def _name_from_filename(path: Path, sensor: Sensor | None) -> str | None:
+    if sensor is None:
+        return None
+    stem = path.stem.upper()
+    hits = [
+        b.name
+        for b in sensor.bands
+        if b.asset and re.search(rf"(^|[_\-.]){re.escape(b.asset.upper())}($|[_\-.])", stem)
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
+def open_scenes(
+    paths: list[str | Path],
+    *,
+    bands: list[str] | None = None,
+    sensor: str | None = None,
+    dates: list[str | date | None] | None = None,
+) -> list[Scene]:
+    """Inspect the files, name their bands, and return one :class:`Scene` per date."""
+    if not paths:
+        raise ImageryError(
+            "no imagery given: pass --image scene.tif (repeat for band files or dates)"
+        )
+    sens = get_sensor(sensor) if sensor else None
+    files = [Path(p).expanduser() for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise ImageryError(f"image file {f} does not exist")
+    infos = []
+    for f in files:
+        with _open(f) as ds:
+            if ds.crs is None:
+                raise ImageryError(
+                    f"{f.name} has no CRS (coordinate reference system). Georeference it first, "
+                    "e.g. gdal_translate -a_srs EPSG:32633 in.tif out.tif"
+                )
+            infos.append(
+                (
+                    f,
+                    ds.count,
+                    ds.crs,
+                    ds.transform,
+                    ds.width,
+                    ds.height,
+                    ds.dtypes[0],
+                    ds.nodata,
+                    _names_from_descriptions(ds),
+                    _file_date(ds),
+                )
+            )
+    counts = {i[1] for i in infos}
+    if len(files) > 1 and counts == {1}:
+        scenes = [_band_files_scene(infos, bands, sens)]
+    elif len(files) == 1 or 1 not in counts:
+        scenes = [_multiband_scene(info, bands, sens) for info in infos]
+        names = {tuple(s.bands) for s in scenes}
+        if len(names) > 1:
+            raise ImageryError(
+                f"the dates have different bands: {sorted(names)}; every date needs the same bands"
+            )
+    else:
+        raise ImageryError(
+            "mixing single-band and multi-band files: give either one multi-band file per date, "
+            "or one single-band file per band of a single scene"
+        )
+    if dates:
+        if len(dates) != len(scenes):
+            raise ImageryError(f"{len(dates)} date(s) given for {len(scenes)} scene(s)")
+        for s, d in zip(scenes, dates, strict=True):
+            s.date = d if isinstance(d, date) else parse_date(d)
+    if sens is not None:
+        unknown = [b for b in scenes[0].bands if b not in sens.band_names]
+        if unknown:
+            raise ImageryError(
+                f"bands {unknown} are not bands of sensor {sens.id} ({', '.join(sens.band_names)}). "
+                "Fix --bands or --sensor."
+            )
+    if len(scenes) > 1:
+        g0 = scenes[0].grid
+        for s in scenes[1:]:
+            if s.grid.crs != g0.crs or s.grid.res != g0.res:
+                raise ImageryError(
+                    "all dates must share CRS and resolution; reproject them to one grid first"
+                )
+    return scenes
+
+
+def _multiband_scene(info, bands, sens) -> Scene:
+    f, count, crs, transform, w, h, dtype, nodata, desc, fdate = info
+    if bands:
+        if len(bands) != count:
+            raise ImageryError(
+                f"{f.name} has {count} bands but --bands names {len(bands)}: {','.join(bands)}"
+            )
+        names = list(bands)
+    elif desc and (sens is None or all(d in sens.band_names for d in desc)):
+        names = desc
+    elif sens is not None:
+        if count != len(sens.bands):
+            raise ImageryError(
+                f"{f.name} has {count} bands but sensor {sens.id} has {len(sens.bands)} "
+                f"({', '.join(sens.band_names)}). Name the file's bands in order with --bands, "
+                f"e.g. --bands {','.join(sens.band_names[:count])}"
+            )
+        names = sens.band_names
+    else:
+        raise ImageryError(
+            f"cannot tell the bands of {f.name} ({count} bands, no band descriptions). "
+            "Pass --sensor ID (e.g. sentinel-2-l2a) or --bands blue,green,red,..."
+        )
+    if sens is not None and nodata is None:
+        nodata = sens.nodata
+    grid = Grid(crs, transform, w, h)
+    return Scene([f], names, grid, dtype, nodata, fdate, [(f, i + 1) for i in range(count)])
+
+
+def _band_files_scene(infos, bands, sens) -> Scene:
+    files = [i[0] for i in infos]
+    if bands:
+        if len(bands) != len(files):
+            raise ImageryError(f"{len(files)} band files but --bands names {len(bands)}")
+        names = list(bands)
+    else:
+        names = []
+        for f, *_rest in infos:
+            desc = _rest[7]
+            name = desc[0] if desc else _name_from_filename(f, sens)
+            if name is None:
+                raise ImageryError(
+                    f"cannot tell which band {f.name} holds. Pass --sensor ID so band ids in file "
+                    "names are recognised (e.g. _B8A → nir08), or --bands in file order."
+                )
+            names.append(name)
+    if len(set(names)) != len(names):
+        raise ImageryError(f"band names repeat: {names}")
+    crss = {i[2].to_string() for i in infos}
+    if len(crss) > 1:
+        raise ImageryError(
+            f"band files are in different CRSs ({', '.join(crss)}); reproject them to one CRS"
+        )
+    finest = min(infos, key=lambda i: abs(i[3].a))
+    grid = Grid(finest[2], finest[3], finest[4], finest[5])
+    dtypes = {i[6] for i in infos}
+    nodata = finest[7] if finest[7] is not None else (sens.nodata if sens else None)
+    fdate = next((i[9] for i in infos if i[9]), None)
+    return Scene(
+        files, names, grid, np.result_type(*dtypes).name, nodata, fdate, [(f, 1) for f in files]
+    )
+
+
+def iter_windows(width: int, height: int, size: int = 1024):
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+class SceneReader:
+    """Read windows of a :class:`Scene` on its grid, all bands stacked ``[C, h, w]``."""
+
+    def __init__(self, scene: Scene):
+        self.scene = scene
+        self._handles: dict[Path, object] = {}
+        g = scene.grid
+        for f, _ in scene.band_sources:
+            if f in self._handles:
+                continue
+            ds = rasterio.open(f)
+            if ds.transform != g.transform or ds.width != g.width or ds.height != g.height:
+                ds = WarpedVRT(
+                    ds,
+                    crs=g.crs,
+                    transform=g.transform,
+                    width=g.width,
+                    height=g.height,
+                    resampling=Resampling.bilinear,
+                )
+            self._handles[f] = ds
+
+    def read(self, window: Window) -> np.ndarray:
+        out = []
+        for f, b in self.scene.band_sources:
+            out.append(self._handles[f].read(b, window=window))
+        return np.stack(out)
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
+    return {
+        "driver": "GTiff",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "ZSTD",
+        "zstd_level": 1,
+        "predictor": 2 if np.issubdtype(np.dtype(dtype), np.integer) else 1,
+        "interleave": "pixel",
+        "bigtiff": "IF_SAFER",
+    }

@@ -1,0 +1,88 @@
+"""Small seeded synthetic scenes for tests: a GeoTIFF whose spectra follow a class map, plus
+label polygons over part of it, written the way users deliver them (rasterio, GeoJSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+
+CLASSES = ["water", "forest", "field"]
+SPECTRA = np.array(  # per class, per band (blue, green, red, nir08): reflectance x 10000
+    [[900, 1100, 700, 300], [400, 700, 400, 3500], [1200, 1400, 1600, 2500]], dtype=np.float32
+)
+BANDS = ["blue", "green", "red", "nir08"]
+
+
+def class_map(size: int, seed: int, cell: int = 16) -> np.ndarray:
+    """Blocky random class regions (nearest of random seeds on a coarse grid)."""
+    rng = np.random.default_rng(seed)
+    n = max(4, (size // cell) ** 2 // 3)
+    pts = rng.uniform(0, size, (n, 2))
+    lab = rng.integers(0, len(CLASSES), n)
+    yy, xx = np.mgrid[0:size, 0:size]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    return lab[d.argmin(-1)].astype(np.uint8)
+
+
+def make_scene(
+    folder: Path,
+    size: int = 128,
+    seed: int = 0,
+    crs: str = "EPSG:32633",
+    res: float = 10.0,
+    origin=(500000.0, 4200000.0),
+    name: str = "scene.tif",
+    nodata_corner: int = 0,
+    descriptions: bool = True,
+) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    cmap = class_map(size, seed)
+    img = SPECTRA[cmap].transpose(2, 0, 1) + rng.normal(0, 120, (len(BANDS), size, size))
+    img = np.clip(img, 1, 20000).astype(np.uint16)
+    if nodata_corner:
+        img[:, :nodata_corner, :nodata_corner] = 0
+    path = Path(folder) / name
+    with rasterio.open(
+        path, "w", driver="GTiff", width=size, height=size, count=len(BANDS), dtype="uint16",
+        crs=crs, transform=from_origin(origin[0], origin[1], res, res), nodata=0,
+    ) as dst:  # fmt: skip
+        dst.write(img)
+        if descriptions:
+            dst.descriptions = tuple(BANDS)
+    return path, cmap
+
+
+def make_labels(
+    folder: Path, scene: Path, cmap: np.ndarray, seed: int = 0, keep: float = 0.7, name: str = "labels.geojson",
+    column: str = "class_name", to_crs: str | None = "EPSG:4326", driver: str | None = None, cell: int = 20,
+) -> Path:  # fmt: skip
+    """Polygons of a random subset of the class regions cut by a ``cell``-px grid (many small
+    units, as people draw them), shrunk by one pixel, in ``to_crs``."""
+    rng = np.random.default_rng(seed + 2)
+    with rasterio.open(scene) as src:
+        transform, crs, res = src.transform, src.crs, src.res[0]
+    geoms, names = [], []
+    yy, xx = np.mgrid[0 : cmap.shape[0], 0 : cmap.shape[1]]
+    pieces = (cmap.astype(np.int32) * 10000 + (yy // cell) * 100 + xx // cell).astype(np.int32)
+    for geom, value in shapes(pieces, transform=transform):
+        poly = shapely.geometry.shape(geom).buffer(-res)
+        if poly.is_empty or poly.area < (4 * res) ** 2 or rng.random() > keep:
+            continue
+        for part in getattr(poly, "geoms", [poly]):
+            geoms.append(part)
+            names.append(CLASSES[int(value) // 10000])
+    gdf = gpd.GeoDataFrame({column: names}, geometry=geoms, crs=crs)
+    if to_crs:
+        gdf = gdf.to_crs(to_crs)
+    path = Path(folder) / name
+    if path.suffix == ".parquet":
+        gdf.to_parquet(path)
+    else:
+        gdf.to_file(path, driver=driver)
+    return path

@@ -1,0 +1,144 @@
+"""The geotune command as a user runs it: subprocesses, real files, exit codes, messages."""
+
+import json
+import subprocess
+import sys
+
+from conftest import env_with_home
+
+GEOTUNE = [sys.executable, "-m", "trainer.cli"]
+
+
+def run(args, home, check=True, timeout=600):
+    p = subprocess.run(
+        GEOTUNE + args, capture_output=True, text=True, env=env_with_home(home), timeout=timeout
+    )
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def test_help_is_fast_and_lazy(home):
+    code = (
+        "import sys\nfrom trainer import cli\n"
+        "for argv in (['--help'], ['data', 'add', '--help'], ['predict', '--help'], ['models', '--help'], ['backbones', '--help'], ['demo', '--help']):\n"
+        "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('lightning', 'timm', 'torchgeo.models', 'mlflow.pytorch') if m in sys.modules))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env_with_home(home),
+        timeout=120,
+    )
+    assert "HEAVY []" in p.stdout, p.stdout[-500:]
+    assert "--class-column" in p.stdout and "NAME@ALIAS" in p.stdout
+
+
+def test_train_help_shows_groups(home):
+    p = run(["train", "--help"], home)
+    assert (
+        "geotune train: fine-tune" in p.stdout
+        and "backbone: " in p.stdout
+        and "resnet18" in p.stdout
+    )
+
+
+def test_bad_input_is_a_message_not_a_traceback(home, scene):
+    p = run(
+        [
+            "data",
+            "add",
+            "--name",
+            "x",
+            "--image",
+            str(scene["image"]),
+            "--labels",
+            str(scene["labels"]),
+        ],
+        home,
+        check=False,
+    )
+    assert p.returncode == 2
+    assert (
+        "error: labels.geojson has no column 'class'" in p.stderr
+        and "--class-column class_name" in p.stderr
+    )
+    assert "Traceback" not in p.stderr
+    p = run(
+        [
+            "predict",
+            "--model",
+            "nope@champion",
+            "--image",
+            str(scene["image"]),
+            "--out",
+            str(home / "o"),
+        ],
+        home,
+        check=False,
+    )
+    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
+    p = run(["train", "data.dataset=missing", "backbone.weights=random"], home, check=False)
+    assert (
+        p.returncode == 2 and "no dataset 'missing'" in p.stderr and "geotune data add" in p.stderr
+    )
+
+
+def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
+    p = run(
+        [
+            "data",
+            "add",
+            "--name",
+            "cli",
+            "--image",
+            str(scene["image"]),
+            "--labels",
+            str(scene["labels"]),
+            "--class-column",
+            "class_name",
+            "--block-size",
+            "32",
+        ],
+        home,
+    )
+    assert "dataset 'cli' created" in p.stdout and "water" in p.stdout
+    p = run(["data", "show", "cli", "--json"], home)
+    assert json.loads(p.stdout)["classes"][0]["name"] == "field"
+    assert "cli " in run(["data", "list"], home).stdout
+
+    overrides = [
+        "data.dataset=cli",
+        "backbone.size=tiny",
+        "backbone.weights=random",
+        "data.patch_size=64",
+        "data.num_workers=0",
+        "data.chips_per_epoch=16",
+        "trainer.max_epochs=1",
+        "register.name=clim",
+        "register.alias=champion",
+    ]
+    p = run(["train", *overrides], home)
+    assert "test/mIoU" in p.stdout and "registered: clim version 1" in p.stdout
+    run(["train", *overrides[:-1]], home)  # a second version, no alias change
+    p = run(["models", "list"], home)
+    assert "clim" in p.stdout and "champion→v1" in p.stdout and "latest v2" in p.stdout
+    run(["models", "alias", "clim", "champion", "2"], home)
+    assert "champion→v2" in run(["models", "list"], home).stdout
+
+    out = tmp_path / "pred"
+    p = run(
+        ["predict", "--model", "clim@champion", "--image", str(scene["image"]), "--out", str(out)],
+        home,
+    )
+    assert {"classes.tif", "confidence.tif", "polygons.geojson", "summary.json"} <= {
+        f.name for f in out.iterdir()
+    }
+    assert (
+        json.loads((out / "summary.json").read_text())["provenance"]["model"]
+        == "models:/clim@champion"
+    )
+    p = run(["backbones", "list"], home)
+    assert "resnet18" in p.stdout and "absent" in p.stdout

@@ -1,0 +1,1 @@
+"""geotune trainer: backbones, heads, tasks, training, registry, prediction and the CLI."""

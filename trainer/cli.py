@@ -1,0 +1,463 @@
+"""The ``geotune`` command. One dispatcher; every subcommand imports what it needs lazily, so
+``geotune --help`` and ``geotune data ...`` never import lightning, timm or torchgeo.models.
+
+``geotune train`` / ``geotune benchmark`` hand their arguments to Hydra unchanged, and keep
+``sys.argv`` intact: Lightning's DDP launcher re-executes the command line for every rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from datamodules.errors import UserError
+
+DESCRIPTION = """geotune: fine-tune Clay, Prithvi-EO and ResNet on your labels, track and register
+models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
+
+  geotune demo                                   the whole path on a real Sentinel-2 sample
+  geotune data add --name NAME --image scene.tif --labels labels.geojson --class-column class
+  geotune train data.dataset=NAME backbone=resnet18 trainer.max_epochs=5 register.name=NAME
+  geotune predict --model NAME@champion --image scene.tif --out results/
+  geotune models list
+"""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+# -- data -----------------------------------------------------------------------------------------
+def cmd_data(args) -> int:
+    from datamodules.manifest import delete_dataset, list_datasets, load_dataset
+
+    if args.data_cmd == "add":
+        from datamodules.ingest import ingest
+
+        fractions = None
+        if args.split_fractions:
+            vals = [float(v) for v in args.split_fractions.split(",")]
+            if len(vals) != 3:
+                raise UserError(
+                    "--split-fractions takes three numbers: train,val,test (e.g. 0.7,0.15,0.15)"
+                )
+            fractions = dict(zip(("train", "val", "test"), vals, strict=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = ingest(
+                name=args.name,
+                images=args.image,
+                labels=args.labels,
+                class_column=args.class_column,
+                sensor=args.sensor,
+                bands=_csv(args.bands),
+                dates=args.date,
+                classes_file=args.classes,
+                mask_ignore_values=[int(v) for v in _csv(args.ignore_values) or []],
+                block_size=args.block_size,
+                split_fractions=fractions,
+                seed=args.seed,
+                min_class_pixels=args.min_class_pixels,
+            )
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print(f"warning: {w.message}", file=sys.stderr)
+        print(f"dataset {ds.id!r} created at {ds.path}")
+        _show_dataset(ds)
+        print(
+            f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random"
+        )
+    elif args.data_cmd == "list":
+        rows = list_datasets()
+        if not rows:
+            print(
+                "no datasets yet: geotune data add --name NAME --image scene.tif --labels labels.geojson"
+            )
+        for ds in rows:
+            m = ds.manifest
+            print(
+                f"{ds.id:24s} {m['num_classes']} classes  {len(m['bands'])} bands  {m['shape'][1]}x{m['shape'][0]} px  {m['crs']}  {m['created']}"
+            )
+    elif args.data_cmd == "show":
+        ds = load_dataset(args.id)
+        if args.json:
+            print(json.dumps(ds.manifest, indent=2))
+        else:
+            _show_dataset(ds)
+    elif args.data_cmd == "delete":
+        delete_dataset(args.id)
+        print(f"deleted dataset {args.id!r}")
+    return 0
+
+
+def _show_dataset(ds) -> None:
+    m = ds.manifest
+    print(f"id: {m['id']}  name: {m['name']}  owner: {m['owner']}  task: {m['task']}")
+    print(
+        f"sensor: {m['sensor'] or '-'}  bands: {', '.join(m['bands'])}  dates: {', '.join(d or 'unknown' for d in m['dates'])}"
+    )
+    print(f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}")
+    sp = m["splits"]
+    print(
+        f"splits: {sp['method']} of {sp['block_size']} px, seed {sp['seed']}; units "
+        + ", ".join(f"{k} {v}" for k, v in sp["units"].items())
+    )
+    print(
+        f"{'id':>3} {'class':20s} {'units':>6} {'pixels':>9}  "
+        + "  ".join(f"{s:>8s}" for s in sp["pixels"])
+    )
+    for c in m["classes"]:
+        per = "  ".join(f"{sp['pixels'][s][c['slug']]:>8d}" for s in sp["pixels"])
+        print(f"{c['id']:>3} {c['name'][:20]:20s} {c['units']:>6d} {c['pixels']:>9d}  {per}")
+
+
+# -- hydra apps -----------------------------------------------------------------------------------
+def run_hydra(config_name: str, task) -> int:
+    """Run ``task(cfg)`` as a Hydra app on the arguments after the subcommand."""
+    import hydra
+
+    from .config import CONFIG_PATH, register_resolvers
+
+    register_resolvers()
+    original = list(sys.argv)
+    status = {"code": 0}
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+    def _app(cfg):
+        sys.argv = original  # Lightning's DDP launcher re-executes this exact command line
+        try:
+            task(cfg)
+        except Exception as e:
+            user = _user_error(e)
+            if user is None:
+                raise
+            print(f"error: {user}", file=sys.stderr)
+            status["code"] = 2
+
+    sys.argv = [original[0]] + original[2:]
+    try:
+        _app()
+    finally:
+        sys.argv = original
+    return status["code"]
+
+
+def _user_error(e: BaseException | None) -> UserError | None:
+    """The user error behind ``e``, also when Hydra's instantiate wrapped it."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, UserError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def _train_and_report(cfg) -> None:
+    from .train import train
+
+    result = train(cfg)
+    print_result(result)
+
+
+def print_result(result: dict) -> None:
+    test = result.get("test", {})
+    keys = [k for k in test if k.count("/") == 1] + sorted(
+        k for k in test if k.startswith("test/IoU/")
+    )
+    width = max((len(k) for k in keys), default=10)
+    print("\n" + "metric".ljust(width) + "   value")
+    for k in keys:
+        print(f"{k.ljust(width)}   {test[k]:.4f}")
+    print(f"\nMLflow run: {result['run_id']}")
+    if result.get("model_version"):
+        print(f"registered: {result['registered_name']} version {result['model_version']}")
+
+
+# -- predict --------------------------------------------------------------------------------------
+def cmd_predict(args) -> int:
+    from .predict import PredictOptions, predict_scene
+    from .registry import load_model
+
+    model = load_model(args.model, version=args.version, alias=args.alias)
+    opts = PredictOptions(
+        chip_size=args.chip_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        tile_size=args.tile_size,
+        polygons=not args.no_polygons,
+        min_area_m2=args.min_area,
+        simplify=args.simplify,
+        sieve_pixels=args.sieve,
+        confidence_threshold=args.confidence_threshold,
+    )
+    summary = predict_scene(
+        model, args.image, args.out, bands=_csv(args.bands), sensor=args.sensor, options=opts
+    )
+    print(f"{summary['n_pixels']} pixels predicted in {summary['seconds']} s → {args.out}")
+    for row in summary["class_histogram"]:
+        print(
+            f"  {row['name']:20s} {row['pixels']:>10d} px  {row['area_m2'] / 1e6:10.3f} km²  {row['fraction']:7.2%}"
+        )
+    for k, v in summary["outputs"].items():
+        print(f"  {k}: {args.out}/{v}")
+    return 0
+
+
+# -- models ---------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from .registry import setup_mlflow
+
+    client = setup_mlflow()
+    if args.models_cmd == "list":
+        models = client.search_registered_models()
+        if not models:
+            print("no registered models yet: geotune train ... register.name=NAME")
+        for m in models:
+            rm = client.get_registered_model(m.name)
+            aliases = ", ".join(f"{a}→v{v}" for a, v in (rm.aliases or {}).items())
+            latest = max(
+                (int(v.version) for v in client.search_model_versions(f"name='{m.name}'")),
+                default=0,
+            )
+            print(f"{m.name:30s} latest v{latest}  {aliases}")
+    elif args.models_cmd == "show":
+        rm = client.get_registered_model(args.name)
+        print(f"{rm.name}  aliases: {dict(rm.aliases or {})}")
+        for v in sorted(
+            client.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)
+        ):
+            run = client.get_run(v.run_id) if v.run_id else None
+            miou = run.data.metrics.get("test/mIoU") if run else None
+            print(
+                f"  v{v.version}  run {v.run_id}  test/mIoU {miou if miou is None else round(miou, 4)}  tags {dict(v.tags)}"
+            )
+    elif args.models_cmd == "alias":
+        client.get_model_version(args.name, str(args.version))
+        client.set_registered_model_alias(args.name, args.alias, str(args.version))
+        print(f"{args.name}@{args.alias} → version {args.version}")
+    return 0
+
+
+# -- backbones ------------------------------------------------------------------------------------
+def cmd_backbones(args) -> int:
+    from datamodules.paths import weights_dir
+
+    from .backbones import weights_status
+
+    if args.backbones_cmd == "list":
+        print(f"weights directory: {weights_dir()}  (GEOTUNE_WEIGHTS_DIR)")
+        for r in weights_status():
+            mark = "present" if r["present"] else "absent"
+            print(
+                f"{r['name']:22s} sizes {','.join(r['sizes']):18s} {r['weights_file']:44s} {mark:8s} {r['description']}"
+            )
+    elif args.backbones_cmd == "extract":
+        from .backbones.checkpoints import extract
+
+        out = extract(args.name, args.checkpoint, args.out)
+        print(f"encoder weights of {args.name} written to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(epochs=args.epochs, workdir=args.workdir, name=args.name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geotune",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="add, list, show and delete datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
+    a = dsub.add_parser(
+        "add",
+        help="ingest imagery + labels into a dataset folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a.add_argument("--name", required=True, help="dataset name (its id is the name's slug)")
+    a.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="GeoTIFF/COG; repeat for band files of one scene, or one multi-band file per date",
+    )
+    a.add_argument(
+        "--labels",
+        required=True,
+        help="polygons (GeoJSON, GPKG, zipped Shapefile, GeoParquet, FlatGeobuf) or a mask raster",
+    )
+    a.add_argument(
+        "--class-column", default=None, help="the labels' class column (default: 'class')"
+    )
+    a.add_argument(
+        "--sensor",
+        default=None,
+        help="sensor id: sentinel-2-l1c, sentinel-2-l2a, landsat-c2-l1, landsat-c2-l2, hls, sentinel-1-rtc, naip, rgb",
+    )
+    a.add_argument(
+        "--bands", default=None, help="band names in file order, e.g. blue,green,red,nir08"
+    )
+    a.add_argument(
+        "--date",
+        action="append",
+        default=None,
+        help="acquisition date (YYYY-MM-DD) per scene, when the files do not say",
+    )
+    a.add_argument("--classes", default=None, help="class table JSON: [{id, name, color, value}]")
+    a.add_argument(
+        "--ignore-values", default=None, help="mask values that mean 'unlabelled' (comma-separated)"
+    )
+    a.add_argument(
+        "--block-size", type=int, default=256, help="edge of the spatial split blocks, in pixels"
+    )
+    a.add_argument(
+        "--split-fractions", default=None, help="train,val,test shares (default 0.7,0.15,0.15)"
+    )
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--min-class-pixels",
+        type=int,
+        default=20,
+        help="labelled pixels every class needs in every split",
+    )
+    dsub.add_parser("list", help="list datasets")
+    s = dsub.add_parser("show", help="classes, counts, bands, CRS and splits of a dataset")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true", help="print the whole manifest")
+    s = dsub.add_parser("delete", help="delete a dataset")
+    s.add_argument("id")
+
+    sub.add_parser(
+        "train",
+        help="fine-tune (a Hydra app: geotune train --help shows the config groups)",
+        add_help=False,
+    )
+
+    pr = sub.add_parser(
+        "predict",
+        help="predict a scene → class COG, confidence COG, polygons, areas",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pr.add_argument(
+        "--model", required=True, help="NAME@ALIAS, NAME with --version, or a models:/ URI"
+    )
+    pr.add_argument("--version", default=None, help="model version number")
+    pr.add_argument("--alias", default=None, help="model alias (same as NAME@ALIAS)")
+    pr.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="GeoTIFF/COG (repeat for band files, or dates)",
+    )
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--bands", default=None, help="band names in file order when the file has none")
+    pr.add_argument("--sensor", default=None, help="sensor id, to name bands from the sensor table")
+    pr.add_argument(
+        "--chip-size",
+        type=int,
+        default=None,
+        help="chip edge in px (default: 512 for CNNs, the training patch for ViTs)",
+    )
+    pr.add_argument(
+        "--overlap", type=int, default=None, help="chip overlap in px (default: the model's)"
+    )
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument(
+        "--tile-size", type=int, default=2048, help="output tile edge in px; bounds memory"
+    )
+    pr.add_argument(
+        "--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)"
+    )
+    pr.add_argument(
+        "--simplify", type=float, default=0.0, help="polygon simplification tolerance (CRS units)"
+    )
+    pr.add_argument(
+        "--sieve", type=int, default=0, help="remove class patches smaller than this many pixels"
+    )
+    pr.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        help="pixels below this confidence (0..1) become nodata",
+    )
+    pr.add_argument("--no-polygons", action="store_true", help="skip the GeoJSON polygons")
+
+    m = sub.add_parser("models", help="registered models: list, show, alias")
+    msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
+    msub.add_parser("list", help="registered models and their aliases")
+    s = msub.add_parser("show", help="versions of a model with their runs and metrics")
+    s.add_argument("name")
+    s = msub.add_parser(
+        "alias", help="point an alias at a version: geotune models alias NAME champion 3"
+    )
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("version", type=int)
+
+    b = sub.add_parser("backbones", help="list backbones and weights; extract encoder weights")
+    bsub = b.add_subparsers(dest="backbones_cmd", required=True, metavar="ACTION")
+    bsub.add_parser(
+        "list", help="every backbone, its sizes, and whether its official weights file is present"
+    )
+    s = bsub.add_parser("extract", help="write the encoder-only weights of an official checkpoint")
+    s.add_argument("name", help="backbone name, e.g. clay_v1_5")
+    s.add_argument("checkpoint", help="the official file")
+    s.add_argument("out", help="output .pt file")
+
+    dm = sub.add_parser(
+        "demo",
+        help="ingest, fine-tune, register, reload and predict a real Sentinel-2 sample",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dm.add_argument("--epochs", type=int, default=12)
+    dm.add_argument("--name", default="demo", help="dataset and registered model name")
+    dm.add_argument(
+        "--workdir",
+        default=None,
+        help="where labels and predictions go (default: $GEOTUNE_HOME/demo)",
+    )
+    return p
+
+
+HYDRA_COMMANDS = {"train": ("train", "_train_and_report")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in HYDRA_COMMANDS:
+        config_name, fn = HYDRA_COMMANDS[argv[0]]
+        sys.argv = [sys.argv[0], *argv]
+        return run_hydra(config_name, globals()[fn])
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "data": cmd_data,
+        "predict": cmd_predict,
+        "models": cmd_models,
+        "backbones": cmd_backbones,
+        "demo": cmd_demo,
+    }
+    try:
+        return handlers[args.cmd](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MLflow's "not found" errors are user errors too
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(e, MlflowException):
+            print(f"error: {e.message}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

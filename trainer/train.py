@@ -1,0 +1,233 @@
+"""``train(cfg)``: dataset → backbone + task → Lightning fit/test → MLflow run → registry.
+
+The Hydra shell (``main``) is thin; tests, the demo and the benchmark call ``train`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import flat_params, register_resolvers
+
+
+def backbone_arguments(bcfg: DictConfig, ds, patch_size: int) -> dict:
+    """Build arguments for ``build_backbone``: the config's fields plus what the dataset implies.
+
+    Random weights learn the dataset's own bands with the dataset's statistics (unless
+    ``normalization=pretrained``); pretrained weights keep their bands and statistics, picked
+    for the dataset's sensor (Clay takes any band subset through wavelengths).
+    """
+    from .backbones import get_entry
+
+    b = OmegaConf.to_container(bcfg, resolve=True)
+    family = get_entry(b["name"]).family
+    kwargs = {
+        k: v
+        for k, v in b.items()
+        if k not in ("name", "weights", "normalization", "finetune", "last_n") and v is not None
+    }
+    random = str(b.get("weights")) == "random"
+    norm = b.get("normalization", "auto")
+    if ds.manifest.get("sensor"):
+        kwargs["sensor"] = ds.manifest["sensor"]
+    if random or family == "clay":
+        kwargs["bands"] = ds.bands
+    if (random and norm != "pretrained") or norm == "dataset":
+        kwargs["bands"] = ds.bands
+        kwargs["mean"] = ds.manifest["stats"]["mean"]
+        kwargs["std"] = [max(s, 1e-6) for s in ds.manifest["stats"]["std"]]
+    if family != "resnet":
+        kwargs.setdefault("img_size", patch_size)
+    if family == "prithvi" and len(ds.images) > 1:
+        kwargs.setdefault("num_frames", len(ds.images))
+    return kwargs
+
+
+def _output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        from datamodules.paths import home
+
+        d = home() / "runs" / time.strftime("%Y-%m-%d/%H-%M-%S") / f"{os.getpid()}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune as configured; returns run id, metrics, checkpoint and registered version."""
+    import lightning as L
+    import mlflow
+    from hydra.utils import instantiate
+
+    from .backbones import build_backbone
+    from .registry import log_model, register, setup_mlflow
+
+    register_resolvers()
+    L.seed_everything(cfg.seed, workers=True)
+    setup_mlflow()
+    out_dir = _output_dir()
+    dm = instantiate(cfg.data, seed=cfg.seed)
+    ds = dm.ds
+    b_kwargs = backbone_arguments(cfg.backbone, ds, cfg.data.patch_size)
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **b_kwargs)
+    bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
+    gsd = float(ds.manifest["resolution"][0])
+    task = instantiate(
+        cfg.task,
+        backbone=backbone,
+        classes=ds.classes,
+        ignore_index=ds.ignore_index,
+        bands=bands,
+        gsd=gsd,
+        finetune=cfg.backbone.finetune,
+        last_n=cfg.backbone.last_n,
+        _convert_="all",
+    )
+    run_name = cfg.run_name or f"{cfg.backbone.name}-{ds.id}"
+    logger = instantiate(
+        cfg.logger,
+        run_name=run_name,
+        tags={
+            "dataset_id": ds.id,
+            "backbone": cfg.backbone.name,
+            "owner": ds.manifest.get("owner", "local"),
+        },
+    )
+    callbacks = {k: instantiate(v) for k, v in cfg.callbacks.items() if v is not None}
+    if "checkpoint" in callbacks:
+        callbacks["checkpoint"].dirpath = str(out_dir / "checkpoints")
+    trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=list(callbacks.values()),
+        default_root_dir=str(out_dir),
+    )
+    weights_note = (
+        "random initialisation (backbone.weights=random)"
+        if backbone.spec.weights == "random"
+        else f"pretrained weights from {backbone.spec.weights}"
+    )
+    if trainer.is_global_zero:
+        print(
+            f"geotune: {cfg.backbone.name} ({backbone.spec.size}) with {weights_note}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(bands)}"
+        )
+        logger.log_hyperparams(flat_params(cfg))
+        client = logger.experiment
+        client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+        client.log_text(logger.run_id, json.dumps(ds.manifest, indent=2), "dataset/dataset.json")
+        client.set_tag(logger.run_id, "weights", backbone.spec.weights)
+        _log_dataset_input(logger.run_id, ds)
+
+    t0 = time.time()
+    trainer.fit(task, datamodule=dm, ckpt_path=cfg.resume)
+    train_seconds = time.time() - t0
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt = callbacks.get("checkpoint")
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if best and ckpt.best_model_score is not None:
+        val["val/mIoU"] = float(ckpt.best_model_score)  # the restored (best) epoch's score
+    test_metrics = trainer.test(
+        task, datamodule=dm, ckpt_path="best" if best else None, verbose=False
+    )
+    result = {
+        "run_id": logger.run_id,
+        "dataset_id": ds.id,
+        "best_checkpoint": best,
+        "train_seconds": round(train_seconds, 2),
+        "val": val,
+        "test": test_metrics[0] if test_metrics else {},
+        "confusion": {k: v.tolist() for k, v in task.last_confusion.items()},
+        "classes": [c["name"] for c in ds.classes],
+        "model_version": None,
+        "output_dir": str(out_dir),
+    }
+    if trainer.is_global_zero:
+        logger.experiment.log_metric(logger.run_id, "train/seconds", train_seconds)
+        record = model_record(cfg, ds, backbone, b_kwargs, task, bands, logger.run_id)
+        info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
+        result["model_uri"] = info.model_uri
+        if cfg.register.name:
+            mv = register(
+                info.model_uri,
+                cfg.register.name,
+                cfg.register.alias,
+                {
+                    "run_id": logger.run_id,
+                    "dataset_id": ds.id,
+                    "backbone": cfg.backbone.name,
+                    "owner": ds.manifest.get("owner", "local"),
+                },
+            )
+            result["model_version"] = int(mv.version)
+            result["registered_name"] = cfg.register.name
+        logger.finalize("success")
+        mlflow.end_run()
+    return result
+
+
+def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id) -> dict:
+    from rasterio.warp import transform_bounds
+
+    spec = backbone.spec
+    lonlat = transform_bounds(ds.manifest["crs_wkt"], "EPSG:4326", *ds.manifest["bounds"])
+    return {
+        "geotune_model": 1,
+        "name": cfg.register.name,
+        "task": "segmentation",
+        "backbone": {
+            "name": cfg.backbone.name,
+            "size": spec.size,
+            "weights": spec.weights,
+            "kwargs": b_kwargs,
+            "spec": spec.to_dict(),
+        },
+        "decoder": task.net.decoder_name,
+        "decoder_channels": cfg.task.decoder_channels,
+        "num_classes": ds.num_classes,
+        "classes": [
+            {k: c[k] for k in ("id", "name", "slug", "color", "value")} for c in ds.classes
+        ],
+        "ignore_index": ds.ignore_index,
+        "output_nodata": ds.manifest.get("output_nodata", 255),
+        "bands": bands,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "sensor": ds.manifest.get("sensor"),
+        "resolution": ds.manifest["resolution"],
+        "num_frames": len(ds.images),
+        "patch_size": int(cfg.data.patch_size),
+        "overlap": max(16, int(cfg.data.patch_size) // 8),
+        "bounds_lonlat": list(lonlat),
+        "run_id": run_id,
+        "dataset_id": ds.id,
+    }
+
+
+def _log_dataset_input(run_id: str, ds) -> None:
+    """The dataset as an MLflow run input (name, digest of its manifest, source folder)."""
+    import hashlib
+    import warnings
+
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(ds.path))
+    digest = hashlib.sha1(json.dumps(ds.manifest, sort_keys=True).encode()).hexdigest()[:10]
+    entity = MetaDataset(source=source, name=ds.id, digest=digest)._to_mlflow_entity()
+    tags = [
+        InputTag("mlflow.data.context", "training"),
+        InputTag("classes", ",".join(ds.class_names)),
+    ]
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
