@@ -15,39 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from .config import flat_params, register_resolvers
 
 
-def backbone_arguments(bcfg: DictConfig, ds, patch_size: int) -> dict:
-    """Build arguments for ``build_backbone``: the config's fields plus what the dataset implies.
-
-    Random weights learn the dataset's own bands with the dataset's statistics (unless
-    ``normalization=pretrained``); pretrained weights keep their bands and statistics, picked
-    for the dataset's sensor (Clay takes any band subset through wavelengths).
-    """
-    from .backbones import get_entry
-
-    b = OmegaConf.to_container(bcfg, resolve=True)
-    family = get_entry(b["name"]).family
-    kwargs = {
-        k: v
-        for k, v in b.items()
-        if k not in ("name", "weights", "normalization", "finetune", "last_n") and v is not None
-    }
-    random = str(b.get("weights")) == "random"
-    norm = b.get("normalization", "auto")
-    if ds.manifest.get("sensor"):
-        kwargs["sensor"] = ds.manifest["sensor"]
-    if random or family == "clay":
-        kwargs["bands"] = ds.bands
-    if (random and norm != "pretrained") or norm == "dataset":
-        kwargs["bands"] = ds.bands
-        kwargs["mean"] = ds.manifest["stats"]["mean"]
-        kwargs["std"] = [max(s, 1e-6) for s in ds.manifest["stats"]["std"]]
-    if family != "resnet":
-        kwargs.setdefault("img_size", patch_size)
-    if family == "prithvi" and len(ds.images) > 1:
-        kwargs.setdefault("num_frames", len(ds.images))
-    return kwargs
-
-
 def _output_dir() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -67,7 +34,7 @@ def train(cfg: DictConfig) -> dict:
     import mlflow
     from hydra.utils import instantiate
 
-    from .backbones import build_backbone
+    from .backbones.adapt import backbone_for_dataset
     from .registry import log_model, register, setup_mlflow
 
     register_resolvers()
@@ -76,8 +43,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = _output_dir()
     dm = instantiate(cfg.data, seed=cfg.seed)
     ds = dm.ds
-    b_kwargs = backbone_arguments(cfg.backbone, ds, cfg.data.patch_size)
-    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, **b_kwargs)
+    backbone, b_kwargs = backbone_for_dataset(OmegaConf.to_container(cfg.backbone, resolve=True), ds, cfg.data.patch_size)
     bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
     gsd = float(ds.manifest["resolution"][0])
     task = instantiate(

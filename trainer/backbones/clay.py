@@ -327,6 +327,12 @@ class ClayEncoder(nn.Module):
         }
 
 
+def published_bands(sensor: str | None) -> list[str]:
+    """The bands Clay publishes statistics for on ``sensor`` (default: Sentinel-2 L2A)."""
+    platform = PLATFORMS.get(SENSOR_PLATFORMS.get(sensor or "sentinel-2-l2a", (None, ""))[0])
+    return list(platform.bands) if platform else []
+
+
 def band_table(name: str, sensor: str | None, bands, mean, std) -> tuple:
     """Band names, Clay's wavelengths, mean, std, pre-training GSD and where the statistics come from."""
     sensor = sensor or "sentinel-2-l2a"

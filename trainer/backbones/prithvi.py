@@ -291,6 +291,11 @@ class PrithviEncoder(nn.Module):
         return {"temporal_coords": temporal, "location_coords": location}
 
 
+def input_conv(model: PrithviEncoder) -> tuple[nn.Module, str]:
+    """Where the tubelet patch embedding lives (for adding input bands)."""
+    return model.patch_embed, "proj"
+
+
 def build(
     name: str,
     *,

@@ -142,6 +142,11 @@ def build(
     return model
 
 
+def input_conv(model: ResNetBackbone) -> tuple[nn.Module, str]:
+    """Where the first convolution lives (for adding input bands)."""
+    return model.model, "conv1"
+
+
 def _safe_wavelengths(band_names: list[str], sensor: str | None) -> list[float]:
     try:
         return wavelengths(band_names, sensor)
