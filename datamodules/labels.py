@@ -1,10 +1,11 @@
-"""User labels in: vector polygons or a mask raster → class table → rasters on the image grid.
+"""User labels in: vector features or a mask raster → class table → rasters on the image grid.
 
 Rasterization runs window by window, so scenes larger than memory work. Two rasters come out:
 ``mask`` (model class id, ``ignore_index`` where unlabelled) and ``units`` (which label unit each
-labelled pixel came from; 0 = none). A unit is a polygon, or for mask labels a connected region
-of one class within one block of the split grid. Where polygons overlap, smaller polygons are
-drawn last and win (a small field inside a large forest polygon keeps its own class).
+labelled pixel came from; 0 = none). A unit is a polygon, or for mask labels (and background
+pixels) a connected region of one class within one block of the split grid. Where polygons
+overlap, smaller polygons are drawn last and win (a small field inside a large forest polygon
+keeps its own class).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ PALETTE = [
 ]  # fmt: skip
 VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".zip", ".shp", ".parquet", ".geoparquet", ".fgb"}
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img"}
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+POLYGONAL = {"Polygon", "MultiPolygon"}
+MULTI_LABEL_SEPARATOR = ";"
 
 
 class LabelError(UserError):
@@ -33,9 +37,14 @@ class LabelError(UserError):
 
 @dataclass
 class ClassTable:
-    """Model class ids 0..K-1, each from one user value (a name, or a mask value)."""
+    """Model class ids 0..K-1, each from one user value (a name, or a mask value).
 
-    classes: list[dict]  # {id, name, slug, color, value}
+    The background class (``--background NAME``), when there is one, has no user value of its own
+    in the labels: it is every valid unlabelled pixel. It gets id 0 unless a class table says
+    otherwise, and carries ``"background": true``.
+    """
+
+    classes: list[dict]  # {id, name, slug, color, value[, background]}
 
     def to_json(self) -> list[dict]:
         return [dict(c) for c in self.classes]
@@ -43,30 +52,46 @@ class ClassTable:
     def id_of(self) -> dict:
         return {c["value"]: c["id"] for c in self.classes}
 
-    @classmethod
-    def infer(cls, values) -> ClassTable:
-        vals = sorted(set(values), key=lambda v: (isinstance(v, str), v))
-        return cls(
-            [
-                {
-                    "id": i,
-                    "name": str(v),
-                    "slug": slugify(v),
-                    "color": PALETTE[i % len(PALETTE)],
-                    "value": v,
-                }
-                for i, v in enumerate(vals)
-            ]
-        )
+    def lookup(self, value) -> int:
+        ids = self.id_of()
+        return ids[value] if value in ids else ids[str(value)]
+
+    @property
+    def background_id(self) -> int | None:
+        return next((c["id"] for c in self.classes if c.get("background")), None)
 
     @classmethod
-    def from_file(cls, path: str | Path, present_values) -> ClassTable:
+    def infer(cls, values, background: str | None = None) -> ClassTable:
+        vals = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+        if background is not None:
+            vals = [background] + [v for v in vals if str(v) != background]
+        classes = [
+            {
+                "id": i,
+                "name": str(v),
+                "slug": slugify(v),
+                "color": PALETTE[i % len(PALETTE)],
+                "value": v,
+            }
+            for i, v in enumerate(vals)
+        ]
+        if background is not None:
+            classes[0]["background"] = True
+        return cls(classes)
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, present_values, background: str | None = None
+    ) -> ClassTable:
         """A JSON list of {id, name, color?, value?}: ids must be 0..K-1; value defaults to name."""
         try:
             rows = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise LabelError(f"cannot read class table {path}: {e}") from None
-        rows = sorted(rows, key=lambda r: int(r["id"]))
+            rows = sorted(rows, key=lambda r: int(r["id"]))
+        except (OSError, json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            raise LabelError(
+                f"cannot read class table {path}: {e}. It must be a JSON list of "
+                '{"id": 0, "name": "water", "color": "#1f77b4", "value": "water"} objects.'
+            ) from None
         ids = [int(r["id"]) for r in rows]
         if ids != list(range(len(rows))):
             raise LabelError(f"class table ids must be 0..{len(rows) - 1} without gaps; got {ids}")
@@ -82,9 +107,16 @@ class ClassTable:
                     "value": value,
                 }
             )
+        if background is not None:
+            hit = [c for c in classes if background in (c["name"], str(c["value"]))]
+            if not hit:
+                raise LabelError(
+                    f"--background {background!r} is not a class of {path}; add it to the table"
+                )
+            hit[0]["background"] = True
         table = cls(classes)
-        known = set(table.id_of())
-        missing = sorted({str(v) for v in present_values} - {str(k) for k in known})
+        known = {str(k) for k in table.id_of()}
+        missing = sorted({str(v) for v in present_values} - known)
         if missing:
             raise LabelError(
                 f"label values {missing} are not in the class table {path}; add them or remove those labels"
@@ -92,40 +124,66 @@ class ClassTable:
         return table
 
 
-def read_vector(path: str | Path, class_column: str | None):
-    """Read polygons, check CRS/column/geometries; returns a GeoDataFrame with ``value`` column."""
+def _read_frame(path: Path):
     import geopandas as gpd
 
-    path = Path(path).expanduser()
     if not path.is_file():
         raise LabelError(f"labels file {path} does not exist")
     try:
         if path.suffix.lower() in (".parquet", ".geoparquet"):
-            gdf = gpd.read_parquet(path)
-        else:
-            gdf = gpd.read_file(path)
+            return gpd.read_parquet(path)
+        return gpd.read_file(path)
     except Exception as e:  # pyogrio/pyarrow raise many types for unreadable files
         raise LabelError(
             f"cannot read labels file {path.name}: {e}. Accepted: GeoJSON, GeoPackage, zipped "
             "Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
         ) from None
+
+
+def _column(gdf, path: Path, wanted: str | None, default: str, flag: str) -> str:
+    columns = [c for c in gdf.columns if c != gdf.geometry.name]
+    column = wanted or default
+    if column in gdf.columns:
+        return column
+    hint = next(
+        (c for c in ("class_name", "label", "class_id", "landcover") if c in columns),
+        columns[0] if columns else None,
+    )
+    if flag != "--class-column":
+        hint = None
+    raise LabelError(
+        f"{path.name} has no column {column!r}; columns are: {', '.join(columns + [gdf.geometry.name])}."
+        + (f" Pass {flag} {hint}." if hint else f" Pass {flag} with one of them.")
+    )
+
+
+def read_vector(
+    path: str | Path,
+    class_column: str | None,
+    *,
+    points: bool = False,
+    split_column: str | None = None,
+    multi_label: bool = False,
+):
+    """Read label features, check CRS/columns/geometries; returns a GeoDataFrame.
+
+    Columns: ``value`` (a class name or integer; with ``multi_label`` a tuple of them from a
+    ``;``-separated cell), ``split`` when ``split_column`` is given, and the geometry. Polygons
+    only, unless ``points`` (scene classification: points or polygons, one chip each). Invalid
+    polygons are repaired with ``make_valid`` and counted in ``attrs["n_invalid_repaired"]``.
+    """
+    path = Path(path).expanduser()
+    gdf = _read_frame(path)
     if gdf.crs is None:
         raise LabelError(
             f"{path.name} has no CRS. Save it with one (GeoJSON is EPSG:4326 by definition; "
             "for other formats set it, e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."
         )
-    columns = [c for c in gdf.columns if c != gdf.geometry.name]
-    column = class_column or "class"
-    if column not in gdf.columns:
-        hint = next(
-            (c for c in ("class_name", "label", "class_id", "landcover") if c in columns),
-            columns[0] if columns else None,
-        )
-        raise LabelError(
-            f"{path.name} has no column {column!r}; columns are: {', '.join(columns + [gdf.geometry.name])}."
-            + (f" Pass --class-column {hint}." if hint else " Add a class column.")
-        )
-    gdf = gdf[[column, gdf.geometry.name]].rename(columns={column: "value"})
+    column = _column(gdf, path, class_column, "class", "--class-column")
+    keep = {column: "value"}
+    if split_column:
+        keep[_column(gdf, path, split_column, split_column, "--split-column")] = "split"
+    gdf = gdf[[*keep, gdf.geometry.name]].rename(columns=keep)
     n_null_class = int(gdf["value"].isna().sum())
     if n_null_class:
         warnings.warn(
@@ -140,28 +198,96 @@ def read_vector(path: str | Path, class_column: str | None):
     if gdf.empty:
         raise LabelError(f"{path.name} holds no labels with a geometry and a class value")
     kinds = set(gdf.geom_type)
-    if not kinds <= {"Polygon", "MultiPolygon"}:
+    allowed = POLYGONAL | {"Point"} if points else POLYGONAL
+    if not kinds <= allowed:
         raise LabelError(
-            f"segmentation labels must be polygons; {path.name} holds {', '.join(sorted(kinds))}. "
-            "Buffer points/lines into polygons first."
+            f"{'classification labels must be points or polygons' if points else 'segmentation and change labels must be polygons'}; "
+            f"{path.name} holds {', '.join(sorted(kinds))}. "
+            + (
+                "Give one point or polygon per chip."
+                if points
+                else "Buffer points/lines into polygons first."
+            )
         )
+    gdf, n_invalid = _repair(gdf)
+    if split_column:
+        gdf["split"] = _splits(gdf["split"], path, split_column)
+    gdf["value"] = gdf["value"].map(_multi_value if multi_label else _plain_value)
+    if multi_label:
+        bad = int((gdf["value"].map(len) == 0).sum())
+        if bad:
+            raise LabelError(
+                f"{bad} label(s) in {path.name} have an empty class list in {column!r}; "
+                f"multi-label classes are names separated by '{MULTI_LABEL_SEPARATOR}'"
+            )
+    gdf = gdf.reset_index(drop=True)
+    gdf.attrs["n_invalid_repaired"] = n_invalid
+    return gdf
+
+
+def _repair(gdf):
+    """Repair invalid polygons (make_valid, polygonal parts kept); drop what repairs to nothing."""
+    import shapely
+
     invalid = ~gdf.geometry.is_valid
     n_invalid = int(invalid.sum())
-    if n_invalid:
-        warnings.warn(
-            f"{n_invalid} invalid geometr{'y' if n_invalid == 1 else 'ies'} repaired (make_valid)",
-            stacklevel=2,
+    if not n_invalid:
+        return gdf, 0
+    fixed = [_polygonal(shapely.make_valid(g)) for g in gdf.geometry[invalid]]
+    gdf = gdf.copy()
+    gdf.loc[invalid, gdf.geometry.name] = fixed
+    lost = gdf.geometry.isna() | gdf.geometry.is_empty
+    message = f"{n_invalid} invalid geometr{'y' if n_invalid == 1 else 'ies'} repaired (make_valid)"
+    if lost.any():
+        message += f"; {int(lost.sum())} of them had no area left and were dropped"
+        gdf = gdf[~lost]
+    warnings.warn(message, stacklevel=3)
+    return gdf, n_invalid
+
+
+def _polygonal(geom):
+    import shapely
+
+    if geom.geom_type in POLYGONAL or geom.geom_type == "Point":
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type in POLYGONAL]
+    polys = [p for g in parts for p in getattr(g, "geoms", [g])]
+    return shapely.MultiPolygon(polys) if polys else None
+
+
+def _splits(series, path: Path, column: str):
+    norm = series.map(lambda v: SPLIT_NAMES.get(str(v).strip().lower()) if v == v else None)
+    bad = series[norm.isna()]
+    if len(bad):
+        shown = sorted({str(v) for v in bad})[:5]
+        raise LabelError(
+            f"{len(bad)} label(s) in {path.name} have a split value in {column!r} that is not "
+            f"train, val or test: {', '.join(shown)}. Give every label one of train/val/test."
         )
-        gdf.loc[invalid, gdf.geometry.name] = gdf.geometry[invalid].make_valid()
-    gdf["value"] = gdf["value"].map(_plain_value)
-    gdf.attrs["n_invalid_repaired"] = n_invalid
-    return gdf.reset_index(drop=True)
+    missing = [s for s in ("train", "val", "test") if s not in set(norm)]
+    if missing:
+        raise LabelError(
+            f"split column {column!r} of {path.name} has no {' or '.join(missing)} labels; "
+            "every split needs labels (train, val and test)"
+        )
+    return norm
 
 
 def _plain_value(v):
     if isinstance(v, (np.integer, int)) or (isinstance(v, float) and float(v).is_integer()):
         return int(v)
     return str(v)
+
+
+def _multi_value(v) -> tuple:
+    if not isinstance(v, str):
+        return (_plain_value(v),)
+    parts = [p.strip() for p in v.split(MULTI_LABEL_SEPARATOR)]
+    return tuple(
+        sorted(
+            {_plain_value(int(p)) if p.lstrip("-").isdigit() else p for p in parts if p}, key=str
+        )
+    )
 
 
 def rasterize_window(gdf, window_transform, shape, ignore_index: int):

@@ -4,6 +4,10 @@ The scene is cut into square blocks; every label unit belongs to the block holdi
 whole blocks go to train/val/test, greedily to the split whose per-class pixel counts are
 furthest below their target share (best of several seeded block orders). Units of a block share its split,
 so no polygon is ever divided between splits, and val/test pixels are spatially held out.
+
+A user split column (``--split-column``) fixes the split of every labelled unit instead; units
+without one (background regions) then follow their block: the split holding most of the block's
+user-labelled pixels, or for blocks without user labels the balanced block assignment above.
 """
 
 from __future__ import annotations
@@ -71,19 +75,64 @@ def assign_blocks(
     return {int(blocks[i]): names[int(best[i])] for i in range(len(blocks))}
 
 
+def unit_splits(
+    unit_block: np.ndarray,
+    unit_class: np.ndarray,
+    unit_pixels: np.ndarray,
+    num_classes: int,
+    fractions: dict[str, float],
+    seed: int,
+    user_split: np.ndarray | None = None,
+) -> np.ndarray:
+    """The split of every unit: by balanced blocks, or from ``user_split`` ('' = follow block)."""
+    if user_split is None:
+        block_split = assign_blocks(
+            unit_block, unit_class, unit_pixels, num_classes, fractions, seed
+        )
+        return np.array([block_split[int(b)] for b in unit_block])
+    user_split = np.asarray(user_split, dtype=object)
+    given = user_split != ""
+    out = user_split.copy()
+    if given.all():
+        return out.astype(str)
+    block_split: dict[int, str] = {}
+    for b in np.unique(unit_block[given]):
+        sel = given & (unit_block == b)
+        names, inv = np.unique(user_split[sel].astype(str), return_inverse=True)
+        block_split[int(b)] = str(names[np.argmax(np.bincount(inv, weights=unit_pixels[sel]))])
+    rest = ~given & ~np.isin(unit_block, list(block_split))
+    if rest.any():
+        block_split |= assign_blocks(
+            unit_block[rest], unit_class[rest], unit_pixels[rest], num_classes, fractions, seed
+        )
+    for i in np.nonzero(~given)[0]:
+        out[i] = block_split[int(unit_block[i])]
+    return out.astype(str)
+
+
 def check_split_coverage(
-    counts: dict[str, np.ndarray], class_names: list[str], min_pixels: int
+    counts: dict[str, np.ndarray],
+    class_names: list[str],
+    min_count: int,
+    what: str = "labelled pixels",
+    user_splits: bool = False,
 ) -> None:
-    """Every class needs ``min_pixels`` labelled pixels in every split; say which do not."""
+    """Every class needs ``min_count`` labelled pixels (or chips) in every split; say which do not."""
+    unit = "px" if what == "labelled pixels" else what
     problems = []
     for split, arr in counts.items():
         for k, name in enumerate(class_names):
-            if arr[k] < min_pixels:
-                problems.append(f"{name!r} has {int(arr[k])} px in {split}")
+            if arr[k] < min_count:
+                problems.append(f"{name!r} has {int(arr[k])} {unit} in {split}")
     if problems:
+        fix = (
+            "Add labels for those classes or move some of them to those splits in the split column."
+            if user_splits
+            else "Add labels for those classes, use a smaller --block-size so more blocks exist, "
+            "or change --split-fractions."
+        )
         raise SplitError(
-            "too few labelled pixels for the requested split: "
+            f"too few {what} for the requested split: "
             + "; ".join(problems)
-            + f" (need at least {min_pixels} per class and split). Add labels for those classes, "
-            "use a smaller --block-size so more blocks exist, or change --split-fractions."
+            + f" (need at least {min_count} per class and split). {fix}"
         )

@@ -17,6 +17,7 @@ def home(tmp_path, monkeypatch):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{h / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{h / 'mlflow.db'}")
     return h
 
 

@@ -151,3 +151,291 @@ def test_mask_labels_keep_zero_as_a_class(home, tmp_path, scene):
     assert ds.manifest["label_kind"] == "mask"
     units = json.loads((ds.path / "dataset.json").read_text())["splits"]["units"]
     assert sum(units.values()) > 3
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _add(name, image, labels, **kw):
+    kw = {"class_column": "class_name", "block_size": 32, "progress": False} | kw
+    images = image if isinstance(image, list) else [image]
+    return ingest(name=name, images=images, labels=labels, **kw)
+
+
+def _read(path, band=1):
+    with rasterio.open(path) as src:
+        return src.read(band)
+
+
+def _truth_ids(ds, cmap):
+    names = [c["name"] for c in ds.classes]
+    return np.array([names.index(c) for c in CLASSES])[cmap]
+
+
+# -- every accepted vector format ------------------------------------------------------------------
+def _zip_shapefile(tmp_path, scene):
+    import zipfile
+
+    shp_dir = tmp_path / "shp"
+    shp_dir.mkdir()
+    shp = make_labels(shp_dir, scene["image"], scene["cmap"], name="fields.shp")
+    out = tmp_path / "fields.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        for f in shp_dir.iterdir():
+            z.write(f, f.name)
+    assert shp.is_file()
+    return out
+
+
+def test_every_vector_format_gives_the_same_rasters(home, scene, tmp_path):
+    files = {
+        "geojson": scene["labels"],
+        "gpkg": make_labels(tmp_path, scene["image"], scene["cmap"], name="l.gpkg"),
+        "zipped shapefile": _zip_shapefile(tmp_path, scene),
+        "geoparquet": make_labels(tmp_path, scene["image"], scene["cmap"], name="l.parquet"),
+        "flatgeobuf": make_labels(tmp_path, scene["image"], scene["cmap"], name="l.fgb"),
+    }
+    masks, units = {}, {}
+    for kind, path in files.items():
+        ds = _add(kind, scene["image"], path)
+        assert ds.manifest["label_kind"] == "polygons"
+        assert [c["name"] for c in ds.classes] == sorted(CLASSES), kind
+        masks[kind], units[kind] = _read(ds.file("mask")), _read(ds.file("units"))
+        labelled = masks[kind] != 255
+        assert labelled.mean() > 0.2
+        assert (masks[kind][labelled] == _truth_ids(ds, scene["cmap"])[labelled]).mean() > 0.99
+    ref = units["geojson"]
+    for kind in files:
+        np.testing.assert_array_equal(masks[kind], masks["geojson"], err_msg=kind)
+        # the same units, numbered in the file's feature order (FlatGeobuf sorts spatially)
+        pairs = np.unique(np.stack([units[kind].ravel(), ref.ravel()]), axis=1)
+        assert pairs.shape[1] == len(np.unique(ref)) == len(np.unique(units[kind])), kind
+    assert len(list_datasets()) == 5
+
+
+def test_mask_raster_in_another_crs_and_resolution_is_warped_onto_the_image(home, scene, tmp_path):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(scene["image"]) as src:
+        src_t, src_crs, w, h, bounds = src.transform, src.crs, src.width, src.height, src.bounds
+    dst_t, dw, dh = calculate_default_transform(src_crs, "EPSG:3857", w, h, *bounds, resolution=6.0)
+    dst = np.full((dh, dw), 200, dtype=np.uint8)
+    reproject(
+        scene["cmap"].astype(np.uint8), dst, src_transform=src_t, src_crs=src_crs,
+        dst_transform=dst_t, dst_crs="EPSG:3857", resampling=Resampling.nearest, dst_nodata=200,
+    )  # fmt: skip
+    path = tmp_path / "mask_3857.tif"
+    profile = dict(driver="GTiff", width=dw, height=dh, count=1, dtype="uint8", crs="EPSG:3857")
+    with rasterio.open(path, "w", transform=dst_t, nodata=200, **profile) as out:
+        out.write(dst, 1)
+    ds = _add("warped", scene["image"], path, class_column=None)
+    m = ds.manifest
+    assert m["crs"] == "EPSG:32633" and m["shape"] == [128, 128] and m["label_kind"] == "mask"
+    assert [c["value"] for c in ds.classes] == [0, 1, 2]
+    mask = _read(ds.file("mask"))
+    labelled = mask != 255
+    assert labelled.mean() > 0.95
+    assert (mask[labelled] == scene["cmap"][labelled]).mean() > 0.95
+
+
+# -- band files at different resolutions, dates ----------------------------------------------------
+def _band_files(tmp_path, size=128, date_tag=None):
+    """Four Sentinel-2 style single-band files: B02, B03 at 10 m; B04, B8A at 20 m."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(7)
+    paths, full = [], {}
+    for asset, res in (("B02", 10), ("B03", 10), ("B04", 20), ("B8A", 20)):
+        n = size * 10 // res
+        data = rng.integers(500, 3000, (n, n)).astype(np.uint16)
+        full[asset] = data
+        path = tmp_path / f"T33UUP_20240612_{asset}.tif"
+        with rasterio.open(
+            path, "w", driver="GTiff", width=n, height=n, count=1, dtype="uint16", nodata=0,
+            crs="EPSG:32633", transform=from_origin(500000, 4200000, res, res),
+        ) as dst:  # fmt: skip
+            dst.write(data, 1)
+            if date_tag:
+                dst.update_tags(ACQUISITION_DATE=date_tag)
+        paths.append(path)
+    return paths, full
+
+
+def test_band_files_at_different_resolutions_are_stacked_on_the_finest_grid(home, tmp_path, scene):
+    paths, full = _band_files(tmp_path)
+    ds = _add("s2", paths, scene["labels"], sensor="sentinel-2-l2a")
+    m = ds.manifest
+    assert m["bands"] == ["blue", "green", "red", "nir08"]
+    assert m["resolution"] == [10.0, 10.0] and m["shape"] == [128, 128]
+    with rasterio.open(ds.images[0]) as src:
+        img = src.read()
+        assert src.descriptions == ("blue", "green", "red", "nir08")
+    np.testing.assert_array_equal(img[0], full["B02"])  # 10 m bands copied as they are
+    # 20 m bands resampled (bilinear) onto the 10 m grid: a 20 m pixel's centre keeps its value
+    # on average, and the mean over the scene is preserved
+    coarse = img[2].reshape(64, 2, 64, 2).mean((1, 3))
+    assert abs(coarse.mean() - full["B04"].mean()) < 0.01 * full["B04"].mean()
+    assert np.corrcoef(coarse.ravel(), full["B04"].astype(float).ravel())[0, 1] > 0.5
+
+
+def test_dates_from_file_metadata_from_the_user_or_unknown(home, tmp_path, scene):
+    paths, _ = _band_files(tmp_path, date_tag="2024-06-12T10:30:00")
+    assert _add("tagged", paths, scene["labels"], sensor="sentinel-2-l2a").manifest["dates"] == [
+        "2024-06-12"
+    ]
+    given = _add("given", paths, scene["labels"], sensor="sentinel-2-l2a", dates=["2023-01-05"])
+    assert given.manifest["dates"] == ["2023-01-05"]
+    assert given.manifest["images"][0]["date"] == "2023-01-05"
+    unknown = _add("unknown", [scene["image"]], scene["labels"])
+    assert unknown.manifest["dates"] == [None]
+    with pytest.raises(ImageryError, match="date '12/06/2024' is not an ISO date"):
+        _add("bad", [scene["image"]], scene["labels"], dates=["12/06/2024"])
+
+
+# -- geometries, nodata, bad input -----------------------------------------------------------------
+def test_invalid_geometries_are_repaired_with_a_warning_and_counted(home, scene, tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.read_file(scene["labels"])
+    x0, y0, x1, y1 = gdf.total_bounds
+    cx, cy, d = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 10
+    bowties = [  # self-intersecting "figure eight" polygons: invalid, repairable
+        shapely.Polygon([(cx, cy), (cx + d, cy + d), (cx + d, cy), (cx, cy + d)]),
+        shapely.Polygon([(cx - d, cy - d), (cx, cy), (cx, cy - d), (cx - d, cy)]),
+    ]
+    bad = gpd.GeoDataFrame({"class_name": ["water", "forest"]}, geometry=bowties, crs=gdf.crs)
+    path = tmp_path / "with_invalid.gpkg"
+    gpd.pd.concat([gdf, bad]).to_file(path)
+    with pytest.warns(UserWarning, match=r"2 invalid geometries repaired \(make_valid\)"):
+        ds = _add("repaired", scene["image"], path)
+    assert ds.manifest["source"]["n_invalid_repaired"] == 2
+    assert ds.manifest["source"]["n_labels"] == len(gdf) + 2
+
+
+def test_all_nodata_scene_is_refused_and_leaves_nothing(home, tmp_path, scene):
+    path = tmp_path / "empty.tif"
+    with rasterio.open(scene["image"]) as src:
+        profile = src.profile
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.zeros((4, 128, 128), dtype=np.uint16))
+    with pytest.raises(
+        ImageryError, match=r"the imagery is all nodata: every pixel equals the nodata value \(0"
+    ):
+        _add("empty", path, scene["labels"], bands=["blue", "green", "red", "nir08"])
+    assert list_datasets() == []
+    assert not any((home / "datasets").glob(".tmp-*"))
+
+
+def test_unreadable_files_say_what_is_accepted(home, tmp_path, scene):
+    junk = tmp_path / "broken.tif"
+    junk.write_text("not a GeoTIFF")
+    with pytest.raises(ImageryError, match=r"cannot read image .*broken.tif.*Give a GeoTIFF/COG"):
+        _add("x", junk, scene["labels"])
+    bad_labels = tmp_path / "labels.geojson"
+    bad_labels.write_text("{not json")
+    with pytest.raises(
+        LabelError, match=r"cannot read labels file labels.geojson.*Accepted: GeoJSON"
+    ):
+        _add("x", scene["image"], bad_labels)
+    with pytest.raises(LabelError, match=r"labels file .*missing.gpkg does not exist"):
+        _add("x", scene["image"], tmp_path / "missing.gpkg")
+    assert list_datasets() == []
+
+
+def test_labels_without_crs(home, tmp_path, scene):
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"]).to_crs("EPSG:32633")
+    path = tmp_path / "nocrs.gpkg"
+    gdf.set_crs(None, allow_override=True).to_file(path)
+    with pytest.raises(LabelError, match=r"nocrs.gpkg has no CRS. Save it with one"):
+        _add("x", scene["image"], path)
+
+
+def test_too_few_pixels_names_the_class_and_split(home, tmp_path, scene):
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    keep = gdf[gdf["class_name"] != "water"]
+    one_water = gdf[gdf["class_name"] == "water"].iloc[:1]
+    path = tmp_path / "rare.geojson"
+    gpd.pd.concat([keep, one_water]).to_file(path)
+    with pytest.raises(SplitError, match=r"'water' has 0 px in (train|val|test)"):
+        _add("x", scene["image"], path)
+
+
+# -- user splits and background --------------------------------------------------------------------
+def test_split_column_fixes_every_polygons_split(home, tmp_path, scene):
+    import csv
+
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    gdf["fold"] = ["train", "val", "test", "train", "Validation"] * (len(gdf) // 5) + ["train"] * (
+        len(gdf) % 5
+    )
+    path = tmp_path / "with_split.gpkg"
+    gdf.to_file(path)
+    ds = _add("user", scene["image"], path, split_column="fold", min_class_pixels=1)
+    assert ds.manifest["splits"]["method"] == "column"
+    with open(ds.file("units_table")) as f:
+        rows = list(csv.DictReader(f))
+    expected = gdf["fold"].str.lower().replace({"validation": "val"}).tolist()
+    assert len(rows) > 0.9 * len(gdf)
+    for r in rows:  # unit ids are 1 + the label's row
+        assert r["split"] == expected[int(r["unit_id"]) - 1]
+
+    gdf.loc[3, "fold"] = "holdout"
+    gdf.to_file(path)
+    with pytest.raises(
+        LabelError,
+        match=r"1 label\(s\) in with_split.gpkg have a split value in 'fold' that is not train, val or test: holdout",
+    ):
+        _add("bad", scene["image"], path, split_column="fold")
+    with pytest.raises(
+        LabelError, match=r"no column 'folds'; columns are: class_name, fold, geometry"
+    ):
+        _add("bad", scene["image"], path, split_column="folds")
+
+
+def test_background_class_covers_every_valid_unlabelled_pixel(home, tmp_path):
+    path, cmap = make_scene(tmp_path, size=128, seed=0, nodata_corner=20)
+    labels = make_labels(tmp_path, path, cmap, keep=0.5)
+    ds = _add("bg", path, labels, background="other")
+    bg = ds.classes[0]
+    assert bg["name"] == "other" and bg.get("background") is True
+    assert [c["name"] for c in ds.classes[1:]] == sorted(CLASSES)
+    assert ds.manifest["background"] == "other"
+    mask, units = _read(ds.file("mask")), _read(ds.file("units"))
+    nodata = np.zeros((128, 128), dtype=bool)
+    nodata[:20, :20] = True
+    assert (mask[nodata] == 255).all() and (units[nodata] == 0).all()
+    assert (mask[~nodata] != 255).all() and (units[~nodata] > 0).all()
+    # the polygons keep their classes; background units are regions within split blocks
+    plain = _add("plain", path, labels)
+    pm = _read(plain.file("mask"))
+    np.testing.assert_array_equal(mask[pm != 255], pm[pm != 255] + 1)
+    assert (mask[(pm == 255) & ~nodata] == 0).all()
+    assert bg["units"] >= 16 and bg["pixels"] == int(((pm == 255) & ~nodata).sum())
+
+
+def test_class_table_file_places_the_background_class(home, tmp_path, scene):
+    table = tmp_path / "classes.json"
+    table.write_text(
+        json.dumps(
+            [
+                {"id": 0, "name": "Water", "value": "water", "color": "#0000ff"},
+                {"id": 1, "name": "Forest", "value": "forest"},
+                {"id": 2, "name": "Field", "value": "field"},
+                {"id": 3, "name": "other"},
+            ]
+        )
+    )
+    ds = _add("tbl", scene["image"], scene["labels"], classes_file=table, background="other")
+    assert [(c["id"], c["name"], c.get("background", False)) for c in ds.classes] == [
+        (0, "Water", False), (1, "Forest", False), (2, "Field", False), (3, "other", True),
+    ]  # fmt: skip
+    assert ds.classes[0]["color"] == "#0000ff" and ds.manifest["num_classes"] == 4
+    mask = _read(ds.file("mask"))
+    assert set(np.unique(mask).tolist()) == {0, 1, 2, 3}
+    with pytest.raises(LabelError, match=r"--background 'rest' is not a class of .*classes.json"):
+        _add("tbl2", scene["image"], scene["labels"], classes_file=table, background="rest")

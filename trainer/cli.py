@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import warnings
 
 from datamodules.errors import UserError
 
@@ -20,7 +18,9 @@ models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
   geotune demo                                   the whole path on a real Sentinel-2 sample
   geotune data add --name NAME --image scene.tif --labels labels.geojson --class-column class
   geotune train data.dataset=NAME backbone=resnet18 trainer.max_epochs=5 register.name=NAME
+  geotune benchmark data.dataset=NAME 'backbones=[resnet18,prithvi_eo_v2_300,clay_v1_5]' backbone.size=tiny
   geotune predict --model NAME@champion --image scene.tif --out results/
+  geotune predict --model NAME@champion --aoi aoi.geojson --start 2024-05-01 --end 2024-08-31 --out results/
   geotune models list
 """
 
@@ -31,86 +31,13 @@ def _csv(text: str | None) -> list[str] | None:
 
 # -- data -----------------------------------------------------------------------------------------
 def cmd_data(args) -> int:
-    from datamodules.manifest import delete_dataset, list_datasets, load_dataset
+    from datamodules.data_cli import run
 
-    if args.data_cmd == "add":
-        from datamodules.ingest import ingest
+    if args.data_cmd == "add":  # without --image: imagery by the labels' extent and dates (STAC)
+        from datamodules.stac_cli import imagery_for_labels
 
-        fractions = None
-        if args.split_fractions:
-            vals = [float(v) for v in args.split_fractions.split(",")]
-            if len(vals) != 3:
-                raise UserError(
-                    "--split-fractions takes three numbers: train,val,test (e.g. 0.7,0.15,0.15)"
-                )
-            fractions = dict(zip(("train", "val", "test"), vals, strict=True))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = ingest(
-                name=args.name,
-                images=args.image,
-                labels=args.labels,
-                class_column=args.class_column,
-                sensor=args.sensor,
-                bands=_csv(args.bands),
-                dates=args.date,
-                classes_file=args.classes,
-                mask_ignore_values=[int(v) for v in _csv(args.ignore_values) or []],
-                block_size=args.block_size,
-                split_fractions=fractions,
-                seed=args.seed,
-                min_class_pixels=args.min_class_pixels,
-            )
-        for w in caught:
-            if issubclass(w.category, UserWarning):
-                print(f"warning: {w.message}", file=sys.stderr)
-        print(f"dataset {ds.id!r} created at {ds.path}")
-        _show_dataset(ds)
-        print(
-            f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random"
-        )
-    elif args.data_cmd == "list":
-        rows = list_datasets()
-        if not rows:
-            print(
-                "no datasets yet: geotune data add --name NAME --image scene.tif --labels labels.geojson"
-            )
-        for ds in rows:
-            m = ds.manifest
-            print(
-                f"{ds.id:24s} {m['num_classes']} classes  {len(m['bands'])} bands  {m['shape'][1]}x{m['shape'][0]} px  {m['crs']}  {m['created']}"
-            )
-    elif args.data_cmd == "show":
-        ds = load_dataset(args.id)
-        if args.json:
-            print(json.dumps(ds.manifest, indent=2))
-        else:
-            _show_dataset(ds)
-    elif args.data_cmd == "delete":
-        delete_dataset(args.id)
-        print(f"deleted dataset {args.id!r}")
-    return 0
-
-
-def _show_dataset(ds) -> None:
-    m = ds.manifest
-    print(f"id: {m['id']}  name: {m['name']}  owner: {m['owner']}  task: {m['task']}")
-    print(
-        f"sensor: {m['sensor'] or '-'}  bands: {', '.join(m['bands'])}  dates: {', '.join(d or 'unknown' for d in m['dates'])}"
-    )
-    print(f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}")
-    sp = m["splits"]
-    print(
-        f"splits: {sp['method']} of {sp['block_size']} px, seed {sp['seed']}; units "
-        + ", ".join(f"{k} {v}" for k, v in sp["units"].items())
-    )
-    print(
-        f"{'id':>3} {'class':20s} {'units':>6} {'pixels':>9}  "
-        + "  ".join(f"{s:>8s}" for s in sp["pixels"])
-    )
-    for c in m["classes"]:
-        per = "  ".join(f"{sp['pixels'][s][c['slug']]:>8d}" for s in sp["pixels"])
-        print(f"{c['id']:>3} {c['name'][:20]:20s} {c['units']:>6d} {c['pixels']:>9d}  {per}")
+        imagery_for_labels(args)
+    return run(args)
 
 
 # -- hydra apps -----------------------------------------------------------------------------------
@@ -154,11 +81,18 @@ def _user_error(e: BaseException | None) -> UserError | None:
     return None
 
 
+def _benchmark_and_report(cfg) -> None:
+    from .benchmark import benchmark, print_summary
+
+    print_summary(benchmark(cfg))
+
+
 def _train_and_report(cfg) -> None:
     from .train import train
 
     result = train(cfg)
-    print_result(result)
+    if result.get("global_rank", 0) == 0:  # DDP: the other ranks' processes stay quiet
+        print_result(result)
 
 
 def print_result(result: dict) -> None:
@@ -181,6 +115,9 @@ def cmd_predict(args) -> int:
     from .registry import load_model
 
     model = load_model(args.model, version=args.version, alias=args.alias)
+    from datamodules.stac_cli import imagery_for_predict  # --aoi: imagery by area and dates
+
+    images, provenance = imagery_for_predict(args, model.record)
     opts = PredictOptions(
         chip_size=args.chip_size,
         overlap=args.overlap,
@@ -193,7 +130,8 @@ def cmd_predict(args) -> int:
         confidence_threshold=args.confidence_threshold,
     )
     summary = predict_scene(
-        model, args.image, args.out, bands=_csv(args.bands), sensor=args.sensor, options=opts
+        model, images, args.out, bands=_csv(args.bands), sensor=args.sensor, options=opts,
+        provenance=provenance,
     )
     print(f"{summary['n_pixels']} pixels predicted in {summary['seconds']} s → {args.out}")
     for row in summary["class_histogram"]:
@@ -268,6 +206,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from serve.cli import run_serve
+
+    return run_serve(args)
+
+
+def cmd_keys(args) -> int:
+    from serve.cli import run_keys
+
+    return run_keys(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geotune",
@@ -287,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--image",
         action="append",
-        required=True,
-        help="GeoTIFF/COG; repeat for band files of one scene, or one multi-band file per date",
+        default=None,
+        help="GeoTIFF/COG; repeat for band files of one scene, or one multi-band file per date "
+        "(or fetch imagery for the labels' extent: --start, --end, --sensor)",
     )
     a.add_argument(
         "--labels",
@@ -329,6 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="labelled pixels every class needs in every split",
     )
+    a.add_argument(
+        "--task",
+        default="segmentation",
+        choices=["segmentation", "classification", "change"],
+        help="change: two --image dates + change polygons; classification: points/polygons, one chip each",
+    )
+    a.add_argument(
+        "--chip-size", type=int, default=None, help="classification chip edge in px (default 64)"
+    )
+    a.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="classification: the class column holds ';'-separated class names",
+    )
+    a.add_argument(
+        "--background",
+        default=None,
+        help="class name given to every valid unlabelled pixel (segmentation, change)",
+    )
+    a.add_argument(
+        "--split-column",
+        default=None,
+        help="the labels' column of train/val/test per label, instead of spatial block splits",
+    )
+    from datamodules.stac_cli import add_arguments as stac_arguments
+
+    stac_arguments(a, aoi=False)
     dsub.add_parser("list", help="list datasets")
     s = dsub.add_parser("show", help="classes, counts, bands, CRS and splits of a dataset")
     s.add_argument("id")
@@ -339,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "train",
         help="fine-tune (a Hydra app: geotune train --help shows the config groups)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "benchmark",
+        help="backbones x label budgets x seeds on one dataset → experiments/<name>/ (a Hydra app)",
         add_help=False,
     )
 
@@ -355,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--image",
         action="append",
-        required=True,
-        help="GeoTIFF/COG (repeat for band files, or dates)",
+        default=None,
+        help="GeoTIFF/COG (repeat for band files, or dates); or --aoi with --start, --end",
     )
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--bands", default=None, help="band names in file order when the file has none")
@@ -390,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixels below this confidence (0..1) become nodata",
     )
     pr.add_argument("--no-polygons", action="store_true", help="skip the GeoJSON polygons")
+    stac_arguments(pr, aoi=True)
 
     m = sub.add_parser("models", help="registered models: list, show, alias")
     msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
@@ -425,10 +409,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where labels and predictions go (default: $GEOTUNE_HOME/demo)",
     )
+
+    sv = sub.add_parser(
+        "serve",
+        help="the HTTP API: datasets, fine-tune jobs, models, predictions (OpenAPI at /docs)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sv.add_argument("--dev", action="store_true", help="single user 'local', no API keys; 127.0.0.1 only")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (without --dev, keys are required)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-jobs", type=int, default=1, help="training jobs running at once; the rest queue")
+    sv.add_argument("--max-predict-jobs", type=int, default=1, help="asynchronous predictions running at once")
+    sv.add_argument("--max-upload-mb", type=float, default=2048.0, help="request body limit (413 above)")
+    sv.add_argument("--sync-pixels", type=int, default=4_000_000, help="larger predictions become jobs (202)")
+    sv.add_argument("--max-pixels", type=int, default=400_000_000, help="larger scenes are refused (422)")
+    sv.add_argument("--max-aoi-km2", type=float, default=10_000.0, help="larger AOIs are refused (422)")
+    sv.add_argument("--model-cache", type=int, default=2, help="models kept loaded for predictions")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    k = sub.add_parser("keys", help="API keys for geotune serve: create, list, revoke")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    s = ksub.add_parser("create", help="a new key for an owner; printed once, stored hashed")
+    s.add_argument("--owner", required=True, help="owner name: lower-case letters, digits, - and _")
+    s.add_argument("--note", default=None, help="a note shown in `geotune keys list`")
+    ksub.add_parser("list", help="key ids, owners, and whether they are revoked")
+    s = ksub.add_parser("revoke", help="revoke a key by its id (takes effect at once)")
+    s.add_argument("id", help="the key id (8 hex digits, shown by create and list)")
     return p
 
 
-HYDRA_COMMANDS = {"train": ("train", "_train_and_report")}
+HYDRA_COMMANDS = {
+    "train": ("train", "_train_and_report"),
+    "benchmark": ("benchmark", "_benchmark_and_report"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": cmd_models,
         "backbones": cmd_backbones,
         "demo": cmd_demo,
+        "serve": cmd_serve,
+        "keys": cmd_keys,
     }
     try:
         return handlers[args.cmd](args)

@@ -1,15 +1,23 @@
-"""Decoders and the assembled segmentation network: raw values in, class logits out.
+"""Networks per task: raw sensor values in, logits out. Each applies the backbone's normalisation
+itself (callers pass raw values) and fills the backbone's "unknown" metadata when none is given.
 
-``SegmentationNet`` = normalisation (the backbone's mean/std, so callers pass raw sensor values)
-→ backbone (list of feature maps) → neck (ViTs: one-stride maps resampled to strides 4..32)
-→ decoder (UNet for ResNet, UPerNet for ViTs; segmentation-models-pytorch blocks) → 1×1 head,
-upsampled to the input size. Inputs of any H, W are padded to the network's multiple and the
-output cropped back.
+- ``SegmentationNet``: backbone (list of feature maps) → neck (ViTs: one-stride maps resampled to
+  strides 4..32) → decoder (UNet for ResNet, UPerNet for ViTs; segmentation-models-pytorch blocks)
+  → 3×3 head, upsampled to the input size: ``[B, C, H, W]`` (or ``[B, C, T, H, W]``) →
+  ``[B, K, H, W]``. Inputs of any H, W are padded to the network's multiple and cropped back.
+- ``ChangeNet``: two dates ``[B, C, 2, H, W]`` → change logits ``[B, K, H, W]``. ``siamese``: one
+  shared encoder runs on each date, the feature maps are fused per level (``diff``: absolute
+  difference; ``concat``: both, channels doubled) and decoded as above. ``frames`` (Prithvi):
+  the two dates go through the encoder together as T=2 frames.
+- ``ClassificationNet``: one pooled embedding per chip (``cls``: the ViT class token of the last
+  returned block; ``mean``: the mean of its patch tokens, or of ResNet's last feature map) →
+  linear or MLP head → ``[B, K]``.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import date
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +64,26 @@ class ViTNeck(nn.Module):
         return [op(f) for op, f in zip(self.ops, feats, strict=True)]
 
 
+def _dates(date_ord: torch.Tensor) -> list[list[date | None]]:
+    """``[B, T]`` proleptic ordinals (0 = unknown) → per-sample lists of dates."""
+    return [
+        [date.fromordinal(int(o)) if int(o) > 0 else None for o in row] for row in date_ord.tolist()
+    ]
+
+
+def _metadata(backbone: nn.Module, dates, lonlat, gsd: float) -> dict:
+    """What the backbone needs beside pixels (Clay: waves/gsd/time/latlon; Prithvi-TL: coordinates)."""
+    if not hasattr(backbone, "make_metadata"):
+        return {}
+    return backbone.make_metadata(dates=dates, lonlat=lonlat, gsd=gsd)
+
+
+def _unknown_metadata(backbone: nn.Module, x: torch.Tensor, gsd: float) -> dict:
+    """No date or place known: the backbone's own "unknown" encodings at the model's GSD."""
+    frames = x.shape[2] if x.dim() == 5 else 1
+    return _metadata(backbone, [[None] * frames] * x.shape[0], None, gsd)
+
+
 class SegmentationNet(nn.Module):
     def __init__(
         self,
@@ -64,7 +92,10 @@ class SegmentationNet(nn.Module):
         decoder: str = "auto",
         decoder_channels: int = 256,
         gsd: float | None = None,
+        feature_multiplier: int = 1,
     ):
+        """``feature_multiplier``: channels entering the decoder per backbone channel (2 when two
+        dates are concatenated, see :class:`ChangeNet`)."""
         super().__init__()
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
         from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
@@ -76,7 +107,7 @@ class SegmentationNet(nn.Module):
         self.num_classes = num_classes
         if decoder == "auto":
             decoder = "unet" if spec.family == "resnet" else "upernet"
-        self.decoder_name = decoder
+        self.decoder_name, self.decoder_channels = decoder, decoder_channels
         strides = list(spec.out_strides)
         if len(set(strides)) == 1:  # ViT: single-stride tokens → multi-scale neck
             n = len(spec.out_channels)
@@ -94,7 +125,7 @@ class SegmentationNet(nn.Module):
         # smp decoders expect [stride 1, 2, 4, ...]; absent levels are zero-channel placeholders
         full = [0] * (int(math.log2(strides[-1])) + 1)
         for c, s in zip(channels, strides, strict=True):
-            full[int(math.log2(s))] = c
+            full[int(math.log2(s))] = c * feature_multiplier
         self._levels = [int(math.log2(s)) for s in strides]
         self._depth = len(full) - 1
         if decoder == "unet":
@@ -115,13 +146,12 @@ class SegmentationNet(nn.Module):
         self.head = nn.Conv2d(head_in, num_classes, kernel_size=3, padding=1)
         self.multiple = max(2**self._depth, spec.patch_size)
 
+    def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
+        """Keyword arguments of ``forward`` for a batch's ``date_ord`` ``[B, T]`` and ``lonlat``."""
+        return _metadata(self.backbone, _dates(date_ord), lonlat, self.gsd)
+
     def features(self, x: torch.Tensor, **metadata) -> list[torch.Tensor]:
-        if not metadata and hasattr(self.backbone, "make_metadata"):
-            # no date or place known: the backbone's own "unknown" encodings, the input's GSD
-            frames = x.shape[2] if x.dim() == 5 else 1
-            metadata = self.backbone.make_metadata(
-                dates=[[None] * frames] * x.shape[0], lonlat=None, gsd=self.gsd
-            )
+        metadata = metadata or _unknown_metadata(self.backbone, x, self.gsd)
         feats = self.backbone(self.normalize(x), **metadata)
         if self.neck is not None:
             feats = self.neck(feats)
@@ -135,16 +165,148 @@ class SegmentationNet(nn.Module):
                 full.append(x.new_zeros(b, 0, h // 2**lvl, w // 2**lvl))
         return full
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = -x.shape[-2] % self.multiple, -x.shape[-1] % self.multiple
+        return _pad(x, ph, pw) if ph or pw else x
+
+    def _decode(self, levels: list[torch.Tensor], size, h: int, w: int) -> torch.Tensor:
+        y = self.head(self.decoder(levels))
+        if y.shape[-2:] != size:
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return y[..., :h, :w]
+
     def forward(self, x: torch.Tensor, **metadata) -> torch.Tensor:
         """Raw values ``[B, C, H, W]`` (or ``[B, C, T, H, W]``) → logits ``[B, K, H, W]``."""
         h, w = x.shape[-2:]
-        ph, pw = -h % self.multiple, -w % self.multiple
-        if ph or pw:
-            x = _pad(x, ph, pw)
-        y = self.head(self.decoder(self.features(x, **metadata)))
-        if y.shape[-2:] != x.shape[-2:]:
-            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return y[..., :h, :w]
+        x = self._pad(x)
+        return self._decode(self.features(x, **metadata), x.shape[-2:], h, w)
+
+
+class ChangeNet(SegmentationNet):
+    """Two dates ``[B, C, 2, H, W]`` → change logits ``[B, K, H, W]`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        decoder: str = "auto",
+        decoder_channels: int = 256,
+        gsd: float | None = None,
+        fusion: str = "diff",
+        temporal: str = "siamese",
+    ):
+        spec = backbone.spec
+        if fusion not in ("diff", "concat"):
+            raise UserError(f"task.fusion must be diff or concat, not {fusion!r}")
+        if temporal == "frames":
+            if spec.family != "prithvi" or spec.num_frames != 2:
+                raise UserError(
+                    f"task.temporal=frames feeds both dates to the encoder as T=2 frames, which only "
+                    f"Prithvi backbones take ({spec.name} is {spec.family}, {spec.num_frames} frame(s)); "
+                    "use task.temporal=siamese"
+                )
+        elif temporal == "siamese":
+            if spec.num_frames != 1:
+                raise UserError(
+                    f"task.temporal=siamese runs the encoder on one date at a time; {spec.name} was "
+                    f"built for {spec.num_frames} frames"
+                )
+        else:
+            raise UserError(f"task.temporal must be siamese or frames, not {temporal!r}")
+        factor = 2 if (temporal == "siamese" and fusion == "concat") else 1
+        super().__init__(backbone, num_classes, decoder, decoder_channels, gsd, factor)
+        self.fusion, self.temporal = fusion, temporal
+
+    def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
+        if self.temporal == "frames":
+            return super().metadata_for(date_ord, lonlat)
+        dates = _dates(date_ord)
+        per_date = [
+            _metadata(self.backbone, [[d[t]] for d in dates], lonlat, self.gsd) for t in (0, 1)
+        ]
+        return {"per_date": per_date} if any(per_date) else {}
+
+    def forward(
+        self, x: torch.Tensor, per_date: list[dict] | None = None, **metadata
+    ) -> torch.Tensor:
+        """``per_date``: the backbone metadata of each date (siamese); ``metadata``: of both (frames)."""
+        if x.dim() != 5 or x.shape[2] != 2:
+            raise UserError(
+                f"change detection takes two dates as [B, C, 2, H, W], got {tuple(x.shape)}"
+            )
+        if self.temporal == "frames":
+            return super().forward(x, **metadata)
+        h, w = x.shape[-2:]
+        x = self._pad(x)
+        per_date = per_date or [{}, {}]
+        before = self.features(x[:, :, 0], **per_date[0])
+        after = self.features(x[:, :, 1], **per_date[1])
+        if self.fusion == "diff":
+            fused = [(a - b).abs() for a, b in zip(before, after, strict=True)]
+        else:
+            fused = [torch.cat((a, b), dim=1) for a, b in zip(before, after, strict=True)]
+        return self._decode(fused, x.shape[-2:], h, w)
+
+
+class ClassificationNet(nn.Module):
+    """One embedding per chip (class token or mean of tokens) → linear or MLP head → ``[B, K]``."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pool: str = "auto",
+        head: str = "linear",
+        hidden: int = 256,
+        dropout: float = 0.0,
+        multi_label: bool = False,
+        gsd: float | None = None,
+    ):
+        """``multi_label``: the logits are independent per class (sigmoid), not one softmax."""
+        super().__init__()
+        spec = backbone.spec
+        self.gsd = float(gsd or spec.gsd or 10.0)
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        vit = hasattr(backbone, "forward_tokens")
+        if pool == "auto":
+            pool = "cls" if vit else "mean"
+        if pool not in ("cls", "mean"):
+            raise UserError(f"task.pool must be auto, cls or mean, not {pool!r}")
+        if pool == "cls" and not vit:
+            raise UserError(f"{spec.name} has no class token; use task.pool=mean (or auto)")
+        self.pool = pool
+        dim = spec.embed_dim if vit else spec.out_channels[-1]
+        if head == "linear":
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        elif head == "mlp":
+            self.head = nn.Sequential(
+                nn.Linear(dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            )
+        else:
+            raise UserError(f"task.head must be linear or mlp, not {head!r}")
+        self.head_name, self.hidden, self.dropout = head, hidden, dropout
+        self.multi_label = multi_label
+
+    def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
+        return _metadata(self.backbone, _dates(date_ord), lonlat, self.gsd)
+
+    def embed(self, x: torch.Tensor, **metadata) -> torch.Tensor:
+        """Raw values → pooled embedding ``[B, D]``."""
+        metadata = metadata or _unknown_metadata(self.backbone, x, self.gsd)
+        x = self.normalize(x)
+        if self.pool == "mean" and not hasattr(self.backbone, "forward_tokens"):
+            return self.backbone(x, **metadata)[-1].mean(dim=(-2, -1))
+        tokens = self.backbone.forward_tokens(x, **metadata)[0][-1]
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def forward(self, x: torch.Tensor, **metadata) -> torch.Tensor:
+        """Raw values ``[B, C, H, W]`` (or ``[B, C, T, H, W]``) → logits ``[B, K]``."""
+        return self.head(self.embed(x, **metadata))
 
 
 def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:

@@ -41,24 +41,69 @@ def setup_mlflow() -> MlflowClient:
     return client
 
 
+def net_fields(net) -> dict:
+    """The model record's description of a task network's head (what :func:`build_net` reads)."""
+    from .heads import ChangeNet, ClassificationNet
+
+    if isinstance(net, ClassificationNet):
+        return {
+            "pool": net.pool,
+            "head": net.head_name,
+            "hidden": net.hidden,
+            "dropout": net.dropout,
+            "multi_label": bool(net.multi_label),
+        }
+    fields = {"decoder": net.decoder_name, "decoder_channels": net.decoder_channels}
+    if isinstance(net, ChangeNet):
+        fields |= {"fusion": net.fusion, "temporal": net.temporal}
+    return fields
+
+
 def build_net(record: dict):
-    """The network described by a model record, with random weights (load the state next)."""
+    """The network described by a model record, with random weights (load the state next).
+
+    ``record["task"]``: ``segmentation`` → ``SegmentationNet`` (logits ``[B, K, H, W]``),
+    ``change`` → ``ChangeNet`` (input ``[B, C, 2, H, W]``, logits ``[B, K, H, W]``),
+    ``classification`` → ``ClassificationNet`` (logits ``[B, K]``).
+    """
     from .backbones import build_backbone
-    from .heads import SegmentationNet
+    from .heads import ChangeNet, ClassificationNet, SegmentationNet
 
     kwargs = dict(record["backbone"]["kwargs"])
     backbone = build_backbone(record["backbone"]["name"], "random", **kwargs)
-    return SegmentationNet(
-        backbone,
+    task, k, gsd = (
+        record.get("task", "segmentation"),
         record["num_classes"],
-        record["decoder"],
-        record["decoder_channels"],
-        gsd=record["resolution"][0],
+        record["resolution"][0],
     )
+    if task == "classification":
+        return ClassificationNet(
+            backbone, k, record["pool"], record["head"], record["hidden"], record["dropout"],
+            bool(record.get("multi_label")), gsd=gsd,
+        )  # fmt: skip
+    if task == "change":
+        return ChangeNet(
+            backbone, k, record["decoder"], record["decoder_channels"], gsd,
+            record["fusion"], record["temporal"],
+        )  # fmt: skip
+    if task != "segmentation":
+        raise ModelRefError(f"unknown task {task!r} in the model record")
+    return SegmentationNet(backbone, k, record["decoder"], record["decoder_channels"], gsd=gsd)
+
+
+def input_shape(record: dict) -> tuple[int, ...]:
+    """The raw input the network takes: ``(-1, C, -1, -1)``, or ``(-1, C, T, -1, -1)`` for several dates."""
+    c, t = len(record["bands"]), int(record.get("num_frames", 1))
+    return (-1, c, t, -1, -1) if t > 1 else (-1, c, -1, -1)
 
 
 class GeotuneModel(PythonModel):
-    """pyfunc wrapper: ``predict(float32 [B,C,H,W] raw values)`` → ``{classes, probabilities}``."""
+    """pyfunc wrapper: ``predict(float32 raw values)`` → ``{classes, probabilities}``.
+
+    Segmentation: ``[B, C, H, W]`` → classes ``[B, H, W]``, probabilities ``[B, K, H, W]``;
+    change: ``[B, C, 2, H, W]`` → the same; classification: ``[B, C, H, W]`` → classes ``[B]``
+    and probabilities ``[B, K]`` (multi-label: classes ``[B, K]`` of 0/1, per-class sigmoids).
+    """
 
     def load_context(self, context) -> None:
         import torch
@@ -73,18 +118,54 @@ class GeotuneModel(PythonModel):
         import torch
 
         x = np.asarray(model_input, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != len(self.record["bands"]):
+        want = input_shape(self.record)
+        if x.ndim != len(want) or any(w > 0 and w != g for w, g in zip(want, x.shape, strict=True)):
+            dims = ", ".join(["B", *[str(w) for w in want[1:-2]], "H", "W"])
             raise ModelRefError(
-                f"expected float32 [B, {len(self.record['bands'])}, H, W] with bands {self.record['bands']}; got shape {x.shape}"
+                f"expected float32 [{dims}] with bands {self.record['bands']}; got shape {x.shape}"
             )
         with torch.inference_mode():
-            prob = torch.softmax(self.net(torch.from_numpy(x)), dim=1)
-        return {"classes": prob.argmax(1).numpy().astype(np.int64), "probabilities": prob.numpy()}
+            logits = self.net(torch.from_numpy(x))
+        if self.record.get("multi_label"):
+            prob = torch.sigmoid(logits)
+            classes = (prob > 0.5).to(torch.int64)
+        else:
+            prob = torch.softmax(logits, dim=1)
+            classes = prob.argmax(1)
+        return {"classes": classes.numpy().astype(np.int64), "probabilities": prob.numpy()}
+
+
+MLM_TASKS = {
+    "segmentation": ["semantic-segmentation"],
+    "change": ["semantic-segmentation"],
+    "classification": ["scene-classification"],
+}
+
+
+def output_shapes(record: dict) -> dict[str, tuple[int, ...]]:
+    """Shapes of the pyfunc outputs (``-1`` = any) for the record's task."""
+    k = record["num_classes"]
+    if record.get("task") == "classification":
+        return {
+            "classes": (-1, k) if record.get("multi_label") else (-1,),
+            "probabilities": (-1, k),
+        }
+    return {"classes": (-1, -1, -1), "probabilities": (-1, k, -1, -1)}
 
 
 def mlm_item(record: dict, n_params: int) -> dict:
     """A STAC item with the Machine Learning Model (MLM) extension describing the model."""
-    c = len(record["bands"])
+    task = record.get("task", "segmentation")
+    shape = list(input_shape(record))
+    shape[-2:] = [record["patch_size"], record["patch_size"]]
+    dim_order = (
+        ["batch", "bands", "time", "height", "width"]
+        if len(shape) == 5
+        else ["batch", "bands", "height", "width"]
+    )
+    head = record.get("decoder") or f"{record['pool']}-{record['head']}"
+    out_shape = list(output_shapes(record)["probabilities"])
+    out_order = ["batch", "channel", "height", "width"][: len(out_shape)]
     left, bottom, right, top = record.get("bounds_lonlat") or [-180, -90, 180, 90]
     return {
         "type": "Feature",
@@ -103,8 +184,9 @@ def mlm_item(record: dict, n_params: int) -> dict:
             "start_datetime": "1970-01-01T00:00:00Z",
             "end_datetime": "9999-12-31T23:59:59Z",
             "mlm:name": record.get("name") or "geotune-model",
-            "mlm:architecture": f"{record['backbone']['name']}+{record['decoder']}",
-            "mlm:tasks": ["semantic-segmentation"],
+            "mlm:architecture": f"{record['backbone']['name']}+{head}"
+            + (" (change detection)" if task == "change" else ""),
+            "mlm:tasks": MLM_TASKS[task],
             "mlm:framework": "pytorch",
             "mlm:total_parameters": n_params,
             "mlm:pretrained": record["backbone"]["weights"] != "random",
@@ -114,8 +196,8 @@ def mlm_item(record: dict, n_params: int) -> dict:
                     "name": "image",
                     "bands": record["bands"],
                     "input": {
-                        "shape": [-1, c, record["patch_size"], record["patch_size"]],
-                        "dim_order": ["batch", "bands", "height", "width"],
+                        "shape": shape,
+                        "dim_order": dim_order,
                         "data_type": "float32",
                     },
                     "norm_type": "z-score",
@@ -129,10 +211,10 @@ def mlm_item(record: dict, n_params: int) -> dict:
             "mlm:output": [
                 {
                     "name": "classes",
-                    "tasks": ["semantic-segmentation"],
+                    "tasks": MLM_TASKS[task],
                     "result": {
-                        "shape": [-1, record["num_classes"], -1, -1],
-                        "dim_order": ["batch", "channel", "height", "width"],
+                        "shape": out_shape,
+                        "dim_order": out_order,
                         "data_type": "float32",
                     },
                     "classification:classes": [
@@ -164,19 +246,21 @@ def log_model(run_id: str, net, record: dict, config_yaml: str):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    c, k = len(record["bands"]), record["num_classes"]
+    shape, out = input_shape(record), output_shapes(record)
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, -1, -1))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
         outputs=Schema(
             [
-                TensorSpec(np.dtype(np.int64), (-1, -1, -1), "classes"),
-                TensorSpec(np.dtype(np.float32), (-1, k, -1, -1), "probabilities"),
+                TensorSpec(np.dtype(np.int64), out["classes"], "classes"),
+                TensorSpec(np.dtype(np.float32), out["probabilities"], "probabilities"),
             ]
         ),
     )
-    example = np.tile(
-        np.asarray(record["mean"], dtype=np.float32)[None, :, None, None], (1, 1, 32, 32)
-    )
+    mean = np.asarray(record["mean"], dtype=np.float32)
+    example = np.broadcast_to(
+        mean.reshape((1, -1) + (1,) * (len(shape) - 2)),
+        [1, len(mean), *[abs(d) if d > 0 else 32 for d in shape[2:]]],
+    ).copy()
     n_params = sum(p.numel() for p in net.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

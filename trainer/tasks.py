@@ -1,22 +1,35 @@
-"""LightningModules per task. Built by Hydra (``conf/task/*.yaml``) around a network from
-:mod:`trainer.heads`; optimizer and scheduler arrive as ``_partial_`` callables.
+"""LightningModules per task, chosen with ``task=`` (``conf/task/*.yaml``).
+
+``SegmentationTask`` (a class per pixel), ``ChangeTask`` (a change class per pixel from two
+dates) and ``ClassificationTask`` (a class, or several labels, per chip; in
+:mod:`trainer.classification`) share :class:`GeoTask`:
+fine-tuning modes (``full`` | ``frozen`` | ``last_n`` blocks), optimizer + per-step scheduler
+from ``_partial_`` configs, validation/test metrics from one torchmetrics confusion matrix per
+stage (synced across DDP ranks, so each chip counts once), the loss averaged over labelled
+pixels or chips, figures to MLflow every validation epoch (rank 0 only), and the test pass's
+inference speed (``test/chips_per_s``). Networks come from :mod:`trainer.heads`, losses from
+:mod:`trainer.losses`.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from datetime import date
+import time
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from datamodules.errors import UserError
 
+from .losses import DenseLoss
 from .metrics import metric_dict, scores
+
+STAGES = ("val", "test")
 
 
 def warmup_cosine(
@@ -34,112 +47,68 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class SegLoss(nn.Module):
-    """Weighted sum of cross-entropy, Dice and focal losses, all honouring the ignore index."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        ignore_index: int,
-        ce: float = 1.0,
-        dice: float = 0.0,
-        focal: float = 0.0,
-        class_weights: list[float] | None = None,
-    ):
-        super().__init__()
-        from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
-
-        self.weights = {"ce": ce, "dice": dice, "focal": focal}
-        self.ignore_index = ignore_index
-        self.register_buffer(
-            "class_weights",
-            torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
-        )
-        self.dice = DiceLoss("multiclass", ignore_index=ignore_index) if dice else None
-        self.focal = FocalLoss("multiclass", ignore_index=ignore_index) if focal else None
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = logits.new_zeros(())
-        if self.weights["ce"]:
-            loss = loss + self.weights["ce"] * F.cross_entropy(
-                logits, target, weight=self.class_weights, ignore_index=self.ignore_index
-            )
-        if self.dice is not None:
-            loss = loss + self.weights["dice"] * self.dice(logits, target)
-        if self.focal is not None:
-            loss = loss + self.weights["focal"] * self.focal(logits, target)
-        return loss
-
-
-def metadata_from_batch(backbone: nn.Module, batch: dict, gsd: float) -> dict:
-    """What the backbone needs beside pixels (Clay: time/latlon/waves/gsd; Prithvi-TL: coords)."""
-    if not hasattr(backbone, "make_metadata"):
-        return {}
-    dates = [
-        [date.fromordinal(int(o)) if int(o) > 0 else None for o in row]
-        for row in batch["date_ord"].tolist()
-    ]
-    return backbone.make_metadata(dates=dates, lonlat=batch["lonlat"], gsd=gsd)
-
-
-def augment(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and 90° rotations per sample, identical for image and mask."""
+def augment(image: torch.Tensor, mask: torch.Tensor | None = None):
+    """Random flips and 90° rotations per sample, the same for the image and its mask (if any)."""
+    square = image.shape[-1] == image.shape[-2]
     out_i, out_m = [], []
-    for img, m in zip(image, mask, strict=True):
-        k = int(torch.randint(4, ()))
-        img, m = torch.rot90(img, k, (-2, -1)), torch.rot90(m, k, (-2, -1))
-        if torch.rand(()) < 0.5:
-            img, m = img.flip(-1), m.flip(-1)
-        out_i.append(img)
-        out_m.append(m)
-    return torch.stack(out_i), torch.stack(out_m)
+    for i in range(len(image)):
+        k = int(torch.randint(4, ())) if square else 2 * int(torch.randint(2, ()))
+        flip = bool(torch.rand(()) < 0.5)
+        img = torch.rot90(image[i], k, (-2, -1))
+        out_i.append(img.flip(-1) if flip else img)
+        if mask is not None:
+            m = torch.rot90(mask[i], k, (-2, -1))
+            out_m.append(m.flip(-1) if flip else m)
+    return torch.stack(out_i), (torch.stack(out_m) if mask is not None else None)
 
 
-class SegmentationTask(L.LightningModule):
+class GeoTask(L.LightningModule):
+    """What every task shares; subclasses build ``self.net``/``self.criterion`` and say how a batch
+    is scored (``target``, ``labelled``, ``predict_classes``, ``metrics``, ``figures``)."""
+
+    kind = "segmentation"  # the dataset manifest's ``task`` this module trains on
+    target_key = "mask"
+
     def __init__(
         self,
-        backbone: nn.Module,
+        net: nn.Module,
         classes: list[dict],
-        decoder: str = "auto",
-        decoder_channels: int = 256,
-        ignore_index: int = 255,
-        bands: list[str] | None = None,
-        gsd: float = 10.0,
-        loss: dict | None = None,
-        optimizer=None,
-        scheduler=None,
-        finetune: str = "full",
-        last_n: int = 0,
-        augment: bool = True,
-        overlay_chips: int = 4,
+        ignore_index: int,
+        bands: list[str] | None,
+        optimizer,
+        scheduler,
+        finetune: str,
+        last_n: int,
+        augment: bool,
+        overlay_chips: int,
     ):
         super().__init__()
-        from .heads import SegmentationNet
-
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.net = SegmentationNet(backbone, len(classes), decoder, decoder_channels, gsd=gsd)
+        self.net = net
         self.classes = classes
         self.slugs = [c["slug"] for c in classes]
         self.k = len(classes)
         self.ignore_index = ignore_index
-        self.bands = bands or list(backbone.spec.bands)
-        self.gsd = gsd
-        self.criterion = SegLoss(self.k, ignore_index, **(loss or {}))
+        self.bands = bands or list(net.backbone.spec.bands)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.do_augment = augment
         self.overlay_chips = overlay_chips
-        self.cms = nn.ModuleDict(
-            {
-                s: MulticlassConfusionMatrix(self.k, ignore_index=ignore_index)
-                for s in ("val", "test")
-            }
-        )
+        self.cms = nn.ModuleDict({s: self.confusion_matrix() for s in STAGES})
+        self.eval_loss = nn.ModuleDict({s: MeanMetric() for s in STAGES})
         self._overlay: list | None = None
+        self._infer = [0.0, 0]  # seconds, chips in the test pass's forward calls
         self.last_confusion: dict[str, np.ndarray] = {}
         self._apply_finetune(finetune, last_n)
 
-    # -- fine-tuning modes ------------------------------------------------------------------
+    @classmethod
+    def backbone_overrides(cls, task_cfg: dict, family: str) -> dict:
+        """Backbone build arguments this task needs (e.g. the number of frames)."""
+        return {}
+
+    def confusion_matrix(self):
+        return MulticlassConfusionMatrix(self.k, ignore_index=self.ignore_index)
+
+    # -- fine-tuning modes --------------------------------------------------------------------
     def _apply_finetune(self, mode: str, last_n: int) -> None:
         groups = self.net.backbone.block_groups()
         if mode == "full":
@@ -165,33 +134,56 @@ class SegmentationTask(L.LightningModule):
     def forward(self, x: torch.Tensor, **metadata) -> torch.Tensor:
         return self.net(x, **metadata)
 
-    def _logits(self, batch: dict) -> torch.Tensor:
-        return self.net(batch["image"], **metadata_from_batch(self.net.backbone, batch, self.gsd))
+    def logits(self, batch: dict) -> torch.Tensor:
+        meta = {}
+        if "date_ord" in batch:
+            meta = self.net.metadata_for(batch["date_ord"], batch.get("lonlat"))
+        return self.net(batch["image"], **meta)
+
+    def target(self, batch: dict) -> torch.Tensor:
+        return batch[self.target_key]
+
+    def labelled(self, target: torch.Tensor) -> int:
+        """How many labelled pixels (or chips) the loss averages over."""
+        return int((target != self.ignore_index).sum())
+
+    def predict_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1)
+
+    def augment_batch(self, batch: dict) -> None:
+        batch["image"], batch["mask"] = augment(batch["image"], batch["mask"])
 
     def training_step(self, batch, batch_idx):
         if self.do_augment:
-            batch["image"], batch["mask"] = augment(batch["image"], batch["mask"])
-        logits = self._logits(batch)
-        loss = self.criterion(logits, batch["mask"])
+            self.augment_batch(batch)
+        logits = self.logits(batch)
+        loss = self.criterion(logits, self.target(batch))
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
         )
         return loss
 
     def _eval_step(self, stage: str, batch, batch_idx):
-        logits = self._logits(batch)
-        if (batch["mask"] != self.ignore_index).any():
-            loss = self.criterion(logits, batch["mask"])
-            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        pred = logits.argmax(1)
-        self.cms[stage].update(pred, batch["mask"])
+        t0 = time.perf_counter()
+        logits = self.logits(batch)
+        if stage == "test":
+            if logits.is_cuda:
+                torch.cuda.synchronize()
+            self._infer[0] += time.perf_counter() - t0
+            self._infer[1] += len(logits)
+        target = self.target(batch)
+        n = self.labelled(target)
+        if n:
+            self.eval_loss[stage].update(self.criterion(logits, target).detach(), weight=n)
+        else:
+            self.eval_loss[stage].update(torch.zeros(()), weight=0)
+        pred = self.predict_classes(logits)
+        self.cms[stage].update(pred, target.long() if target.is_floating_point() else target)
         if stage == "val" and batch_idx == 0 and self.overlay_chips:
             n = self.overlay_chips
-            img = batch["image"][:n]
-            img = img[:, :, 0] if img.dim() == 5 else img
             self._overlay = [
-                img.cpu().numpy(),
-                batch["mask"][:n].cpu().numpy(),
+                batch["image"][:n].cpu().numpy(),
+                target[:n].cpu().numpy(),
                 pred[:n].cpu().numpy(),
             ]
 
@@ -201,13 +193,22 @@ class SegmentationTask(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step("test", batch, batch_idx)
 
+    def on_test_epoch_start(self) -> None:
+        self._infer = [0.0, 0]
+
     def _eval_epoch_end(self, stage: str) -> None:
         cm = self.cms[stage].compute()
         self.cms[stage].reset()
-        metrics = metric_dict(stage, cm, self.slugs)
+        loss = self.eval_loss[stage].compute()
+        self.eval_loss[stage].reset()
+        metrics = self.metrics(stage, cm)
         main = f"{stage}/mIoU"
-        self.log(main, metrics.pop(main), prog_bar=True)
-        self.log_dict(metrics, prog_bar=False)
+        self.log(main, metrics.pop(main), prog_bar=True, sync_dist=True)
+        if torch.isfinite(loss):
+            self.log(f"{stage}/loss", loss, sync_dist=True)
+        if stage == "test" and self._infer[0] > 0:
+            metrics["test/chips_per_s"] = self._infer[1] / self._infer[0]
+        self.log_dict(metrics, prog_bar=False, sync_dist=True)
         self.last_confusion[stage] = cm.cpu().numpy()
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._log_figures(stage, cm.cpu())
@@ -218,9 +219,8 @@ class SegmentationTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    # -- figures ------------------------------------------------------------------------------
     def _log_figures(self, stage: str, cm: torch.Tensor) -> None:
-        from .figures import class_bars, confusion_figure, overlay_figure
-
         logger = self.logger
         if (
             logger is None
@@ -230,36 +230,36 @@ class SegmentationTask(L.LightningModule):
             return
         import matplotlib.pyplot as plt
 
-        names = [c["name"] for c in self.classes]
         tag = "test" if stage == "test" else f"val/epoch_{self.current_epoch:03d}"
+        for name, fig in self.figures(stage, cm).items():
+            logger.experiment.log_figure(logger.run_id, fig, f"figures/{tag}_{name}.png")
+            plt.close(fig)
+        if stage == "test":
+            table = {"classes": self.slugs, "confusion": cm.tolist()}
+            logger.experiment.log_text(
+                logger.run_id, json.dumps(table), "metrics/test_confusion.json"
+            )
+
+    def figures(self, stage: str, cm: torch.Tensor) -> dict:
+        """Confusion matrix and per-class bars (and, in subclasses, overlays) for ``stage``."""
+        from .figures import class_bars, confusion_figure
+
+        names = [c["name"] for c in self.classes]
         s = scores(cm)
         figs = {
-            f"figures/{tag}_confusion.png": confusion_figure(
-                cm.numpy(), names, f"{stage} confusion (epoch {self.current_epoch})"
-            ),
-            f"figures/{tag}_per_class.png": class_bars(
+            "per_class": class_bars(
                 {k: s[k].tolist() for k in ("IoU", "F1", "precision", "recall")},
                 names,
-                f"{stage} per class",
-            ),
-        }
-        if stage == "val" and self._overlay is not None:
-            im, m, p = self._overlay
-            figs[f"figures/{tag}_overlay.png"] = overlay_figure(
-                im,
-                m,
-                p,
-                self.bands,
-                [c["color"] for c in self.classes],
-                names,
-                self.ignore_index,
-                f"val chips, epoch {self.current_epoch}",
+                f"{stage} per class (epoch {self.current_epoch})",
             )
-        for path, fig in figs.items():
-            logger.experiment.log_figure(logger.run_id, fig, path)
-            plt.close(fig)
+        }
+        if cm.dim() == 2:
+            figs["confusion"] = confusion_figure(
+                cm.numpy(), names, f"{stage} confusion (epoch {self.current_epoch})"
+            )
+        return figs
 
-    # -- optimisation ---------------------------------------------------------------------------
+    # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = (
@@ -273,3 +273,103 @@ class SegmentationTask(L.LightningModule):
             optimizer=opt, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class DenseTask(GeoTask):
+    """A class per pixel (segmentation, change): pixel metrics and prediction overlays."""
+
+    def metrics(self, stage: str, cm: torch.Tensor) -> dict[str, float]:
+        return metric_dict(stage, cm, self.slugs)
+
+    def figures(self, stage: str, cm: torch.Tensor) -> dict:
+        figs = super().figures(stage, cm)
+        if stage == "val" and self._overlay is not None:
+            from .figures import overlay_figure
+
+            im, m, p = self._overlay
+            figs["overlay"] = overlay_figure(
+                im, m, p, self.bands, [c["color"] for c in self.classes],
+                [c["name"] for c in self.classes], self.ignore_index,
+                f"val chips, epoch {self.current_epoch}",
+            )  # fmt: skip
+        return figs
+
+
+class SegmentationTask(DenseTask):
+    """A class per pixel: ``image`` ``[B, C, H, W]`` (or ``[B, C, T, H, W]``), ``mask`` ``[B, H, W]``."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classes: list[dict],
+        decoder: str = "auto",
+        decoder_channels: int = 256,
+        ignore_index: int = 255,
+        bands: list[str] | None = None,
+        gsd: float = 10.0,
+        loss: dict | None = None,
+        optimizer=None,
+        scheduler=None,
+        finetune: str = "full",
+        last_n: int = 0,
+        augment: bool = True,
+        overlay_chips: int = 4,
+    ):
+        from .heads import SegmentationNet
+
+        net = SegmentationNet(backbone, len(classes), decoder, decoder_channels, gsd=gsd)
+        super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
+
+
+class ChangeTask(DenseTask):
+    """A change class per pixel from two dates: ``image`` ``[B, C, 2, H, W]``, ``mask`` ``[B, H, W]``.
+
+    ``temporal=siamese`` runs one shared encoder per date and fuses the features (``fusion``:
+    ``diff`` or ``concat``); ``temporal=frames`` (Prithvi) encodes both dates as T=2 frames.
+    """
+
+    kind = "change"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classes: list[dict],
+        fusion: str = "diff",
+        temporal: str = "siamese",
+        decoder: str = "auto",
+        decoder_channels: int = 256,
+        ignore_index: int = 255,
+        bands: list[str] | None = None,
+        gsd: float = 10.0,
+        loss: dict | None = None,
+        optimizer=None,
+        scheduler=None,
+        finetune: str = "full",
+        last_n: int = 0,
+        augment: bool = True,
+        overlay_chips: int = 4,
+    ):
+        from .heads import ChangeNet
+
+        net = ChangeNet(backbone, len(classes), decoder, decoder_channels, gsd, fusion, temporal)
+        super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
+
+    @classmethod
+    def backbone_overrides(cls, task_cfg: dict, family: str) -> dict:
+        return {"num_frames": 2 if task_cfg.get("temporal") == "frames" else 1}
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        x = batch["image"]
+        if x.dim() != 5 or x.shape[2] != 2:
+            raise UserError(
+                f"change detection needs two dates per chip ([B, C, 2, H, W]); this dataset gives "
+                f"{tuple(x.shape)}. Use a change dataset (two dates + change labels) or task=segmentation."
+            )
+        return super().logits(batch)
+
+
+__all__ = ["GeoTask", "DenseTask", "SegmentationTask", "ChangeTask", "warmup_cosine"]

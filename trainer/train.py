@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from datamodules.errors import UserError
 
 from .config import flat_params, register_resolvers
 
@@ -28,22 +31,58 @@ def _output_dir() -> Path:
         return d
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fine-tune as configured; returns run id, metrics, checkpoint and registered version."""
+def task_class(cfg: DictConfig):
+    """The LightningModule class ``cfg.task`` builds (it says which datasets it trains on)."""
+    from hydra.utils import get_class
+
+    from .tasks import GeoTask
+
+    cls = get_class(cfg.task._target_)
+    if not issubclass(cls, GeoTask):
+        raise UserError(f"task._target_ {cfg.task._target_} is not a geotune task")
+    return cls
+
+
+def check_task(cls, ds) -> None:
+    have = ds.manifest.get("task", "segmentation")
+    if have != cls.kind:
+        raise UserError(
+            f"dataset {ds.id!r} holds {have} labels but task={cls.kind} was asked for; "
+            f"use task={have}, or a dataset made for {cls.kind}"
+        )
+
+
+def train(
+    cfg: DictConfig, parent_run_id: str | None = None, output_dir: str | Path | None = None
+) -> dict:
+    """Fine-tune as configured; returns run id, metrics, checkpoint and registered version.
+
+    ``parent_run_id``: make the MLflow run a child of this run (the benchmark's parent run);
+    ``output_dir``: where checkpoints go (default: the Hydra run folder, or a new one).
+    """
     import lightning as L
     import mlflow
     from hydra.utils import instantiate
 
+    from .backbones import get_entry
     from .backbones.adapt import backbone_for_dataset
     from .registry import log_model, register, setup_mlflow
 
     register_resolvers()
     L.seed_everything(cfg.seed, workers=True)
     setup_mlflow()
-    out_dir = _output_dir()
+    cls = task_class(cfg)
+    out_dir = Path(output_dir) if output_dir else _output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     dm = instantiate(cfg.data, seed=cfg.seed)
     ds = dm.ds
-    backbone, b_kwargs = backbone_for_dataset(OmegaConf.to_container(cfg.backbone, resolve=True), ds, cfg.data.patch_size)
+    check_task(cls, ds)
+    b_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+    for key, value in cls.backbone_overrides(task_cfg, get_entry(b_cfg["name"]).family).items():
+        if b_cfg.get(key) is None:
+            b_cfg[key] = value
+    backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, cfg.data.patch_size)
     bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
     gsd = float(ds.manifest["resolution"][0])
     task = instantiate(
@@ -58,15 +97,15 @@ def train(cfg: DictConfig) -> dict:
         _convert_="all",
     )
     run_name = cfg.run_name or f"{cfg.backbone.name}-{ds.id}"
-    logger = instantiate(
-        cfg.logger,
-        run_name=run_name,
-        tags={
-            "dataset_id": ds.id,
-            "backbone": cfg.backbone.name,
-            "owner": ds.manifest.get("owner", "local"),
-        },
-    )
+    tags = {
+        "dataset_id": ds.id,
+        "backbone": cfg.backbone.name,
+        "task": cls.kind,
+        "owner": ds.manifest.get("owner", "local"),
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    logger = instantiate(cfg.logger, run_name=run_name, tags=tags)
     callbacks = {k: instantiate(v) for k, v in cfg.callbacks.items() if v is not None}
     if "checkpoint" in callbacks:
         callbacks["checkpoint"].dirpath = str(out_dir / "checkpoints")
@@ -82,8 +121,15 @@ def train(cfg: DictConfig) -> dict:
         else f"pretrained weights from {backbone.spec.weights}"
     )
     if trainer.is_global_zero:
+        if backbone.spec.weights == "random" and cfg.backbone.finetune == "frozen":
+            warnings.warn(
+                "backbone.finetune=frozen with random weights: only the head learns, on a random "
+                "encoder (set backbone.finetune=full to train the encoder too)",
+                stacklevel=2,
+            )
         print(
-            f"geotune: {cfg.backbone.name} ({backbone.spec.size}) with {weights_note}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(bands)}"
+            f"geotune: {cls.kind} with {cfg.backbone.name} ({backbone.spec.size}) from {weights_note}, "
+            f"fine-tune {cfg.backbone.finetune}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(bands)}"
         )
         logger.log_hyperparams(flat_params(cfg))
         client = logger.experiment
@@ -103,10 +149,17 @@ def train(cfg: DictConfig) -> dict:
     test_metrics = trainer.test(
         task, datamodule=dm, ckpt_path="best" if best else None, verbose=False
     )
+    params = sum(p.numel() for p in task.net.parameters())
+    trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
     result = {
         "run_id": logger.run_id,
         "dataset_id": ds.id,
+        "task": cls.kind,
+        "parameters": params,
+        "trainable_parameters": trainable,
         "best_checkpoint": best,
+        "epochs": int(trainer.current_epoch),
+        "global_rank": int(trainer.global_rank),
         "train_seconds": round(train_seconds, 2),
         "val": val,
         "test": test_metrics[0] if test_metrics else {},
@@ -116,7 +169,12 @@ def train(cfg: DictConfig) -> dict:
         "output_dir": str(out_dir),
     }
     if trainer.is_global_zero:
-        logger.experiment.log_metric(logger.run_id, "train/seconds", train_seconds)
+        for key, value in (
+            ("train/seconds", train_seconds),
+            ("model/parameters", params),
+            ("model/trainable_parameters", trainable),
+        ):
+            logger.experiment.log_metric(logger.run_id, key, value)
         record = model_record(cfg, ds, backbone, b_kwargs, task, bands, logger.run_id)
         info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
         result["model_uri"] = info.model_uri
@@ -142,12 +200,14 @@ def train(cfg: DictConfig) -> dict:
 def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id) -> dict:
     from rasterio.warp import transform_bounds
 
+    from .registry import net_fields
+
     spec = backbone.spec
     lonlat = transform_bounds(ds.manifest["crs_wkt"], "EPSG:4326", *ds.manifest["bounds"])
     return {
         "geotune_model": 1,
         "name": cfg.register.name,
-        "task": "segmentation",
+        "task": task.kind,
         "backbone": {
             "name": cfg.backbone.name,
             "size": spec.size,
@@ -155,8 +215,7 @@ def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id) -> dict:
             "kwargs": b_kwargs,
             "spec": spec.to_dict(),
         },
-        "decoder": task.net.decoder_name,
-        "decoder_channels": cfg.task.decoder_channels,
+        **net_fields(task.net),
         "num_classes": ds.num_classes,
         "classes": [
             {k: c[k] for k in ("id", "name", "slug", "color", "value")} for c in ds.classes

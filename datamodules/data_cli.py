@@ -1,0 +1,143 @@
+"""``geotune data add|list|show|delete``: the command's logic (trainer/cli.py only parses).
+
+Imports stay light (no torch, lightning or torchgeo): ingestion is imported when needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+from .errors import UserError
+from .manifest import Dataset, delete_dataset, list_datasets, load_dataset
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _fractions(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 3 or min(vals) < 0 or sum(vals) <= 0:
+        raise UserError(
+            "--split-fractions takes three non-negative numbers: train,val,test (e.g. 0.7,0.15,0.15)"
+        )
+    return dict(zip(("train", "val", "test"), vals, strict=True))
+
+
+def _ints(text: str | None, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(text) or []]
+    except ValueError:
+        raise UserError(f"{flag} takes integers separated by commas, e.g. 0,255") from None
+
+
+def add(args) -> Dataset:
+    from .ingest import ingest
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ingest(
+            name=args.name,
+            images=args.image,
+            labels=args.labels,
+            class_column=args.class_column,
+            sensor=args.sensor,
+            bands=_csv(args.bands),
+            dates=args.date,
+            classes_file=args.classes,
+            mask_ignore_values=_ints(args.ignore_values, "--ignore-values"),
+            block_size=args.block_size,
+            split_fractions=_fractions(args.split_fractions),
+            seed=args.seed,
+            min_class_pixels=args.min_class_pixels,
+            task=args.task,
+            chip_size=args.chip_size,
+            multi_label=args.multi_label,
+            background=args.background,
+            split_column=args.split_column,
+        )
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return ds
+
+
+def run(args) -> int:
+    if args.data_cmd == "add":
+        ds = add(args)
+        print(f"dataset {ds.id!r} created at {ds.path}")
+        print(describe(ds))
+        print(
+            f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random"
+        )
+    elif args.data_cmd == "list":
+        rows = list_datasets()
+        if not rows:
+            print(
+                "no datasets yet: geotune data add --name NAME --image scene.tif --labels labels.geojson"
+            )
+        for ds in rows:
+            m = ds.manifest
+            print(
+                f"{ds.id:24s} {m.get('task', 'segmentation'):14s} {m['num_classes']} classes  "
+                f"{len(m['bands'])} bands  {m['shape'][1]}x{m['shape'][0]} px  {m['crs']}  {m['created']}"
+            )
+    elif args.data_cmd == "show":
+        ds = load_dataset(args.id)
+        print(json.dumps(ds.manifest, indent=2) if args.json else describe(ds))
+    elif args.data_cmd == "delete":
+        delete_dataset(args.id)
+        print(f"deleted dataset {args.id!r}")
+    return 0
+
+
+def describe(ds: Dataset) -> str:
+    """Classes, counts, bands, dates, CRS and splits of a dataset, as text."""
+    m = ds.manifest
+    task = m.get("task", "segmentation")
+    lines = [f"id: {m['id']}  name: {m['name']}  owner: {m['owner']}  task: {task}"]
+    dates = ", ".join(d or "unknown" for d in m["dates"])
+    lines.append(f"sensor: {m['sensor'] or '-'}  bands: {', '.join(m['bands'])}  dates: {dates}")
+    lines.append(
+        f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}"
+    )
+    src = m.get("source", {})
+    labels = f"labels: {src.get('labels', '?')} ({m.get('label_kind', '?')})"
+    if src.get("n_invalid_repaired"):
+        labels += f", {src['n_invalid_repaired']} invalid geometries repaired"
+    if task == "classification":
+        labels += f"; chips of {m['chip_size']} px" + (
+            ", multi-label" if m.get("multi_label") else ""
+        )
+    if m.get("background"):
+        labels += f"; background class {m['background']!r} = every valid unlabelled pixel"
+    lines.append(labels)
+    sp = m["splits"]
+    how = (
+        f"from column {sp['split_column']!r}"
+        if sp.get("method") == "column"
+        else f"blocks of {sp['block_size']} px, seed {sp['seed']}"
+    )
+    unit = "chips" if task == "classification" else "units"
+    lines.append(f"splits: {how}; {unit} " + ", ".join(f"{k} {v}" for k, v in sp["units"].items()))
+    chips = task == "classification"
+    counts = sp["chips"] if chips else sp["pixels"]
+    unit_word = "chips" if chips else "px"
+    header = f"{'id':>3} {'class':20s} {'chips' if chips else 'units':>6}"
+    if not chips:
+        header += f" {'pixels':>9}"
+    lines.append(header + "  " + "  ".join(f"{s + ' ' + unit_word:>11s}" for s in counts))
+    for c in m["classes"]:
+        row = f"{c['id']:>3} {c['name'][:20]:20s} {c['units']:>6d}"
+        if not chips:
+            row += f" {c['pixels']:>9d}"
+        per = "  ".join(f"{counts[s][c['slug']]:>11d}" for s in counts)
+        lines.append(f"{row}  {per}")
+    return "\n".join(lines)

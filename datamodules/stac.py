@@ -1,0 +1,341 @@
+"""STAC imagery sources: catalog presets (``conf/stac/*.yaml``) and item search by AOI + dates.
+
+A catalog is a STAC API (searched with pystac-client) or a static catalog (a ``catalog.json``,
+walked with pystac). Its config says, per geotune sensor id, which collection(s) to search, which
+asset holds which band (geotune band names from :mod:`datamodules.sensors`), which asset is the
+cloud/quality mask and which of its classes or bits mean "not a clear view", which radiometric
+harmonisation applies, and how assets are accessed (:mod:`datamodules.stac_access`).
+
+Presets: ``earth_search`` (Element 84, the default), ``planetary_computer`` (Microsoft) and
+``earthdata_lpcloud`` (NASA LP DAAC, for HLS). ``--catalog`` takes a preset name or the path of a
+YAML file of the same shape; ``--catalog-url`` (or ``GEOTUNE_STAC_URL``) points a preset at another
+URL: a mirror, a private STAC API, or a local static catalog with the same asset keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .sensors import get_sensor
+from .stac_access import Public
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "conf" / "stac"
+DEFAULT_CATALOG = "earth_search"
+DEFAULT_MAX_CLOUD = 40.0  # % scene cloud cover (pixels are masked too)
+DEFAULT_MAX_ITEMS = 24  # the clearest scenes kept for a composite
+DEFAULT_MAX_AOI_KM2 = 10_000.0
+
+
+class StacError(UserError):
+    """A catalog cannot be used or searched; the message says what to change."""
+
+
+class NoImageryError(StacError):
+    """The search found no usable imagery."""
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """The quality-mask asset and which of its values mean "no clear view of the ground"."""
+
+    asset: str
+    classes: tuple[int, ...] = ()  # class values (Sentinel-2 SCL)
+    bits: tuple[int, ...] = ()  # bit positions, invalid when set (Landsat QA_PIXEL, HLS Fmask)
+    nodata: int | None = None  # a mask value meaning "no data", besides the file's nodata
+
+    def invalid(self, values: np.ndarray) -> np.ndarray:
+        """``True`` where a pixel must not be used; ``values`` is float with NaN for no data."""
+        bad = ~np.isfinite(values)
+        v = np.where(bad, 0, values).astype(np.int64)
+        if self.classes:
+            bad |= np.isin(v, self.classes)
+        if self.bits:
+            bad |= (v & sum(1 << b for b in self.bits)) != 0
+        if self.nodata is not None:
+            bad |= v == self.nodata
+        return bad
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    collection: str
+    assets: dict[str, str]  # geotune band name → asset key
+    mask: MaskSpec | None = None
+    harmonize: str | None = None  # a rule of composite.HARMONIZE
+    cloud_cover: bool = True  # items carry eo:cloud_cover
+    platforms: tuple[str, ...] = ()  # only these platforms (e.g. Landsat 8/9 of Landsat 4-9)
+    access: Callable | None = None  # overrides the catalog's access hook
+
+
+@dataclass
+class SensorSource:
+    sensor: str
+    collections: list[CollectionSpec]
+    dtype: str = "uint16"  # the composite's data type
+    nodata: float | None = 0  # the composite's nodata (None: NaN for float types)
+
+    def bands(self) -> list[str]:
+        """Bands every collection has, in the sensor table's order."""
+        have = set.intersection(*(set(c.assets) for c in self.collections))
+        return [b for b in get_sensor(self.sensor).band_names if b in have]
+
+
+@dataclass
+class Catalog:
+    name: str
+    url: str
+    sensors: dict[str, SensorSource]
+    access: Callable = field(default_factory=Public)
+    description: str = ""
+
+    def __post_init__(self):
+        self.sensors = {k: _source(k, v) for k, v in self.sensors.items()}
+
+    @property
+    def is_static(self) -> bool:
+        """A static catalog (a local path, ``file://`` or a ``.json`` URL) rather than an API."""
+        u = self.url
+        return "://" not in u or u.startswith("file://") or u.split("?")[0].endswith(".json")
+
+    def source(self, sensor: str) -> SensorSource:
+        get_sensor(sensor)
+        if sensor not in self.sensors:
+            others = [p for p in presets() if p != self.name and sensor in _preset_sensors(p)]
+            hint = (
+                f" Catalogs that have it: {', '.join(others)} (--catalog NAME)." if others else ""
+            )
+            raise StacError(
+                f"catalog {self.name} has no {sensor} imagery; it has: "
+                f"{', '.join(self.sensors)}.{hint}"
+            )
+        return self.sensors[sensor]
+
+    def access_for(self, spec: CollectionSpec) -> Callable:
+        return spec.access or self.access
+
+
+def _source(sensor: str, v) -> SensorSource:
+    if isinstance(v, SensorSource):
+        return v
+    get_sensor(sensor)
+    cols = []
+    for c in v["collections"]:
+        c = dict(c)
+        if c.get("mask"):
+            m = dict(c["mask"])
+            c["mask"] = MaskSpec(
+                m["asset"], tuple(m.get("classes", ())), tuple(m.get("bits", ())), m.get("nodata")
+            )
+        unknown = set(c["assets"]) - set(get_sensor(sensor).band_names)
+        if unknown:
+            raise StacError(f"{sensor} in the catalog config names unknown bands {sorted(unknown)}")
+        c["platforms"] = tuple(c.get("platforms", ()))
+        cols.append(CollectionSpec(**c))
+    return SensorSource(sensor, cols, v.get("dtype", "uint16"), v.get("nodata", 0))
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _preset_sensors(name: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(PRESETS_DIR / f"{name}.yaml").get("sensors", {}))
+
+
+def load_catalog(catalog: str | None = None, url: str | None = None) -> Catalog:
+    """A catalog from a preset name or a YAML path (default ``GEOTUNE_STAC_CATALOG``, else
+    ``earth_search``), its URL replaced by ``url`` (default ``GEOTUNE_STAC_URL``) if given."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    catalog = catalog or os.environ.get("GEOTUNE_STAC_CATALOG") or DEFAULT_CATALOG
+    url = url or os.environ.get("GEOTUNE_STAC_URL")
+    path = Path(catalog).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise StacError(f"catalog config {path} does not exist")
+    elif catalog in presets():
+        path = PRESETS_DIR / f"{catalog}.yaml"
+    else:
+        raise StacError(
+            f"unknown catalog {catalog!r}; presets: {', '.join(presets())}, or the path of a "
+            "YAML file shaped like conf/stac/earth_search.yaml"
+        )
+    cfg = OmegaConf.load(path)
+    if url:
+        cfg.url = url
+    try:
+        return instantiate(cfg, _convert_="all")
+    except Exception as e:
+        raise StacError(f"catalog config {path} is not usable: {e}") from None
+
+
+# -- search ---------------------------------------------------------------------------------------
+@dataclass
+class Found:
+    item: object  # pystac.Item
+    spec: CollectionSpec
+
+    @property
+    def when(self) -> datetime:
+        return item_datetime(self.item)
+
+    @property
+    def cloud(self) -> float | None:
+        v = self.item.properties.get("eo:cloud_cover")
+        return None if v is None else float(v)
+
+
+def item_datetime(item) -> datetime:
+    dt = item.datetime
+    if dt is None:
+        dt = datetime.fromisoformat(item.properties["start_datetime"].replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def search_items(
+    catalog: Catalog,
+    source: SensorSource,
+    aoi,
+    start: date,
+    end: date,
+    *,
+    max_cloud: float | None,
+    max_items: int,
+    timeout: float = 30.0,
+) -> tuple[list[Found], int]:
+    """Items over the AOI between ``start`` and ``end`` (inclusive) with cloud cover at most
+    ``max_cloud``: the ``max_items`` clearest (then earliest). Also returns how many matched."""
+    found: list[Found] = []
+    for spec in source.collections:
+        if catalog.is_static:
+            items = _static_search(catalog.url, spec, aoi, start, end)
+        else:
+            items = _api_search(catalog, spec, aoi, start, end, max_cloud, timeout)
+        for it in items:
+            f = Found(it, spec)
+            if not (start <= f.when.date() <= end):
+                continue  # APIs differ on inclusive ends and time zones: one rule here
+            if spec.platforms and it.properties.get("platform") not in spec.platforms:
+                continue
+            if max_cloud is not None and spec.cloud_cover:
+                if f.cloud is None or f.cloud > max_cloud:
+                    continue
+            found.append(f)
+    n = len(found)
+    found.sort(key=lambda f: (f.cloud if f.cloud is not None else 0.0, f.when, f.item.id))
+    return found[:max_items], n
+
+
+def _api_search(catalog, spec, aoi, start, end, max_cloud, timeout):
+    import pystac_client
+    from pystac_client.conformance import ConformanceClasses
+    from pystac_client.stac_api_io import StacApiIO
+    from shapely.geometry import mapping
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,
+    )  # fmt: skip
+    try:
+        client = pystac_client.Client.open(
+            catalog.url, stac_io=StacApiIO(timeout=timeout, max_retries=retry)
+        )
+        kwargs = dict(
+            collections=[spec.collection],
+            intersects=mapping(aoi),
+            datetime=f"{start.isoformat()}/{end.isoformat()}",
+            max_items=2000,
+        )
+        if max_cloud is not None and spec.cloud_cover:
+            if client.conforms_to(ConformanceClasses.FILTER):
+                kwargs["filter"] = {
+                    "op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]
+                }  # fmt: skip
+                kwargs["filter_lang"] = "cql2-json"
+            elif client.conforms_to(ConformanceClasses.QUERY):
+                kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
+        return list(client.search(**kwargs).items())
+    except Exception as e:  # requests / pystac-client errors: connection, HTTP status, JSON
+        raise StacError(
+            f"searching {catalog.url} ({spec.collection}) failed: {e}. Check the catalog URL "
+            "(--catalog-url / GEOTUNE_STAC_URL) and the network."
+        ) from None
+
+
+def _static_search(url, spec, aoi, start, end):
+    import pystac
+    from shapely.geometry import box, shape
+
+    try:
+        cat = pystac.Catalog.from_file(url)
+    except Exception as e:
+        raise StacError(f"cannot read the static catalog {url}: {e}") from None
+    out = []
+    for item in cat.get_items(recursive=True):
+        if item.collection_id != spec.collection:
+            continue
+        geom = shape(item.geometry) if item.geometry else box(*item.bbox)
+        if not geom.intersects(aoi):
+            continue
+        if not (start <= item_datetime(item).date() <= end):
+            continue
+        out.append(item)
+    return out
+
+
+@dataclass
+class Observation:
+    """One acquisition: the items of one date, collection and platform (neighbouring tiles of one
+    overpass), mosaicked clearest first."""
+
+    key: tuple[str, str, str]  # (date, collection, platform)
+    found: list[Found]
+
+    @property
+    def date(self) -> date:
+        return self.found[0].when.date()
+
+
+def observations(found: list[Found]) -> list[Observation]:
+    groups: dict[tuple[str, str, str], list[Found]] = {}
+    for f in found:
+        key = (f.when.date().isoformat(), f.spec.collection, str(f.item.properties.get("platform")))
+        groups.setdefault(key, []).append(f)
+    return [Observation(k, v) for k, v in sorted(groups.items())]
+
+
+def periods(start: date, end: date, n: int) -> list[tuple[date, date]]:
+    """``n`` consecutive, equal periods covering ``start``..``end`` (inclusive)."""
+    days = (end - start).days + 1
+    if n > days:
+        raise StacError(f"{n} dates asked for a range of {days} day(s); widen the date range")
+    edges = [start + timedelta(days=round(i * days / n)) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1] - timedelta(days=1)) for i in range(n)]
+
+
+__all__ = [
+    "Catalog",
+    "CollectionSpec",
+    "Found",
+    "MaskSpec",
+    "NoImageryError",
+    "Observation",
+    "SensorSource",
+    "StacError",
+    "load_catalog",
+    "observations",
+    "periods",
+    "presets",
+    "search_items",
+]

@@ -1,0 +1,90 @@
+"""What every request handler shares: settings, key store, job store and scheduler, predictions,
+the MLflow client and the model cache. One per app (``app.state.ctx``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from datamodules.errors import UserError
+from datamodules.paths import home
+
+from .jobs import JobStore, Scheduler
+from .keys import KeyStore
+from .models import ModelCache
+from .predictions import PredictionStore, PredictKind
+from .settings import Settings, serve_dir
+from .training import FinetuneKind
+
+
+def mlflow_client():
+    from trainer.registry import setup_mlflow
+
+    return setup_mlflow()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    keys: KeyStore = field(init=False)
+    jobs: JobStore = field(init=False)
+    predictions: PredictionStore = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    models: ModelCache = field(init=False)
+
+    def __post_init__(self):
+        root = serve_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        self.lock = lock_home(root)
+        shutil.rmtree(root / "uploads", ignore_errors=True)  # left by a crash mid-upload
+        self.keys = KeyStore(root / "keys.db")
+        self.jobs = JobStore(root / "jobs")
+        self.predictions = PredictionStore(root / "predictions")
+        self.models = ModelCache(self.settings.model_cache)
+        env = dict(os.environ, GEOTUNE_HOME=str(home()), PYTHONUNBUFFERED="1")
+        self.scheduler = Scheduler(
+            self.jobs,
+            kinds={
+                "finetune": FinetuneKind(mlflow_client),
+                "predict": PredictKind(self.predictions),
+            },
+            limits={
+                "finetune": self.settings.max_training_jobs,
+                "predict": self.settings.max_predict_jobs,
+            },
+            poll_seconds=self.settings.poll_seconds,
+            env=env,
+        )
+
+    @staticmethod
+    def client():
+        return mlflow_client()
+
+
+def lock_home(root: Path):
+    """One server per GEOTUNE_HOME: job recovery at start assumes no other server runs jobs."""
+    f = open(root / "server.lock", "a+")  # noqa: SIM115 (held for the server's lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(
+            f"another geotune serve (pid {pid}) is using {home()}; stop it first, or give this "
+            "one its own GEOTUNE_HOME"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx

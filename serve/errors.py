@@ -1,0 +1,138 @@
+"""Every error is JSON ``{"error": <code>, "detail": <what is wrong and what to do>}``.
+
+FastAPI's own errors (validation, unknown routes, wrong methods) and unexpected exceptions go
+through the same handlers: a client never sees a traceback; the server log keeps it, under a
+reference that the answer names.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from datamodules.errors import UserError
+
+log = logging.getLogger("geotune.serve")
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a short code, and a message a person can act on."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+        self.headers, self.extra = headers, extra
+
+
+class PayloadTooLarge(ApiError):
+    def __init__(self, limit_bytes: int):
+        mb = limit_bytes / 1024 / 1024
+        super().__init__(
+            413,
+            "payload_too_large",
+            f"the request body is larger than this server's upload limit of {mb:g} MB; send a "
+            "smaller file (crop or compress the GeoTIFF) or ask the operator to raise "
+            "`geotune serve --max-upload-mb`",
+            limit_mb=mb,
+        )
+
+
+def not_found(kind: str, ident: str, hint: str) -> ApiError:
+    return ApiError(404, "not_found", f"no {kind} {ident!r}. {hint}")
+
+
+def error_body(error: str, detail: str, **extra) -> dict:
+    return {"error": error, "detail": detail, **extra}
+
+
+def _json(status: int, error: str, detail: str, headers=None, **extra) -> JSONResponse:
+    return JSONResponse(error_body(error, detail, **extra), status_code=status, headers=headers)
+
+
+def _field(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def validation_detail(errors: list[dict]) -> tuple[str, list[dict]]:
+    fields = []
+    for e in errors:
+        loc = _field(e.get("loc", ()))
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "missing":
+            msg = "this field is required"
+        elif (
+            "input" in e
+            and e["type"] not in ("json_invalid",)
+            and not isinstance(e["input"], dict | list)
+        ):
+            msg = f"{msg} (got {e['input']!r})"
+        fields.append({"field": loc, "message": msg})
+    text = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return f"the request is not valid: {text}. See /docs for the expected fields.", fields
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _json(exc.status, exc.error, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        detail, fields = validation_detail(list(exc.errors()))
+        return _json(422, "invalid_request", detail, fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ApiError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ApiError):  # raised while FastAPI parsed the body (upload limit)
+            return _json(cause.status, cause.error, cause.detail, cause.headers, **cause.extra)
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            return _json(
+                404,
+                "not_found",
+                f"there is no endpoint {method} {path}. The API lives under /v1 "
+                "(datasets, finetunes, jobs, models, predictions); /docs lists every endpoint.",
+            )
+        if exc.status_code == 405:
+            allow = exc.headers.get("Allow", "") if exc.headers else ""
+            return _json(
+                405,
+                "method_not_allowed",
+                f"{path} does not accept {method}"
+                + (f"; it accepts {allow}" if allow else "")
+                + ". /docs lists every endpoint.",
+                headers=exc.headers,
+            )
+        if exc.status_code == 400:
+            return _json(
+                400,
+                "bad_request",
+                "the request body could not be read: send JSON with Content-Type "
+                "application/json, or a multipart/form-data upload (curl -F) as /docs shows",
+            )
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _json(exc.status_code, "http_error", detail, headers=exc.headers)
+
+    @app.exception_handler(UserError)
+    async def _user(request: Request, exc: UserError):
+        return _json(422, "invalid_input", str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        ref = secrets.token_hex(4)
+        log.exception("unexpected error %s on %s %s", ref, request.method, request.url.path)
+        return _json(
+            500,
+            "internal_error",
+            f"the server failed unexpectedly (reference {ref}); the request may be retried. "
+            "If it fails again, report the reference: the server log has the details.",
+            reference=ref,
+        )

@@ -1,0 +1,372 @@
+"""Jobs: persisted records and a scheduler that runs each job as its own process.
+
+A job is a folder ``$GEOTUNE_HOME/serve/jobs/<id>/`` with ``job.json`` (the record, rewritten
+atomically on every change), ``log.txt`` (the process's output) and ``progress.json`` (written
+by the process: epoch/step and latest metrics for training, tiles for prediction). Jobs run as
+separate processes (``geotune train ...``, ``python -m serve.predictions ...``), in their own
+session so that a cancel stops the process and everything it started.
+
+States: queued → running → succeeded | failed | cancelled. At most ``limits[kind]`` jobs of a
+kind run at once; the rest wait in FIFO order. After a restart queued jobs still run; a job
+that was running when the server went away is marked failed, with the reason, and its left-over
+process (if still alive and still the same process) is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger("geotune.serve")
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+JOB_ID_RE = re.compile(r"^job-[0-9a-f]{12}$")
+
+
+class JobFailed(Exception):
+    """Raised by a job kind's ``finalize`` when a process exited 0 but produced no result."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class JobStore:
+    """Job records on disk. Every change goes through ``update`` under one lock."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+
+    def dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.root / job_id
+
+    def create(
+        self, kind: str, owner: str, params: dict, build_argv: Callable[[Path], list[str]]
+    ) -> dict:
+        job_id = f"job-{secrets.token_hex(6)}"
+        folder = self.root / job_id
+        folder.mkdir()
+        record = {
+            "id": job_id,
+            "kind": kind,
+            "owner": owner,
+            "state": "queued",
+            "created": now(),
+            "seq": time.time_ns(),  # queue order (created has whole seconds only)
+            "started": None,
+            "finished": None,
+            "params": params,
+            "argv": build_argv(folder),
+            "pid": None,
+            "pid_start": None,
+            "exit_code": None,
+            "progress": {},
+            "error": None,
+            "result": None,
+            "cancel_requested": False,
+        }
+        with self.lock:
+            write_json(folder / "job.json", record)
+        return record
+
+    def get(self, job_id: str) -> dict | None:
+        if not JOB_ID_RE.match(job_id or ""):
+            return None
+        return read_json(self.root / job_id / "job.json")
+
+    def update(self, job_id: str, **changes) -> dict:
+        with self.lock:
+            record = self.get(job_id)
+            if record is None:
+                raise KeyError(job_id)
+            record.update(changes)
+            write_json(self.dir(job_id) / "job.json", record)
+            return record
+
+    def all(self) -> list[dict]:
+        records = []
+        for folder in self.root.iterdir():
+            if JOB_ID_RE.match(folder.name):
+                rec = read_json(folder / "job.json")
+                if rec is not None:
+                    records.append(rec)
+        return sorted(records, key=lambda r: (r.get("seq", 0), r["created"], r["id"]))
+
+
+class JobKind:
+    """What the scheduler needs to know about one kind of job (training, prediction)."""
+
+    def finalize(self, record: dict, folder: Path) -> dict:
+        """The result of a process that exited 0; raise :class:`JobFailed` if there is none."""
+        return {}
+
+    def abandon(self, record: dict, folder: Path, state: str) -> None:
+        """Clean up after a failed or cancelled job (e.g. close its MLflow run)."""
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of a live ``pid`` (to tell a left-over process from a reused
+    pid); None when there is no such process or only its zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    cur = proc_start_time(pid)
+    return cur is not None and (start is None or cur == start)
+
+
+def stop_process_group(pid: int, start: str | None, timeout: float = 10.0) -> None:
+    """SIGTERM the job's process group, then SIGKILL what is left after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _alive(pid, start):
+            return
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline and _alive(pid, start):
+            time.sleep(0.1)
+
+
+def error_from_log(text: str, exit_code: int | None) -> str:
+    """The message that explains a failed process: its ``error:`` line, else its exception."""
+    lines = [ln.split("\r")[-1].strip() for ln in text.splitlines()]
+    for ln in reversed(lines):
+        if ln.startswith("error: "):
+            return ln[len("error: ") :]
+    pattern = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt))(:|\(|$)")
+    for ln in reversed(lines):
+        if pattern.match(ln):
+            return ln[:2000]
+    if exit_code is not None and exit_code < 0:
+        name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else ""
+        return f"the process was killed by signal {-exit_code} {name} (out of memory?)"
+    return f"the process exited with code {exit_code}"
+
+
+def clean_log(text: str) -> str:
+    """Progress bars redraw lines with carriage returns: keep each line's last state."""
+    return "\n".join(ln.split("\r")[-1] for ln in text.split("\n"))
+
+
+class Scheduler:
+    """Starts queued jobs up to the limits, follows running ones, records how they end."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        kinds: dict[str, JobKind],
+        limits: dict[str, int],
+        poll_seconds: float = 0.5,
+        env: dict | None = None,
+    ):
+        self.store, self.kinds, self.limits = store, kinds, limits
+        self.poll, self.env = poll_seconds, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="geotune-jobs", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Server shutdown: stop running jobs and record why; queued jobs stay queued."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for job_id in list(self.procs):
+            rec = self.store.get(job_id)
+            stop_process_group(rec["pid"], rec.get("pid_start"))
+            self.procs.pop(job_id, None)
+            self._fail_interrupted(rec, "the server was stopped while this job was running")
+
+    def recover(self) -> None:
+        """At start: jobs recorded as running belong to a server that is gone."""
+        for rec in self.store.all():
+            if rec["state"] != "running":
+                continue
+            if rec.get("pid") and _alive(rec["pid"], rec.get("pid_start")):
+                stop_process_group(rec["pid"], rec.get("pid_start"))
+            self._fail_interrupted(rec, "the server restarted while this job was running")
+
+    def _fail_interrupted(self, rec: dict, why: str) -> None:
+        self._merge_progress(rec)
+        rec = self.store.get(rec["id"])
+        where = _progress_text(rec.get("progress") or {})
+        msg = (
+            f"{why} (started {rec.get('started')}{', ' + where if where else ''}); "
+            "its process was stopped. Submit the job again."
+        )
+        self._abandon(rec, "failed")
+        self.store.update(rec["id"], state="failed", finished=now(), error=msg)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep scheduling; the log has the traceback
+                log.exception("job scheduler tick failed")
+            self._stop.wait(self.poll)
+
+    def tick(self) -> None:
+        for job_id, proc in list(self.procs.items()):
+            rec = self.store.get(job_id)
+            self._merge_progress(rec)
+            code = proc.poll()
+            if code is not None and self.procs.pop(job_id, None) is not None:
+                self._finish(job_id, code)
+        records = self.store.all()
+        running = [r for r in records if r["state"] == "running"]
+        for rec in records:
+            if rec["state"] != "queued":
+                continue
+            n = sum(1 for r in running if r["kind"] == rec["kind"])
+            if n < self.limits.get(rec["kind"], 1):
+                launched = self._launch(rec["id"])
+                if launched is not None and launched["state"] == "running":
+                    running.append(launched)
+
+    def _launch(self, job_id: str) -> dict | None:
+        with self.store.lock:  # a cancel may have come in since the listing
+            rec = self.store.get(job_id)
+            if rec is None or rec["state"] != "queued":
+                return None
+            return self._popen(rec)
+
+    def _popen(self, rec: dict) -> dict:
+        folder = self.store.dir(rec["id"])
+        try:
+            with open(folder / "log.txt", "ab") as out:
+                proc = subprocess.Popen(
+                    rec["argv"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=folder,
+                    env=self.env,
+                    start_new_session=True,
+                )
+        except OSError as e:
+            return self.store.update(
+                rec["id"], state="failed", finished=now(), error=f"cannot start the job: {e}"
+            )
+        self.procs[rec["id"]] = proc
+        return self.store.update(
+            rec["id"],
+            state="running",
+            started=now(),
+            pid=proc.pid,
+            pid_start=proc_start_time(proc.pid),
+        )
+
+    def _merge_progress(self, rec: dict) -> None:
+        progress = read_json(self.store.dir(rec["id"]) / "progress.json")
+        if progress and progress != rec.get("progress"):
+            self.store.update(rec["id"], progress=progress)
+
+    def _finish(self, job_id: str, code: int) -> None:
+        rec = self.store.get(job_id)
+        self._merge_progress(rec)
+        rec = self.store.get(job_id)
+        folder = self.store.dir(job_id)
+        if rec.get("cancel_requested"):
+            self._abandon(rec, "cancelled")
+            self.store.update(job_id, state="cancelled", finished=now(), exit_code=code)
+            return
+        if code == 0:
+            try:
+                result = self.kinds[rec["kind"]].finalize(rec, folder)
+            except JobFailed as e:
+                self._abandon(rec, "failed")
+                self.store.update(job_id, state="failed", finished=now(), exit_code=0, error=str(e))
+                return
+            self.store.update(job_id, state="succeeded", finished=now(), exit_code=0, result=result)
+            return
+        text = (folder / "log.txt").read_text(errors="replace")
+        self._abandon(rec, "failed")
+        self.store.update(
+            job_id,
+            state="failed",
+            finished=now(),
+            exit_code=code,
+            error=f"{error_from_log(text, code)} (full log: GET /v1/jobs/{job_id}/logs)",
+        )
+
+    def _abandon(self, rec: dict, state: str) -> None:
+        try:
+            self.kinds[rec["kind"]].abandon(rec, self.store.dir(rec["id"]), state)
+        except Exception:
+            log.exception("cleaning up job %s failed", rec["id"])
+
+    # -- requests ---------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued or running job; returns the record once it is cancelled."""
+        with self.store.lock:
+            rec = self.store.get(job_id)
+            if rec["state"] == "queued":
+                self._abandon(rec, "cancelled")
+                return self.store.update(job_id, state="cancelled", finished=now())
+            if rec["state"] != "running":
+                return rec
+            self.store.update(job_id, cancel_requested=True)
+        proc = self.procs.get(job_id)
+        stop_process_group(rec["pid"], rec.get("pid_start"))
+        if proc is not None:
+            code = proc.wait(timeout=30)
+            if self.procs.pop(job_id, None) is not None:
+                self._finish(job_id, code)
+        deadline = time.time() + 30
+        while self.store.get(job_id)["state"] == "running" and time.time() < deadline:
+            time.sleep(0.1)  # the scheduler thread is finishing it
+        return self.store.get(job_id)
+
+
+def _progress_text(p: dict) -> str:
+    if p.get("epoch") is not None:
+        total = f" of {p['max_epochs']}" if p.get("max_epochs") else ""
+        return f"at epoch {p['epoch']}{total}, step {p.get('step', 0)}"
+    if p.get("tiles_done") is not None:
+        return f"after {p['tiles_done']} of {p.get('tiles_total', '?')} tiles"
+    return ""

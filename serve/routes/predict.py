@@ -1,0 +1,268 @@
+"""``POST /v1/models/{name}/predict`` and ``/v1/predictions``: a scene in; classes, confidence,
+polygons and class areas out, each file served only to its owner."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import rasterio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from datamodules.errors import UserError
+
+from ..auth import current_owner
+from ..context import Context, get_ctx
+from ..errors import ApiError, not_found, validation_detail
+from ..jobs import write_json
+from ..models import resolve
+from ..predictions import FILES, predict_argv, result, run_prediction
+from ..schemas import ERRORS, AoiPredictRequest, PredictParams
+from ..uploads import RASTER, rename_in_message, save_upload
+from .datasets import check_pixels
+from .jobs import job_view
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+_one_at_a_time = threading.Lock()  # synchronous predictions share the CPU one by one
+HINT = "Predictions are listed in their answers; GET /v1/jobs shows asynchronous ones."
+
+FORM_FIELDS = {
+    "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+              "description": "the scene: a GeoTIFF/COG (repeat for band files or dates)"},
+    "bands": {"type": "string", "description": "band names in file order, when the file has none",
+              "example": ""},
+    "sensor": {"type": "string", "description": "sensor id, to name bands from the sensor table",
+               "example": ""},
+} | PredictParams.model_json_schema()["properties"] | {
+    "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                             "description": "pixels below this confidence (0..1) become nodata"},
+}  # fmt: skip
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["image"], "properties": FORM_FIELDS}
+            },
+            "application/json": {"schema": AoiPredictRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def _validate(model, data: dict):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        detail, fields = validation_detail(e.errors())
+        raise ApiError(422, "invalid_request", detail, fields=fields) from None
+
+
+def check_aoi(req: AoiPredictRequest, max_km2: float) -> float:
+    """The AOI's geodesic area in km²; 422 for a bad geometry, dates or an area over the limit."""
+    from pyproj import Geod
+    from shapely.geometry import shape
+
+    geom = req.aoi.get("geometry") if req.aoi.get("type") == "Feature" else req.aoi
+    try:
+        g = shape(geom)
+    except Exception:
+        raise ApiError(
+            422, "invalid_request",
+            "aoi must be a GeoJSON Polygon or MultiPolygon (or a Feature holding one) in CRS84",
+        ) from None  # fmt: skip
+    if g.geom_type not in ("Polygon", "MultiPolygon") or g.is_empty or not g.is_valid:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"aoi must be a valid, non-empty Polygon or MultiPolygon (got {g.geom_type})",
+        )
+    x0, y0, x1, y1 = g.bounds
+    if x0 < -180 or x1 > 180 or y0 < -90 or y1 > 90:
+        raise ApiError(
+            422, "invalid_request", "aoi coordinates must be longitude, latitude (CRS84, RFC 7946)"
+        )
+    if req.start_date > req.end_date:
+        raise ApiError(422, "invalid_request", "start_date is after end_date")
+    km2 = abs(Geod(ellps="WGS84").geometry_area_perimeter(g)[0]) / 1e6
+    if km2 > max_km2:
+        raise ApiError(
+            422, "aoi_too_large",
+            f"the AOI covers {km2:,.1f} km²; this server predicts at most {max_km2:,.0f} km² per "
+            "request. Split the area into smaller AOIs.",
+            limit_km2=max_km2,
+        )  # fmt: skip
+    return km2
+
+
+@router.post(
+    "/models/{name}/predict", responses=ERRORS | {202: {"description": "queued as a job"}},
+    openapi_extra=PREDICT_BODY,
+    summary="Predict a GeoTIFF upload (multipart) or an AOI + dates (JSON) with a model",
+)  # fmt: skip
+async def predict(
+    name: str,
+    request: Request,
+    alias: str | None = Query(None, description="model alias (default champion)"),
+    version: int | None = Query(None, ge=1, description="model version, instead of an alias"),
+    owner: str = Depends(current_owner),
+    ctx: Context = Depends(get_ctx),
+):
+    registered, v = await run_in_threadpool(resolve, ctx.client(), owner, name, alias, version)
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+        req = _validate(AoiPredictRequest, body if isinstance(body, dict) else {})
+        req.output_set()
+        km2 = check_aoi(req, ctx.settings.max_aoi_km2)
+        alias_used = None if version is not None else (alias or "champion")
+        return await run_in_threadpool(
+            _predict_aoi, ctx, owner, name, alias_used, registered, v, req, km2, str(request.base_url)
+        )
+    if not ctype.startswith("multipart/form-data"):
+        raise ApiError(
+            415, "unsupported_media_type",
+            "send the scene as multipart/form-data (curl -F image=@scene.tif), or an AOI as "
+            "application/json",
+        )  # fmt: skip
+    form = await request.form(max_files=64, max_fields=32)
+    try:
+        images = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
+        if not images:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "upload the scene as the form field 'image' (curl -F image=@scene.tif)",
+            )
+        fields = {k: val for k, val in form.multi_items() if isinstance(val, str)}
+        extra = set(fields) - set(FORM_FIELDS)
+        if extra:
+            raise ApiError(
+                422, "invalid_request",
+                f"unknown form field(s) {sorted(extra)}; accepted: {', '.join(sorted(FORM_FIELDS))}",
+            )  # fmt: skip
+        fields = {k: val for k, val in fields.items() if val.strip()}  # empty means "the default"
+        params = _validate(
+            PredictParams, {k: fields[k] for k in PredictParams.model_fields if k in fields}
+        )
+        outputs = sorted(params.output_set())
+        alias_used = None if version is not None else (alias or "champion")
+        return await run_in_threadpool(
+            _predict_upload, ctx, owner, name, alias_used, registered, v, images, fields, params,
+            outputs, str(request.base_url),
+        )  # fmt: skip
+    finally:
+        await form.close()  # the spooled upload files
+
+
+def _predict_upload(
+    ctx, owner, name, alias, registered, v, images, fields, params, outputs, base_url
+):
+    pred_id, folder = ctx.predictions.new()
+    names = {}
+    try:
+        for i, up in enumerate(images, 1):
+            path, shown = save_upload(up, folder, f"input{i}", RASTER, "image")
+            names[path] = shown
+        check_pixels(list(names), names, ctx.settings.max_pixels)
+        with rasterio.open(next(iter(names))) as src:
+            pixels = src.width * src.height
+        bands = [b.strip() for b in fields["bands"].split(",")] if fields.get("bands") else None
+        write_json(folder / "request.json", {
+            "owner": owner, "model": name, "alias": alias,
+            "registered_name": registered, "version": v, "inputs": [p.name for p in names],
+            "input_names": list(names.values()), "bands": bands, "sensor": fields.get("sensor"),
+            "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
+        })  # fmt: skip
+        if pixels > ctx.settings.sync_pixels:
+            rec = ctx.jobs.create(
+                "predict", owner,
+                {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
+                lambda _job_folder: predict_argv(folder),
+            )  # fmt: skip
+            view = job_view(rec)
+            return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+        with _one_at_a_time:
+            model = ctx.models.get(registered, v)
+            run_prediction(folder, model=model)
+        return result(folder, base_url)
+    except UserError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
+    """Imagery for the AOI and dates from the STAC catalogue (datamodules.composite), then the
+    same predictor; large areas (by the model's resolution) run as a job."""
+    model = ctx.models.get(registered, v)
+    res = float(model.record["resolution"][0])
+    pixels = int(km2 * 1e6 / (res * res))
+    pred_id, folder = ctx.predictions.new()
+    write_json(folder / "request.json", {
+        "owner": owner, "model": name, "alias": alias, "registered_name": registered, "version": v,
+        "inputs": [], "input_names": [], "aoi": req.aoi, "start_date": req.start_date.isoformat(),
+        "end_date": req.end_date.isoformat(), "sensor": req.sensor, "bands": None,
+        "params": req.model_dump(include=set(PredictParams.model_fields)) | {"outputs": sorted(req.output_set())},
+        "pixels": pixels,
+    })  # fmt: skip
+    if pixels > ctx.settings.sync_pixels:
+        rec = ctx.jobs.create(
+            "predict", owner,
+            {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
+            lambda _job_folder: predict_argv(folder),
+        )  # fmt: skip
+        view = job_view(rec)
+        return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+    try:
+        with _one_at_a_time:
+            run_prediction(folder, model=model)
+        return result(folder, base_url)
+    except UserError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ApiError(422, "invalid_input", str(e)) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@router.get("/predictions/{prediction_id}", responses=ERRORS, summary="A prediction's answer")
+def get_prediction(
+    prediction_id: str,
+    request: Request,
+    owner: str = Depends(current_owner),
+    ctx: Context = Depends(get_ctx),
+) -> dict:
+    folder = ctx.predictions.folder(prediction_id, owner)
+    if folder is None or not (folder / "outputs" / "summary.json").is_file():
+        raise not_found("prediction", prediction_id, HINT)
+    return result(folder, str(request.base_url))
+
+
+@router.get(
+    "/predictions/{prediction_id}/{filename}", responses=ERRORS,
+    summary="A prediction's file: classes.tif, confidence.tif (COGs), polygons.geojson, summary.json",
+)  # fmt: skip
+def get_prediction_file(
+    prediction_id: str,
+    filename: str,
+    owner: str = Depends(current_owner),
+    ctx: Context = Depends(get_ctx),
+):
+    folder = ctx.predictions.folder(prediction_id, owner)
+    if folder is None or filename not in FILES or not (folder / "outputs" / filename).is_file():
+        raise not_found("file", f"{prediction_id}/{filename}", HINT)
+    return FileResponse(
+        folder / "outputs" / filename,
+        media_type=FILES[filename],
+        filename=f"{prediction_id}-{filename}",
+    )

@@ -1,0 +1,126 @@
+"""Request and response bodies of the HTTP API (they are also the OpenAPI page's schemas)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OUTPUTS = ("classes", "confidence", "polygons")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="a short code, e.g. not_found, invalid_request")
+    detail: str = Field(description="what is wrong and what to do about it")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in {
+        401: "missing, unknown or revoked API key",
+        404: "no such object for this owner",
+        409: "conflicts with an existing object or the object's state",
+        413: "upload larger than the server's limit",
+        422: "invalid request or input data (the detail says which and how to fix it)",
+    }.items()
+}
+
+
+class FinetuneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = Field(
+        description="id of one of your datasets (GET /v1/datasets)", examples=["coast"]
+    )
+    model_name: str = Field(
+        description="registered model name to create (letters, digits, '-', '_')",
+        examples=["coast"],
+    )
+    backbone: str = Field("resnet18", description="backbone config, e.g. resnet18, clay_v1_5")
+    size: str | None = Field(
+        None,
+        description="size variant; default the official size, 'tiny' for trials",
+        examples=["tiny"],
+    )
+    weights: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="pretrained: the official file from the server's weights directory; random: explicit opt-in",
+    )
+    task: str = Field("segmentation", description="a task config: segmentation, ...")
+    alias: str | None = Field(
+        "champion", description="point this alias at the new version (null: none)"
+    )
+    new_version: bool = Field(False, description="add a version to an existing model of this name")
+    epochs: int = Field(10, ge=1, le=1000)
+    patch_size: int = Field(128, ge=16, le=2048, description="training chip edge in pixels")
+    batch_size: int = Field(8, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    chips_per_epoch: int = Field(256, ge=1, le=1_000_000)
+    finetune: Literal["full", "frozen", "last_n"] | None = Field(
+        None, description="which backbone weights train; default the backbone's recommendation"
+    )
+    last_n: int | None = Field(
+        None, ge=0, le=100, description="blocks trained with finetune=last_n"
+    )
+    num_workers: int = Field(2, ge=0, le=16, description="data loader processes")
+    seed: int = Field(0, ge=0)
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="the model version the alias points at")
+
+
+class PredictParams(BaseModel):
+    """Prediction options (form fields with an upload, JSON fields with an AOI)."""
+
+    model_config = ConfigDict(extra="forbid")
+    outputs: str = Field(
+        "classes,confidence,polygons",
+        description="comma-separated: classes (always), confidence, polygons",
+    )
+    min_area_m2: float = Field(0.0, ge=0, description="drop polygons smaller than this")
+    simplify: float = Field(
+        0.0, ge=0, description="polygon simplification tolerance (scene CRS units)"
+    )
+    sieve_pixels: int = Field(0, ge=0, le=1_000_000, description="remove patches smaller than this")
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="pixels below this confidence become nodata", examples=[None]
+    )
+
+    def output_set(self) -> set[str]:
+        names = {o.strip() for o in self.outputs.split(",") if o.strip()}
+        unknown = names - set(OUTPUTS)
+        if unknown:
+            from datamodules.errors import UserError
+
+            raise UserError(
+                f"unknown output(s) {sorted(unknown)} in outputs; choose from {', '.join(OUTPUTS)}"
+            )
+        return names | {"classes"}
+
+
+class AoiPredictRequest(PredictParams):
+    aoi: dict[str, Any] = Field(description="GeoJSON geometry or Feature, in CRS84 (lon, lat)")
+    start_date: date
+    end_date: date
+    sensor: str = Field(description="sensor id, e.g. sentinel-2-l2a")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["finetune", "predict"]
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    params: dict[str, Any] = {}
+    progress: dict[str, Any] = Field(
+        {}, description="training: epoch (1-based), max_epochs, step, latest metrics, run_id"
+    )
+    error: str | None = None
+    result: dict[str, Any] | None = Field(
+        None, description="finetune: the registered model and version; predict: the prediction"
+    )
+    links: dict[str, str] = {}

@@ -1,0 +1,35 @@
+"""The server's settings (``geotune serve`` flags) and where it keeps things.
+
+``$GEOTUNE_HOME/serve/`` holds ``keys.db`` (hashed API keys), ``jobs/<id>/`` (job record,
+log, progress, the training run folder), ``predictions/<id>/`` (uploaded scene, outputs) and
+``datasets/<owner>/`` (datasets of keyed owners; the single local user's datasets are the
+CLI's, in ``$GEOTUNE_HOME/datasets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from datamodules.paths import home
+
+
+def serve_dir() -> Path:
+    return home() / "serve"
+
+
+@dataclass(frozen=True)
+class Settings:
+    dev: bool = False  # single user 'local', no API keys (loopback only)
+    max_training_jobs: int = 1  # training processes running at once; the rest wait in the queue
+    max_predict_jobs: int = 1  # asynchronous prediction processes running at once
+    max_upload_mb: float = 2048.0  # request body limit (413 above it)
+    sync_pixels: int = 4_000_000  # predictions up to this many pixels answer at once, larger → 202
+    max_pixels: int = 400_000_000  # scenes larger than this are refused (422)
+    max_aoi_km2: float = 10_000.0  # AOI predictions larger than this are refused (422)
+    model_cache: int = 2  # loaded models kept in memory for synchronous predictions
+    poll_seconds: float = 0.5  # how often the scheduler looks at running jobs
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

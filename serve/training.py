@@ -1,0 +1,210 @@
+"""Fine-tune jobs: a request → checks → ``geotune train`` overrides → a registered version.
+
+The job is ``geotune train`` run as its own process with Hydra overrides, exactly what a user
+would type; the service adds only a progress callback (``serve.progress.JobProgress``) and the
+run folder. When the process exits 0, the registered version is looked up in MLflow by the run
+id the callback recorded, and the registered model is tagged with its owner.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from .errors import ApiError
+from .jobs import JobFailed, JobKind, read_json
+from .owners import LOCAL, NAME_RE, NAME_RULE, mlflow_name, owns
+from .schemas import FinetuneRequest
+
+ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def config_choices(group: str) -> list[str]:
+    """The options of a Hydra config group, from the shipped ``conf`` package."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in files("conf").joinpath(group).iterdir()
+        if p.name.endswith(".yaml")
+    )  # fmt: skip
+
+
+def check_alias(alias: str) -> str:
+    if not ALIAS_RE.match(alias) or alias.lower() == "latest" or re.match(r"^v\d+$", alias):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"alias {alias!r} is not valid: use 1-64 letters, digits, '-' or '_'; "
+            "'latest' and v<number> are reserved by MLflow",
+        )
+    return alias
+
+
+def check_model_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ApiError(422, "invalid_request", f"model name {name!r} is not valid: use {NAME_RULE}")
+    return name
+
+
+def check_backbone(req: FinetuneRequest) -> str:
+    """The size to train; 422 for an unknown backbone/size/task or absent pretrained weights."""
+    from trainer.backbones import BACKBONES, WeightsError, get_entry, resolve_weights, sizes
+
+    choices = [b for b in config_choices("backbone") if b in BACKBONES]
+    if req.backbone not in choices:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown backbone {req.backbone!r}; choose one of: {', '.join(choices)}",
+        )
+    tasks = config_choices("task")
+    if req.task not in tasks:
+        raise ApiError(
+            422, "invalid_request", f"unknown task {req.task!r}; choose one of: {', '.join(tasks)}"
+        )
+    entry = get_entry(req.backbone)
+    size = req.size or entry.default_size
+    known = sizes(req.backbone)
+    if size not in known:
+        raise ApiError(
+            422, "invalid_request",
+            f"backbone {req.backbone!r} has no size {size!r}; its sizes are: {', '.join(known)}",
+        )  # fmt: skip
+    if req.weights == "pretrained":
+        if size != entry.default_size:
+            raise ApiError(
+                422, "invalid_request",
+                f"pretrained weights of {req.backbone!r} exist only for its official size "
+                f"{entry.default_size!r}; for size {size!r} ask for \"weights\": \"random\"",
+            )  # fmt: skip
+        try:
+            resolve_weights(req.backbone, None)
+        except WeightsError:
+            raise ApiError(
+                422, "weights_missing",
+                f"backbone {req.backbone!r} needs its pretrained weights file "
+                f"{entry.weights_file!r}, which is not in this server's weights directory. Ask the "
+                f"operator to put {entry.weights_file} there (geotune backbones list shows the "
+                "directory), or ask for \"weights\": \"random\" to train from random initialisation.",
+                expected_file=entry.weights_file,
+            ) from None  # fmt: skip
+    return size
+
+
+def check_name_free(client, store, owner: str, req: FinetuneRequest) -> str:
+    """The MLflow name for the new model; 409 if it is taken and no new version was asked for."""
+    from mlflow.exceptions import MlflowException
+
+    name = mlflow_name(owner, check_model_name(req.model_name))
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException:
+        rm = None
+    if rm is not None and not owns(client, owner, rm):
+        raise ApiError(
+            409, "conflict", f"the model name {req.model_name!r} is taken; choose another"
+        )
+    if rm is not None and not req.new_version:
+        raise ApiError(
+            409, "conflict",
+            f"you already have a model {req.model_name!r}; to add a new version of it send "
+            "\"new_version\": true, or choose another model_name",
+        )  # fmt: skip
+    for job in store.all():
+        if (
+            job["owner"] == owner and job["kind"] == "finetune" and job["state"] in ("queued", "running")
+            and job["params"]["model_name"] == req.model_name and not req.new_version
+        ):  # fmt: skip
+            raise ApiError(
+                409, "conflict",
+                f"job {job['id']} ({job['state']}) is already training model {req.model_name!r}; "
+                "wait for it, cancel it, or send \"new_version\": true",
+            )  # fmt: skip
+    return name
+
+
+def _q(value) -> str:
+    """A Hydra override value as a quoted string."""
+    text = str(value)
+    quote = "'" if "'" not in text else '"'
+    if quote in text:
+        raise ApiError(422, "invalid_request", f"value {text!r} cannot be passed to the trainer")
+    return f"{quote}{text}{quote}"
+
+
+def geotune_command() -> list[str]:
+    exe = Path(sys.executable).with_name("geotune")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "trainer.cli"]
+
+
+def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, folder: Path):
+    """``geotune train`` with the request as Hydra overrides."""
+    o = [
+        f"data.dataset={_q(dataset_path)}",
+        f"backbone={req.backbone}",
+        f"backbone.size={_q(size)}",
+        f"task={req.task}",
+        f"trainer.max_epochs={req.epochs}",
+        f"data.patch_size={req.patch_size}",
+        f"data.batch_size={req.batch_size}",
+        f"data.num_workers={req.num_workers}",
+        f"data.chips_per_epoch={req.chips_per_epoch}",
+        f"task.optimizer.lr={req.learning_rate}",
+        f"seed={req.seed}",
+        f"register.name={_q(name)}",
+        f"register.alias={_q(req.alias) if req.alias else 'null'}",
+        f"run_name={_q(f'{req.model_name}-{folder.name}')}",
+        f"hydra.run.dir={_q(folder / 'run')}",
+        "+callbacks.job_progress._target_=serve.progress.JobProgress",
+        f"+callbacks.job_progress.path={_q(folder / 'progress.json')}",
+    ]
+    if req.weights == "random":
+        o.append("backbone.weights=random")
+    if req.finetune:
+        o.append(f"backbone.finetune={req.finetune}")
+    if req.last_n is not None:
+        o.append(f"backbone.last_n={req.last_n}")
+    return [*geotune_command(), "train", *o]
+
+
+class FinetuneKind(JobKind):
+    def __init__(self, client_factory):
+        self.client = client_factory
+
+    def finalize(self, record: dict, folder: Path) -> dict:
+        progress = read_json(folder / "progress.json") or {}
+        run_id = progress.get("run_id")
+        name = record["params"]["mlflow_name"]
+        client = self.client()
+        versions = (
+            client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
+        )
+        if not versions:
+            raise JobFailed(
+                f"training finished but no version of model {record['params']['model_name']!r} was "
+                f"registered for its run {run_id}; see GET /v1/jobs/{record['id']}/logs"
+            )
+        version = max(versions, key=lambda v: int(v.version))
+        client.set_registered_model_tag(name, "owner", record["owner"])
+        run = client.get_run(run_id)
+        metrics = {
+            k: round(v, 6) for k, v in run.data.metrics.items() if k.startswith(("test/", "val/"))
+        }
+        return {
+            "model": record["params"]["model_name"],
+            "version": int(version.version),
+            "alias": record["params"].get("alias"),
+            "run_id": run_id,
+            "metrics": dict(sorted(metrics.items())),
+        }
+
+    def abandon(self, record: dict, folder: Path, state: str) -> None:
+        run_id = (read_json(folder / "progress.json") or {}).get("run_id")
+        if not run_id:
+            return
+        client = self.client()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED" if state == "cancelled" else "FAILED")
+
+
+__all__ = ["LOCAL", "FinetuneKind", "check_backbone", "check_name_free", "train_argv"]

@@ -1,0 +1,143 @@
+"""Uploaded files reach the disk under names the server chooses, never the client's.
+
+A file's kind is read from its first bytes (GeoTIFF, GeoPackage, zip, Parquet, FlatGeobuf,
+GeoJSON), which fixes its suffix; the client's file name contributes at most a sanitised stem
+(letters, digits, ``-``, ``_``; band files are named by it, e.g. ``..._B04``) and is otherwise
+kept only for messages and provenance. So no client string becomes a path: no ``/vsi*``, no
+``..``, no URL, no VRT or other format that points GDAL at further files.
+
+The request body is limited (413) before it is read when it declares its length, and while it
+is read when it does not (:class:`BodyLimit`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from fastapi import UploadFile
+from fastapi.responses import JSONResponse
+
+from datamodules.errors import UserError
+
+from .errors import PayloadTooLarge, error_body
+
+RASTER = {"tif"}
+VECTOR = {"geojson", "gpkg", "zip", "parquet", "fgb"}
+KIND_NAMES = {
+    "tif": "GeoTIFF/COG",
+    "geojson": "GeoJSON",
+    "gpkg": "GeoPackage",
+    "zip": "zipped Shapefile",
+    "parquet": "GeoParquet",
+    "fgb": "FlatGeobuf",
+}
+
+
+class UploadError(UserError):
+    pass
+
+
+def sniff(head: bytes) -> str | None:
+    """The file kind from its first bytes, or None."""
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tif"
+    if head.startswith(b"SQLite format 3\x00"):
+        return "gpkg"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"fgb\x03"):
+        return "fgb"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"{"):
+        return "geojson"
+    return None
+
+
+def display_name(filename: str | None, fallback: str) -> str:
+    """The client's file name for messages: its last path part, printable, at most 100 chars."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:100]
+    return name or fallback
+
+
+def safe_stem(filename: str | None) -> str:
+    stem = re.split(r"[\\/]", filename or "")[-1].rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-")[:64]
+
+
+def save_upload(
+    upload: UploadFile, folder: Path, base: str, allowed: set[str], role: str
+) -> tuple[Path, str]:
+    """Copy ``upload`` into ``folder`` as ``<base>[-<stem>].<kind>``; returns (path, display name)."""
+    shown = display_name(upload.filename, role)
+    upload.file.seek(0)
+    head = upload.file.read(64)
+    kind = sniff(head)
+    if kind not in allowed:
+        accepted = ", ".join(KIND_NAMES[k] for k in sorted(allowed))
+        what = f"a {KIND_NAMES[kind]}" if kind else "not a format geotune reads"
+        raise UploadError(f"{role} {shown!r} is {what}; {role} must be: {accepted}")
+    stem = safe_stem(upload.filename)
+    path = folder / (f"{base}-{stem}.{kind}" if stem else f"{base}.{kind}")
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1024 * 1024)
+    return path, shown
+
+
+# CLI flags named in the shared code's messages, and the form fields that carry them over HTTP
+FORM_FIELDS = {
+    "--class-column": "class_column", "--bands": "bands", "--sensor": "sensor",
+    "--date": "dates", "--ignore-values": "ignore_values", "--block-size": "block_size",
+    "--split-fractions": "split_fractions", "--min-class-pixels": "min_class_pixels",
+    "--image": "image", "--labels": "labels", "--task": "task", "--chip-size": "chip_size",
+    "--multi-label": "multi_label", "--background": "background",
+    "--split-column": "split_column",
+}  # fmt: skip
+_WORDS = "(?:or|and|in|to|with|for|first|instead|is|was)"
+
+
+def rename_in_message(message: str, names: dict[Path, str]) -> str:
+    """A message of the shared code as an HTTP client needs it: the server's file paths and
+    names replaced by the client's file names, CLI flags by the form fields."""
+    for path, shown in sorted(names.items(), key=lambda kv: -len(str(kv[0]))):
+        message = message.replace(str(path), shown).replace(path.name, shown)
+    for flag, field in FORM_FIELDS.items():
+        message = re.sub(
+            rf"{flag} (?!{_WORDS}\b)([^\s,;]+?)(?=[.,;]?(\s|$))", rf"{field}=\1", message
+        )
+        message = re.sub(rf"{flag}\b", f"the {field} field", message)
+    return message
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies larger than ``limit`` bytes with 413."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            err = PayloadTooLarge(self.limit)
+            response = JSONResponse(error_body(err.error, err.detail, **err.extra), status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, counting_receive, send)

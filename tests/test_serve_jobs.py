@@ -1,0 +1,124 @@
+"""Jobs across server restarts: the queue (at most N running), persisted records, a crash
+mid-job, cancellation. A real `geotune serve` subprocess; training jobs are real
+`geotune train` processes."""
+
+import signal
+import time
+
+import pytest
+from test_serve import TINY, assert_error, servers, upload_dataset, wait_job  # noqa: F401 (fixture)
+
+from serve.jobs import proc_start_time
+
+LONG = {**TINY, "epochs": 500, "chips_per_epoch": 64}
+
+
+def alive(pid: int) -> bool:
+    return proc_start_time(pid) is not None
+
+
+def wait_progress(client, job_id: str, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["progress"].get("step", 0) > 0:
+            return job
+        assert job["state"] in ("queued", "running"), job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} made no progress: {job}")
+
+
+def pid_of(home, job_id: str) -> int:
+    import json
+
+    return json.loads((home / "serve" / "jobs" / job_id / "job.json").read_text())["pid"]
+
+
+def test_restart_mid_job_records_the_state(home, scene, servers):  # noqa: F811
+    """The quick version: crash while a job runs and another waits; restart; see both."""
+    srv = servers("--dev", "--max-jobs", "1")
+    c = srv.client()
+    assert upload_dataset(c, scene, "fields").status_code == 201
+    first = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "a", **LONG}).json()
+    second = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "b", **LONG}).json()
+    wait_job(c, first["id"], until=("running",))
+    assert c.get(f"/v1/jobs/{second['id']}").json()["state"] == "queued"
+    pid = pid_of(home, first["id"])
+    srv.stop(signal.SIGKILL)
+    assert alive(pid)  # the training process outlived the crashed server
+
+    c2 = servers("--dev", "--max-jobs", "1").client()
+    job = c2.get(f"/v1/jobs/{first['id']}").json()
+    assert (
+        job["state"] == "failed" and "server restarted while this job was running" in job["error"]
+    )
+    assert not alive(pid)
+    wait_job(c2, second["id"], until=("running",))  # the queued job runs after the restart
+    assert c2.delete(f"/v1/jobs/{second['id']}").json()["state"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_crash_mid_job_then_queued_jobs_still_run(home, scene, servers):  # noqa: F811
+    srv = servers("--dev", "--max-jobs", "1")
+    c = srv.client()
+    assert upload_dataset(c, scene, "fields").status_code == 201
+    long = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "long", **LONG}).json()
+    short = c.post(
+        "/v1/finetunes", json={"dataset": "fields", "model_name": "short", **TINY}
+    ).json()
+    running = wait_progress(c, long["id"])
+    assert c.get(f"/v1/jobs/{short['id']}").json()["state"] == "queued"  # at most 1 at once
+    pid = pid_of(home, long["id"])
+    assert alive(pid)
+
+    srv.stop(signal.SIGKILL)  # a crash: no shutdown handler runs
+    srv2 = servers("--dev", "--max-jobs", "1")
+    c2 = srv2.client()
+    job = c2.get(f"/v1/jobs/{long['id']}").json()
+    assert job["state"] == "failed"
+    assert "server restarted while this job was running" in job["error"]
+    assert "Submit the job again" in job["error"]
+    assert job["progress"]["step"] >= running["progress"]["step"] > 0
+    assert not alive(pid)  # the left-over training process was stopped
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(job["progress"]["run_id"])
+    assert run.info.status == "FAILED"
+
+    # the job that was queued before the crash runs now, to success
+    done = wait_job(c2, short["id"])
+    assert done["state"] == "succeeded", c2.get(f"/v1/jobs/{short['id']}/logs").text[-3000:]
+    assert done["result"]["model"] == "short"
+    assert [m["name"] for m in c2.get("/v1/models").json()["models"]] == ["short"]
+
+
+def test_cancel_queued_and_running_jobs(home, scene, servers):  # noqa: F811
+    srv = servers("--dev", "--max-jobs", "1")
+    c = srv.client()
+    assert upload_dataset(c, scene, "fields").status_code == 201
+    a = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "a", **LONG}).json()
+    b = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "b", **LONG}).json()
+    assert c.delete(f"/v1/jobs/{b['id']}").json()["state"] == "cancelled"  # still queued
+    assert_error(c.delete(f"/v1/jobs/{b['id']}"), 409, "nothing to cancel")
+    wait_job(c, a["id"], until=("running",))
+    pid = pid_of(home, a["id"])
+    job = c.delete(f"/v1/jobs/{a['id']}").json()
+    assert job["state"] == "cancelled" and not alive(pid)
+    assert_error(c.get(f"/v1/jobs/{a['id']}/result"), 409, "cancelled")
+    states = {j["id"]: j["state"] for j in c.get("/v1/jobs").json()["jobs"]}
+    assert states == {a["id"]: "cancelled", b["id"]: "cancelled"}
+
+
+@pytest.mark.slow
+def test_graceful_stop_marks_running_job_failed(home, scene, servers):  # noqa: F811
+    srv = servers("--dev")
+    c = srv.client()
+    assert upload_dataset(c, scene, "fields").status_code == 201
+    job = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "m", **LONG}).json()
+    wait_progress(c, job["id"])
+    pid = pid_of(home, job["id"])
+    srv.stop(signal.SIGTERM)
+    assert not alive(pid)
+    c2 = servers("--dev").client()
+    rec = c2.get(f"/v1/jobs/{job['id']}").json()
+    assert rec["state"] == "failed" and "server was stopped" in rec["error"]

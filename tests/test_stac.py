@@ -1,0 +1,312 @@
+"""STAC imagery offline: presets, mask and harmonisation rules, AOIs and grids, and composites
+from a static catalog of small COGs written here (the same code path as a remote catalog)."""
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from rasterio.windows import from_bounds
+from stac_synth import CLOUD, aoi, write_items, write_static_catalog
+
+from datamodules.aoi import AoiError, AoiTooLargeError, grid_for, parse_aoi
+from datamodules.composite import composite_for_aoi
+from datamodules.observe import s2_offset_applies
+from datamodules.stac import MaskSpec, NoImageryError, StacError, load_catalog, presets
+from datamodules.stac_access import (
+    AccessError,
+    EarthdataLogin,
+    PlanetaryComputer,
+    Public,
+    RequesterPays,
+)
+
+BANDS = ["blue", "green", "red", "nir08"]
+A, B1, B2, C = (
+    "S2A_33SVB_20210610_0_L2A",
+    "S2B_33SVB_20220615_0_L2A",
+    "S2B_33SWB_20220615_0_L2A",
+    "S2A_33SVB_20230620_0_L2A",
+)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("static")
+    items = write_items(tmp)
+    return {"dir": tmp, "url": str(write_static_catalog(tmp, items)), "items": items}
+
+
+def run(catalog, out, **kw):
+    args = dict(bands=BANDS, catalog="earth_search", catalog_url=catalog["url"], progress=False)
+    return composite_for_aoi(
+        aoi(), "2021-01-01", "2023-12-31", "sentinel-2-l2a", out, **(args | kw)
+    )
+
+
+def source(catalog, scene: str, key: str, grid) -> np.ndarray:
+    """A scene's stored values on the output grid (10 m bands share its lattice: exact)."""
+    with rasterio.open(catalog["dir"] / "assets" / scene / f"{key}.tif") as src:
+        win = from_bounds(*grid.bounds, src.transform).round_offsets().round_lengths()
+        return src.read(1, window=win, boundless=True, fill_value=0).astype(np.float64)
+
+
+def test_presets_load_offline_with_bands_from_the_sensor_table():
+    assert {"earth_search", "planetary_computer", "earthdata_lpcloud"} <= set(presets())
+    es = load_catalog("earth_search")
+    assert es.url.startswith("https://") and not es.is_static
+    s2 = es.source("sentinel-2-l2a").collections[0]
+    assert s2.assets["nir08"] == "nir08" and s2.mask.asset == "scl" and 9 in s2.mask.classes
+    assert isinstance(es.access, Public)
+    assert isinstance(es.source("landsat-c2-l2").collections[0].access, RequesterPays)
+    pc = load_catalog("planetary_computer")
+    assert (
+        isinstance(pc.access, PlanetaryComputer)
+        and pc.source("sentinel-2-l2a").collections[0].assets["blue"] == "B02"
+    )
+    assert pc.source("sentinel-1-rtc").collections[0].harmonize == "linear-to-db"
+    hls = load_catalog("earthdata_lpcloud").source("hls")
+    assert isinstance(load_catalog("earthdata_lpcloud").access, EarthdataLogin)
+    assert [c.assets["nir08"] for c in hls.collections] == ["B8A", "B05"]
+    with pytest.raises(StacError, match="planetary_computer"):
+        es.source("sentinel-1-rtc")  # names the catalog that has it
+    with pytest.raises(StacError, match="presets: "):
+        load_catalog("no-such-catalog")
+    assert load_catalog("earth_search", "/data/catalog.json").is_static
+
+
+def test_mask_rules():
+    scl = MaskSpec("scl", classes=(0, 1, 3, 8, 9, 10))
+    v = np.array([np.nan, 0, 3, 4, 5, 6, 8, 9, 10, 11], dtype=np.float32)
+    assert scl.invalid(v).tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
+    qa = MaskSpec("qa_pixel", bits=(0, 1, 2, 3, 4))
+    # 21824: clear, low confidences (Landsat 8 clear land); 22280: cloud (bit 3); 23888: shadow;
+    # 1: fill; 30048: snow (bit 5, kept)
+    v = np.array([21824, 22280, 23888, 1, 30048], dtype=np.float32)
+    assert qa.invalid(v).tolist() == [False, True, True, True, False]
+    fmask = MaskSpec("Fmask", bits=(0, 1, 2, 3), nodata=255)
+    v = np.array([0, 2, 4, 8, 16, 32, 64, 255], dtype=np.float32)
+    assert fmask.invalid(v).tolist() == [False, True, True, True, False, False, False, True]
+
+
+def test_sentinel2_offset_rule():
+    def item(**props):
+        return pystac.Item("x", None, None, datetime(2023, 1, 1), props)
+
+    assert not s2_offset_applies(item(**{"s2:processing_baseline": "03.01"}))
+    assert s2_offset_applies(item(**{"s2:processing_baseline": "04.00"}))
+    assert s2_offset_applies(item(**{"s2:processing_baseline": "05.10"}))
+    flag = {"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True}
+    assert not s2_offset_applies(item(**flag))
+    assert s2_offset_applies(item())  # no baseline: ESA's switch date decides (2022-01-25)
+    assert not s2_offset_applies(pystac.Item("x", None, None, datetime(2021, 6, 1), {}))
+
+
+def test_aoi_parsing_limits_and_grid(tmp_path):
+    feature = aoi()
+    g = parse_aoi(feature)
+    assert parse_aoi(feature["geometry"]).equals(g)
+    assert parse_aoi({"type": "FeatureCollection", "features": [feature]}).equals(g)
+    path = tmp_path / "aoi.geojson"
+    path.write_text(json.dumps(feature))
+    assert parse_aoi(path).equals_exact(g, 1e-9)
+    with pytest.raises(AoiError, match="longitude/latitude"):
+        parse_aoi(
+            {"type": "Polygon", "coordinates": [[[5e5, 4e6], [6e5, 4e6], [6e5, 5e6], [5e5, 4e6]]]}
+        )
+    with pytest.raises(AoiError, match="Polygon"):
+        parse_aoi({"type": "Point", "coordinates": [15, 38]})
+    grid = grid_for(g, 10.0)
+    assert grid.crs.to_epsg() == 32633  # the AOI's UTM zone
+    assert all(v % 10 == 0 for v in grid.bounds)  # snapped to the resolution
+    assert grid_for(g, 10.0, "EPSG:3035").crs.to_epsg() == 3035
+    with pytest.raises(AoiTooLargeError, match="more than the limit of 2 km²") as e:
+        run({"url": "unused"}, tmp_path / "out", max_aoi_km2=2.0)
+    assert e.value.limit_km2 == 2.0 and 3.5 < e.value.area_km2 < 4.0
+    assert not (tmp_path / "out").exists()
+
+
+def test_median_composite_masks_clouds_and_harmonises(catalog, tmp_path):
+    r = run(catalog, tmp_path / "out")
+    p = r.provenance
+    assert p["n_items_found"] == 4  # 95% cloud and out-of-range scenes never match
+    assert sorted(i["id"] for i in p["items"]) == sorted([A, B1, B2, C])
+    harmonised = {i["id"]: i["harmonized"] for i in p["items"]}
+    assert harmonised[B1] and harmonised[B2] and not harmonised[A] and not harmonised[C]
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text()) == p
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [
+        "composite.tif",
+        "count.tif",
+        "provenance.json",
+    ]
+    with rasterio.open(r.images[0]) as src:
+        comp = src.read().astype(np.float64)
+        assert src.descriptions == tuple(BANDS) and src.nodata == 0
+        assert src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0)
+    with rasterio.open(r.count) as src:
+        count = src.read(1)
+    g = r.grid
+    row0 = round((4_200_000 - g.bounds[3]) / 10)
+    col0 = round((g.bounds[0] - 500_000) / 10)
+    cloud = np.zeros(count.shape, dtype=bool)
+    cloud[
+        CLOUD[0].start - row0 : CLOUD[0].stop - row0, CLOUD[1].start - col0 : CLOUD[1].stop - col0
+    ] = True
+    inside = count > 0
+    # the cloudy overpass (two tiles mosaicked into one observation) is masked under its cloud
+    assert (count[cloud & inside] == 2).all() and (count[~cloud & inside] == 3).all()
+    assert inside.mean() > 0.95 and (comp[:, ~inside] == 0).all()
+    for b, key in enumerate(["B02", "B03", "B04"]):  # 10 m bands: exact values
+        a, c = source(catalog, A, key, g), source(catalog, C, key, g)
+        b1, b2 = source(catalog, B1, key, g), source(catalog, B2, key, g)
+        bb = np.where(b1 > 0, b1, b2) - 1000  # baseline 04.00: the offset comes off
+        want_clear = np.rint(np.median(np.stack([a, bb, c]), axis=0))
+        want_cloud = np.rint((a + c) / 2)  # the cloud's 9000s never enter the median
+        assert np.array_equal(comp[b][~cloud & inside], want_clear[~cloud & inside])
+        assert np.array_equal(comp[b][cloud & inside], want_cloud[cloud & inside])
+    assert comp[3][inside].max() < 5000  # nir08 (20 m, resampled): no cloud values either
+
+
+def test_best_dates_one_per_period(catalog, tmp_path):
+    r = run(catalog, tmp_path / "out", frames=3)
+    assert r.dates == ["2021-06-10", "2022-06-15", "2023-06-20"]
+    assert [p.name for p in r.images] == [
+        "frame_1_2021-06-10.tif",
+        "frame_2_2022-06-15.tif",
+        "frame_3_2023-06-20.tif",
+    ]
+    g = r.grid
+    frames = []
+    for path in r.images:
+        with rasterio.open(path) as src:
+            frames.append(src.read(1).astype(np.float64))
+            assert src.tags()["ACQUISITION_DATE"] == path.stem.split("_")[-1]
+    with rasterio.open(r.count) as src:
+        count = src.read(1)
+    inside = count > 0
+    a, c = source(catalog, A, "B02", g), source(catalog, C, "B02", g)
+    b1, b2 = source(catalog, B1, "B02", g), source(catalog, B2, "B02", g)
+    b = np.where(b1 > 0, b1, b2) - 1000
+    assert np.array_equal(frames[0][inside], a[inside])
+    assert np.array_equal(frames[2][inside], c[inside])  # flagged: the offset is not taken twice
+    clear_b = inside & (frames[1] > 0)
+    assert np.array_equal(frames[1][clear_b], b[clear_b])
+    assert ((frames[1] == 0) & inside).sum() == (count == 2).sum() > 5000  # the cloud is nodata
+    with pytest.raises(NoImageryError, match="period 2 of 2"):
+        composite_for_aoi(
+            aoi(), "2023-01-01", "2023-12-31", "sentinel-2-l2a", tmp_path / "x", bands=BANDS,
+            frames=2, catalog="earth_search", catalog_url=catalog["url"], progress=False,
+        )  # fmt: skip
+
+
+def test_clip_to_the_aoi_polygon_and_fewest_clouds_first(catalog, tmp_path):
+    tri = aoi()
+    ring = tri["geometry"]["coordinates"][0]
+    tri["geometry"]["coordinates"] = [[ring[0], ring[1], ring[2], ring[0]]]  # lower-right half
+    r = composite_for_aoi(
+        tri, "2021-01-01", "2023-12-31", "sentinel-2-l2a", tmp_path / "out", bands=["red"],
+        max_items=2, catalog="earth_search", catalog_url=catalog["url"], progress=False,
+    )  # fmt: skip
+    assert [i["id"] for i in r.provenance["items"]] == [A, C]  # the two clearest scenes
+    with rasterio.open(r.count) as src:
+        count = src.read(1)
+    h, w = count.shape
+    assert count[h - 5, w - 5] == 2 and count[5, 5] == 0  # outside the triangle: no data
+
+
+def test_no_imagery_and_bad_requests_are_messages(catalog, tmp_path):
+    with pytest.raises(NoImageryError, match="Widen the dates or raise --max-cloud"):
+        run(catalog, tmp_path / "out", max_cloud=1.0)
+    with pytest.raises(StacError, match="not available"):
+        run(catalog, tmp_path / "out", bands=["blue", "cirrus"])
+    # only the cloudy overpass, and an AOI under its cloud
+    with pytest.raises(NoImageryError, match="no clear view of the area"):
+        composite_for_aoi(
+            aoi(cols=(50, 120), rows=(70, 150)), "2022-06-01", "2022-06-30", "sentinel-2-l2a",
+            tmp_path / "cloudy", catalog="earth_search", catalog_url=catalog["url"], progress=False,
+        )  # fmt: skip
+    assert list((tmp_path / "cloudy").iterdir()) == []
+    with pytest.raises(StacError, match="after the end date"):
+        composite_for_aoi(aoi(), "2023-01-01", "2022-01-01", "sentinel-2-l2a", tmp_path / "o")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_access_hooks_say_which_credentials_to_set(monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "EARTHDATA_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    href = "s3://usgs-landsat/collection02/level-2/x_SR_B2.TIF"
+    with pytest.raises(AccessError, match="requester-pays.*AWS_ACCESS_KEY_ID"):
+        RequesterPays()(href, "landsat-c2-l2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test")
+    acc = RequesterPays()(href, "landsat-c2-l2")
+    assert acc.href == "/vsis3/usgs-landsat/collection02/level-2/x_SR_B2.TIF"
+    assert acc.env["AWS_REQUEST_PAYER"] == "requester"
+    assert Public()("s3://sentinel-cogs/a.tif", "x").env == {"AWS_NO_SIGN_REQUEST": "YES"}
+    edl = EarthdataLogin()
+    with pytest.raises(AccessError, match="EARTHDATA_TOKEN"):
+        edl("https://data.lpdaac.earthdatacloud.nasa.gov/x/B02.tif", "HLSS30_2.0")
+    (tmp_path / "netrc").write_text("machine urs.earthdata.nasa.gov login me password pw\n")
+    assert edl("https://h/x.tif", "HLSS30_2.0").env["GDAL_HTTP_NETRC"] == "YES"
+    monkeypatch.setenv("EARTHDATA_TOKEN", "tok")
+    assert edl("https://h/x.tif", "c").env == {"GDAL_HTTP_HEADERS": "Authorization: Bearer tok"}
+    pc = PlanetaryComputer(token_url="http://127.0.0.1:9/unused")
+    assert pc("https://other.example/x.tif", "c").href == "https://other.example/x.tif"  # unsigned
+
+
+def test_sentinel1_rtc_linear_power_becomes_db_without_a_cloud_mask(tmp_path):
+    from stac_synth import ORIGIN, write_cog
+
+    rng = np.random.default_rng(0)
+    ground = 10 ** (rng.uniform(-2.5, -0.5, (2, 128, 128)))  # linear gamma0 of vv, vh
+    cat = pystac.Catalog("s1", "synthetic Sentinel-1 RTC")
+    col = pystac.Collection(
+        "sentinel-1-rtc", "S1 RTC", pystac.Extent(pystac.SpatialExtent([[14, 37, 16, 39]]),
+                                                  pystac.TemporalExtent([[None, None]])),
+    )  # fmt: skip
+    cat.add_child(col)
+    geom = aoi(cols=(0, 128), rows=(0, 128))["geometry"]
+    for d, gain in ((1, 1.0), (13, 1.1), (25, 0.9)):
+        item = pystac.Item(f"S1A_IW_2023060{d % 10}_{d}", geom, None, datetime(2023, 6, d), {})
+        for b, key in enumerate(("vv", "vh")):
+            path = tmp_path / f"{item.id}_{key}.tif"
+            write_cog(path, (ground[b] * gain).astype(np.float32),
+                      rasterio.transform.from_origin(*ORIGIN, 10, 10), -32768, 64)  # fmt: skip
+            item.add_asset(key, pystac.Asset(str(path), media_type=pystac.MediaType.COG))
+        col.add_item(item)
+    cat.normalize_hrefs(str(tmp_path / "cat"))
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    assert load_catalog("planetary_computer").source("sentinel-1-rtc").dtype == "float32"
+    r = composite_for_aoi(
+        aoi(cols=(8, 120), rows=(8, 120)), "2023-06-01", "2023-06-30", "sentinel-1-rtc",
+        tmp_path / "out", catalog="planetary_computer",
+        catalog_url=str(tmp_path / "cat" / "catalog.json"), progress=False,
+    )  # fmt: skip
+    assert r.bands == ["vv", "vh"] and len(r.provenance["items"]) == 3
+    assert all(i["harmonized"] == ["linear power to dB"] for i in r.provenance["items"])
+    with rasterio.open(r.images[0]) as src:
+        db = src.read()
+        assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
+        win = from_bounds(*r.grid.bounds, rasterio.transform.from_origin(*ORIGIN, 10, 10))
+    r0, c0 = round(win.row_off), round(win.col_off)
+    want = 10 * np.log10(
+        ground[:, r0 : r0 + db.shape[1], c0 : c0 + db.shape[2]]
+    )  # the median gain is 1
+    with rasterio.open(r.count) as src:
+        inside = src.read(1) == 3
+    assert inside.mean() > 0.9
+    assert np.allclose(db[:, inside], want[:, inside], atol=1e-4)

@@ -1,0 +1,111 @@
+"""Imagery by area and dates from the command line, end to end against local catalogs:
+``geotune data add`` fetching imagery for the labels' extent, and ``geotune predict --aoi``
+against a real STAC API server (a subprocess reading COGs from the test's loopback servers)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import rasterio
+from conftest import env_with_home
+from stac_synth import ORIGIN, AssetServer, aoi, serve, stac_api_app, write_items
+from stac_synth import write_static_catalog as static_catalog
+from synth import make_labels, make_scene
+
+GEOTUNE = [sys.executable, "-m", "trainer.cli"]
+DATES = ["--start", "2021-01-01", "--end", "2023-12-31"]
+
+
+def geotune(args, home, timeout=600):
+    return subprocess.run(
+        GEOTUNE + args, capture_output=True, text=True, env=env_with_home(home), timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A STAC API and an asset server over the synthetic scenes, labels over the same ground,
+    and a tiny segmentation model trained on Sentinel-2 L2A-named bands, in its own home."""
+    tmp = tmp_path_factory.mktemp("stac-cli")
+    home = tmp / "home"
+    ref, cmap = make_scene(tmp, size=256, seed=3, origin=ORIGIN)  # the ground of the scenes
+    labels = make_labels(tmp, ref, cmap)
+    (tmp / "assets").mkdir()
+    assets = AssetServer(tmp / "assets")
+    with serve(assets.app()) as base:
+        items = write_items(tmp, base)
+        with serve(stac_api_app(tmp, items)) as api:
+            yield {"dir": tmp, "home": home, "labels": labels, "api": api, "assets": assets,
+                   "static": static_catalog(tmp, items)}  # fmt: skip
+
+
+def test_data_add_fetches_imagery_for_the_labels(world):
+    p = geotune(
+        ["data", "add", "--name", "stacds", "--labels", str(world["labels"]),
+         "--class-column", "class_name", "--sensor", "sentinel-2-l2a",
+         "--bands", "blue,green,red,nir08", *DATES, "--catalog-url", str(world["static"]),
+         "--block-size", "32"],
+        world["home"],
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "imagery: 4 sentinel-2-l2a scene(s) from earth_search" in p.stderr
+    m = json.loads((world["home"] / "datasets" / "stacds" / "dataset.json").read_text())
+    assert m["sensor"] == "sentinel-2-l2a" and m["bands"] == ["blue", "green", "red", "nir08"]
+    assert m["dates"] == ["2022-06-15"] and m["resolution"] == [10.0, 10.0]
+    assert "EPSG:32633" in m["crs"] or "32633" in m["crs_wkt"]
+    assert sum(c["pixels"] for c in m["classes"]) > 1000
+    imagery = list((world["home"] / "imagery").glob("stacds-*/provenance.json"))
+    assert len(imagery) == 1 and json.loads(imagery[0].read_text())["method"] == "median"
+
+
+def test_data_add_refuses_a_large_area_and_half_given_options(world, tmp_path):
+    p = geotune(
+        ["data", "add", "--name", "big", "--labels", str(world["labels"]),
+         "--class-column", "class_name", "--sensor", "sentinel-2-l2a", *DATES,
+         "--catalog-url", str(world["static"]), "--max-aoi-km2", "1"],
+        world["home"],
+    )  # fmt: skip
+    assert p.returncode == 2 and "more than the limit of 1 km²" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    p = geotune(
+        ["data", "add", "--name", "x", "--labels", str(world["labels"]), "--start", "2021-01-01"],
+        world["home"],
+    )  # fmt: skip
+    assert p.returncode == 2 and "also needs --end, --sensor" in p.stderr, p.stderr[-2000:]
+    assert not (world["home"] / "datasets" / "big").exists()
+
+
+def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatch, capsys):
+    from trainer.cli import main
+    from trainer.config import compose
+    from trainer.train import train
+
+    home = world["home"]
+    monkeypatch.setenv("GEOTUNE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if not (home / "datasets" / "stacds").exists():
+        test_data_add_fetches_imagery_for_the_labels(world)
+    train(compose("train", [
+        "data.dataset=stacds", "backbone.size=tiny", "backbone.weights=random",
+        "data.patch_size=64", "data.num_workers=0", "data.chips_per_epoch=16",
+        "trainer.max_epochs=1", "register.name=stac", "register.alias=champion",
+    ]))  # fmt: skip
+    area = tmp_path / "aoi.geojson"
+    area.write_text(json.dumps(aoi()))
+    out = tmp_path / "pred"
+    # the command's own code path (trainer.cli), in this process: the servers are its threads
+    code = main(["predict", "--model", "stac@champion", "--aoi", str(area), *DATES,
+                 "--catalog-url", world["api"], "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    imagery = summary["provenance"]["imagery"]
+    assert imagery["url"] == world["api"] and len(imagery["items"]) == 4
+    assert summary["provenance"]["inputs"] == ["composite.tif"]
+    with rasterio.open(out / "imagery" / "count.tif") as src:
+        clear = int((src.read(1) > 0).sum())
+    assert summary["n_pixels"] == clear  # every clear AOI pixel, nothing outside the AOI
+    with rasterio.open(out / "classes.tif") as src:
+        assert src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0)
+    assert main(["predict", "--model", "stac@champion", "--out", str(out)]) == 2
+    assert "--aoi aoi.geojson --start" in capsys.readouterr().err
