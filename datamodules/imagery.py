@@ -262,6 +262,19 @@ def iter_windows(width: int, height: int, size: int = 1024):
             yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
+def warp_to_grid(src, grid: Grid, resampling: Resampling, **kw) -> WarpedVRT:
+    """A virtual view of ``src`` on ``grid`` (read window by window, never whole)."""
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=resampling,
+        **kw,
+    )
+
+
 class SceneReader:
     """Read windows of a :class:`Scene` on its grid, all bands stacked ``[C, h, w]``."""
 
@@ -274,14 +287,7 @@ class SceneReader:
                 continue
             ds = rasterio.open(f)
             if ds.transform != g.transform or ds.width != g.width or ds.height != g.height:
-                ds = WarpedVRT(
-                    ds,
-                    crs=g.crs,
-                    transform=g.transform,
-                    width=g.width,
-                    height=g.height,
-                    resampling=Resampling.bilinear,
-                )
+                ds = warp_to_grid(ds, g, Resampling.bilinear)
             self._handles[f] = ds
 
     def read(self, window: Window) -> np.ndarray:

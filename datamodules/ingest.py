@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 
 from .chips import build_chips
-from .imagery import Grid, ImageryError, open_scenes
+from .imagery import Grid, ImageryError, open_scenes, warp_to_grid
 from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
 from .manifest import Dataset, DatasetWriter, slugify
 from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
@@ -128,7 +128,6 @@ def _class_table(classes_file, values, background) -> ClassTable:
 def _mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, background):
     """The mask warped onto the image grid (nearest), its class table and value lookup."""
     from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
 
     from .rasterize import windows
 
@@ -142,15 +141,7 @@ def _mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, 
         )
     if src.nodata is not None:
         ignore_values = ignore_values | {src.nodata}
-    vrt = WarpedVRT(
-        src,
-        crs=grid.crs,
-        transform=grid.transform,
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling.nearest,
-        nodata=src.nodata,
-    )
+    vrt = warp_to_grid(src, grid, Resampling.nearest, nodata=src.nodata)
     values: set = set()
     for _, w in windows(grid, 1024):
         values |= set(np.unique(vrt.read(1, window=w)).tolist())

@@ -124,7 +124,16 @@ async def predict(
         km2 = check_aoi(req, ctx.settings.max_aoi_km2)
         alias_used = None if version is not None else (alias or "champion")
         return await run_in_threadpool(
-            _predict_aoi, ctx, owner, name, alias_used, registered, v, req, km2, str(request.base_url)
+            _predict_aoi,
+            ctx,
+            owner,
+            name,
+            alias_used,
+            registered,
+            v,
+            req,
+            km2,
+            str(request.base_url),
         )
     if not ctype.startswith("multipart/form-data"):
         raise ApiError(
@@ -181,18 +190,7 @@ def _predict_upload(
             "input_names": list(names.values()), "bands": bands, "sensor": fields.get("sensor"),
             "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
         })  # fmt: skip
-        if pixels > ctx.settings.sync_pixels:
-            rec = ctx.jobs.create(
-                "predict", owner,
-                {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
-                lambda _job_folder: predict_argv(folder),
-            )  # fmt: skip
-            view = job_view(rec)
-            return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
-        with _one_at_a_time:
-            model = ctx.models.get(registered, v)
-            run_prediction(folder, model=model)
-        return result(folder, base_url)
+        return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
     except UserError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
@@ -201,11 +199,25 @@ def _predict_upload(
         raise
 
 
+def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url):
+    """Small requests run now (one at a time, cached model); large ones become a job (202)."""
+    if pixels > ctx.settings.sync_pixels:
+        rec = ctx.jobs.create(
+            "predict", owner,
+            {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
+            lambda _job_folder: predict_argv(folder),
+        )  # fmt: skip
+        view = job_view(rec)
+        return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+    with _one_at_a_time:
+        run_prediction(folder, model=ctx.models.get(registered, v))
+    return result(folder, base_url)
+
+
 def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
     """Imagery for the AOI and dates from the STAC catalogue (datamodules.composite), then the
-    same predictor; large areas (by the model's resolution) run as a job."""
-    model = ctx.models.get(registered, v)
-    res = float(model.record["resolution"][0])
+    same predictor; large areas (pixels at the model's resolution) run as a job."""
+    res = float(ctx.models.get(registered, v).record["resolution"][0])
     pixels = int(km2 * 1e6 / (res * res))
     pred_id, folder = ctx.predictions.new()
     write_json(folder / "request.json", {
@@ -215,18 +227,8 @@ def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
         "params": req.model_dump(include=set(PredictParams.model_fields)) | {"outputs": sorted(req.output_set())},
         "pixels": pixels,
     })  # fmt: skip
-    if pixels > ctx.settings.sync_pixels:
-        rec = ctx.jobs.create(
-            "predict", owner,
-            {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
-            lambda _job_folder: predict_argv(folder),
-        )  # fmt: skip
-        view = job_view(rec)
-        return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
     try:
-        with _one_at_a_time:
-            run_prediction(folder, model=model)
-        return result(folder, base_url)
+        return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
     except UserError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(422, "invalid_input", str(e)) from None
