@@ -88,6 +88,7 @@ def run_prediction(folder: Path, model=None, progress: bool = False) -> dict:
         folder / "outputs",
         bands=req.get("bands"),
         sensor=sensor,
+        dates=None if req.get("aoi") else req.get("dates"),
         options=options_from(req["params"]),
         progress=progress,
         provenance=provenance,

@@ -153,3 +153,162 @@ def test_geodesic_pixel_areas_on_epsg4326():
     )
     known = abs(Geod(ellps="WGS84").geometry_area_perimeter(shapely.Polygon(ring))[0])
     assert abs(ours - known) / known < 0.005
+
+
+def write_4326_scene(path, source, west, north, dx, dy, nodata_corner=0):
+    """``source``'s pixels on an EPSG:4326 grid with ``dx`` x ``dy`` degree pixels."""
+    with rasterio.open(source) as src:
+        data, desc = src.read(), src.descriptions
+    data[:, :nodata_corner, :nodata_corner] = 0
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=data.dtype, crs="EPSG:4326", nodata=0,
+        transform=rasterio.transform.from_origin(west, north, dx, dy),
+    ) as dst:  # fmt: skip
+        dst.write(data)
+        dst.descriptions = desc
+    return path
+
+
+def test_geodesic_class_areas_through_predict_scene_on_epsg4326(model, tmp_path):
+    """A scene in degrees at 60° N (pixels ~10 m x 10 m on the ground): the class areas add up to
+    the geodesic area of its valid part, within 0.5%; so do the polygons' areas."""
+    from pyproj import Geod
+
+    src, _ = make_scene(tmp_path, size=300, seed=7)
+    west, north, dx, dy, n, corner = 10.0, 60.0, 0.00018, 0.00009, 300, 30
+    path = write_4326_scene(tmp_path / "geo.tif", src, west, north, dx, dy, corner)
+    s = predict_scene(
+        model, [path], tmp_path / "out", progress=False,
+        options=PredictOptions(chip_size=128, overlap=16, tile_size=160),
+    )  # fmt: skip
+    assert s["crs"] == "EPSG:4326" and s["n_pixels"] == n * n - corner * corner
+
+    def ring(x0, y0, x1, y1, k=100):  # densified, so edges follow parallels, not great circles
+        xs, ys = np.linspace(x0, x1, k), np.linspace(y0, y1, k)
+        return shapely.Polygon(
+            [(x, y0) for x in xs] + [(x1, y) for y in ys] + [(x, y1) for x in xs[::-1]]
+            + [(x0, y) for y in ys[::-1]]
+        )  # fmt: skip
+
+    geod = Geod(ellps="WGS84")
+    scene = ring(west, north, west + n * dx, north - n * dy)
+    hole = ring(west, north, west + corner * dx, north - corner * dy)
+    known = abs(geod.geometry_area_perimeter(scene)[0]) - abs(geod.geometry_area_perimeter(hole)[0])
+    ours = sum(h["area_m2"] for h in s["class_histogram"])
+    assert abs(ours - known) / known < 0.005, (ours, known)
+    assert 8.5e6 < known < 9.5e6  # ~300 x 300 pixels of ~10 m x 10 m
+    fc = json.loads((tmp_path / "out" / "polygons.geojson").read_text())
+    assert abs(sum(f["properties"]["area_m2"] for f in fc["features"]) - known) / known < 0.005
+
+
+def test_metadata_reaches_a_temporal_location_backbone(tmp_path, monkeypatch):
+    """Prithvi-EO-2.0-TL gets each chip's date and centre (lon, lat) at prediction, as in training:
+    the predicted confidence equals a direct forward pass given that metadata, and differs from
+    one given none."""
+    import torch
+    from pyproj import Transformer
+
+    monkeypatch.setenv("GEOTUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path, cmap = make_scene(tmp_path, size=96, seed=2)
+    labels = make_labels(tmp_path, path, cmap)
+    ingest(name="tl", images=[path], labels=labels, class_column="class_name", block_size=32,
+           dates=["2024-07-15"], progress=False)  # fmt: skip
+    cfg = compose("train", ["data.dataset=tl", "backbone=prithvi_eo_v2_300_tl", "backbone.size=tiny",
+                            "backbone.weights=random", "data.patch_size=32", "data.num_workers=0",
+                            "+trainer.fast_dev_run=true", "register.name=tl",
+                            "register.alias=champion"])  # fmt: skip
+    train(cfg)
+    m = load_model("tl@champion")
+    with pytest.warns(UserWarning, match="encodes the acquisition date.*Pass --date"):
+        predict_scene(m, [path], tmp_path / "blind", progress=False)
+    s = predict_scene(
+        m, [path], tmp_path / "out", progress=False, dates=["2024-07-15"],
+        options=PredictOptions(chip_size=96, overlap=0, polygons=False),
+    )  # fmt: skip
+    assert s["provenance"]["dates"] == ["2024-07-15"]
+    with rasterio.open(tmp_path / "out" / "confidence.tif") as src:
+        conf = src.read(1).astype(int)
+    with rasterio.open(path) as src:
+        x = torch.from_numpy(src.read().astype(np.float32))[None]
+        cx, cy = src.transform * (48, 48)
+    lon, lat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(cx, cy)
+    from datetime import date
+
+    net = m.net.eval().float()
+    meta = net.metadata_for(
+        torch.tensor([[date(2024, 7, 15).toordinal()]]), torch.tensor([[lon, lat]])
+    )
+    with torch.inference_mode():
+        given = torch.softmax(net(x.contiguous(), **meta), 1)[0].amax(0).numpy()
+        blind = torch.softmax(net(x.contiguous()), 1)[0].amax(0).numpy()
+    same_given = (conf == np.round(given * 100)).mean()
+    same_blind = (conf == np.round(blind * 100)).mean()
+    assert np.abs(conf - np.round(given * 100)).max() <= 1 and same_given > 0.99
+    assert np.abs(given - blind).max() > 1e-3 and same_blind < 0.9
+
+
+CAPPED = """
+import json, resource, sys
+import numpy as np
+from trainer.predict import PredictOptions, predict_scene
+from trainer.registry import load_model
+
+model = load_model("p@champion")
+opts = PredictOptions(chip_size=256, overlap=32, tile_size=512, batch_size=2)
+predict_scene(model, [sys.argv[5]], sys.argv[2] + "-warm", options=opts, progress=False)
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+cap = vm + int(sys.argv[3]) * 2**20  # the loaded, warmed-up stack + a small margin
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+side, k = int(sys.argv[4]), model.record["num_classes"]
+try:  # the blend accumulators of the whole scene (K probabilities + weights) cannot exist here
+    np.ones((k + 1, side, side), np.float32)
+    sys.exit("the cap does not bite: whole-scene accumulators fit")
+except MemoryError:
+    pass
+print(json.dumps(predict_scene(model, [sys.argv[1]], sys.argv[2], options=opts, progress=False)))
+"""
+
+
+def test_scene_larger_than_a_memory_cap(model, tmp_path):
+    """A 3584 x 3584 scene predicted in a process whose address space is capped at what the
+    loaded model needs after a small warm-up prediction + 150 MB: its float32 blend accumulators alone (4 x 51 MB) exceed the
+    margin; the four outputs come out complete and valid."""
+    import os
+    import subprocess
+    import sys
+
+    side, block = 3584, 256
+    base, _ = make_scene(tmp_path, size=block, seed=4, name="base.tif")
+    with rasterio.open(base) as src:
+        data, profile, desc = src.read(), src.profile, src.descriptions
+    profile.update(width=side, height=side, tiled=True, blockxsize=block, blockysize=block,
+                   compress="deflate")  # fmt: skip
+    big = tmp_path / "big.tif"
+    with rasterio.open(big, "w", **profile) as dst:  # written block by block: a mosaic of base
+        for r in range(0, side, block):
+            for c in range(0, side, block):
+                dst.write(data, window=rasterio.windows.Window(c, r, block, block))
+        dst.descriptions = desc
+    env = dict(os.environ, GEOTUNE_HOME=str(model.tmp / "home"), MALLOC_ARENA_MAX="2")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-c", CAPPED, str(big), str(out), "150", str(side), str(base)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["n_pixels"] == side * side
+    for name in ("classes.tif", "confidence.tif"):
+        valid, errors, _ = cog_validate(str(out / name))
+        assert valid, errors
+    with rasterio.open(out / "classes.tif") as src:
+        assert src.shape == (side, side)
+        counts = np.bincount(src.read(1, out_shape=(side // 8, side // 8)).ravel(), minlength=256)
+    assert counts[255] == 0 and (counts[:3] > 0).sum() >= 2
+    fc = json.loads((out / "polygons.geojson").read_text())
+    assert len(fc["features"]) == s["n_polygons"] > 100
+    total = sum(f["properties"]["area_m2"] for f in fc["features"])
+    assert math.isclose(total, side * side * 100.0, rel_tol=1e-6)

@@ -7,6 +7,7 @@ learnable in a few CPU epochs: tiles of one class (classification, one point per
 regions that change between two dates (change detection, polygons over the changes).
 """
 
+import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,14 +15,17 @@ import mlflow
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import shapely
 import torch
 from rasterio.transform import from_origin
+from rio_cogeo.cogeo import cog_validate
 from synth import BANDS, CLASSES, SPECTRA, class_map
 
 from datamodules.datamodule import GeotuneDataModule
 from datamodules.errors import UserError
 from datamodules.ingest import ingest
+from trainer.cli import main
 from trainer.config import compose
 from trainer.registry import load_model
 from trainer.train import train
@@ -97,6 +101,21 @@ def change_dataset(folder: Path, name="changes", size=128, seed=0):
                   block_size=32, progress=False)  # fmt: skip
 
 
+def tile_truth(labels: Path, record: dict) -> np.ndarray:
+    """The class of each tile of :func:`classification_dataset` (single-label) as an 8 x 8 grid."""
+    ids = {c["name"]: c["id"] for c in record["classes"]}
+    truth = np.full((8, 8), 255, np.uint8)
+    for label, point in zip(
+        *(gpd.read_file(labels)[k] for k in ("label", "geometry")), strict=True
+    ):
+        row, col = (
+            int((ORIGIN[1] - point.y) // (32 * RES)),
+            int((point.x - ORIGIN[0]) // (32 * RES)),
+        )
+        truth[row, col] = ids[label]
+    return truth
+
+
 def figures(run_id: str) -> set[str]:
     client = mlflow.MlflowClient()
     return {
@@ -133,6 +152,25 @@ def test_classification_learns_logs_metrics_figures_and_predicts_from_the_regist
     with pytest.raises(Exception, match=r"expected float32 \[B, 4, H, W\]"):
         model.predict(None, np.zeros((1, 3, 32, 32), np.float32))
 
+    # the whole scene through `geotune predict`: one class per 32 px chip, a coarse 8 x 8 COG
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", "scenes@champion", "--image", str(tmp_path / "tiles.tif"),
+                 "--out", str(out), "--tile-size", "100"]) == 0  # fmt: skip
+    truth = tile_truth(tmp_path / "tiles.geojson", model.record)
+    with rasterio.open(out / "classes.tif") as src:
+        assert cog_validate(str(out / "classes.tif"))[0]
+        assert src.res == (320.0, 320.0) and src.shape == (8, 8) and src.nodata == 255
+        cls = src.read(1)
+    assert (cls == truth).mean() > 0.8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "classification" and summary["n_chips"] == 64
+    assert summary["n_pixels"] == 256 * 256
+    for row in summary["class_histogram"]:
+        assert row["chips"] == (cls == row["id"]).sum() and row["pixels"] == row["chips"] * 32 * 32
+        assert row["area_m2"] == pytest.approx(row["pixels"] * 100.0)
+    fc = json.loads((out / "polygons.geojson").read_text())
+    assert sum(f["properties"]["area_m2"] for f in fc["features"]) == pytest.approx(256 * 256 * 100)
+
 
 def test_multi_label_classification_with_a_vit(home, tmp_path):
     classification_dataset(tmp_path, name="mixed", multi_label=True)
@@ -157,7 +195,7 @@ def test_multi_label_classification_with_a_vit(home, tmp_path):
         train(compose("train", [*base, "+trainer.fast_dev_run=true"]))
 
 
-def test_change_detection_learns_and_predicts_two_dates(home, tmp_path):
+def test_change_detection_learns_and_predicts_two_dates(home, tmp_path, capsys):
     ds = change_dataset(tmp_path)
     cfg = compose("train", ["data.dataset=changes", "task=change", *TINY, "data.patch_size=32",
                             "data.chips_per_epoch=64", "trainer.max_epochs=6", "task.optimizer.lr=3e-3",
@@ -183,6 +221,26 @@ def test_change_detection_learns_and_predicts_two_dates(home, tmp_path):
     assert out["classes"].shape == (n, 32, 32) and out["probabilities"].shape == (n, 2, 32, 32)
     labelled = batch["mask"].numpy() != 255
     assert (out["classes"] == batch["mask"].numpy())[labelled].mean() > 0.8
+
+    # both dates through `geotune predict` (oldest first): the change mask of the whole scene
+    out, images = tmp_path / "pred", [str(tmp_path / f"changes_{t}.tif") for t in (0, 1)]
+    model_ref = result["model_uri"]
+    argv = ["predict", "--model", model_ref, "--out", str(out), "--chip-size", "64"]
+    assert main([*argv, "--image", images[0], "--image", images[1]]) == 0
+    for name in ("classes.tif", "confidence.tif"):
+        assert cog_validate(str(out / name))[0]
+    with rasterio.open(out / "classes.tif") as src:
+        cls = src.read(1)
+    truth = rasterio.features.rasterize(
+        gpd.read_file(tmp_path / "changes.geojson").geometry, out_shape=cls.shape,
+        transform=from_origin(*ORIGIN, RES, RES),
+    )  # fmt: skip
+    change = next(c["id"] for c in load_model(model_ref).record["classes"] if c["name"] == "change")
+    assert ((cls == change) == (truth == 1)).mean() > 0.85
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "change" and summary["provenance"]["dates"] == [None, None]
+    assert main([*argv, "--image", images[0]]) == 2
+    assert "takes a before and an after image" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.endswith("_segmentation")])

@@ -130,10 +130,17 @@ def cmd_predict(args) -> int:
         confidence_threshold=args.confidence_threshold,
     )
     summary = predict_scene(
-        model, images, args.out, bands=_csv(args.bands), sensor=args.sensor, options=opts,
+        model,
+        images,
+        args.out,
+        bands=_csv(args.bands),
+        sensor=args.sensor,
+        dates=None if args.aoi else args.date,
+        options=opts,
         provenance=provenance,
     )
-    print(f"{summary['n_pixels']} pixels predicted in {summary['seconds']} s → {args.out}")
+    what = f" in {summary['n_chips']} chips" if "n_chips" in summary else ""
+    print(f"{summary['n_pixels']} pixels predicted{what} in {summary['seconds']} s → {args.out}")
     for row in summary["class_histogram"]:
         print(
             f"  {row['name']:20s} {row['pixels']:>10d} px  {row['area_m2'] / 1e6:10.3f} km²  {row['fraction']:7.2%}"
@@ -345,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--bands", default=None, help="band names in file order when the file has none")
     pr.add_argument("--sensor", default=None, help="sensor id, to name bands from the sensor table")
     pr.add_argument(
+        "--date",
+        action="append",
+        default=None,
+        help="acquisition date (YYYY-MM-DD) per --image date, when the files do not say",
+    )
+    pr.add_argument(
         "--chip-size",
         type=int,
         default=None,
@@ -415,15 +428,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="the HTTP API: datasets, fine-tune jobs, models, predictions (OpenAPI at /docs)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sv.add_argument("--dev", action="store_true", help="single user 'local', no API keys; 127.0.0.1 only")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (without --dev, keys are required)")
+    sv.add_argument(
+        "--dev", action="store_true", help="single user 'local', no API keys; 127.0.0.1 only"
+    )
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (without --dev, keys are required)",
+    )
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-jobs", type=int, default=1, help="training jobs running at once; the rest queue")
-    sv.add_argument("--max-predict-jobs", type=int, default=1, help="asynchronous predictions running at once")
-    sv.add_argument("--max-upload-mb", type=float, default=2048.0, help="request body limit (413 above)")
-    sv.add_argument("--sync-pixels", type=int, default=4_000_000, help="larger predictions become jobs (202)")
-    sv.add_argument("--max-pixels", type=int, default=400_000_000, help="larger scenes are refused (422)")
-    sv.add_argument("--max-aoi-km2", type=float, default=10_000.0, help="larger AOIs are refused (422)")
+    sv.add_argument(
+        "--max-jobs", type=int, default=1, help="training jobs running at once; the rest queue"
+    )
+    sv.add_argument(
+        "--max-predict-jobs", type=int, default=1, help="asynchronous predictions running at once"
+    )
+    sv.add_argument(
+        "--max-upload-mb", type=float, default=2048.0, help="request body limit (413 above)"
+    )
+    sv.add_argument(
+        "--sync-pixels", type=int, default=4_000_000, help="larger predictions become jobs (202)"
+    )
+    sv.add_argument(
+        "--max-pixels", type=int, default=400_000_000, help="larger scenes are refused (422)"
+    )
+    sv.add_argument(
+        "--max-aoi-km2", type=float, default=10_000.0, help="larger AOIs are refused (422)"
+    )
     sv.add_argument("--model-cache", type=int, default=2, help="models kept loaded for predictions")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -139,7 +139,9 @@ def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "d
         f"  mlflow ui --backend-store-uri {tracking_uri()}        # browse runs, figures, registered models"
     )
     print(f"  geotune predict --model {name}@champion --image {image} --out results/")
-    print("  geotune serve --dev                                   # the HTTP API; OpenAPI page at http://127.0.0.1:8000/docs")
+    print(
+        "  geotune serve --dev                                   # the HTTP API; OpenAPI page at http://127.0.0.1:8000/docs"
+    )
     return {
         "test": test,
         "baseline_mIoU": baseline,

@@ -3,13 +3,20 @@
 Each tile's class raster is split into connected components (4-connectivity, as
 ``rasterio.features.shapes`` uses), polygonised with the mean confidence of its pixels.
 Components touching an inner tile edge are kept aside and merged per class at the end, so a
-field crossing two tiles comes out as one polygon.
+field crossing two tiles comes out as one polygon. Finished polygons are converted to CRS84
+features at once and spooled to a temporary file, so memory holds only the seam pieces (which
+grow with the length of the tile edges, not with the number of polygons).
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import shapely
+import shapely.ops
 from rasterio.features import shapes, sieve
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
@@ -18,12 +25,31 @@ from .areas import geometry_area_m2
 
 
 class PolygonCollector:
-    def __init__(self, grid, classes: list[dict], sieve: int = 0):
+    def __init__(
+        self,
+        grid,
+        classes: list[dict],
+        sieve: int = 0,
+        clip=None,
+        *,
+        min_area_m2: float = 0.0,
+        simplify: float = 0.0,
+    ):
+        """``clip``: a geometry in the grid's CRS that every polygon is cut to (e.g. the scene's
+        extent when the grid's last cells overhang it, as a classification's coarse grid does).
+        ``min_area_m2`` drops small polygons; ``simplify`` is a tolerance in the grid's CRS units."""
+        from pyproj import Transformer
+
         self.grid = grid
         self.classes = classes
+        self.names = {c["id"]: c["name"] for c in classes}
         self.sieve = sieve
-        self.final: list[tuple] = []  # (geometry, class id, confidence sum, pixel count)
-        self.seam: list[tuple] = []
+        self.clip = clip
+        self.min_area_m2, self.simplify = min_area_m2, simplify
+        self.to84 = Transformer.from_crs(grid.crs.to_wkt(), "OGC:CRS84", always_xy=True)
+        self.spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self.count = 0
+        self.seam: list[tuple] = []  # (geometry, class id, confidence sum, pixel count)
 
     def add(
         self, win, classes: np.ndarray, conf: np.ndarray, valid: np.ndarray, nodata: int
@@ -53,7 +79,10 @@ class PolygonCollector:
             cid = int(value)
             poly = shapely.geometry.shape(geom)
             item = (poly, comp_class[cid], float(conf_sum[cid - 1]), float(count[cid - 1]))
-            (self.seam if self._touches(poly, inner) else self.final).append(item)
+            if self._touches(poly, inner):
+                self.seam.append(item)
+            else:
+                self._emit(*item)
 
     def _inner_edges(self, win) -> list:
         """Tile edges that are not scene edges, as lines in map coordinates."""
@@ -92,30 +121,41 @@ class PolygonCollector:
                 )
         return out
 
-    def feature_collection(
-        self, *, min_area_m2: float = 0.0, simplify: float = 0.0, class_names: list[str]
-    ) -> dict:
-        from pyproj import Transformer
+    def _emit(self, geom, cid: int, csum: float, count: float) -> None:
+        """Write one finished polygon as a CRS84 feature line to the spool."""
+        if self.clip is not None:
+            geom = geom.intersection(self.clip)
+            if geom.is_empty:
+                return
+        area = geometry_area_m2(geom, self.grid.crs)
+        if area < self.min_area_m2:
+            return
+        if self.simplify > 0:
+            geom = geom.simplify(self.simplify, preserve_topology=True)
+        feature = {
+            "type": "Feature",
+            "geometry": shapely.geometry.mapping(shapely.ops.transform(self.to84.transform, geom)),
+            "properties": {
+                "class_id": cid,
+                "class_name": self.names[cid],
+                "area_m2": round(area, 2),
+                "mean_confidence": round(csum / max(count, 1), 4),
+            },
+        }
+        self.spool.write(json.dumps(feature) + "\n")
+        self.count += 1
 
-        to84 = Transformer.from_crs(self.grid.crs.to_wkt(), "OGC:CRS84", always_xy=True)
-        features = []
-        for geom, cid, csum, count in self.final + self._merged_seams():
-            area = geometry_area_m2(geom, self.grid.crs)
-            if area < min_area_m2:
-                continue
-            if simplify > 0:
-                geom = geom.simplify(simplify, preserve_topology=True)
-            geom84 = shapely.ops.transform(to84.transform, geom)
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": shapely.geometry.mapping(geom84),
-                    "properties": {
-                        "class_id": cid,
-                        "class_name": class_names[cid],
-                        "area_m2": round(area, 2),
-                        "mean_confidence": round(csum / max(count, 1), 4),
-                    },
-                }
-            )
-        return {"type": "FeatureCollection", "features": features}
+    def write(self, path: str | Path) -> int:
+        """Merge the seams, write a GeoJSON FeatureCollection (RFC 7946) to ``path``; returns the
+        number of features."""
+        for item in self._merged_seams():
+            self._emit(*item)
+        self.seam = []
+        self.spool.seek(0)
+        with open(path, "w", encoding="utf-8") as out:
+            out.write('{"type": "FeatureCollection", "features": [')
+            for i, line in enumerate(self.spool):
+                out.write(("," if i else "") + "\n" + line.rstrip("\n"))
+            out.write("\n]}\n")
+        self.spool.close()
+        return self.count

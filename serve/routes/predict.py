@@ -37,6 +37,9 @@ FORM_FIELDS = {
               "example": ""},
     "sensor": {"type": "string", "description": "sensor id, to name bands from the sensor table",
                "example": ""},
+    "dates": {"type": "string", "example": "",
+              "description": "acquisition dates (YYYY-MM-DD, comma-separated, one per date's image, "
+                             "oldest first) when the files do not carry them"},
 } | PredictParams.model_json_schema()["properties"] | {
     "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1,
                              "description": "pixels below this confidence (0..1) become nodata"},
@@ -184,10 +187,12 @@ def _predict_upload(
         with rasterio.open(next(iter(names))) as src:
             pixels = src.width * src.height
         bands = [b.strip() for b in fields["bands"].split(",")] if fields.get("bands") else None
+        dates = [d.strip() for d in fields["dates"].split(",")] if fields.get("dates") else None
         write_json(folder / "request.json", {
             "owner": owner, "model": name, "alias": alias,
             "registered_name": registered, "version": v, "inputs": [p.name for p in names],
             "input_names": list(names.values()), "bands": bands, "sensor": fields.get("sensor"),
+            "dates": dates,
             "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
         })  # fmt: skip
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)

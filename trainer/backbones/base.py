@@ -61,7 +61,11 @@ class BackboneSpec:
             "any_bands": self.any_bands,
             "gsd": self.gsd,
             "weights": self.weights,
-            "extra": {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+            "extra": {
+                k: v
+                for k, v in self.extra.items()
+                if isinstance(v, (str, int, float, bool, list, type(None)))
+            },
         }
 
 
