@@ -269,7 +269,9 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
         "sensor": "sentinel-2-l2a",
     }
     bad = {**body, "start_date": "2024-07-01"}
-    assert_error(alice.post("/v1/models/fieldmodel/predict", json=bad), 422, "start_date is after end_date")
+    assert_error(
+        alice.post("/v1/models/fieldmodel/predict", json=bad), 422, "start_date is after end_date"
+    )
     big = {
         **body,
         "aoi": {"type": "Polygon", "coordinates": [[[0, 0], [3, 0], [3, 3], [0, 3], [0, 0]]]},

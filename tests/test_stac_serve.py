@@ -31,7 +31,12 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
     port = free_port()
     env = env_with_home(home) | {"GEOTUNE_STAC_URL": world["api"]}
     log = open(home.parent / "serve-aoi.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "serve", "--dev", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "serve", "--dev", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -40,7 +45,12 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
                     break
             except httpx.TransportError:
                 time.sleep(0.3)
-        body = {"aoi": aoi(), "start_date": DATES[1], "end_date": DATES[3], "sensor": "sentinel-2-l2a"}
+        body = {
+            "aoi": aoi(),
+            "start_date": DATES[1],
+            "end_date": DATES[3],
+            "sensor": "sentinel-2-l2a",
+        }
         r = httpx.post(f"{url}/v1/models/stachttp/predict?alias=champion", json=body, timeout=600)
         assert r.status_code == 200, r.text[-3000:]
         answer = r.json()
