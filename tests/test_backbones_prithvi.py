@@ -219,11 +219,18 @@ def test_position_table_matches_the_official_one(dim, grid):
 
 @needs_reference
 @pytest.mark.parametrize(
-    ("name", "frames"),
-    [("prithvi_eo_v1_100", 3), ("prithvi_eo_v2_600", 1), ("prithvi_eo_v2_300_tl", 2)],
+    ("name", "frames", "size"),
+    [
+        ("prithvi_eo_v1_100", 3, (4, 4)),
+        ("prithvi_eo_v2_600", 1, (4, 4)),
+        ("prithvi_eo_v2_300_tl", 2, (4, 4)),
+        ("prithvi_eo_v2_300", 1, (6, 6)),  # another input size: positions interpolated bicubically
+        ("prithvi_eo_v2_300_tl", 2, (3, 3)),
+    ],
 )
-def test_parity_with_official_prithvi_vit(name, frames):
-    ours = tiny(name, num_frames=frames, out_indices=(0, 1, 2, 3))
+def test_parity_with_official_prithvi_vit(name, frames, size):
+    patch = tiny(name).spec.patch_size
+    ours = tiny(name, num_frames=frames, out_indices=(0, 1, 2, 3), img_size=4 * patch)
     with torch.no_grad():  # move every weight off its initial value (LayerNorm 1/0, zero biases)
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -237,7 +244,7 @@ def test_parity_with_official_prithvi_vit(name, frames):
     assert (
         result.missing_keys == ["pos_embed"] and not result.unexpected_keys
     )  # the official fixed table stays
-    x = torch.randn(2, 6, frames, 4 * patch, 4 * patch)
+    x = torch.randn(2, 6, frames, size[0] * patch, size[1] * patch)
     md = ours.make_metadata(dates=[[date(2020, 3, 4 + t) for t in range(frames)]] * 2,
                             lonlat=torch.tensor([[10.0, 50.0], [-70.0, -10.0]]), gsd=30)  # fmt: skip
     with torch.no_grad():

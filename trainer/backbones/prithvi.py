@@ -4,9 +4,10 @@ Module and parameter names follow the official ``PrithviViT`` (``patch_embed.pro
 ``cls_token``, ``blocks.<i>`` in timm's ViT block layout, ``norm``, TL: ``temporal_embed_enc.scale``
 and ``location_embed_enc.scale``), so the official files load strictly: Prithvi-EO-2.0 files are
 ``encoder.``/``decoder.`` prefixed, Prithvi-EO-1.0 is flat with ``decoder_*``/``mask_token`` keys
-(``CHECKPOINT_LAYOUTS``). The fixed 3-D sin-cos ``pos_embed`` stored in the files is dropped: it is
-recomputed for the actual input size and frame count (the official code interpolates it bicubically
-for other image sizes; recomputing gives the exact table a model built for that size would have).
+(``CHECKPOINT_LAYOUTS``). The fixed 3-D sin-cos ``pos_embed`` stored in the files is dropped and
+computed as the official code does: the table of the built size (``img_size``, 224 by default as in
+the official configs; fine-tunes build at their patch size), recomputed for another frame count and
+interpolated bicubically (corners aligned) to another input size.
 
 Inputs: ``x`` ``[B, C, T, H, W]`` (or ``[B, C, H, W]`` when ``num_frames == 1``) normalised with
 ``spec.mean``/``spec.std``; 6 HLS bands. A 3-D patch embedding with tubelet 1 makes ``T·h·w``
@@ -187,10 +188,20 @@ class CoordinateEncoder(nn.Module):
 class PrithviEncoder(nn.Module):
     """Prithvi's ViT encoder; ``forward`` returns one ``[B, T·D, h, w]`` map per ``out_indices``."""
 
-    def __init__(self, size: VitSize, in_chans: int, frames: int, tl: bool, out_indices: tuple):
+    def __init__(
+        self,
+        size: VitSize,
+        in_chans: int,
+        frames: int,
+        tl: bool,
+        out_indices: tuple,
+        img_size: int = 224,
+    ):
         super().__init__()
         d = self.embed_dim = size.embed_dim
         self.patch_size, self.num_frames, self.out_indices = size.patch_size, frames, out_indices
+        self.pos_grid = max(1, img_size // size.patch_size)  # the table's grid, as built
+        self._positions: dict[tuple[int, int, int], torch.Tensor] = {}
         self.temporal_location = temporal_location = tl
         self.patch_embed = PatchEmbed(in_chans, d, size.patch_size)
         if temporal_location:
@@ -236,7 +247,7 @@ class PrithviEncoder(nn.Module):
         x = F.pad(x, (0, -w % p, 0, -h % p))
         grid_h, grid_w = x.shape[-2] // p, x.shape[-1] // p
         tokens = self.patch_embed(x)
-        positions = sincos_3d(self.embed_dim, frames, grid_h, grid_w)
+        positions = self.positions(frames, grid_h, grid_w)
         tokens = tokens + positions.to(tokens.device, tokens.dtype)
         if temporal_coords is not None:
             if tuple(temporal_coords.shape) != (b, frames, 2):
@@ -258,6 +269,24 @@ class PrithviEncoder(nn.Module):
             if i in self.out_indices:
                 kept[i] = self.norm(tokens) if i == len(self.blocks) - 1 else tokens
         return [kept[i] for i in self.out_indices], (frames, grid_h, grid_w)
+
+    def positions(self, frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``[frames·grid_h·grid_w, D]``: the built grid's sin-cos table, interpolated bicubically
+        (corners aligned) to another grid, as the official ``interpolate_pos_encoding`` does."""
+        key = (frames, grid_h, grid_w)
+        if key not in self._positions:
+            with torch.inference_mode(False):  # a plain tensor, usable in training after predicting
+                self._positions[key] = self._table(frames, grid_h, grid_w)
+        return self._positions[key]
+
+    def _table(self, frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        g, d = self.pos_grid, self.embed_dim
+        table = sincos_3d(d, frames, g, g).float()
+        if (grid_h, grid_w) != (g, g):
+            maps = table.reshape(frames, g, g, d).permute(0, 3, 1, 2)
+            maps = F.interpolate(maps, size=(grid_h, grid_w), mode="bicubic", align_corners=True)
+            table = maps.permute(0, 2, 3, 1).reshape(-1, d)
+        return table
 
     def block_groups(self) -> list[nn.Module]:
         """Embedding (patch embedding, class token, TL encoders), each block, the last block with the final norm."""
@@ -318,7 +347,8 @@ def build(
     The six HLS bands and Prithvi's statistics (v1 and v2 differ) are fixed when loading weights;
     with random weights ``bands`` may name another set (with ``mean``/``std`` for bands outside the
     six). ``sensor`` is not used: Prithvi expects HLS-like reflectance x 10000 whatever the sensor.
-    ``img_size`` only records the intended size; positions are computed for each input size.
+    ``img_size``: the input size the position table is built for (official default 224); other
+    input sizes get it interpolated, as officially.
     """
     if name not in VERSIONS:
         raise BackboneError(
@@ -359,8 +389,9 @@ def build(
     except (KeyError, ValueError) as exc:
         raise BackboneError(f"unknown band name: {exc}") from None
     model = PrithviEncoder(
-        dims, len(band_names), num_frames, version.temporal_location, out_indices
-    )
+        dims, len(band_names), num_frames, version.temporal_location, out_indices,
+        img_size=int(img_size or 224),
+    )  # fmt: skip
     if weights is not None:
         load_encoder_weights(model, weights, CHECKPOINT_LAYOUTS)
     model.spec = BackboneSpec(
