@@ -108,6 +108,58 @@ def test_outputs_validate_and_agree(model, tmp_path):
     assert s2["n_polygons"] == s["n_polygons"]
 
 
+def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path, monkeypatch):
+    """Tiles share the chips on their seams: with the cache each chip of the global grid runs
+    once; with room for one chip or none (shared chips run again, read on their own when the
+    read-ahead counted on the cache) the outputs are bit-identical."""
+    from trainer.predict import Predictor
+
+    scene, _ = make_scene(tmp_path, size=300, seed=6, nodata_corner=20)
+    runs = []
+    forward = Predictor.forward
+
+    def counting(self, x, origins):
+        runs.extend(origins)
+        return forward(self, x, origins)
+
+    monkeypatch.setattr(Predictor, "forward", counting)
+    outs = {}
+    for name, cache_mb in (("cached", 256), ("one", 0.15), ("uncached", 0)):
+        runs.clear()
+        opts = PredictOptions(chip_size=96, overlap=16, tile_size=128, cache_mb=cache_mb)
+        predict_scene(model, [scene], tmp_path / name, options=opts, progress=False)
+        outs[name] = list(runs)
+        for f in ("classes.tif", "confidence.tif"):
+            with rasterio.open(tmp_path / name / f) as src:
+                outs[name, f] = src.read(1)
+    starts = [0, 80, 160, 204]  # 96-px chips, stride 80, the last flush with the edge
+    assert sorted(outs["cached"]) == sorted((r, c) for r in starts for c in starts)
+    assert len(outs["uncached"]) > len(outs["one"]) > len(outs["cached"])
+    for f in ("classes.tif", "confidence.tif"):
+        assert (outs["cached", f] == outs["uncached", f]).all()
+        assert (outs["cached", f] == outs["one", f]).all()
+
+
+def test_default_chips_are_fitted_to_the_scene():
+    """Convolutional nets: as few chips of at most 768 as cover the side with the overlap, each
+    as small as that allows (a multiple of the net's stride): no pixels computed in vain."""
+    from trainer.predict import ChipGrid, fit_chip
+
+    assert fit_chip(3000, 768, 16, 32) == 768  # 4 chips: 3072 px run for 3000
+    assert fit_chip(3000, 768, 32, 32) == 640  # 5 x 640 = 3200 (512-px chips: 7 x 512 = 3584)
+    assert fit_chip(1000, 768, 32, 32) == 544
+    assert fit_chip(500, 768, 32, 32) == 512  # one chip, padded past the edge
+    for side in (700, 1000, 2500, 3000, 6001):
+        chip = fit_chip(side, 768, 32, 32)
+        grid = ChipGrid(side, chip, 32)
+        n = -(-(side - 32) // (768 - 32)) if side > 768 else 1
+        assert len(grid.starts) == n and chip % 32 == 0 and chip <= 768
+        covered = np.zeros(side, bool)
+        for s0 in grid.starts:
+            covered[s0 : s0 + chip] = True
+        assert covered.all()
+
+
 def test_missing_band_is_refused(model, tmp_path):
     path = tmp_path / "rgb.tif"
     with rasterio.open(

@@ -361,14 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--chip-size",
         type=int,
         default=None,
-        help="chip edge in px (default: 512 for CNNs, the training patch for ViTs)",
+        help="chip edge in px (default: CNNs: chips of at most 512 px fitted to the scene; "
+        "ViTs: the training patch)",
     )
     pr.add_argument(
         "--overlap", type=int, default=None, help="chip overlap in px (default: the model's)"
     )
-    pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument(
-        "--tile-size", type=int, default=2048, help="output tile edge in px; bounds memory"
+        "--batch-size", type=int, default=None, help="chips per forward pass (default: ~512² px)"
+    )
+    pr.add_argument(
+        "--tile-size", type=int, default=1024, help="output tile edge in px; bounds memory"
     )
     pr.add_argument(
         "--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)"

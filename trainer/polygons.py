@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-import shapely.ops
 from rasterio.features import shapes, sieve
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
@@ -77,7 +76,10 @@ class PolygonCollector:
         inner = self._inner_edges(win)
         for geom, value in shapes(comp, mask=comp > 0, transform=t, connectivity=4):
             cid = int(value)
-            poly = shapely.geometry.shape(geom)
+            rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
+            poly = shapely.Polygon(
+                shapely.linearrings(rings[0]), [shapely.linearrings(h) for h in rings[1:]]
+            )
             item = (poly, comp_class[cid], float(conf_sum[cid - 1]), float(count[cid - 1]))
             if self._touches(poly, inner):
                 self.seam.append(item)
@@ -134,7 +136,7 @@ class PolygonCollector:
             geom = geom.simplify(self.simplify, preserve_topology=True)
         feature = {
             "type": "Feature",
-            "geometry": shapely.geometry.mapping(shapely.ops.transform(self.to84.transform, geom)),
+            "geometry": shapely.geometry.mapping(shapely.transform(geom, self._lonlat)),
             "properties": {
                 "class_id": cid,
                 "class_name": self.names[cid],
@@ -144,6 +146,11 @@ class PolygonCollector:
         }
         self.spool.write(json.dumps(feature) + "\n")
         self.count += 1
+
+    def _lonlat(self, xy: np.ndarray) -> np.ndarray:
+        """Grid coordinates → CRS84, all vertices at once; 7 decimals (~1 cm) as RFC 7946 advises."""
+        lon, lat = self.to84.transform(xy[:, 0], xy[:, 1])
+        return np.round(np.column_stack([lon, lat]), 7)
 
     def write(self, path: str | Path) -> int:
         """Merge the seams, write a GeoJSON FeatureCollection (RFC 7946) to ``path``; returns the

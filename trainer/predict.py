@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ import shapely
 from rasterio import Affine
 from rasterio.windows import Window
 
-from datamodules.datamodule import map_bands
+from datamodules.bands import map_bands
 from datamodules.errors import UserError
 from datamodules.imagery import Grid, ImageryError, Scene, SceneReader, open_scenes
 
@@ -38,10 +39,14 @@ class PredictError(UserError):
 
 @dataclass
 class PredictOptions:
-    chip_size: int | None = None  # default: 512 for convolutional nets, the training patch for ViTs
+    # default: for convolutional nets, chips of at most ``max_chip`` sized to the scene (see
+    # ``fit_chip``); for ViTs and classification, the training patch
+    chip_size: int | None = None
     overlap: int | None = None  # default: the model's recorded overlap
-    batch_size: int = 4
-    tile_size: int = 2048  # output tile edge; bounds memory
+    batch_size: int | None = None  # default: about max_chip² pixels per batch (1 chip of 512²)
+    tile_size: int = 1024  # output tile edge; bounds memory
+    max_chip: int = 512
+    cache_mb: float = 256  # probabilities of chips shared with later tiles (over it: recomputed)
     polygons: bool = True
     confidence: bool = True
     min_area_m2: float = 0.0
@@ -79,12 +84,30 @@ class ChipGrid:
         return [s for s in self.starts if s < b and s + self.chip > a]
 
 
-def ramp(chip: int, overlap: int) -> np.ndarray:
+def ramp(chip: int | tuple[int, int], overlap: int) -> np.ndarray:
     """2-D blending weights: 1 in the middle, a linear ramp to ~0 across the overlap."""
     r = max(overlap, 1)
-    d = np.minimum(np.arange(chip), np.arange(chip)[::-1]).astype(np.float32)
-    w1 = np.clip((d + 0.5) / r, 1e-3, 1.0)
-    return np.outer(w1, w1)
+
+    def one(n: int) -> np.ndarray:
+        d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float32)
+        return np.clip((d + 0.5) / r, 1e-3, 1.0)
+
+    h, w = (chip, chip) if isinstance(chip, int) else chip
+    return np.outer(one(h), one(w))
+
+
+def fit_chip(length: int, max_chip: int, overlap: int, multiple: int) -> int:
+    """The smallest chip (a multiple of ``multiple``) that covers ``length`` with as few chips of
+    at most ``max_chip`` as possible, overlapping by ``overlap``: no pixels computed in vain.
+
+    A 3000-pixel side with 512-pixel chips overlapping by 32 takes 7 chips, the last flush with
+    the edge (3584 pixels run through the network); fitted, 7 chips of 480 (3360 pixels).
+    """
+    if length <= max_chip:
+        return -(-length // multiple) * multiple
+    n = -(-(length - overlap) // (max_chip - overlap))
+    need = -(-(length + (n - 1) * overlap) // n)
+    return min(-(-need // multiple) * multiple, max_chip)
 
 
 def tiles(width: int, height: int, tile_size: int) -> list[Window]:
@@ -142,12 +165,14 @@ class Predictor:
                     f"the scene's resolution is {have:.3g} m but the model was trained at "
                     f"{need:g} m; resample the scene to {need:g} m (e.g. {how}) first"
                 )
-        family = rec["backbone"]["spec"]["family"]
+        spec = rec["backbone"]["spec"]
         if self.task == "classification":
             self.chip = options.chip_size or rec["patch_size"]
             self.overlap = 0
         else:
-            self.chip = options.chip_size or (512 if family == "resnet" else rec["patch_size"])
+            self.chip = options.chip_size or (
+                options.max_chip if spec["family"] == "resnet" else rec["patch_size"]
+            )
             self.overlap = (
                 options.overlap if options.overlap is not None else rec.get("overlap", 32)
             )
@@ -155,10 +180,19 @@ class Predictor:
             raise PredictError(
                 f"overlap {self.overlap} must be smaller than the chip size {self.chip}"
             )
+        # chip height and width: as given, or (convolutional nets) fitted to the scene
+        self.chip_h = self.chip_w = self.chip
+        if self.task != "classification" and not options.chip_size and spec["family"] == "resnet":
+            multiple = max(spec.get("out_strides") or [32])
+            self.chip_h = fit_chip(g.height, self.chip, self.overlap, multiple)
+            self.chip_w = fit_chip(g.width, self.chip, self.overlap, multiple)
         flush = self.task != "classification"
-        self.cols = ChipGrid(g.width, self.chip, self.overlap, flush)
-        self.rows = ChipGrid(g.height, self.chip, self.overlap, flush)
-        self.weight = ramp(self.chip, self.overlap)
+        self.cols = ChipGrid(g.width, self.chip_w, self.overlap, flush)
+        self.rows = ChipGrid(g.height, self.chip_h, self.overlap, flush)
+        self.weight = ramp((self.chip_h, self.chip_w), self.overlap)
+        self.batch_size = options.batch_size or max(
+            1, round(options.max_chip**2 / (self.chip_h * self.chip_w))
+        )
         self.net = model.net.eval()
         # channels_last speeds up 2-D convolutions (1.4x on a ResNet18-UNet on CPU); networks
         # with 3-D (tubelet) convolutions, as Prithvi's patch embedding, cannot take it
@@ -169,6 +203,7 @@ class Predictor:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.k = rec["num_classes"]
         self.readers = [SceneReader(s) for s in self.scenes]
+        self._read_lock = threading.Lock()
         self.nodata = [s.nodata for s in self.scenes]
         self.area_rows = pixel_area_rows(g)
         self._date_ord = torch.tensor(
@@ -195,12 +230,13 @@ class Predictor:
         """Model bands of every date for a window (``[C, h, w]`` or ``[C, T, h, w]``); validity."""
         frames, valid = [], np.ones((win.height, win.width), dtype=bool)
         for reader, nd in zip(self.readers, self.nodata, strict=True):
-            data = reader.read(win)[self.band_index]
+            with self._read_lock:  # a GDAL dataset is read by one thread at a time
+                data = reader.read(win)[self.band_index]
             if nd is not None:
                 valid &= ~np.all(data == nd, axis=0)
             if np.issubdtype(data.dtype, np.floating):
                 valid &= np.all(np.isfinite(data), axis=0)
-            frames.append(data.astype(np.float32))
+            frames.append(data)  # converted to float32 chip by chip
         x = np.stack(frames, 1) if len(frames) > 1 else frames[0]
         return x, valid
 
@@ -211,8 +247,8 @@ class Predictor:
         if self._lonlat is None:
             return {}
         t = self.scenes[0].grid.transform
-        half = self.chip / 2
-        xs, ys = zip(*[t @ (c + half, r + half) for r, c in origins], strict=True)
+        hh, hw = self.chip_h / 2, self.chip_w / 2
+        xs, ys = zip(*[t @ (c + hw, r + hh) for r, c in origins], strict=True)
         lon, lat = self._lonlat.transform(np.asarray(xs), np.asarray(ys))
         lonlat = torch.from_numpy(np.stack([lon, lat], 1).astype(np.float32))
         return self.net.metadata_for(self._date_ord.expand(len(origins), -1), lonlat)
@@ -237,30 +273,54 @@ class Predictor:
             for c in self.cols.touching(tile.col_off, tile.col_off + tile.width)
         ]
 
-    def predict_window(self, tile: Window, data=None) -> dict:
-        """Probabilities for one output tile; ``data`` is what :meth:`read_for` returned."""
-        data = data if data is not None else self.read_for(tile)
+    def predict_window(self, tile: Window, data=None, cache: ChipCache | None = None) -> dict:
+        """Probabilities for one output tile; ``data`` is what :meth:`read_for` returned.
+
+        ``cache`` (optional) holds the probabilities of chips that earlier tiles computed and
+        this one shares; the result is the same with or without it, chips are just not run twice.
+        """
+        data = data if data is not None else self.read_for(tile, cache)
         x, valid_src, (r0, c0) = data
         a_r, a_c = tile.row_off, tile.col_off
+        ch, cw = self.chip_h, self.chip_w
+        chips = self.chips_of(tile)
+        probs = {} if cache is None else {rc: cache.get(rc) for rc in chips if rc in cache}
+        todo = [rc for rc in chips if rc not in probs]
+        for i in range(0, len(todo), self.batch_size):
+            batch = todo[i : i + self.batch_size]
+            arr = np.stack([self._chip(x, (r0, c0), r, c) for r, c in batch])
+            for rc, p in zip(batch, self.forward(arr, batch), strict=True):
+                probs[rc] = p
+                if cache is not None:
+                    cache.put(rc, p)
         acc = np.zeros((self.k, tile.height, tile.width), dtype=np.float32)
         wsum = np.zeros((tile.height, tile.width), dtype=np.float32)
-        chips = self.chips_of(tile)
-        for i in range(0, len(chips), self.o.batch_size):
-            batch = chips[i : i + self.o.batch_size]
-            arr = np.stack([_crop(x, r - r0, c - c0, self.chip) for r, c in batch])
-            prob = self.forward(arr, batch)
-            for (r, c), p in zip(batch, prob, strict=True):
-                # intersect chip [r, r+chip) with tile [a_r, a_r+h)
-                y0, y1 = max(r, a_r), min(r + self.chip, a_r + tile.height)
-                x0, x1 = max(c, a_c), min(c + self.chip, a_c + tile.width)
-                w = self.weight[y0 - r : y1 - r, x0 - c : x1 - c]
-                acc[:, y0 - a_r : y1 - a_r, x0 - a_c : x1 - a_c] += (
-                    p[:, y0 - r : y1 - r, x0 - c : x1 - c] * w
-                )
-                wsum[y0 - a_r : y1 - a_r, x0 - a_c : x1 - a_c] += w
+        for r, c in chips:  # the same order whatever was cached: identical sums
+            p = probs[(r, c)]
+            # intersect chip [r, r+ch) x [c, c+cw) with the tile
+            y0, y1 = max(r, a_r), min(r + ch, a_r + tile.height)
+            x0, x1 = max(c, a_c), min(c + cw, a_c + tile.width)
+            w = self.weight[y0 - r : y1 - r, x0 - c : x1 - c]
+            acc[:, y0 - a_r : y1 - a_r, x0 - a_c : x1 - a_c] += (
+                p[:, y0 - r : y1 - r, x0 - c : x1 - c] * w
+            )
+            wsum[y0 - a_r : y1 - a_r, x0 - a_c : x1 - a_c] += w
         prob = acc / np.maximum(wsum, 1e-12)
         valid = valid_src[a_r - r0 : a_r - r0 + tile.height, a_c - c0 : a_c - c0 + tile.width]
         return {"prob": prob, "valid": valid}
+
+    def _chip(self, x: np.ndarray, origin: tuple[int, int], r: int, c: int) -> np.ndarray:
+        """One chip as float32, from the read region when it holds it, else read on its own."""
+        (r0, c0), (h, w) = origin, x.shape[-2:]
+        g = self.scenes[0].grid
+        rows_in = r >= r0 and min(r + self.chip_h, g.height) <= r0 + h
+        cols_in = c >= c0 and min(c + self.chip_w, g.width) <= c0 + w
+        if rows_in and cols_in:
+            return _crop(x, r - r0, c - c0, self.chip_h, self.chip_w)
+        own, _ = self.read(
+            Window(c, r, min(self.chip_w, g.width - c), min(self.chip_h, g.height - r))
+        )
+        return _crop(own, 0, 0, self.chip_h, self.chip_w)
 
     def classify_window(self, tile: Window, data=None) -> dict:
         """One class per chip of a chip-aligned tile, as a block of the coarse grid.
@@ -274,12 +334,10 @@ class Predictor:
         hc = len(self.rows.touching(tile.row_off, tile.row_off + tile.height))
         wc = len(chips) // hc
         probs = []
-        for i in range(0, len(chips), self.o.batch_size):
-            batch = chips[i : i + self.o.batch_size]
+        for i in range(0, len(chips), self.batch_size):
+            batch = chips[i : i + self.batch_size]
             probs.append(
-                self.forward(
-                    np.stack([_crop(x, r - r0, c - c0, self.chip) for r, c in batch]), batch
-                )
+                self.forward(np.stack([self._chip(x, (r0, c0), r, c) for r, c in batch]), batch)
             )
         prob = np.concatenate(probs).reshape(hc, wc, self.k).transpose(2, 0, 1)
         pixels = np.zeros((hc, wc), dtype=np.int64)
@@ -294,15 +352,70 @@ class Predictor:
         return {"prob": prob, "valid": pixels * 2 >= np.maximum(inside, 1), "pixels": pixels,
                 "area": area}  # fmt: skip
 
-    def read_for(self, tile: Window):
-        """Read the union of the chips touching ``tile`` (what ``predict_window`` needs)."""
+    def read_for(self, tile: Window, cache: ChipCache | None = None):
+        """Read the union of the chips touching ``tile`` that ``cache`` will not hold (what
+        ``predict_window`` needs), in the scene's own data type."""
         g = self.scenes[0].grid
-        rs = self.rows.touching(tile.row_off, tile.row_off + tile.height)
-        cs = self.cols.touching(tile.col_off, tile.col_off + tile.width)
-        r0, c0 = rs[0], cs[0]
-        r1, c1 = min(rs[-1] + self.chip, g.height), min(cs[-1] + self.chip, g.width)
+        chips = [rc for rc in self.chips_of(tile) if cache is None or not cache.expects(rc, tile)]
+        chips = chips or self.chips_of(tile)[:1]  # nothing to run: still read the validity
+        rs, cs = [r for r, _ in chips], [c for _, c in chips]
+        r0, c0 = min(min(rs), tile.row_off), min(min(cs), tile.col_off)
+        r1 = max(min(max(rs) + self.chip_h, g.height), tile.row_off + tile.height)
+        c1 = max(min(max(cs) + self.chip_w, g.width), tile.col_off + tile.width)
         x, valid = self.read(Window(c0, r0, c1 - c0, r1 - r0))
         return x, valid, (r0, c0)
+
+
+class ChipCache:
+    """Chip probabilities shared between neighbouring tiles of one pass (row-major tile order).
+
+    A chip is kept when it touches a later tile and dropped once the last tile it touches is
+    done, so a chip on a tile seam runs once; the cache holds at most about one row of chips
+    across the scene, and past ``max_bytes`` chips are not kept (later tiles run them again).
+    """
+
+    def __init__(self, pred: Predictor, tile_size: int, max_bytes: int):
+        g = pred.scenes[0].grid
+        self.pred, self.t, self.max_bytes = pred, tile_size, max_bytes
+        self.ncols = -(-g.width // tile_size)
+        self.size = (g.height, g.width)
+        self.items: dict[tuple[int, int], np.ndarray] = {}
+        self.bytes = 0
+        self.current = 0
+
+    def _index(self, r: int, c: int) -> int:
+        return (r // self.t) * self.ncols + c // self.t
+
+    def first(self, rc) -> int:
+        return self._index(*rc)
+
+    def last(self, rc) -> int:
+        r, c = rc
+        h, w = self.size
+        return self._index(min(r + self.pred.chip_h, h) - 1, min(c + self.pred.chip_w, w) - 1)
+
+    def expects(self, rc, tile: Window) -> bool:
+        """Whether the chip ran for an earlier tile than ``tile`` (then it is here, if it fit)."""
+        return self.first(rc) < self._index(tile.row_off, tile.col_off) and (
+            self.bytes < self.max_bytes or rc in self.items
+        )
+
+    def __contains__(self, rc) -> bool:
+        return rc in self.items
+
+    def get(self, rc) -> np.ndarray:
+        return self.items[rc]
+
+    def put(self, rc, prob: np.ndarray) -> None:
+        if self.last(rc) > self.current and self.bytes + prob.nbytes <= self.max_bytes:
+            self.items[rc] = prob
+            self.bytes += prob.nbytes
+
+    def done(self, tile: Window) -> None:
+        """``tile`` is finished: drop the chips no later tile touches."""
+        self.current = self._index(tile.row_off, tile.col_off) + 1
+        for rc in [rc for rc in self.items if self.last(rc) < self.current]:
+            self.bytes -= self.items.pop(rc).nbytes
 
 
 def ground_resolution(grid) -> tuple[float, float]:
@@ -320,10 +433,10 @@ def ground_resolution(grid) -> tuple[float, float]:
     return dx, dy
 
 
-def _crop(x: np.ndarray, r: int, c: int, chip: int) -> np.ndarray:
-    """A chip from the read region, edge-padded when the scene is smaller than a chip."""
-    sub = x[..., r : r + chip, c : c + chip]
-    ph, pw = chip - sub.shape[-2], chip - sub.shape[-1]
+def _crop(x: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
+    """An ``h``x``w`` float32 chip from the read region, padded where the scene ends."""
+    sub = x[..., r : r + h, c : c + w].astype(np.float32)
+    ph, pw = h - sub.shape[-2], w - sub.shape[-1]
     if ph or pw:
         pad = [(0, 0)] * (sub.ndim - 2) + [(0, ph), (0, pw)]
         sub = np.pad(
@@ -426,54 +539,77 @@ def predict_scene(
             else None
         )
         cls_tmp.write_colormap(1, {c["id"]: _hex_to_rgba(c["color"]) for c in rec["classes"]})
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(pred.read_for, windows[0])
+        cache = None if classify else ChipCache(pred, tile, int(o.cache_mb * 2**20))
+
+        def finish(win: Window, res: dict) -> None:
+            """Classes, confidence, counts, areas and polygons of one predicted tile."""
+            if classify:
+                owin = Window(
+                    win.col_off // pred.chip,
+                    win.row_off // pred.chip,
+                    res["prob"].shape[2],
+                    res["prob"].shape[1],
+                )
+            else:
+                owin = win
+            prob, valid = res["prob"], res["valid"]
+            classes = prob.argmax(0).astype(np.uint8)
+            conf = prob.max(0)
+            if o.confidence_threshold is not None:
+                valid = valid & (conf >= o.confidence_threshold)
+            classes[~valid] = nod
+            cls_tmp.write(classes, 1, window=owin)
+            if conf_tmp is not None:
+                c8 = np.round(conf * 100).astype(np.uint8)
+                c8[~valid] = 255
+                conf_tmp.write(c8, 1, window=owin)
+            if classify:
+                for k in range(nk):
+                    sel = (classes == k) & valid
+                    counts[k] += int(res["pixels"][sel].sum())
+                    area[k] += float(res["area"][sel].sum())
+                    n_chips[k] += int(sel.sum())
+            else:
+                counts[:] += np.bincount(classes[valid].ravel(), minlength=nk)[:nk]
+                rows_area = pred.area_rows[win.row_off : win.row_off + win.height]
+                for k in range(nk):
+                    area[k] += float(((classes == k) & valid).sum(1) @ rows_area)
+            if collector is not None:
+                collector.add(owin, classes, conf, valid, nod)
+
+        # three stages overlap: reading the next tile, running the model on this one, and
+        # finishing the previous one (one worker each, in tile order; at most one tile waits)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as finisher:
+            nxt = reader.submit(pred.read_for, windows[0], cache)
+            done = None
             for i, win in enumerate(
                 tqdm(windows, desc="predict", unit="tile", disable=not progress)
             ):
                 data = nxt.result()
                 if i + 1 < len(windows):
-                    nxt = pool.submit(pred.read_for, windows[i + 1])  # read ahead while computing
+                    nxt = reader.submit(pred.read_for, windows[i + 1], cache)
                 if classify:
                     res = pred.classify_window(win, data)
-                    owin = Window(
-                        win.col_off // pred.chip,
-                        win.row_off // pred.chip,
-                        res["prob"].shape[2],
-                        res["prob"].shape[1],
-                    )
                 else:
-                    res = pred.predict_window(win, data)
-                    owin = win
-                prob, valid = res["prob"], res["valid"]
-                classes = prob.argmax(0).astype(np.uint8)
-                conf = prob.max(0)
-                if o.confidence_threshold is not None:
-                    valid = valid & (conf >= o.confidence_threshold)
-                classes[~valid] = nod
-                cls_tmp.write(classes, 1, window=owin)
-                if conf_tmp is not None:
-                    c8 = np.round(conf * 100).astype(np.uint8)
-                    c8[~valid] = 255
-                    conf_tmp.write(c8, 1, window=owin)
-                if classify:
-                    for k in range(nk):
-                        sel = (classes == k) & valid
-                        counts[k] += int(res["pixels"][sel].sum())
-                        area[k] += float(res["area"][sel].sum())
-                        n_chips[k] += int(sel.sum())
-                else:
-                    counts += np.bincount(classes[valid].ravel(), minlength=nk)[:nk]
-                    rows_area = pred.area_rows[win.row_off : win.row_off + win.height]
-                    for k in range(nk):
-                        area[k] += float(((classes == k) & valid).sum(1) @ rows_area)
-                if collector is not None:
-                    collector.add(owin, classes, conf, valid, nod)
+                    res = pred.predict_window(win, data, cache)
+                    cache.done(win)
+                del data
+                if done is not None:
+                    done.result()
+                done = finisher.submit(finish, win, res)
+            if done is not None:
+                done.result()
         cls_tmp.close()
-        to_cog(tmp / "classes.tif", out / "classes.tif", "mode")
         if conf_tmp is not None:
             conf_tmp.close()
-            to_cog(tmp / "confidence.tif", out / "confidence.tif", "average")
+        with ThreadPoolExecutor(2) as copier:  # GDAL copies release the GIL: both at once
+            jobs = [copier.submit(to_cog, tmp / "classes.tif", out / "classes.tif", "mode")]
+            if conf_tmp is not None:
+                jobs.append(
+                    copier.submit(to_cog, tmp / "confidence.tif", out / "confidence.tif", "average")
+                )
+            for job in jobs:
+                job.result()
     pred.close()
     histogram = class_histogram(rec["classes"], counts, area)
     if classify:
@@ -488,7 +624,13 @@ def predict_scene(
         "shape": [out_grid.height, out_grid.width],
         "outputs": {"classes": "classes.tif"}
         | ({"confidence": "confidence.tif"} if o.confidence else {}),
-        "options": asdict(o) | {"chip_size": pred.chip, "overlap": pred.overlap},
+        "options": asdict(o)
+        | {
+            "chip_size": pred.chip,
+            "chip": [pred.chip_h, pred.chip_w],
+            "overlap": pred.overlap,
+            "batch_size": pred.batch_size,
+        },  # fmt: skip
         "provenance": {
             "model": getattr(model, "uri", None),
             "run_id": rec.get("run_id"),
@@ -498,13 +640,13 @@ def predict_scene(
             "dates": [s.date.isoformat() if s.date else None for s in scenes],
             **(provenance or {}),
         },
-        "seconds": round(time.time() - t0, 2),
     }
     if classify:
         summary["n_chips"] = int(n_chips.sum())
     if collector is not None:
         summary["n_polygons"] = collector.write(out / "polygons.geojson")
         summary["outputs"]["polygons"] = "polygons.geojson"
+    summary["seconds"] = round(time.time() - t0, 2)  # everything, polygons included
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

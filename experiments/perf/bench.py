@@ -1,0 +1,414 @@
+"""Prediction speed and memory, measured in one run: every ratio below compares figures taken
+in this one process (or its children) on the same machine state.
+
+Model: a full-size ResNet-18 UNet (``backbone=resnet18``, the official size; random init, then
+fine-tuned for 3 epochs on the packaged Sentinel-2 demo sample and its demo labels, so that its
+predictions are not degenerate), registered in a private MLflow store as ``perf@champion``.
+
+Scenes: 6-band uint16 COGs (blue, green, red, nir08, swir16, swir22 at 10 m) made from the real
+Sentinel-2 sample (768 x 768) by mirror tiling, written block by block: 2048², 3000² (the seed's
+headline case: 30 x 30 km at 10 m) and 6000².
+
+Measurements:
+
+1. forward throughput of the network alone (eager; contiguous and ``channels_last``; chips of
+   512 and 768; batches of 1, 2, 4): FLOPs counted with ``torch.utils.flop_counter``; the best
+   GFLOP/s is the reference for the floor.
+2. vs TerraTorch's ``tiled_inference`` (loaded from the ``terratorch`` wheel by path, with a shim
+   for its one unused package import) on the 2048² scene: same weights, crop 512, stride 480 (overlap
+   32), no padding, same batch size, both averaging softmax probabilities. TerraTorch gets the
+   scene already in memory and only its argmax is taken; geotune's time is ``predict_scene``
+   from file to the four outputs. Argmax agreement over all pixels.
+3. pipeline efficiency: ``predict_scene`` on the 3000² scene (defaults; read, infer, blend,
+   write, vectorize) against a bare eager forward (contiguous, same batch size) over exactly the
+   chips ``predict_scene`` runs, held in memory.
+4. headline: ``geotune predict --model perf@champion --image s3000.tif --out DIR`` as a child
+   process (start-up, MLflow, model load included), against the floor = FLOPs of the
+   non-overlapping 512² chips covering the scene (ceil(3000/512)² = 36) / best GFLOP/s of (1).
+5. memory: peak RSS (``wait4`` rusage) of ``geotune predict`` on 6000² over 3000², each a fresh
+   process.
+
+    .venv/bin/python experiments/perf/bench.py --write      # ~5 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_scene(path: Path, side: int) -> Path:
+    """A ``side``² 6-band COG: the packaged Sentinel-2 sample mirror-tiled, block by block."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from trainer.demo import sample_image
+    from trainer.predict import to_cog
+
+    if path.exists():
+        return path
+    with rasterio.open(sample_image()) as src:
+        a, profile, desc = src.read(), src.profile, src.descriptions
+    n = a.shape[1]
+    mirror = np.concatenate([a, a[:, :, ::-1]], 2)
+    mirror = np.concatenate([mirror, mirror[:, ::-1]], 1)  # neighbours meet without seams
+    profile.update(width=side, height=side, tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate")  # fmt: skip
+    tmp = path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(0, side, 512):
+            for c in range(0, side, 512):
+                h, w = min(512, side - r), min(512, side - c)
+                rows, cols = np.arange(r, r + h) % (2 * n), np.arange(c, c + w) % (2 * n)
+                dst.write(mirror[:, rows][:, :, cols], window=Window(c, r, w, h))
+        dst.descriptions = desc
+    to_cog(tmp, path, "average")
+    tmp.unlink()
+    return path
+
+
+def train_model(work: Path) -> None:
+    from datamodules.demo_labels import make_demo_labels
+    from datamodules.ingest import ingest
+    from trainer.config import compose
+    from trainer.demo import demo_overrides, sample_image
+    from trainer.train import train
+
+    image = sample_image()
+    labels = make_demo_labels(image, work / "labels.geojson")
+    ingest(name="perf", images=[image], labels=labels, class_column="class_name",
+           sensor="sentinel-2-l1c", block_size=128, progress=False)  # fmt: skip
+    train(compose("train", demo_overrides("perf", 3)))
+
+
+def forward_table(net) -> list[dict]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    for channels_last in (False, True):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        net = net.to(memory_format=fmt)
+        for chip, batch in ((512, 1), (512, 2), (512, 4), (768, 1), (768, 2)):
+            x = (torch.rand(batch, 6, chip, chip) * 3000).contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                with FlopCounterMode(display=False) as fc:
+                    net(x)
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    net(x)
+                    times.append(time.perf_counter() - t)
+            best = min(times)
+            rows.append({
+                "channels_last": channels_last, "chip": chip, "batch": batch,
+                "seconds": round(best, 4), "gflop": round(fc.get_total_flops() / 1e9, 2),
+                "gflops_per_s": round(fc.get_total_flops() / best / 1e9, 1),
+                "mpx_per_s": round(batch * chip * chip / best / 1e6, 3),
+            })  # fmt: skip
+            print(f"  forward {rows[-1]}", flush=True)
+    net.to(memory_format=torch.contiguous_format)
+    return rows
+
+
+def load_terratorch_tiled_inference():
+    """``terratorch/tasks/tiled_inference.py`` from the installed wheel, by path: the package's
+    ``__init__`` pins an older TorchGeo, and the file's one package import (``pad_images``) is
+    unused by ``tiled_inference``; a stub module stands in for it."""
+    spec = importlib.util.find_spec("terratorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps terratorch==1.2.13 first (see tests' setup)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for name in ("terratorch", "terratorch.models", "terratorch.models.utils"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+
+    def pad_images(*a, **k):
+        raise NotImplementedError("stub: not used by tiled_inference")
+
+    sys.modules["terratorch.models.utils"].pad_images = pad_images
+    s = importlib.util.spec_from_file_location("tt_tiled", root / "tasks" / "tiled_inference.py")
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
+    return mod.tiled_inference
+
+
+def vs_terratorch(model, scene: Path, work: Path) -> dict:
+    import rasterio
+    import torch
+
+    from trainer.predict import PredictOptions, predict_scene
+
+    tiled_inference = load_terratorch_tiled_inference()
+    crop, overlap, batch = 512, 32, 2
+    out = work / "ours-2048"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    s = predict_scene(model, [scene], out, progress=False,
+                      options=PredictOptions(chip_size=crop, overlap=overlap, batch_size=batch))  # fmt: skip
+    ours = time.perf_counter() - t
+    with rasterio.open(out / "classes.tif") as src:
+        ours_classes = src.read(1)
+    shutil.rmtree(out)  # again without polygons, which TerraTorch does not make
+    t = time.perf_counter()
+    predict_scene(model, [scene], out, progress=False,
+                  options=PredictOptions(chip_size=crop, overlap=overlap, batch_size=batch,
+                                         polygons=False))  # fmt: skip
+    ours_rasters = time.perf_counter() - t
+
+    net = model.net.to(memory_format=torch.contiguous_format).eval()
+
+    def forward(x):
+        return torch.softmax(net(x), 1)
+
+    t = time.perf_counter()
+    with rasterio.open(scene) as src:
+        x = torch.from_numpy(src.read().astype(np.float32))[None]
+    read = time.perf_counter() - t
+    t = time.perf_counter()
+    prob = tiled_inference(forward, x, model.record["num_classes"], crop=crop,
+                           stride=crop - overlap, delta=0, batch_size=batch, padding=False)  # fmt: skip
+    theirs_classes = prob[0].argmax(0).numpy().astype(np.uint8)
+    theirs = time.perf_counter() - t
+    agree = float((theirs_classes == ours_classes).mean())
+    return {
+        "scene": f"{x.shape[-1]}x{x.shape[-2]}", "crop": crop, "stride": crop - overlap,
+        "batch": batch, "geotune_s": round(ours, 2), "terratorch_s": round(theirs, 2),
+        "geotune_rasters_only_s": round(ours_rasters, 2),
+        "terratorch_read_s": round(read, 2), "speedup": round(theirs / ours, 3),
+        "speedup_rasters_only": round(theirs / ours_rasters, 3),
+        "argmax_agreement": round(agree, 6), "geotune_chips": s["options"]["chip"],
+    }  # fmt: skip
+
+
+def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
+    import torch
+    from rasterio.windows import Window
+
+    from datamodules.imagery import open_scenes
+    from trainer.predict import PredictOptions, Predictor, _crop, predict_scene
+
+    out = work / "ours-3000"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    s = predict_scene(model, [scene], out, progress=False)
+    pipe = time.perf_counter() - t
+    # the same chips, held in memory, through a bare eager forward (contiguous, same batch)
+    pred = Predictor(model, open_scenes([scene]), PredictOptions())
+    chips = [(r, c) for r in pred.rows.starts for c in pred.cols.starts]
+    arrays = []
+    for r, c in chips:
+        x, _ = pred.read(Window(c, r, pred.chip_w, pred.chip_h))
+        arrays.append(_crop(x, 0, 0, pred.chip_h, pred.chip_w))
+    pred.close()
+    net = model.net.to(memory_format=torch.contiguous_format).eval()
+    b = pred.batch_size
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for i in range(0, len(arrays), b):
+            net(torch.from_numpy(np.stack(arrays[i : i + b])))
+        bare = time.perf_counter() - t
+    return {
+        "scene": "3000x3000", "chips": len(chips), "chip": [pred.chip_h, pred.chip_w],
+        "batch": b, "pipeline_s": round(pipe, 2), "bare_forward_s": round(bare, 2),
+        "efficiency": round(bare / pipe, 3), "n_polygons": s.get("n_polygons"),
+        "predict_scene_seconds": s["seconds"],
+    }  # fmt: skip
+
+
+LAUNCHER = """import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(r.returncode)"""
+
+
+def run_cli(scene: Path, out: Path, env: dict) -> dict:
+    """``geotune predict`` in a fresh process: wall time, its own peak RSS, its summary."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(VENV_BIN / "geotune"), "predict", "--model", "perf@champion", "--image",
+           str(scene), "--out", str(out)]  # fmt: skip
+    t = time.perf_counter()
+    # a small launcher process runs the command and reports its children's peak RSS: a child
+    # forked straight from this (large) process would report this process's peak (Linux keeps
+    # the pre-exec high-water mark)
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True,
+                       text=True)  # fmt: skip
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"geotune predict failed:\n{r.stderr[-3000:]}")
+    rss_kb = int(r.stdout.strip().splitlines()[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    return {"command": " ".join(["geotune", *cmd[1:]]), "wall_s": round(wall, 2),
+            "predict_scene_s": summary["seconds"], "peak_rss_mb": round(rss_kb / 1024, 1),
+            "n_pixels": summary["n_pixels"], "n_polygons": summary.get("n_polygons"),
+            "chip": summary["options"]["chip"]}  # fmt: skip
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, p, tt = results["headline"], results["pipeline"], results["terratorch"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = ["floor\n(36 chips,\nbest GFLOP/s)", "bare eager\nforward,\nsame chips",
+             "predict_scene\n(in process)", "geotune predict\n(command)"]  # fmt: skip
+    vals = [h["floor_s"], p["bare_forward_s"], p["pipeline_s"], h["wall_s"]]
+    a.bar(names, vals, color=["#999", "#bbb", "#3b7dd8", "#1f4e99"])
+    for i, v in enumerate(vals):
+        a.text(i, v, f"{v:.1f} s", ha="center", va="bottom")
+    a.set_ylabel("seconds")
+    a.set_title("3000² 6-band scene, ResNet-18 UNet, 2 CPU cores")
+    b.bar(["TerraTorch\ntiled_inference", "geotune\npredict_scene"],
+          [tt["terratorch_s"], tt["geotune_s"]], color=["#d88b3b", "#3b7dd8"])  # fmt: skip
+    b.set_title(f"2048², crop 512 stride 480: {tt['speedup']:.2f}x, agreement "
+                f"{tt['argmax_agreement']:.4%}")  # fmt: skip
+    b.set_ylabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(r: dict) -> str:
+    h, p, tt, m = r["headline"], r["pipeline"], r["terratorch"], r["memory"]
+    best = r["best_forward"]
+    lines = [
+        "# Prediction speed and memory (`experiments/perf/bench.py`)",
+        "",
+        f"Recorded {r['date']} on {r['machine']}; load average before/after: "
+        f"{r['loadavg_before']} / {r['loadavg_after']}. Command: `{r['command']}`. "
+        "All ratios are between figures taken in this one run. Raw figures: `results.json`; "
+        "picture: `plot.png`.",
+        "",
+        "| measure | figure | target | met |",
+        "|---|---|---|---|",
+        f"| vs TerraTorch `tiled_inference` (2048², crop 512, stride 480, batch 2) | "
+        f"{tt['speedup']:.2f}x its throughput; argmax agreement {tt['argmax_agreement']:.4%} | "
+        f"≥ 1.3x, ≥ 99.9% | {_met(tt['speedup'] >= 1.3 and tt['argmax_agreement'] >= 0.999)} |",
+        f"| the same, geotune without polygons (TerraTorch makes none) | "
+        f"{tt['speedup_rasters_only']:.2f}x | ≥ 1.3x | {_met(tt['speedup_rasters_only'] >= 1.3)} |",
+        f"| pipeline efficiency (3000², defaults): bare eager forward time / `predict_scene` time,"
+        f" same {p['chips']} chips of {p['chip'][0]}x{p['chip'][1]} | {p['efficiency']:.2f} | ≥ 1.0 "
+        f"| {_met(p['efficiency'] >= 1.0)} |",
+        f"| memory: peak RSS 6000² / 3000² (`geotune predict`, fresh processes) | "
+        f"{m['ratio']:.3f} ({m['rss_6000_mb']:.0f} / {m['rss_3000_mb']:.0f} MB) | ≤ 1.2 | "
+        f"{_met(m['ratio'] <= 1.2)} |",
+        f"| headline: `geotune predict` 3000² command to files / floor | {h['ratio']:.2f} "
+        f"({h['wall_s']:.1f} s / {h['floor_s']:.2f} s) | ≤ 1.3 | {_met(h['ratio'] <= 1.3)} |",
+        f"| the same, in process (`predict_scene`, model loaded) / floor | "
+        f"{h['ratio_in_process']:.2f} ({p['pipeline_s']:.1f} s) | (≤ 1.3) | "
+        f"{_met(h['ratio_in_process'] <= 1.3)} |",
+        "",
+        f"**Floor**: {h['floor_chips']} non-overlapping 512² chips x {h['gflop_per_chip']:.1f} "
+        f"GFLOP = {h['floor_gflop']:.0f} GFLOP at the best measured forward throughput "
+        f"{best['gflops_per_s']:.0f} GFLOP/s (chip {best['chip']}, batch {best['batch']}, "
+        f"channels_last={best['channels_last']}) = **{h['floor_s']:.2f} s**.",
+        "",
+        f"**Headline run**: {h['wall_s']:.1f} s for the command, of which `predict_scene` "
+        f"(read, infer, blend, write both COGs, {h['n_polygons']} polygons) took "
+        f"{h['predict_scene_s']:.1f} s; the rest ({h['wall_s'] - h['predict_scene_s']:.1f} s) is "
+        "process start-up: importing torch, timm and MLflow, opening the MLflow store and "
+        "building the model (a long-running `geotune serve` pays it once).",
+        "",
+        "## Forward throughput (eager)",
+        "",
+        "| channels_last | chip | batch | s | GFLOP | GFLOP/s | Mpx/s |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['channels_last']} | {x['chip']} | {x['batch']} | {x['seconds']} | {x['gflop']} "
+            f"| {x['gflops_per_s']} | {x['mpx_per_s']} |"
+            for x in r["forward"]
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="write results.md/json and plot.png")
+    ap.add_argument("--work", help="work folder (default: a temporary one, removed after)")
+    args = ap.parse_args()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="geotune-perf-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["GEOTUNE_HOME"] = str(work / "home")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    env = dict(os.environ)
+    before = os.getloadavg()
+
+    from trainer.registry import load_model
+
+    print("[1/6] model: full-size ResNet-18 UNet, 3 epochs on the demo sample", flush=True)
+    try:
+        model = load_model("perf@champion")
+    except Exception:
+        train_model(work)
+        model = load_model("perf@champion")
+    print("[2/6] scenes: 2048², 3000², 6000² (mirror-tiled Sentinel-2 sample)", flush=True)
+    scenes = {s: make_scene(work / f"s{s}.tif", s) for s in (2048, 3000, 6000)}
+    print("[3/6] forward throughput", flush=True)
+    fwd = forward_table(model.net)
+    best = max(fwd, key=lambda x: x["gflops_per_s"])
+    print("[4/6] TerraTorch tiled_inference vs predict_scene", flush=True)
+    tt = vs_terratorch(model, scenes[2048], work)
+    print(f"  {tt}", flush=True)
+    print("[5/6] pipeline efficiency", flush=True)
+    pipe = pipeline_efficiency(model, scenes[3000], work)
+    print(f"  {pipe}", flush=True)
+    print("[6/6] geotune predict: 3000² (headline) and 6000² (memory)", flush=True)
+    del model
+    h = run_cli(scenes[3000], work / "cli-3000", env)
+    print(f"  {h}", flush=True)
+    big = run_cli(scenes[6000], work / "cli-6000", env)
+    print(f"  {big}", flush=True)
+    gflop_512 = next(x["gflop"] for x in fwd if x["chip"] == 512 and x["batch"] == 1)
+    n_floor = math.ceil(3000 / 512) ** 2
+    floor_s = n_floor * gflop_512 / best["gflops_per_s"]
+    h |= {
+        "floor_chips": n_floor, "gflop_per_chip": gflop_512, "floor_gflop": n_floor * gflop_512,
+        "floor_s": round(floor_s, 3), "ratio": round(h["wall_s"] / floor_s, 3),
+        "ratio_in_process": round(pipe["pipeline_s"] / floor_s, 3),
+    }  # fmt: skip
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "command": ".venv/bin/python experiments/perf/bench.py --write",
+        "loadavg_before": [round(x, 2) for x in before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "forward": fwd, "best_forward": best, "terratorch": tt, "pipeline": pipe,
+        "headline": h, "big": big,
+        "memory": {"rss_3000_mb": h["peak_rss_mb"], "rss_6000_mb": big["peak_rss_mb"],
+                   "ratio": round(big["peak_rss_mb"] / h["peak_rss_mb"], 3)},
+    }  # fmt: skip
+    text = report(results)
+    print(text)
+    if args.write:
+        (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (HERE / "results.md").write_text(text)
+        plot(results, HERE / "plot.png")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
