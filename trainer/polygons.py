@@ -148,7 +148,8 @@ class PolygonCollector:
         self.count += 1
 
     def _lonlat(self, xy: np.ndarray) -> np.ndarray:
-        """Grid coordinates → CRS84, all vertices at once; 7 decimals (~1 cm) as RFC 7946 advises."""
+        """Grid coordinates → CRS84, all vertices at once, to 7 decimals (~1 cm; RFC 7946 §11.2
+        notes that 6 give about 10 cm)."""
         lon, lat = self.to84.transform(xy[:, 0], xy[:, 1])
         return np.round(np.column_stack([lon, lat]), 7)
 

@@ -5,7 +5,8 @@ output tiles (``tile_size``); each tile is a pure function of (model, window): t
 global chip grid that touch the tile are read, run in batches, blended with a linear weight
 ramp over the overlap, cropped to the tile and written. Memory is bounded by the tile size, not
 the scene, and the result does not depend on the tiling (the same chips cover every pixel), so
-independent workers can each take a list of tiles (see ``tiles`` / ``predict_tiles``).
+independent workers can each take a list of tiles (``tiles`` + ``Predictor.predict_window``).
+Within one pass, a chip shared by neighbouring tiles runs once (``ChipCache``).
 """
 
 from __future__ import annotations
@@ -84,15 +85,15 @@ class ChipGrid:
         return [s for s in self.starts if s < b and s + self.chip > a]
 
 
-def ramp(chip: int | tuple[int, int], overlap: int) -> np.ndarray:
-    """2-D blending weights: 1 in the middle, a linear ramp to ~0 across the overlap."""
+def ramp(h: int, w: int, overlap: int) -> np.ndarray:
+    """2-D blending weights of an ``h`` x ``w`` chip: 1 in the middle, a linear ramp to ~0
+    across the overlap."""
     r = max(overlap, 1)
 
     def one(n: int) -> np.ndarray:
         d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float32)
         return np.clip((d + 0.5) / r, 1e-3, 1.0)
 
-    h, w = (chip, chip) if isinstance(chip, int) else chip
     return np.outer(one(h), one(w))
 
 
@@ -189,7 +190,7 @@ class Predictor:
         flush = self.task != "classification"
         self.cols = ChipGrid(g.width, self.chip_w, self.overlap, flush)
         self.rows = ChipGrid(g.height, self.chip_h, self.overlap, flush)
-        self.weight = ramp((self.chip_h, self.chip_w), self.overlap)
+        self.weight = ramp(self.chip_h, self.chip_w, self.overlap)
         self.batch_size = options.batch_size or max(
             1, round(options.max_chip**2 / (self.chip_h * self.chip_w))
         )
@@ -356,12 +357,15 @@ class Predictor:
         """Read the union of the chips touching ``tile`` that ``cache`` will not hold (what
         ``predict_window`` needs), in the scene's own data type."""
         g = self.scenes[0].grid
-        chips = [rc for rc in self.chips_of(tile) if cache is None or not cache.expects(rc, tile)]
-        chips = chips or self.chips_of(tile)[:1]  # nothing to run: still read the validity
-        rs, cs = [r for r, _ in chips], [c for _, c in chips]
-        r0, c0 = min(min(rs), tile.row_off), min(min(cs), tile.col_off)
-        r1 = max(min(max(rs) + self.chip_h, g.height), tile.row_off + tile.height)
-        c1 = max(min(max(cs) + self.chip_w, g.width), tile.col_off + tile.width)
+        r0, c0 = tile.row_off, tile.col_off  # the tile itself, for the validity mask
+        r1, c1 = r0 + tile.height, c0 + tile.width
+        for r, c in self.chips_of(tile):
+            if cache is None or not cache.expects((r, c), tile):
+                r0, c0 = min(r0, r), min(c0, c)
+                r1, c1 = (
+                    max(r1, min(r + self.chip_h, g.height)),
+                    max(c1, min(c + self.chip_w, g.width)),
+                )
         x, valid = self.read(Window(c0, r0, c1 - c0, r1 - r0))
         return x, valid, (r0, c0)
 
@@ -386,9 +390,6 @@ class ChipCache:
     def _index(self, r: int, c: int) -> int:
         return (r // self.t) * self.ncols + c // self.t
 
-    def first(self, rc) -> int:
-        return self._index(*rc)
-
     def last(self, rc) -> int:
         r, c = rc
         h, w = self.size
@@ -396,7 +397,7 @@ class ChipCache:
 
     def expects(self, rc, tile: Window) -> bool:
         """Whether the chip ran for an earlier tile than ``tile`` (then it is here, if it fit)."""
-        return self.first(rc) < self._index(tile.row_off, tile.col_off) and (
+        return self._index(*rc) < self._index(tile.row_off, tile.col_off) and (
             self.bytes < self.max_bytes or rc in self.items
         )
 
