@@ -107,20 +107,25 @@ class PolygonCollector:
         return any(poly.distance(e) < 1e-9 for e in edges)
 
     def _merged_seams(self) -> list[tuple]:
+        """Seam pieces of one class merged into whole polygons, with their confidence sums and
+        pixel counts. Each piece counts in the one merged part that holds a point inside it (a
+        piece touching another part at a corner is not counted twice)."""
         out = []
         for c in self.classes:
             items = [s for s in self.seam if s[1] == c["id"]]
             if not items:
                 continue
-            geoms = [s[0] for s in items]
+            geoms = np.array([s[0] for s in items], dtype=object)
             merged = shapely.union_all(geoms)
             parts = list(getattr(merged, "geoms", [merged]))
-            tree = shapely.STRtree(geoms)
-            for part in parts:
-                hits = tree.query(part, predicate="intersects")
-                out.append(
-                    (part, c["id"], sum(items[i][2] for i in hits), sum(items[i][3] for i in hits))
-                )
+            piece, part = shapely.STRtree(parts).query(
+                shapely.point_on_surface(geoms), predicate="within"
+            )
+            conf = np.zeros(len(parts))
+            count = np.zeros(len(parts))
+            np.add.at(conf, part, [items[i][2] for i in piece])
+            np.add.at(count, part, [items[i][3] for i in piece])
+            out += [(p, c["id"], float(conf[j]), float(count[j])) for j, p in enumerate(parts)]
         return out
 
     def _emit(self, geom, cid: int, csum: float, count: float) -> None:
