@@ -59,6 +59,7 @@ def options_from(params: dict):
         simplify=params["simplify"],
         sieve_pixels=params["sieve_pixels"],
         confidence_threshold=params["confidence_threshold"],
+        precision=params.get("precision", "auto"),
     )
 
 

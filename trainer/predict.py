@@ -56,6 +56,10 @@ class PredictOptions:
     confidence_threshold: float | None = None  # pixels below it become nodata
     resolution_tolerance: float = 0.25
     channels_last: bool = True
+    # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AVX512-BF16 or AMX:
+    # about 2x the float32 forward, class agreement with float32 above 99.9% as measured in
+    # experiments/perf), float32 elsewhere; "fp32" or "bf16" to choose
+    precision: str = "auto"
 
 
 @dataclass
@@ -202,6 +206,7 @@ class Predictor:
         )
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.precision = resolve_precision(options.precision)
         self.k = rec["num_classes"]
         self.readers = [SceneReader(s) for s in self.scenes]
         self._read_lock = threading.Lock()
@@ -261,8 +266,13 @@ class Predictor:
         t = torch.from_numpy(x)
         if self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+        ):
             logits = self.net(t, **self.metadata(origins))
+        with torch.inference_mode():
+            logits = logits.float()  # probabilities in float32 whatever the forward's precision
             if self.record.get("multi_label"):
                 return torch.sigmoid(logits).float().numpy()
             return torch.softmax(logits, dim=1).float().numpy()
@@ -417,6 +427,21 @@ class ChipCache:
         self.current = self._index(tile.row_off, tile.col_off) + 1
         for rc in [rc for rc in self.items if self.last(rc) < self.current]:
             self.bytes -= self.items.pop(rc).nbytes
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str) -> str:
+    """"fp32" or "bf16" for the forward pass; "auto" is bf16 where the CPU has native bfloat16."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    native = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bf16" if any(f is not None and f() for f in native) else "fp32"
 
 
 def ground_resolution(grid) -> tuple[float, float]:
@@ -631,6 +656,7 @@ def predict_scene(
             "chip": [pred.chip_h, pred.chip_w],
             "overlap": pred.overlap,
             "batch_size": pred.batch_size,
+            "precision": pred.precision,
         },  # fmt: skip
         "provenance": {
             "model": getattr(model, "uri", None),
