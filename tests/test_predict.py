@@ -91,6 +91,22 @@ def test_outputs_validate_and_agree(model, tmp_path):
     total = sum(f["properties"]["area_m2"] for f in fc["features"])
     assert math.isclose(total, s["n_pixels"] * 100.0, rel_tol=1e-6)
     assert all(0 < f["properties"]["mean_confidence"] <= 1 for f in fc["features"])
+    # one polygon per 4-connected class patch of the whole raster, whatever the tiling; burnt
+    # back onto the grid, the polygons give the class raster exactly
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+    from scipy import ndimage
+
+    patches = sum(ndimage.label(cls == h["id"])[1] for h in hist)
+    assert len(polys) == patches
+    with rasterio.open(out / "classes.tif") as src:
+        burnt = rasterize(
+            [(transform_geom("OGC:CRS84", src.crs, f["geometry"]), f["properties"]["class_id"])
+             for f in fc["features"]],
+            out_shape=cls.shape, transform=src.transform, fill=255, dtype="uint8",
+        )  # fmt: skip
+    assert (burnt == cls).all()
+    assert all(p.exterior.is_ccw and all(not r.is_ccw for r in p.interiors) for p in polys)
     assert (
         s["provenance"]["run_id"] == model.record["run_id"] and s["provenance"]["dataset_id"] == "p"
     )
@@ -154,9 +170,10 @@ def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
         s = predict_scene(model, [scene], tmp_path / p, progress=False,
                           options=PredictOptions(precision=p, polygons=False))  # fmt: skip
         assert s["options"]["precision"] == p
-        with rasterio.open(tmp_path / p / "classes.tif") as a, rasterio.open(
-            tmp_path / p / "confidence.tif"
-        ) as b:
+        with (
+            rasterio.open(tmp_path / p / "classes.tif") as a,
+            rasterio.open(tmp_path / p / "confidence.tif") as b,
+        ):
             out[p] = a.read(1), b.read(1).astype(int)
     agree = (out["fp32"][0] == out["bf16"][0]).mean()
     diff = np.abs(out["fp32"][1] - out["bf16"][1])
@@ -392,3 +409,47 @@ def test_scene_larger_than_a_memory_cap(model, tmp_path):
     assert len(fc["features"]) == s["n_polygons"] > 100
     total = sum(f["properties"]["area_m2"] for f in fc["features"])
     assert math.isclose(total, side * side * 100.0, rel_tol=1e-6)
+
+
+def test_polygons_merge_across_tiles_and_finished_rows_are_released(tmp_path):
+    """Tiled polygonisation gives the polygons of the whole raster at once (same shapes, areas
+    and mean confidences), and pieces of finished polygons are not kept until the end."""
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    from trainer.polygons import PolygonCollector
+    from trainer.predict import tiles
+
+    rng = np.random.default_rng(3)
+    cls = np.kron(rng.integers(0, 3, (12, 12)), np.ones((8, 8), int)).astype(np.uint8)
+    cls[30:50, 30:50] = 1  # a ring of class 1 around a hole of class 2, across tiles
+    cls[36:44, 36:44] = 2
+    cls[:5, :5] = 255
+    conf = rng.random(cls.shape).astype(np.float32)
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 5000000), 96, 96)
+    classes = [{"id": i, "name": f"c{i}"} for i in range(3)]
+
+    def run(tile):
+        col, held = PolygonCollector(grid, classes), []
+        for w in tiles(96, 96, tile):
+            sl = (slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width))
+            col.add(w, cls[sl], conf[sl], cls[sl] != 255, 255)
+            held.append(len(col.pieces))
+        col.write(tmp_path / f"{tile}.geojson")
+        feats = json.loads((tmp_path / f"{tile}.geojson").read_text())["features"]
+        return feats, held, col.next_id - 1
+
+    whole, _, _ = run(96)
+    tiled, held, n_pieces = run(20)  # uneven tiles: 20, 20, 20, 20, 16
+    assert len(tiled) == len(whole) > 40
+    key = lambda f: (f["properties"]["class_id"], f["properties"]["area_m2"],  # noqa: E731
+                     shapely.geometry.shape(f["geometry"]).representative_point().wkt)  # fmt: skip
+    for a, b in zip(sorted(whole, key=key), sorted(tiled, key=key), strict=True):
+        ga, gb = shapely.geometry.shape(a["geometry"]), shapely.geometry.shape(b["geometry"])
+        assert ga.geom_type == gb.geom_type == "Polygon" and len(ga.interiors) == len(gb.interiors)
+        # the same shape (vertices rounded to 1e-7° may differ along straight edges)
+        assert ga.symmetric_difference(gb).area < 1e-4 * ga.area
+        assert a["properties"]["class_id"] == b["properties"]["class_id"]
+        assert a["properties"]["area_m2"] == b["properties"]["area_m2"]
+        assert abs(a["properties"]["mean_confidence"] - b["properties"]["mean_confidence"]) < 1e-4
+    assert n_pieces > 100 and max(held) < n_pieces / 2

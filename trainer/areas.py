@@ -31,14 +31,18 @@ def pixel_area_rows(grid) -> np.ndarray:
     return np.full(grid.height, abs(t.a * t.e) * unit * unit)
 
 
-def geometry_area_m2(geom, crs) -> float:
-    """Area in m² of a shapely geometry in ``crs`` (geodesic for geographic CRSs)."""
+def geometry_areas_m2(geoms: np.ndarray, crs) -> np.ndarray:
+    """Areas in m² of an array of shapely geometries in ``crs`` (geodesic on WGS84 for
+    geographic CRSs)."""
     if crs.is_geographic:
         from pyproj import Geod
 
-        return abs(Geod(ellps="WGS84").geometry_area_perimeter(geom)[0])
+        geod = Geod(ellps="WGS84")
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=float)
+    import shapely
+
     unit = crs.linear_units_factor[1] if crs.is_projected else 1.0
-    return geom.area * unit * unit
+    return shapely.area(geoms) * unit * unit
 
 
 def class_histogram(classes: list[dict], counts: np.ndarray, area_m2: np.ndarray) -> list[dict]:

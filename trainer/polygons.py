@@ -1,17 +1,24 @@
 """Class polygons from predicted tiles: shapes per tile, seams merged, areas, CRS84 GeoJSON.
 
 Each tile's class raster is split into connected components (4-connectivity, as
-``rasterio.features.shapes`` uses), polygonised with the mean confidence of its pixels.
-Components touching an inner tile edge are kept aside and merged per class at the end, so a
-field crossing two tiles comes out as one polygon. Finished polygons are converted to CRS84
-features at once and spooled to a temporary file, so memory holds only the seam pieces (which
-grow with the length of the tile edges, not with the number of polygons).
+``rasterio.features.shapes`` uses) and polygonised, each with the mean confidence of its
+pixels. A component that touches an inner tile edge is a *piece* of a polygon that may go on in
+the next tile. Pieces are joined in raster space: where two pieces of one class face each other
+across a tile edge, they belong to one polygon (a union-find over piece ids). When a row of
+tiles is finished, every polygon none of whose pieces reaches down into the next row is complete:
+its pieces are unioned and written. Memory holds only the pieces of polygons still open, about
+one row of tiles' worth, not the scene's polygons.
+
+Tiles must come in row-major order, each once (as ``tiles`` lists them).
+Finished polygons go to CRS84 features in batches (vectorised area, simplification, transform
+and GeoJSON encoding) and are spooled to a temporary file.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +27,17 @@ from rasterio.features import shapes, sieve
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
-from .areas import geometry_area_m2
+from .areas import geometry_areas_m2
+
+
+@dataclass
+class _Piece:
+    geom: object
+    cid: int
+    conf_sum: float
+    count: float
+    row: int  # row offset of its tile
+    open_below: bool  # touches the inner bottom edge of its tile
 
 
 class PolygonCollector:
@@ -48,11 +65,24 @@ class PolygonCollector:
         self.to84 = Transformer.from_crs(grid.crs.to_wkt(), "OGC:CRS84", always_xy=True)
         self.spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
         self.count = 0
-        self.seam: list[tuple] = []  # (geometry, class id, confidence sum, pixel count)
+        self.pieces: dict[int, _Piece] = {}
+        self.parent: dict[int, int] = {}
+        self.next_id = 1
+        # piece ids (0: none) and classes along the bottom edge of the last tile row, the whole
+        # scene wide, and along the right edge of the last tile
+        self.below_ids = np.zeros(grid.width, dtype=np.int64)
+        self.below_cls = np.zeros(grid.width, dtype=np.int32)
+        self.right_ids = np.zeros(0, dtype=np.int64)
+        self.right_cls = np.zeros(0, dtype=np.int32)
+        self.row = -1  # row offset of the tile row being added
 
     def add(
         self, win, classes: np.ndarray, conf: np.ndarray, valid: np.ndarray, nodata: int
     ) -> None:
+        """Polygonise one tile (``win`` in grid pixels); tiles come in row-major order."""
+        if win.row_off != self.row:
+            self._row_done()
+            self.row = win.row_off
         cls = classes.copy()
         if self.sieve:
             cls = sieve(cls, size=self.sieve, mask=valid.astype(np.uint8))
@@ -67,90 +97,132 @@ class PolygonCollector:
                 comp[sel] = lab[sel] + n_total
                 comp_class += [c["id"]] * n
                 n_total += n
+        h, w = cls.shape
+        top, left = win.row_off > 0, win.col_off > 0
+        bottom, right = win.row_off + h < self.grid.height, win.col_off + w < self.grid.width
         if n_total == 0:
+            self._edges(win, np.zeros(0, np.int64), comp, cls, bottom, right)
             return
-        idx = np.arange(1, n_total + 1)
-        conf_sum = ndimage.sum(conf, comp, idx)
-        count = ndimage.sum(np.ones_like(conf), comp, idx)
+        flat = comp.ravel()
+        conf_sum = np.bincount(flat, weights=conf.ravel().astype(np.float64), minlength=n_total + 1)
+        count = np.bincount(flat, minlength=n_total + 1)
+        # components on an inner tile edge are pieces: they get scene-wide ids
+        on_edge = np.zeros(n_total + 1, dtype=bool)
+        below = np.zeros(n_total + 1, dtype=bool)
+        for is_inner, line in ((top, comp[0]), (left, comp[:, 0]), (right, comp[:, -1])):
+            if is_inner:
+                on_edge[line] = True
+        if bottom:
+            below[comp[-1]] = True
+        on_edge |= below
+        on_edge[0] = below[0] = False
+        gid = np.zeros(n_total + 1, dtype=np.int64)
+        n_pieces = int(on_edge.sum())
+        gid[on_edge] = np.arange(self.next_id, self.next_id + n_pieces)
+        self.next_id += n_pieces
+
         t = window_transform(win, self.grid.transform)
-        inner = self._inner_edges(win)
+        done = []
         for geom, value in shapes(comp, mask=comp > 0, transform=t, connectivity=4):
             cid = int(value)
             rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
             poly = shapely.Polygon(
                 shapely.linearrings(rings[0]), [shapely.linearrings(h) for h in rings[1:]]
             )
-            item = (poly, comp_class[cid], float(conf_sum[cid - 1]), float(count[cid - 1]))
-            if self._touches(poly, inner):
-                self.seam.append(item)
+            item = (poly, comp_class[cid], float(conf_sum[cid]), float(count[cid]))
+            if on_edge[cid]:
+                g = int(gid[cid])
+                self.pieces[g] = _Piece(*item, row=win.row_off, open_below=bool(below[cid]))
+                self.parent[g] = g
             else:
-                self._emit(*item)
+                done.append(item)
+        self._emit(done)
+        # join this tile's pieces with the pieces facing them across the top and left edges
+        mine = gid[comp]
+        if top:
+            self._join(self.below_ids[win.col_off : win.col_off + w], mine[0],
+                       self.below_cls[win.col_off : win.col_off + w], cls[0])  # fmt: skip
+        if left:
+            self._join(self.right_ids, mine[:, 0], self.right_cls, cls[:, 0])
+        self._edges(win, mine, comp, cls, bottom, right)
 
-    def _inner_edges(self, win) -> list:
-        """Tile edges that are not scene edges, as lines in map coordinates."""
-        t = self.grid.transform
-        x0, y0 = t @ (win.col_off, win.row_off)
-        x1, y1 = t @ (win.col_off + win.width, win.row_off + win.height)
-        edges = []
-        if win.col_off > 0:
-            edges.append(shapely.LineString([(x0, y0), (x0, y1)]))
-        if win.col_off + win.width < self.grid.width:
-            edges.append(shapely.LineString([(x1, y0), (x1, y1)]))
-        if win.row_off > 0:
-            edges.append(shapely.LineString([(x0, y0), (x1, y0)]))
-        if win.row_off + win.height < self.grid.height:
-            edges.append(shapely.LineString([(x0, y1), (x1, y1)]))
-        return edges
+    def _edges(self, win, mine, comp, cls, bottom: bool, right: bool) -> None:
+        """Remember this tile's bottom and right edges for the tiles below and to the right."""
+        h, w = comp.shape
+        ids = mine if len(mine) else np.zeros(comp.shape, dtype=np.int64)
+        cols = slice(win.col_off, win.col_off + w)
+        self.below_ids[cols] = ids[-1] if bottom else 0
+        self.below_cls[cols] = cls[-1]
+        self.right_ids = ids[:, -1].copy() if right else np.zeros(h, dtype=np.int64)
+        self.right_cls = cls[:, -1].astype(np.int32)
 
-    @staticmethod
-    def _touches(poly, edges) -> bool:
-        return any(poly.distance(e) < 1e-9 for e in edges)
+    def _join(self, theirs, mine, their_cls, my_cls) -> None:
+        same = (theirs > 0) & (mine > 0) & (their_cls == my_cls)
+        for a, b in set(zip(theirs[same].tolist(), mine[same].tolist(), strict=True)):
+            ra, rb = self._find(a), self._find(b)
+            if ra != rb:
+                self.parent[rb] = ra
 
-    def _merged_seams(self) -> list[tuple]:
-        """Seam pieces of one class merged into whole polygons, with their confidence sums and
-        pixel counts. Each piece counts in the one merged part that holds a point inside it (a
-        piece touching another part at a corner is not counted twice)."""
-        out = []
-        for c in self.classes:
-            items = [s for s in self.seam if s[1] == c["id"]]
-            if not items:
+    def _find(self, a: int) -> int:
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:  # path compression
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def _row_done(self, final: bool = False) -> None:
+        """A tile row is finished: write every polygon none of whose pieces goes on below."""
+        groups: dict[int, list[int]] = {}
+        for g in self.pieces:
+            groups.setdefault(self._find(g), []).append(g)
+        still_open = set()
+        if not final:
+            still_open = {
+                self._find(g) for g, p in self.pieces.items() if p.open_below and p.row == self.row
+            }
+        done = []
+        for root, members in groups.items():
+            if root in still_open:
                 continue
-            geoms = np.array([s[0] for s in items], dtype=object)
-            merged = shapely.union_all(geoms)
-            parts = list(getattr(merged, "geoms", [merged]))
-            piece, part = shapely.STRtree(parts).query(
-                shapely.point_on_surface(geoms), predicate="within"
-            )
-            conf = np.zeros(len(parts))
-            count = np.zeros(len(parts))
-            np.add.at(conf, part, [items[i][2] for i in piece])
-            np.add.at(count, part, [items[i][3] for i in piece])
-            out += [(p, c["id"], float(conf[j]), float(count[j])) for j, p in enumerate(parts)]
-        return out
+            ps = [self.pieces.pop(g) for g in members]
+            for g in members:
+                del self.parent[g]
+            geom = ps[0].geom if len(ps) == 1 else shapely.union_all([p.geom for p in ps])
+            done.append((geom, ps[0].cid, sum(p.conf_sum for p in ps), sum(p.count for p in ps)))
+        self._emit(done)
 
-    def _emit(self, geom, cid: int, csum: float, count: float) -> None:
-        """Write one finished polygon as a CRS84 feature line to the spool."""
-        if self.clip is not None:
-            geom = geom.intersection(self.clip)
-            if geom.is_empty:
-                return
-        area = geometry_area_m2(geom, self.grid.crs)
-        if area < self.min_area_m2:
+    def _emit(self, items: list[tuple]) -> None:
+        """Write finished polygons ``(geometry, class id, confidence sum, pixel count)`` as CRS84
+        feature lines to the spool."""
+        if not items:
             return
+        geoms = np.array([it[0] for it in items], dtype=object)
+        if self.clip is not None:
+            geoms = shapely.intersection(geoms, self.clip)
+        area = geometry_areas_m2(geoms, self.grid.crs)
+        keep = ~shapely.is_empty(geoms) & (area >= self.min_area_m2)
+        geoms = geoms[keep]
         if self.simplify > 0:
-            geom = geom.simplify(self.simplify, preserve_topology=True)
-        feature = {
-            "type": "Feature",
-            "geometry": shapely.geometry.mapping(shapely.transform(geom, self._lonlat)),
-            "properties": {
+            geoms = shapely.simplify(geoms, self.simplify, preserve_topology=True)
+        # RFC 7946: counter-clockwise exteriors, clockwise holes
+        geoms = shapely.orient_polygons(shapely.transform(geoms, self._lonlat))
+        texts = shapely.to_geojson(geoms)
+        lines = []
+        for text, (_, cid, csum, count), a in zip(
+            texts, [it for it, k in zip(items, keep, strict=True) if k], area[keep], strict=True
+        ):
+            props = {
                 "class_id": cid,
                 "class_name": self.names[cid],
-                "area_m2": round(area, 2),
+                "area_m2": round(float(a), 2),
                 "mean_confidence": round(csum / max(count, 1), 4),
-            },
-        }
-        self.spool.write(json.dumps(feature) + "\n")
-        self.count += 1
+            }
+            lines.append(
+                f'{{"type": "Feature", "geometry": {text}, "properties": {json.dumps(props)}}}\n'
+            )
+        self.spool.writelines(lines)
+        self.count += len(lines)
 
     def _lonlat(self, xy: np.ndarray) -> np.ndarray:
         """Grid coordinates → CRS84, all vertices at once, to 7 decimals (~1 cm; RFC 7946 §11.2
@@ -159,11 +231,9 @@ class PolygonCollector:
         return np.round(np.column_stack([lon, lat]), 7)
 
     def write(self, path: str | Path) -> int:
-        """Merge the seams, write a GeoJSON FeatureCollection (RFC 7946) to ``path``; returns the
-        number of features."""
-        for item in self._merged_seams():
-            self._emit(*item)
-        self.seam = []
+        """Write the polygons still open, then a GeoJSON FeatureCollection (RFC 7946) to
+        ``path``; returns the number of features."""
+        self._row_done(final=True)
         self.spool.seek(0)
         with open(path, "w", encoding="utf-8") as out:
             out.write('{"type": "FeatureCollection", "features": [')

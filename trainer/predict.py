@@ -433,14 +433,17 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(precision: str) -> str:
-    """"fp32" or "bf16" for the forward pass; "auto" is bf16 where the CPU has native bfloat16."""
+    """The forward pass's precision, fp32 or bf16; auto is bf16 where the CPU has native bfloat16
+    (AVX512-BF16 or AMX)."""
     import torch
 
     if precision not in PRECISIONS:
         raise PredictError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision != "auto":
         return precision
-    native = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = [
+        getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return "bf16" if any(f is not None and f() for f in native) else "fp32"
 
 

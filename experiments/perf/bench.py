@@ -99,16 +99,20 @@ def train_model(work: Path) -> None:
 
 
 def forward_table(net) -> list[dict]:
+    """Eager forward throughput: float32 contiguous and channels_last, and bfloat16 autocast
+    (channels_last), which ``predict_scene`` uses by default on CPUs with native bfloat16."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     rows = []
-    for channels_last in (False, True):
+    sizes = ((512, 1), (512, 2), (512, 4), (768, 1), (768, 2))
+    for channels_last, precision in ((False, "fp32"), (True, "fp32"), (True, "bf16")):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=fmt)
-        for chip, batch in ((512, 1), (512, 2), (512, 4), (768, 1), (768, 2)):
+        for chip, batch in sizes if precision == "fp32" else sizes[:2] + sizes[3:4]:
             x = (torch.rand(batch, 6, chip, chip) * 3000).contiguous(memory_format=fmt)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,
+                                                        enabled=precision == "bf16"):  # fmt: skip
                 with FlopCounterMode(display=False) as fc:
                     net(x)
                 times = []
@@ -118,8 +122,9 @@ def forward_table(net) -> list[dict]:
                     times.append(time.perf_counter() - t)
             best = min(times)
             rows.append({
-                "channels_last": channels_last, "chip": chip, "batch": batch,
-                "seconds": round(best, 4), "gflop": round(fc.get_total_flops() / 1e9, 2),
+                "channels_last": channels_last, "precision": precision, "chip": chip,
+                "batch": batch, "seconds": round(best, 4),
+                "gflop": round(fc.get_total_flops() / 1e9, 2),
                 "gflops_per_s": round(fc.get_total_flops() / best / 1e9, 1),
                 "mpx_per_s": round(batch * chip * chip / best / 1e6, 3),
             })  # fmt: skip
@@ -158,19 +163,20 @@ def vs_terratorch(model, scene: Path, work: Path) -> dict:
     tiled_inference = load_terratorch_tiled_inference()
     crop, overlap, batch = 512, 32, 2
     out = work / "ours-2048"
-    shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
-    s = predict_scene(model, [scene], out, progress=False,
-                      options=PredictOptions(chip_size=crop, overlap=overlap, batch_size=batch))  # fmt: skip
-    ours = time.perf_counter() - t
-    with rasterio.open(out / "classes.tif") as src:
-        ours_classes = src.read(1)
-    shutil.rmtree(out)  # again without polygons, which TerraTorch does not make
-    t = time.perf_counter()
-    predict_scene(model, [scene], out, progress=False,
-                  options=PredictOptions(chip_size=crop, overlap=overlap, batch_size=batch,
-                                         polygons=False))  # fmt: skip
-    ours_rasters = time.perf_counter() - t
+    ours, classes = {}, {}
+    # geotune's default precision (bfloat16 where native), then float32; then without polygons
+    for key, precision, polygons in (("auto", "auto", True), ("fp32", "fp32", True),
+                                     ("rasters_only", "auto", False)):  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        s = predict_scene(model, [scene], out, progress=False,
+                          options=PredictOptions(chip_size=crop, overlap=overlap, batch_size=batch,
+                                                 precision=precision, polygons=polygons))  # fmt: skip
+        ours[key] = time.perf_counter() - t
+        with rasterio.open(out / "classes.tif") as src:
+            classes[key] = src.read(1)
+        if key == "auto":
+            resolved = s["options"]["precision"]
 
     net = model.net.to(memory_format=torch.contiguous_format).eval()
 
@@ -186,14 +192,20 @@ def vs_terratorch(model, scene: Path, work: Path) -> dict:
                            stride=crop - overlap, delta=0, batch_size=batch, padding=False)  # fmt: skip
     theirs_classes = prob[0].argmax(0).numpy().astype(np.uint8)
     theirs = time.perf_counter() - t
-    agree = float((theirs_classes == ours_classes).mean())
+
+    def agree(a):
+        return round(float((theirs_classes == a).mean()), 6)
+
     return {
         "scene": f"{x.shape[-1]}x{x.shape[-2]}", "crop": crop, "stride": crop - overlap,
-        "batch": batch, "geotune_s": round(ours, 2), "terratorch_s": round(theirs, 2),
-        "geotune_rasters_only_s": round(ours_rasters, 2),
-        "terratorch_read_s": round(read, 2), "speedup": round(theirs / ours, 3),
-        "speedup_rasters_only": round(theirs / ours_rasters, 3),
-        "argmax_agreement": round(agree, 6), "geotune_chips": s["options"]["chip"],
+        "batch": batch, "precision": resolved, "geotune_s": round(ours["auto"], 2),
+        "terratorch_s": round(theirs, 2), "geotune_fp32_s": round(ours["fp32"], 2),
+        "geotune_rasters_only_s": round(ours["rasters_only"], 2),
+        "terratorch_read_s": round(read, 2), "speedup": round(theirs / ours["auto"], 3),
+        "speedup_fp32": round(theirs / ours["fp32"], 3),
+        "speedup_rasters_only": round(theirs / ours["rasters_only"], 3),
+        "argmax_agreement": agree(classes["auto"]),
+        "argmax_agreement_fp32": agree(classes["fp32"]), "geotune_chips": s["options"]["chip"],
     }  # fmt: skip
 
 
@@ -205,10 +217,14 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     from trainer.predict import PredictOptions, Predictor, _crop, predict_scene
 
     out = work / "ours-3000"
-    shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
-    s = predict_scene(model, [scene], out, progress=False)
-    pipe = time.perf_counter() - t
+    times = {}
+    for precision in ("fp32", "auto"):  # the default last: its summary is reported
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        s = predict_scene(model, [scene], out, progress=False,
+                          options=PredictOptions(precision=precision))  # fmt: skip
+        times[precision] = time.perf_counter() - t
+    pipe = times["auto"]
     # the same chips, held in memory, through a bare eager forward (contiguous, same batch)
     pred = Predictor(model, open_scenes([scene]), PredictOptions())
     chips = [(r, c) for r in pred.rows.starts for c in pred.cols.starts]
@@ -227,7 +243,9 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     return {
         "scene": "3000x3000", "chips": len(chips), "chip": [pred.chip_h, pred.chip_w],
         "batch": b, "pipeline_s": round(pipe, 2), "bare_forward_s": round(bare, 2),
-        "efficiency": round(bare / pipe, 3), "n_polygons": s.get("n_polygons"),
+        "efficiency": round(bare / pipe, 3), "precision": s["options"]["precision"],
+        "pipeline_fp32_s": round(times["fp32"], 2),
+        "efficiency_fp32": round(bare / times["fp32"], 3), "n_polygons": s.get("n_polygons"),
         "predict_scene_seconds": s["seconds"],
     }  # fmt: skip
 
@@ -298,14 +316,21 @@ def report(r: dict) -> str:
         "",
         "| measure | figure | target | met |",
         "|---|---|---|---|",
-        f"| vs TerraTorch `tiled_inference` (2048², crop 512, stride 480, batch 2) | "
+        f"| vs TerraTorch `tiled_inference` (2048², crop 512, stride 480, batch 2; geotune "
+        f"defaults: precision {tt['precision']}) | "
         f"{tt['speedup']:.2f}x its throughput; argmax agreement {tt['argmax_agreement']:.4%} | "
         f"≥ 1.3x, ≥ 99.9% | {_met(tt['speedup'] >= 1.3 and tt['argmax_agreement'] >= 0.999)} |",
-        f"| the same, geotune without polygons (TerraTorch makes none) | "
+        f"| the same, geotune in float32 | {tt['speedup_fp32']:.2f}x; agreement "
+        f"{tt['argmax_agreement_fp32']:.4%} | ≥ 1.3x, ≥ 99.9% | "
+        f"{_met(tt['speedup_fp32'] >= 1.3 and tt['argmax_agreement_fp32'] >= 0.999)} |",
+        f"| the same, geotune defaults without polygons (TerraTorch makes none) | "
         f"{tt['speedup_rasters_only']:.2f}x | ≥ 1.3x | {_met(tt['speedup_rasters_only'] >= 1.3)} |",
-        f"| pipeline efficiency (3000², defaults): bare eager forward time / `predict_scene` time,"
-        f" same {p['chips']} chips of {p['chip'][0]}x{p['chip'][1]} | {p['efficiency']:.2f} | ≥ 1.0 "
+        f"| pipeline efficiency (3000², defaults: precision {p['precision']}): bare eager float32 "
+        f"forward time / `predict_scene` time, same {p['chips']} chips of "
+        f"{p['chip'][0]}x{p['chip'][1]} | {p['efficiency']:.2f} | ≥ 1.0 "
         f"| {_met(p['efficiency'] >= 1.0)} |",
+        f"| the same, `predict_scene` in float32 | {p['efficiency_fp32']:.2f} | ≥ 1.0 "
+        f"| {_met(p['efficiency_fp32'] >= 1.0)} |",
         f"| memory: peak RSS 6000² / 3000² (`geotune predict`, fresh processes) | "
         f"{m['ratio']:.3f} ({m['rss_6000_mb']:.0f} / {m['rss_3000_mb']:.0f} MB) | ≤ 1.2 | "
         f"{_met(m['ratio'] <= 1.2)} |",
@@ -318,7 +343,8 @@ def report(r: dict) -> str:
         f"**Floor**: {h['floor_chips']} non-overlapping 512² chips x {h['gflop_per_chip']:.1f} "
         f"GFLOP = {h['floor_gflop']:.0f} GFLOP at the best measured forward throughput "
         f"{best['gflops_per_s']:.0f} GFLOP/s (chip {best['chip']}, batch {best['batch']}, "
-        f"channels_last={best['channels_last']}) = **{h['floor_s']:.2f} s**.",
+        f"channels_last={best['channels_last']}, {best['precision']}) = "
+        f"**{h['floor_s']:.2f} s**.",
         "",
         f"**Headline run**: {h['wall_s']:.1f} s for the command, of which `predict_scene` "
         f"(read, infer, blend, write both COGs, {h['n_polygons']} polygons) took "
@@ -328,10 +354,11 @@ def report(r: dict) -> str:
         "",
         "## Forward throughput (eager)",
         "",
-        "| channels_last | chip | batch | s | GFLOP | GFLOP/s | Mpx/s |",
-        "|---|---|---|---|---|---|---|",
+        "| channels_last | precision | chip | batch | s | GFLOP | GFLOP/s | Mpx/s |",
+        "|---|---|---|---|---|---|---|---|",
         *[
-            f"| {x['channels_last']} | {x['chip']} | {x['batch']} | {x['seconds']} | {x['gflop']} "
+            f"| {x['channels_last']} | {x['precision']} | {x['chip']} | {x['batch']} | "
+            f"{x['seconds']} | {x['gflop']} "
             f"| {x['gflops_per_s']} | {x['mpx_per_s']} |"
             for x in r["forward"]
         ],
