@@ -631,14 +631,17 @@ def predict_scene(
         cls_tmp.close()
         if conf_tmp is not None:
             conf_tmp.close()
-        with ThreadPoolExecutor(2) as copier:  # GDAL copies release the GIL: both at once
-            jobs = [copier.submit(to_cog, tmp / "classes.tif", out / "classes.tif", "mode")]
+        # the COG copies (GDAL, GIL released) and the last polygons (mostly GEOS) at once
+        with ThreadPoolExecutor(3) as pool:
+            jobs = [pool.submit(to_cog, tmp / "classes.tif", out / "classes.tif", "mode")]
             if conf_tmp is not None:
                 jobs.append(
-                    copier.submit(to_cog, tmp / "confidence.tif", out / "confidence.tif", "average")
+                    pool.submit(to_cog, tmp / "confidence.tif", out / "confidence.tif", "average")
                 )
+            polygons = pool.submit(collector.write, out / "polygons.geojson") if collector else None
             for job in jobs:
                 job.result()
+            n_polygons = polygons.result() if polygons else None
     pred.close()
     histogram = class_histogram(rec["classes"], counts, area)
     if classify:
@@ -674,7 +677,7 @@ def predict_scene(
     if classify:
         summary["n_chips"] = int(n_chips.sum())
     if collector is not None:
-        summary["n_polygons"] = collector.write(out / "polygons.geojson")
+        summary["n_polygons"] = n_polygons
         summary["outputs"]["polygons"] = "polygons.geojson"
     summary["seconds"] = round(time.time() - t0, 2)  # everything, polygons included
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
