@@ -62,6 +62,8 @@ def add(args) -> Dataset:
             multi_label=args.multi_label,
             background=args.background,
             split_column=args.split_column,
+            labels_after=args.labels_after,
+            change_classes=args.change_classes,
         )
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -110,6 +112,12 @@ def describe(ds: Dataset) -> str:
     )
     src = m.get("source", {})
     labels = f"labels: {src.get('labels', '?')} ({m.get('label_kind', '?')})"
+    if src.get("labels_after"):
+        labels = (
+            f"labels: {src['labels']} ({src['n_labels_before']} polygons) then "
+            f"{src['labels_after']} ({src['n_labels_after']}): {m['label_kind']}, change as "
+            f"{src['change_classes']} classes where both dates are labelled"
+        )
     if src.get("n_invalid_repaired"):
         labels += f", {src['n_invalid_repaired']} invalid geometries repaired"
     if task == "classification":

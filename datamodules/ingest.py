@@ -10,7 +10,10 @@ Tasks (manifest key ``task``):
   one or several dates (``image_t{i}.tif``, for multi-temporal models).
 - ``change``: exactly two dates (before, after) + change polygons (or a change mask) → the
   same rasters; ``background`` names the class of every valid unlabelled pixel, so binary change
-  data need only the change polygons.
+  data need only the change polygons. Or class polygons of each date (``labels`` before,
+  ``labels_after`` after): where both dates are labelled, the change label is ``no_change`` or
+  ``change`` (``change_classes="binary"``) or the transition, e.g. ``forest→cropland``
+  (``"transitions"``); where only one date is labelled, the change is unknown (ignored).
 - ``classification``: points or polygons, each the class of one chip → ``chips.csv``.
 """
 
@@ -32,6 +35,8 @@ from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
 from .splits import SPLITS, check_split_coverage, unit_splits
 
 TASKS = ("segmentation", "classification", "change")
+CHANGE_CLASSES = ("binary", "transitions")
+NO_CHANGE = "no_change"
 
 
 def _extent_text(bounds, crs) -> str:
@@ -85,6 +90,8 @@ def _prepare_vector(
     split_column,
     multi_label,
     background,
+    labels_after: Path | None = None,
+    change_classes: str = "binary",
 ):
     gdf = read_vector(
         labels,
@@ -94,6 +101,11 @@ def _prepare_vector(
         multi_label=multi_label,
     )
     gdf = gdf.to_crs(grid.crs)
+    first = None
+    if labels_after is not None:
+        after = read_vector(labels_after, class_column).to_crs(grid.crs)
+        gdf = change_labels(gdf, after, change_classes, grid, labels.name, labels_after.name)
+        first = [NO_CHANGE]
     lb = gdf.total_bounds
     ib = grid.bounds
     if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
@@ -111,7 +123,7 @@ def _prepare_vector(
         )
         gdf = gdf[inside].reset_index(drop=True)
     values = [v for val in gdf["value"] for v in (val if multi_label else (val,))]
-    table = _class_table(classes_file, values, background)
+    table = _class_table(classes_file, values, background, first)
     if task != "classification":
         gdf["class_id"] = gdf["value"].map(table.lookup)
         gdf["unit_id"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
@@ -119,10 +131,72 @@ def _prepare_vector(
     return gdf, table
 
 
-def _class_table(classes_file, values, background) -> ClassTable:
+def _class_table(classes_file, values, background, first=None) -> ClassTable:
     if classes_file:
         return ClassTable.from_file(classes_file, values, background)
-    return ClassTable.infer(values, background)
+    return ClassTable.infer(values, background, first=first)
+
+
+def change_labels(before, after, mode: str, grid: Grid, before_name: str, after_name: str):
+    """Change labels from the class polygons of two dates (in ``grid``'s CRS): their
+    intersections, each labelled ``no_change`` where the two classes agree and, where they
+    differ, ``change`` (``mode="binary"``) or ``<before>→<after>`` (``"transitions"``). Only
+    places labelled on both dates get a change label. Slivers where the two dates' boundaries
+    nearly coincide cover no pixel centre and are dropped (so no class is left without pixels).
+    A ``split`` column comes from the before labels."""
+    import geopandas as gpd
+
+    if mode not in CHANGE_CLASSES:
+        raise LabelError(
+            f"--change-classes must be one of {', '.join(CHANGE_CLASSES)}, not {mode!r}"
+        )
+    b = before.rename(columns={"value": "before"})
+    a = after[["value", after.geometry.name]].rename(columns={"value": "after"})
+    pieces = gpd.overlay(b, a, how="intersection", keep_geom_type=True)
+    pieces = pieces[~pieces.geometry.is_empty].reset_index(drop=True)
+    n_pieces = len(pieces)
+    pieces = pieces[_pixels_per_polygon(pieces, grid) > 0]
+    if pieces.empty:
+        raise LabelError(
+            f"the before labels ({before_name}) and after labels ({after_name}) do not overlap "
+            "anywhere; change is known only where both dates are labelled. Check that both "
+            "files cover the same place."
+        )
+    b_name, a_name = pieces["before"].astype(str), pieces["after"].astype(str)
+    same = b_name == a_name
+    changed = "change" if mode == "binary" else b_name + "→" + a_name
+    pieces["value"] = np.where(same, NO_CHANGE, changed)
+    keep = ["value", *(["split"] if "split" in pieces else []), pieces.geometry.name]
+    out = pieces[keep].reset_index(drop=True)
+    out.attrs = {"n_invalid_repaired": before.attrs.get("n_invalid_repaired", 0)
+                 + after.attrs.get("n_invalid_repaired", 0),
+                 "n_before": len(before), "n_after": len(after),
+                 "n_slivers_dropped": n_pieces - len(out)}  # fmt: skip
+    return out
+
+
+def _pixels_per_polygon(gdf, grid: Grid, size: int = 2048) -> np.ndarray:
+    """How many pixel centres of ``grid`` each polygon covers (window by window)."""
+    from rasterio.features import rasterize
+    from shapely.geometry import box
+
+    from .rasterize import windows
+
+    counts = np.zeros(len(gdf) + 1, dtype=np.int64)
+    geoms = gdf.geometry.to_numpy()
+    tree = gdf.sindex
+    for _, win in windows(grid, size):
+        hit = tree.query(box(*rasterio.windows.bounds(win, grid.transform)), predicate="intersects")
+        if len(hit):
+            ids = rasterize(
+                zip(geoms[hit], hit + 1, strict=True),
+                out_shape=(win.height, win.width),
+                transform=rasterio.windows.transform(win, grid.transform),
+                fill=0,
+                dtype="int32",
+            )
+            counts += np.bincount(ids.ravel(), minlength=len(counts))
+    return counts[1:]
 
 
 def _mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, background):
@@ -186,13 +260,31 @@ def ingest(
     multi_label: bool = False,
     background: str | None = None,
     split_column: str | None = None,
+    labels_after: str | Path | None = None,
+    change_classes: str = "binary",
 ) -> Dataset:
-    """Build a dataset folder from imagery + labels; returns the committed :class:`Dataset`."""
+    """Build a dataset folder from imagery + labels; returns the committed :class:`Dataset`.
+
+    ``labels_after`` (change only): class polygons of the second date; ``labels`` then holds
+    the first date's, and the change labels are derived from the two (:func:`change_labels`).
+    """
     fractions = split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
     if block_size < 8:
         raise LabelError(f"--block-size {block_size} is too small; use at least 8 px")
     labels = Path(labels).expanduser()
     is_mask = labels.suffix.lower() in RASTER_SUFFIXES
+    if labels_after is not None:
+        labels_after = Path(labels_after).expanduser()
+        if task != "change":
+            raise LabelError(
+                "--labels-after is for --task change, as the class polygons of the second date; "
+                "the first date's go in --labels."
+            )
+        if is_mask or labels_after.suffix.lower() in RASTER_SUFFIXES:
+            raise LabelError(
+                "--labels and --labels-after must both be class polygons to derive change labels; "
+                "for a change mask, pass it alone as --labels"
+            )
     scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
     _check_options(
         task, labels, is_mask, len(scenes), chip_size, multi_label, background, split_column
@@ -213,6 +305,8 @@ def ingest(
             split_column=split_column,
             multi_label=multi_label,
             background=background,
+            labels_after=labels_after,
+            change_classes=change_classes,
         )
         source = PolygonLabels(gdf) if task != "classification" else None
     k = len(table.classes)
@@ -296,7 +390,11 @@ def ingest(
             },
             "label_kind": "mask"
             if is_mask
-            else ("points" if task == "classification" else "polygons"),
+            else (
+                "points"
+                if task == "classification"
+                else ("before/after class polygons" if labels_after else "polygons")
+            ),
             "splits": {
                 "method": "column" if split_column else "blocks",
                 "split_column": split_column,
@@ -312,6 +410,12 @@ def ingest(
                 "class_column": class_column,
             },
         }
+        if labels_after is not None:
+            manifest["source"] |= {
+                "labels_after": labels_after.name, "change_classes": change_classes,
+                "n_labels_before": gdf.attrs["n_before"], "n_labels_after": gdf.attrs["n_after"],
+                "n_slivers_dropped": gdf.attrs["n_slivers_dropped"],
+            }  # fmt: skip
         if gdf is not None:
             manifest["source"]["n_labels"] = len(gdf)
             manifest["source"]["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))

@@ -61,8 +61,12 @@ class ClassTable:
         return next((c["id"] for c in self.classes if c.get("background")), None)
 
     @classmethod
-    def infer(cls, values, background: str | None = None) -> ClassTable:
+    def infer(cls, values, background: str | None = None, first=None) -> ClassTable:
+        """Classes sorted by value (integers first); ``background``, then the values in
+        ``first`` (those present), lead."""
         vals = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+        lead = [v for v in first or [] if v in vals]
+        vals = lead + [v for v in vals if v not in lead]
         if background is not None:
             vals = [background] + [v for v in vals if str(v) != background]
         classes = [

@@ -90,7 +90,8 @@ def save_upload(
 
 
 # CLI flags named in the shared code's messages, and the form fields that carry them over HTTP
-FORM_FIELDS = {
+FORM_FIELDS = {  # longer flags first: "--labels" is a prefix of "--labels-after"
+    "--labels-after": "labels_after", "--change-classes": "change_classes",
     "--class-column": "class_column", "--bands": "bands", "--sensor": "sensor",
     "--date": "dates", "--ignore-values": "ignore_values", "--block-size": "block_size",
     "--split-fractions": "split_fractions", "--min-class-pixels": "min_class_pixels",

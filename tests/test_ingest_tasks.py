@@ -114,8 +114,9 @@ def test_classification_drops_nodata_chips_and_checks_coverage(home, tmp_path):
         )  # fmt: skip
 
 
-def _change_pair(tmp_path, size=192):
-    """Two dates: the 'after' scene differs from 'before' where a block of land changed class."""
+def _change_pair(tmp_path, size=192, maps=False):
+    """Two dates: the 'after' scene differs from 'before' where a block of land changed class
+    (``maps``: also the class maps of both dates)."""
     before, cmap = make_scene(tmp_path, size=size, seed=0, name="before.tif")
     after_map = cmap.copy()
     changed = np.zeros_like(cmap, dtype=bool)
@@ -140,7 +141,88 @@ def _change_pair(tmp_path, size=192):
     ]
     labels = tmp_path / "change.geojson"
     gpd.GeoDataFrame({"class": ["change"] * len(polys)}, geometry=polys, crs=crs).to_file(labels)
+    if maps:
+        return before, after, labels, changed, cmap, after_map
     return before, after, labels, changed
+
+
+def _class_polygons(path, image, class_map, rows, to_crs):
+    """Class polygons (column ``lc``) of ``class_map`` over a band of ``rows``, saved in ``to_crs``."""
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    inside = np.zeros(class_map.shape, dtype=bool)
+    inside[rows] = True
+    shp = shapes(class_map.astype(np.uint8), mask=inside, transform=t)
+    geoms, names = zip(*[(shapely.geometry.shape(g), CLASSES[int(v)]) for g, v in shp], strict=True)
+    gpd.GeoDataFrame({"lc": names}, geometry=list(geoms), crs=crs).to_crs(to_crs).to_file(path)
+    return path
+
+
+def test_change_labels_from_before_and_after_class_polygons(home, tmp_path, capsys):
+    """Class polygons of each date (different files, formats and CRSs) give change labels where
+    both dates are labelled: no_change/change, or one class per transition; elsewhere ignore."""
+    from trainer.cli import main
+
+    before, after, _, changed, cmap, after_map = _change_pair(tmp_path, maps=True)
+    b = _class_polygons(tmp_path / "lc2021.gpkg", before, cmap, slice(0, 150), "EPSG:4326")
+    a = _class_polygons(tmp_path / "lc2023.fgb", before, after_map, slice(40, None), "EPSG:3857")
+    ds = ingest(
+        name="lc", images=[before, after], labels=b, labels_after=a, class_column="lc",
+        task="change", block_size=48, progress=False,
+    )  # fmt: skip
+    assert [(c["id"], c["name"]) for c in ds.classes] == [(0, "no_change"), (1, "change")]
+    with rasterio.open(ds.file("mask")) as src:
+        mask = src.read(1)
+    both = np.zeros(mask.shape, dtype=bool)
+    both[40:150] = True
+    np.testing.assert_array_equal(mask[both], changed[both].astype(np.uint8))
+    assert (mask[~both] == 255).all()  # labelled on one date only: change unknown
+    m = ds.manifest
+    assert m["label_kind"] == "before/after class polygons"
+    src = m["source"]
+    assert (src["labels"], src["labels_after"], src["change_classes"]) == (
+        "lc2021.gpkg", "lc2023.fgb", "binary"
+    )  # fmt: skip
+
+    code = main(["data", "add", "--name", "lc-transitions", "--image", str(before), "--image",
+                 str(after), "--labels", str(b), "--labels-after", str(a), "--class-column", "lc",
+                 "--task", "change", "--change-classes", "transitions", "--block-size", "48",
+                 "--min-class-pixels", "0"])  # fmt: skip
+    assert code == 0
+    assert main(["data", "show", "lc_transitions"]) == 0
+    assert "before/after class polygons" in capsys.readouterr().out
+    ds = next(d for d in list_datasets() if d.id == "lc_transitions")
+    names = {c["id"]: c["name"] for c in ds.classes}
+    with rasterio.open(ds.file("mask")) as src:
+        mask = src.read(1)
+    assert names[0] == "no_change" and len(names) > 2
+    # boundaries reprojected from two CRSs leave slivers; none becomes a class without pixels
+    assert ds.manifest["source"]["n_slivers_dropped"] > 0
+    assert all(c["pixels"] > 0 for c in ds.classes)
+    for r, c in zip(*np.nonzero(both & changed), strict=True):
+        assert names[mask[r, c]] == f"{CLASSES[cmap[r, c]]}→{CLASSES[after_map[r, c]]}"
+    assert (mask[both & ~changed] == 0).all()
+
+
+def test_change_labels_from_class_polygons_errors(home, tmp_path):
+    before, after, change, _, cmap, after_map = _change_pair(tmp_path, maps=True)
+    b = _class_polygons(tmp_path / "b.geojson", before, cmap, slice(0, 60), "EPSG:4326")
+    a = _class_polygons(tmp_path / "a.geojson", before, after_map, slice(100, None), "EPSG:4326")
+    kw = {"images": [before, after], "class_column": "lc", "progress": False}
+    with pytest.raises(LabelError, match=r"--labels-after is for --task change"):
+        ingest(name="x", labels=b, labels_after=a, **kw)
+    with pytest.raises(LabelError, match=r"do not overlap anywhere; change is known only where"):
+        ingest(name="x", labels=b, labels_after=a, task="change", **kw)
+    with pytest.raises(LabelError, match=r"--change-classes must be one of binary, transitions"):
+        ingest(name="x", labels=b, labels_after=b, task="change", change_classes="all", **kw)
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(before) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8"}
+    with rasterio.open(mask, "w", **profile) as dst:
+        dst.write(cmap.astype(np.uint8), 1)
+    with pytest.raises(LabelError, match=r"must both be class polygons to derive change labels"):
+        ingest(name="x", labels=mask, labels_after=a, task="change", **kw)
+    assert list_datasets() == []
 
 
 def test_change_two_dates_change_polygons_and_background(home, tmp_path):

@@ -386,3 +386,19 @@ def test_errors_are_json_with_actionable_messages(home, scene, servers, tmp_path
         json={"dataset": "safe", "model_name": "m", **TINY, "weights": "pretrained"},
     )
     assert_error(r, 422, "official size", '"weights": "random"')
+
+
+def test_change_dataset_from_class_polygons_of_two_dates(home, scene, servers):
+    """``labels_after`` over HTTP: change labels derived from two dates' class polygons; a
+    misuse is a 422 that names the form fields."""
+    c = servers("--dev").client()
+    with open(scene["image"], "rb") as img, open(scene["labels"], "rb") as lab:
+        files = [("image", ("t0.tif", img.read())), ("labels", ("lc0.geojson", lab.read()))]
+    files.append(("labels_after", ("lc1.geojson", files[1][1][1])))
+    form = {"name": "lc", "class_column": "class_name", "block_size": "32"}
+    body = assert_error(c.post("/v1/datasets", data=form, files=files), 422, "labels_after field")
+    assert "task=change" in body["detail"] and "the labels field." in body["detail"]
+    r = c.post("/v1/datasets", data=form | {"task": "change"}, files=files + [files[0]])
+    assert r.status_code == 201, r.text
+    assert r.json()["source"]["labels_after"].endswith("lc1.geojson")
+    assert [k["name"] for k in r.json()["classes"]] == ["no_change"]  # the same classes twice

@@ -312,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the labels' column of train/val/test per label, instead of spatial block splits",
     )
+    a.add_argument(
+        "--labels-after",
+        default=None,
+        help="change: class polygons of the second date (--labels: of the first); the change "
+        "labels are derived where both dates are labelled",
+    )
+    a.add_argument(
+        "--change-classes",
+        choices=["binary", "transitions"],
+        default="binary",
+        help="with --labels-after: no_change/change, or one class per transition (forest→cropland)",
+    )
     from datamodules.stac_cli import add_arguments as stac_arguments
 
     stac_arguments(a, aoi=False)

@@ -101,6 +101,12 @@ def create_dataset(
     multi_label: Annotated[bool, Form(description="classification: ';'-separated class names")] = False,
     background: Annotated[str | None, Form(description="class name for every valid unlabelled pixel", examples=[""])] = None,
     split_column: Annotated[str | None, Form(description="the labels' train/val/test column, instead of block splits", examples=[""])] = None,
+    labels_after: Annotated[
+        UploadFile | None,
+        File(description="change: class polygons of the second date (labels: of the first); change labels are derived where both are labelled"),
+    ] = None,
+    change_classes: Annotated[Literal["binary", "transitions"], Form(
+        description="with labels_after: no_change/change, or one class per transition (forest→cropland)")] = "binary",
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ) -> dict:  # fmt: skip
@@ -129,6 +135,12 @@ def create_dataset(
             paths.append(path)
         label_path, shown = save_upload(labels, staging, "labels", VECTOR | RASTER, "labels")
         names[label_path] = shown
+        after_path = None
+        if labels_after is not None:
+            after_path, shown = save_upload(
+                labels_after, staging, "labels_after", VECTOR, "labels_after"
+            )
+            names[after_path] = shown
         check_pixels(paths, names, ctx.settings.max_pixels)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -140,6 +152,7 @@ def create_dataset(
                 split_fractions=dict(zip(("train", "val", "test"), fractions, strict=True)) if fractions else None,
                 progress=False, task=task, chip_size=chip_size, multi_label=multi_label,
                 background=background or None, split_column=split_column or None,
+                labels_after=after_path, change_classes=change_classes,
             )  # fmt: skip
     except DatasetError as e:
         if "already exists" in str(e) or "meanwhile" in str(e):
