@@ -250,6 +250,24 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     }  # fmt: skip
 
 
+IMPORTS = """import json, time
+out = {}
+for name in ("torch", "timm", "mlflow"):
+    t = time.perf_counter()
+    __import__(name)
+    out[name] = round(time.perf_counter() - t, 3)
+print(json.dumps(out))"""
+
+
+def import_times(env: dict) -> dict:
+    """Seconds to import torch, then timm (which imports torchvision), then MLflow, in a fresh
+    process: what any ``geotune predict`` pays before it reads a pixel."""
+    r = subprocess.run([sys.executable, "-c", IMPORTS], env=env, capture_output=True, text=True,
+                       check=True)  # fmt: skip
+    times = json.loads(r.stdout.strip().splitlines()[-1])
+    return times | {"total": round(sum(times.values()), 3)}
+
+
 LAUNCHER = """import resource, subprocess, sys
 r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
@@ -286,16 +304,19 @@ def plot(results: dict, path: Path) -> None:
 
     h, p, tt = results["headline"], results["pipeline"], results["terratorch"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    names = ["floor\n(36 chips,\nbest GFLOP/s)", "bare eager\nforward,\nsame chips",
-             "predict_scene\n(in process)", "geotune predict\n(command)"]  # fmt: skip
+    names = [f"floor\n(36 chips,\nbest GFLOP/s: {results['best_forward']['precision']})",
+             "bare eager\nfloat32 forward,\nsame chips", f"predict_scene\n(in process,\n"
+             f"{p['precision']})", "geotune predict\n(command)"]  # fmt: skip
     vals = [h["floor_s"], p["bare_forward_s"], p["pipeline_s"], h["wall_s"]]
     a.bar(names, vals, color=["#999", "#bbb", "#3b7dd8", "#1f4e99"])
     for i, v in enumerate(vals):
         a.text(i, v, f"{v:.1f} s", ha="center", va="bottom")
     a.set_ylabel("seconds")
     a.set_title("3000² 6-band scene, ResNet-18 UNet, 2 CPU cores")
-    b.bar(["TerraTorch\ntiled_inference", "geotune\npredict_scene"],
-          [tt["terratorch_s"], tt["geotune_s"]], color=["#d88b3b", "#3b7dd8"])  # fmt: skip
+    b.bar(["TerraTorch\ntiled_inference\n(float32)", "geotune\npredict_scene\n(float32)",
+           f"geotune\npredict_scene\n({tt['precision']})"],
+          [tt["terratorch_s"], tt["geotune_fp32_s"], tt["geotune_s"]],
+          color=["#d88b3b", "#8fb3e8", "#3b7dd8"])  # fmt: skip
     b.set_title(f"2048², crop 512 stride 480: {tt['speedup']:.2f}x, agreement "
                 f"{tt['argmax_agreement']:.4%}")  # fmt: skip
     b.set_ylabel("seconds")
@@ -350,7 +371,11 @@ def report(r: dict) -> str:
         f"(read, infer, blend, write both COGs, {h['n_polygons']} polygons) took "
         f"{h['predict_scene_s']:.1f} s; the rest ({h['wall_s'] - h['predict_scene_s']:.1f} s) is "
         "process start-up: importing torch, timm and MLflow, opening the MLflow store and "
-        "building the model (a long-running `geotune serve` pays it once).",
+        "building the model (a long-running `geotune serve` pays it once). Importing torch, "
+        f"timm (with torchvision) and MLflow alone takes {r['imports']['total']:.1f} s in a fresh "
+        f"process (torch {r['imports']['torch']:.1f}, timm {r['imports']['timm']:.1f}, MLflow "
+        f"{r['imports']['mlflow']:.1f}): {r['imports']['total'] / h['floor_s']:.2f}x the floor "
+        "before a pixel is read.",
         "",
         "## Forward throughput (eager)",
         "",
@@ -404,6 +429,8 @@ def main() -> None:
     print(f"  {pipe}", flush=True)
     print("[6/6] geotune predict: 3000² (headline) and 6000² (memory)", flush=True)
     del model
+    imports = import_times(env)
+    print(f"  imports {imports}", flush=True)
     h = run_cli(scenes[3000], work / "cli-3000", env)
     print(f"  {h}", flush=True)
     big = run_cli(scenes[6000], work / "cli-6000", env)
@@ -423,7 +450,7 @@ def main() -> None:
         "loadavg_before": [round(x, 2) for x in before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "forward": fwd, "best_forward": best, "terratorch": tt, "pipeline": pipe,
-        "headline": h, "big": big,
+        "headline": h, "big": big, "imports": imports,
         "memory": {"rss_3000_mb": h["peak_rss_mb"], "rss_6000_mb": big["peak_rss_mb"],
                    "ratio": round(big["peak_rss_mb"] / h["peak_rss_mb"], 3)},
     }  # fmt: skip
