@@ -185,6 +185,25 @@ def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
         resolve_precision("fp16")
 
 
+def test_device_choice(model, tmp_path):
+    """``device``: auto is the first CUDA GPU torch sees, else the CPU, and is recorded; a GPU
+    that is not there, or an unknown device, is a clear error."""
+    import torch
+
+    from trainer.predict import resolve_device
+
+    scene, _ = make_scene(tmp_path, size=64, seed=4)
+    s = predict_scene(model, [scene], tmp_path / "o", progress=False,
+                      options=PredictOptions(polygons=False))  # fmt: skip
+    assert s["options"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(PredictError, match=rf"torch sees {n} CUDA GPU\(s\) here; use --device cpu"):
+        resolve_device(f"cuda:{n}")
+    for bad in ("tpu", "mps"):
+        with pytest.raises(PredictError, match="device must be auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+
+
 def test_default_chips_are_fitted_to_the_scene():
     """Convolutional nets: as few chips of at most 768 as cover the side with the overlap, each
     as small as that allows (a multiple of the net's stride): no pixels computed in vain."""

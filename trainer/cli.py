@@ -124,6 +124,7 @@ def cmd_predict(args) -> int:
         batch_size=args.batch_size,
         tile_size=args.tile_size,
         precision=args.precision,
+        device=args.device,
         polygons=not args.no_polygons,
         min_area_m2=args.min_area,
         simplify=args.simplify,
@@ -392,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="forward pass precision; auto: bfloat16 where the CPU computes it natively "
         "(about 2x faster, >99.9%% of pixels in the same class as float32), else float32",
+    )
+    pr.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (the first CUDA GPU torch sees, else the CPU), cpu, "
+        "cuda, cuda:N",
     )
     pr.add_argument(
         "--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)"

@@ -60,6 +60,8 @@ class PredictOptions:
     # about 2x the float32 forward, class agreement with float32 above 99.9% as measured in
     # experiments/perf), float32 elsewhere; "fp32" or "bf16" to choose
     precision: str = "auto"
+    # "auto": the first CUDA GPU when torch sees one, else the CPU; or "cpu", "cuda", "cuda:N"
+    device: str = "auto"
 
 
 @dataclass
@@ -204,9 +206,11 @@ class Predictor:
         self.channels_last = options.channels_last and all(
             p.dim() != 5 for p in self.net.parameters()
         )
+        self.device = resolve_device(options.device)
+        self.net = self.net.to(self.device)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.precision = resolve_precision(options.precision)
+        self.precision = resolve_precision(options.precision, self.device)
         self.k = rec["num_classes"]
         self.readers = [SceneReader(s) for s in self.scenes]
         self._read_lock = threading.Lock()
@@ -263,19 +267,20 @@ class Predictor:
         """Probabilities for a batch of chips: ``[B, K, h, w]`` (dense) or ``[B, K]`` (classification)."""
         import torch
 
-        t = torch.from_numpy(x)
+        t = torch.from_numpy(x).to(self.device)
         if self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
+        meta = _to_device(self.metadata(origins), self.device)
         with (
             torch.inference_mode(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+            torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"),
         ):
-            logits = self.net(t, **self.metadata(origins))
+            logits = self.net(t, **meta)
         with torch.inference_mode():
             logits = logits.float()  # probabilities in float32 whatever the forward's precision
             if self.record.get("multi_label"):
-                return torch.sigmoid(logits).float().numpy()
-            return torch.softmax(logits, dim=1).float().numpy()
+                return torch.sigmoid(logits).cpu().numpy()
+            return torch.softmax(logits, dim=1).cpu().numpy()
 
     def chips_of(self, tile: Window) -> list[tuple[int, int]]:
         return [
@@ -432,19 +437,53 @@ class ChipCache:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, device=None) -> str:
     """The forward pass's precision, fp32 or bf16; auto is bf16 where the CPU has native bfloat16
-    (AVX512-BF16 or AMX)."""
+    (AVX512-BF16 or AMX), or on a CUDA GPU that supports it."""
     import torch
 
     if precision not in PRECISIONS:
         raise PredictError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision != "auto":
         return precision
+    if device is not None and device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     native = [
         getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
     return "bf16" if any(f is not None and f() for f in native) else "fp32"
+
+
+def resolve_device(device: str):
+    """``auto``: the first CUDA GPU torch sees, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise PredictError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise PredictError(
+                f"device {device!r}: torch sees {n} CUDA GPU(s) here; use --device cpu (or auto)"
+            )
+    return dev
+
+
+def _to_device(obj, device):
+    """Tensors in (nested dicts/lists of) metadata, moved to ``device``."""
+    if hasattr(obj, "to") and hasattr(obj, "device"):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def ground_resolution(grid) -> tuple[float, float]:
@@ -663,6 +702,7 @@ def predict_scene(
             "overlap": pred.overlap,
             "batch_size": pred.batch_size,
             "precision": pred.precision,
+            "device": str(pred.device),
         },  # fmt: skip
         "provenance": {
             "model": getattr(model, "uri", None),
