@@ -136,9 +136,12 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
     assert {"classes.tif", "confidence.tif", "polygons.geojson", "summary.json"} <= {
         f.name for f in out.iterdir()
     }
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["model"] == "models:/clim@champion"
+    # the command leaves without interpreter teardown: its printed report and files are whole
+    assert f"{summary['n_pixels']} pixels predicted" in p.stdout and "polygons:" in p.stdout
     assert (
-        json.loads((out / "summary.json").read_text())["provenance"]["model"]
-        == "models:/clim@champion"
+        len(json.loads((out / "polygons.geojson").read_text())["features"]) == summary["n_polygons"]
     )
     p = run(["backbones", "list"], home)
     assert "resnet18" in p.stdout and "absent" in p.stdout

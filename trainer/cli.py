@@ -535,5 +535,28 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+# commands that leave nothing running or buffered once ``main`` returns (no MLflow run, no
+# worker processes): they exit without tearing the interpreter down
+FAST_EXIT = {"predict", "models", "data", "backbones", "keys"}
+
+
+def entry() -> None:
+    """The ``geotune`` command: :func:`main`, then exit. Tearing down an interpreter that has
+    loaded torch, torchvision and MLflow takes about 2 s here (measured: 7.9 s → 5.3 s for a
+    small ``geotune predict``) and frees nothing a finished process needs, so the commands in
+    ``FAST_EXIT`` flush their output and leave at once; the others exit normally."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv and argv[0] in FAST_EXIT:
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
