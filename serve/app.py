@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = Context(settings)
         app.state.ctx = ctx
         ctx.scheduler.start()
+        await run_in_threadpool(ctx.clean_predictions)
         try:
             yield
         finally:

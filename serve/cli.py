@@ -35,6 +35,8 @@ def settings_from(args) -> Settings:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_upload_mb <= 0 or args.max_aoi_km2 <= 0:
         raise UserError("--max-upload-mb and --max-aoi-km2 must be positive")
+    if args.keep_predictions < 0:
+        raise UserError("--keep-predictions must be 0 (keep them) or a number of hours")
     return Settings(
         dev=args.dev,
         max_training_jobs=args.max_jobs,
@@ -44,6 +46,7 @@ def settings_from(args) -> Settings:
         max_pixels=args.max_pixels,
         max_aoi_km2=args.max_aoi_km2,
         model_cache=args.model_cache,
+        keep_predictions_hours=args.keep_predictions,
     )
 
 

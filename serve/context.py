@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +39,16 @@ class Context:
     models: ModelCache = field(init=False)
 
     def __post_init__(self):
+        self._last_clean = -float("inf")
         root = serve_dir()
         root.mkdir(parents=True, exist_ok=True)
         self.lock = lock_home(root)
         shutil.rmtree(root / "uploads", ignore_errors=True)  # left by a crash mid-upload
         self.keys = KeyStore(root / "keys.db")
         self.jobs = JobStore(root / "jobs")
-        self.predictions = PredictionStore(root / "predictions")
+        self.predictions = PredictionStore(
+            root / "predictions", keep_hours=self.settings.keep_predictions_hours
+        )
         self.models = ModelCache(self.settings.model_cache)
         env = dict(os.environ, GEOTUNE_HOME=str(home()), PYTHONUNBUFFERED="1")
         self.scheduler = Scheduler(
@@ -64,6 +68,23 @@ class Context:
     @staticmethod
     def client():
         return mlflow_client()
+
+    def clean_predictions(self, at_most_every_s: float = 0.0) -> list[str]:
+        """Remove expired predictions, except those an unfinished job is producing (skipped when
+        the last clean-up was less than ``at_most_every_s`` ago)."""
+        from .jobs import ACTIVE
+
+        t = time.monotonic()
+        if t - self._last_clean < at_most_every_s:
+            return []
+        self._last_clean = t
+
+        busy = {
+            r["params"].get("prediction_id")
+            for r in self.jobs.all()
+            if r["kind"] == "predict" and r["state"] in ACTIVE
+        }
+        return self.predictions.clean(busy)
 
 
 def lock_home(root: Path):

@@ -6,6 +6,11 @@ options, input names), the uploaded scene and ``outputs/`` (``classes.tif``,
 :func:`trainer.predict.predict_scene`). Small requests run in the server
 (:func:`run_prediction` with a cached model); large ones run the same function in a job
 process: ``python -m serve.predictions <folder>``.
+
+A finished prediction is kept ``keep_hours`` after it finished (``geotune serve
+--keep-predictions``; 0 keeps them), or until its owner deletes it: past that it is gone for
+every request, and its folder is removed at the next clean-up (at start and with new
+predictions). A prediction still running is never removed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .jobs import JobFailed, JobKind, now, read_json, write_json
@@ -28,9 +37,65 @@ FILES = {
 
 
 class PredictionStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keep_hours: float = 0.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keep_s = keep_hours * 3600.0
+        self._running: set[str] = set()  # predictions running in this process
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self, pred_id: str):
+        """Mark ``pred_id`` as running in the server process (clean-ups leave it alone)."""
+        with self._lock:
+            self._running.add(pred_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.discard(pred_id)
+
+    def is_running(self, pred_id: str) -> bool:
+        """Whether ``pred_id`` is running in the server process (synchronously)."""
+        with self._lock:
+            return pred_id in self._running
+
+    def finished_at(self, pred_id: str) -> float | None:
+        """When the prediction finished (epoch seconds), or failed; None while it may run."""
+        folder = self.root / pred_id
+        for marker in ("done.json", "failed.json"):
+            try:
+                return (folder / marker).stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return None
+
+    def expired(self, pred_id: str, now_s: float | None = None) -> bool:
+        if not self.keep_s:
+            return False
+        t = self.finished_at(pred_id)
+        return t is not None and (now_s or time.time()) - t > self.keep_s
+
+    def delete(self, pred_id: str) -> None:
+        shutil.rmtree(self.root / pred_id, ignore_errors=True)
+
+    def clean(self, busy: set[str] = frozenset()) -> list[str]:
+        """Remove expired predictions (never one in ``busy`` or running here); returns their ids.
+        A folder without a request (a crash before it was written) goes once it is a day old."""
+        removed, now_s = [], time.time()
+        with self._lock:
+            skip = set(busy) | self._running
+        for folder in self.root.iterdir():
+            pid = folder.name
+            if not PRED_ID_RE.match(pid) or pid in skip:
+                continue
+            orphan = (
+                not (folder / "request.json").exists() and now_s - folder.stat().st_mtime > 86400
+            )
+            if self.expired(pid, now_s) or orphan:
+                self.delete(pid)
+                removed.append(pid)
+        return removed
 
     def new(self) -> tuple[str, Path]:
         pred_id = f"pred-{secrets.token_hex(6)}"
@@ -43,7 +108,7 @@ class PredictionStore:
         if not PRED_ID_RE.match(pred_id or ""):
             return None
         req = read_json(self.root / pred_id / "request.json")
-        if req is None or req.get("owner") != owner:
+        if req is None or req.get("owner") != owner or self.expired(pred_id):
             return None
         return self.root / pred_id
 
@@ -133,6 +198,12 @@ class PredictKind(JobKind):
         if not (self.store.root / pred_id / "outputs" / "summary.json").is_file():
             raise JobFailed(f"the prediction process ended without writing outputs for {pred_id}")
         return {"prediction_id": pred_id}
+
+    def abandon(self, record: dict, folder: Path, state: str) -> None:
+        """A failed or cancelled prediction job: its prediction ended now (for clean-ups)."""
+        pred = self.store.root / record["params"]["prediction_id"]
+        if pred.is_dir():
+            write_json(pred / "failed.json", {"state": state, "finished": now()})
 
 
 def predict_argv(folder: Path) -> list[str]:

@@ -29,6 +29,7 @@ class Settings:
     max_aoi_km2: float = 10_000.0  # AOI predictions larger than this are refused (422)
     model_cache: int = 2  # loaded models kept in memory for synchronous predictions
     poll_seconds: float = 0.5  # how often the scheduler looks at running jobs
+    keep_predictions_hours: float = 168.0  # finished predictions are deleted after this; 0 keeps
 
     @property
     def max_upload_bytes(self) -> int:

@@ -290,6 +290,7 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
         ("GET", "/v1/models/fieldmodel"), ("GET", f"/v1/predictions/{sync_id}"),
         ("GET", f"/v1/predictions/{sync_id}/classes.tif"),
         ("GET", f"/v1/predictions/{answer['prediction_id']}/polygons.geojson"),
+        ("DELETE", f"/v1/predictions/{sync_id}"),
     ]:  # fmt: skip
         assert_error(bob.request(method, path), 404)
     assert_error(bob.put("/v1/models/fieldmodel/aliases/champion", json={"version": 1}), 404)
@@ -305,6 +306,14 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
     r = bob.post("/v1/finetunes", json={"dataset": "fields", "model_name": "fieldmodel", **TINY})
     assert r.status_code == 202, r.text
     assert bob.delete(f"/v1/jobs/{r.json()['id']}").json()["state"] == "cancelled"
+
+    # alice deletes a prediction: its answer, files and folder are gone
+    assert alice.delete(f"/v1/predictions/{sync_id}").status_code == 204
+    assert_error(alice.get(f"/v1/predictions/{sync_id}"), 404)
+    assert_error(alice.get(f"/v1/predictions/{sync_id}/classes.tif"), 404)
+    assert_error(alice.delete(f"/v1/predictions/{sync_id}"), 404)
+    assert not (home / "serve" / "predictions" / sync_id).exists()
+    assert alice.get(f"/v1/predictions/{answer['prediction_id']}").status_code == 200
 
     # a revoked key stops working at once
     key_id = alice_key.split("_")[1]

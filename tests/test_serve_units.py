@@ -146,3 +146,52 @@ def test_failed_process_records_its_error(tmp_path):
         assert "cannot start the job" in store.get(missing["id"])["error"]
     finally:
         sched.stop()
+
+
+def test_finished_predictions_expire_and_running_ones_stay(tmp_path):
+    """``keep_hours``: a prediction finished longer ago is gone for every request and removed
+    by a clean-up; one still running (a job's, or in the server) is never removed; 0 keeps all."""
+    import os
+    import time
+
+    from serve.jobs import write_json
+    from serve.predictions import PredictionStore
+
+    store = PredictionStore(tmp_path / "p", keep_hours=1.0)
+    ids = {}
+    for name in ("old", "young", "unfinished", "busy", "here", "failed_old"):
+        pid, folder = store.new()
+        ids[name] = pid
+        write_json(folder / "request.json", {"owner": "alice"})
+        if name != "unfinished":
+            marker = folder / ("failed.json" if name == "failed_old" else "done.json")
+            write_json(marker, {})
+            if name != "young":
+                two_hours_ago = time.time() - 7200
+                os.utime(marker, (two_hours_ago, two_hours_ago))
+    orphan = tmp_path / "p" / "pred-0123456789ab"  # a crash before its request was written
+    orphan.mkdir()
+    os.utime(orphan, (time.time() - 2 * 86400,) * 2)
+    assert store.folder(ids["old"], "alice") is None  # expired: as if it did not exist
+    assert store.folder(ids["young"], "alice") is not None
+    with store.running(ids["here"]):
+        removed = store.clean(busy={ids["busy"]})
+    assert sorted(removed) == sorted([ids["old"], ids["failed_old"], orphan.name])
+    left = {p.name for p in (tmp_path / "p").iterdir()}
+    assert left == {ids[n] for n in ("young", "unfinished", "busy", "here")}
+    forever = PredictionStore(tmp_path / "p", keep_hours=0)
+    assert forever.clean() == [] and forever.folder(ids["here"], "alice") is not None
+
+
+def test_serve_flags_become_settings():
+    from datamodules.errors import UserError
+    from serve.cli import settings_from
+    from trainer.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--dev", "--keep-predictions", "0.5"])
+    assert settings_from(args).keep_predictions_hours == 0.5
+    assert settings_from(build_parser().parse_args(["serve"])).keep_predictions_hours == 168
+    with pytest.raises(UserError, match="--keep-predictions must be 0"):
+        settings_from(build_parser().parse_args(["serve", "--keep-predictions", "-1"]))
+    with pytest.raises(UserError, match="--dev serves without API keys"):
+        settings_from(build_parser().parse_args(["serve", "--dev", "--host", "0.0.0.0"]))

@@ -486,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-aoi-km2", type=float, default=10_000.0, help="larger AOIs are refused (422)"
     )
     sv.add_argument("--model-cache", type=int, default=2, help="models kept loaded for predictions")
+    sv.add_argument(
+        "--keep-predictions",
+        type=float,
+        default=168.0,
+        metavar="HOURS",
+        help="finished predictions (outputs and uploaded scenes) are deleted this long after "
+        "they finish; 0 keeps them until deleted (DELETE /v1/predictions/ID)",
+    )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     k = sub.add_parser("keys", help="API keys for geotune serve: create, list, revoke")

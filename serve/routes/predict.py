@@ -18,7 +18,7 @@ from datamodules.errors import UserError
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found, validation_detail
-from ..jobs import write_json
+from ..jobs import ACTIVE, write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
 from ..schemas import ERRORS, AoiPredictRequest, PredictParams
@@ -206,6 +206,7 @@ def _predict_upload(
 
 def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url):
     """Small requests run now (one at a time, cached model); large ones become a job (202)."""
+    ctx.clean_predictions(at_most_every_s=60)
     if pixels > ctx.settings.sync_pixels:
         rec = ctx.jobs.create(
             "predict", owner,
@@ -214,7 +215,7 @@ def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base
         )  # fmt: skip
         view = job_view(rec)
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
-    with _one_at_a_time:
+    with _one_at_a_time, ctx.predictions.running(pred_id):
         run_prediction(folder, model=ctx.models.get(registered, v))
     return result(folder, base_url)
 
@@ -253,6 +254,29 @@ def get_prediction(
     if folder is None or not (folder / "outputs" / "summary.json").is_file():
         raise not_found("prediction", prediction_id, HINT)
     return result(folder, str(request.base_url))
+
+
+@router.delete(
+    "/predictions/{prediction_id}", status_code=204, responses=ERRORS,
+    summary="Delete a prediction: its outputs and uploaded scene",
+)  # fmt: skip
+def delete_prediction(
+    prediction_id: str,
+    owner: str = Depends(current_owner),
+    ctx: Context = Depends(get_ctx),
+) -> None:
+    folder = ctx.predictions.folder(prediction_id, owner)
+    if folder is None:
+        raise not_found("prediction", prediction_id, HINT)
+    job = next(
+        (r for r in ctx.jobs.all() if r["kind"] == "predict" and r["state"] in ACTIVE
+         and r["params"].get("prediction_id") == prediction_id),
+        None,
+    )  # fmt: skip
+    if job is not None or ctx.predictions.is_running(prediction_id):
+        how = f"cancel its job first: DELETE /v1/jobs/{job['id']}" if job else "wait for it"
+        raise ApiError(409, "conflict", f"prediction {prediction_id} is still running; {how}")
+    ctx.predictions.delete(prediction_id)
 
 
 @router.get(
