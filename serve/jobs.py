@@ -30,6 +30,7 @@ from pathlib import Path
 log = logging.getLogger("geotune.serve")
 
 ACTIVE = ("queued", "running")
+MAX_RESUMES = 3  # an interrupted job is taken up again at most this many times
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_ID_RE = re.compile(r"^job-[0-9a-f]{12}$")
 
@@ -130,7 +131,12 @@ class JobKind:
         return {}
 
     def abandon(self, record: dict, folder: Path, state: str) -> None:
-        """Clean up after a failed or cancelled job (e.g. close its MLflow run)."""
+        """Clean up after a failed, cancelled or interrupted job (e.g. close its MLflow run)."""
+
+    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
+        """The command that takes an interrupted job up again (e.g. from its last checkpoint),
+        or None when it cannot be: then it fails."""
+        return None
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -211,7 +217,8 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        """Server shutdown: stop running jobs and record why; queued jobs stay queued."""
+        """Server shutdown: stop running jobs and queue them again to resume at the next start
+        (or fail them, for kinds that cannot resume); queued jobs stay queued."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -219,7 +226,7 @@ class Scheduler:
             rec = self.store.get(job_id)
             stop_process_group(rec["pid"], rec.get("pid_start"))
             self.procs.pop(job_id, None)
-            self._fail_interrupted(rec, "the server was stopped while this job was running")
+            self._interrupted(rec, "the server was stopped while this job was running")
 
     def recover(self) -> None:
         """At start: jobs recorded as running belong to a server that is gone."""
@@ -228,18 +235,33 @@ class Scheduler:
                 continue
             if rec.get("pid") and _alive(rec["pid"], rec.get("pid_start")):
                 stop_process_group(rec["pid"], rec.get("pid_start"))
-            self._fail_interrupted(rec, "the server restarted while this job was running")
+            self._interrupted(rec, "the server restarted while this job was running")
 
-    def _fail_interrupted(self, rec: dict, why: str) -> None:
+    def _interrupted(self, rec: dict, why: str) -> None:
+        """A running job lost its server: queue it again where its kind can resume it (at most
+        ``MAX_RESUMES`` times), else fail it with the reason."""
         self._merge_progress(rec)
         rec = self.store.get(rec["id"])
         where = _progress_text(rec.get("progress") or {})
-        msg = (
-            f"{why} (started {rec.get('started')}{', ' + where if where else ''}); "
-            "its process was stopped. Submit the job again."
-        )
-        self._abandon(rec, "failed")
-        self.store.update(rec["id"], state="failed", finished=now(), error=msg)
+        when = f"started {rec.get('started')}{', ' + where if where else ''}"
+        folder = self.store.dir(rec["id"])
+        argv = None
+        if rec.get("resumes", 0) < MAX_RESUMES and not rec.get("cancel_requested"):
+            try:
+                argv = self.kinds[rec["kind"]].resume_argv(rec, folder)
+            except Exception:
+                log.exception("cannot resume job %s", rec["id"])
+        if argv is None:
+            self._abandon(rec, "failed")
+            msg = f"{why} ({when}); its process was stopped. Submit the job again."
+            self.store.update(rec["id"], state="failed", finished=now(), error=msg)
+            return
+        self._abandon(rec, "interrupted")
+        self.store.update(
+            rec["id"], state="queued", argv=argv, pid=None, pid_start=None,
+            resumes=rec.get("resumes", 0) + 1,
+            note=f"{why} ({when}); queued again to resume",
+        )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:

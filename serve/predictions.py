@@ -202,8 +202,12 @@ class PredictKind(JobKind):
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         """A failed or cancelled prediction job: its prediction ended now (for clean-ups)."""
         pred = self.store.root / record["params"]["prediction_id"]
-        if pred.is_dir():
+        if pred.is_dir() and state != "interrupted":
             write_json(pred / "failed.json", {"state": state, "finished": now()})
+
+    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
+        """An interrupted prediction runs again from the start (it is deterministic)."""
+        return record["argv"]
 
 
 def predict_argv(folder: Path) -> list[str]:

@@ -129,4 +129,8 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None = Field(
         None, description="finetune: the registered model and version; predict: the prediction"
     )
+    resumes: int | None = Field(
+        None, description="times the job was taken up again after a server stop or restart"
+    )
+    note: str | None = Field(None, description="why the job was resumed")
     links: dict[str, str] = {}

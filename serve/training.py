@@ -204,7 +204,14 @@ class FinetuneKind(JobKind):
             return
         client = self.client()
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED" if state == "cancelled" else "FAILED")
+            client.set_terminated(run_id, "FAILED" if state == "failed" else "KILLED")
+
+    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
+        """``geotune train ... resume=<last checkpoint>`` (a new MLflow run continues from that
+        epoch); None before the first epoch's checkpoint exists (then it starts over)."""
+        last = folder / "run" / "checkpoints" / "last.ckpt"
+        argv = [a for a in record["argv"] if not a.startswith("resume=")]
+        return [*argv, f"resume={_q(last)}"] if last.is_file() else argv
 
 
 __all__ = ["LOCAL", "FinetuneKind", "check_backbone", "check_name_free", "train_argv"]

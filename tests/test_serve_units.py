@@ -131,6 +131,55 @@ def test_scheduler_queue_limit_cancel_and_recovery(tmp_path):
     assert (a["id"], "cancelled") in kind.abandoned and (c["id"], "failed") in kind.abandoned
 
 
+class Resumable(Sleep):
+    """Resumes by sleeping a little, as a job would resume from its checkpoint."""
+
+    def resume_argv(self, record, folder):
+        return sleeper(0.1)(folder)
+
+
+def test_interrupted_jobs_resume_at_most_max_resumes_times(tmp_path):
+    from serve.jobs import MAX_RESUMES
+
+    store = JobStore(tmp_path / "jobs")
+    kind = Resumable()
+    job = store.create("sleep", "alice", {}, sleeper(60))
+    for n in range(1, MAX_RESUMES + 2):
+        sched = Scheduler(store, {"sleep": kind}, {"sleep": 1}, poll_seconds=0.05)
+        if n == 1:
+            sched.start()
+            wait(lambda: store.get(job["id"])["state"] == "running")
+            pid = store.get(job["id"])["pid"]
+            sched.stop()  # a graceful stop: the job is queued again, its process stopped
+            assert proc_start_time(pid) is None
+        else:  # a crash while it runs: recovered at the next start
+            store.update(job["id"], state="running")
+            sched.recover()
+        rec = store.get(job["id"])
+        if n <= MAX_RESUMES:
+            assert rec["state"] == "queued" and rec["resumes"] == n, rec
+            assert rec["argv"] == sleeper(0.1)(None) and "queued again to resume" in rec["note"]
+            assert (job["id"], "interrupted") in kind.abandoned
+        else:  # taken up MAX_RESUMES times already: now it fails, with the reason
+            assert rec["state"] == "failed" and "Submit the job again" in rec["error"]
+    sched = Scheduler(store, {"sleep": kind}, {"sleep": 1}, poll_seconds=0.05)
+    b = store.create("sleep", "alice", {}, sleeper(60))
+    sched.start()
+    try:
+        wait(lambda: store.get(b["id"])["state"] == "running")
+        sched._stop.set()
+        sched._thread.join()
+        Scheduler(store, {"sleep": kind}, {"sleep": 1}).recover()  # after a crash
+        assert store.get(b["id"])["state"] == "queued"
+    finally:
+        pid = store.get(b["id"])["pid"]
+        if pid and proc_start_time(pid):
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_failed_process_records_its_error(tmp_path):
     store = JobStore(tmp_path / "jobs")
     sched = Scheduler(store, {"x": JobKind()}, {"x": 2}, poll_seconds=0.05)

@@ -28,7 +28,8 @@ def job_view(rec: dict) -> dict:
         links["model"] = f"/v1/models/{rec['result']['model']}"
     return {
         k: rec.get(k)
-        for k in ("id", "kind", "state", "created", "started", "finished", "progress", "error", "result")
+        for k in ("id", "kind", "state", "created", "started", "finished", "progress", "error", "result",
+                  "resumes", "note")
     } | {"params": params, "links": links}  # fmt: skip
 
 
