@@ -314,6 +314,8 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
     assert_error(alice.delete(f"/v1/predictions/{sync_id}"), 404)
     assert not (home / "serve" / "predictions" / sync_id).exists()
     assert alice.get(f"/v1/predictions/{answer['prediction_id']}").status_code == 200
+    assert alice.delete(f"/v1/predictions/{answer['prediction_id']}").status_code == 204
+    assert_error(alice.get(f"/v1/jobs/{pjob['id']}/result"), 410, "was deleted", "predict again")
 
     # a revoked key stops working at once
     key_id = alice_key.split("_")[1]

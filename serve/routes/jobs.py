@@ -141,6 +141,14 @@ def job_result(
             409, "job_" + rec["state"], f"job {job_id} {rec['state']}: {rec.get('error')}"
         )
     if rec["kind"] == "predict":
-        folder = ctx.predictions.folder(rec["result"]["prediction_id"], owner)
+        pred_id = rec["result"]["prediction_id"]
+        folder = ctx.predictions.folder(pred_id, owner)
+        if folder is None:
+            raise ApiError(
+                410, "gone",
+                f"prediction {pred_id} of job {job_id} was deleted (predictions are kept "
+                f"{ctx.settings.keep_predictions_hours:g} h after they finish, unless deleted "
+                "earlier); predict again",
+            )  # fmt: skip
         return prediction_result(folder, str(request.base_url))
     return rec["result"]
