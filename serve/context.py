@@ -69,22 +69,24 @@ class Context:
     def client():
         return mlflow_client()
 
+    def prediction_jobs(self) -> dict[str, dict]:
+        """The queued or running jobs that produce predictions, by prediction id."""
+        from .jobs import ACTIVE
+
+        return {
+            r["params"]["prediction_id"]: r
+            for r in self.jobs.all()
+            if r["kind"] == "predict" and r["state"] in ACTIVE
+        }
+
     def clean_predictions(self, at_most_every_s: float = 0.0) -> list[str]:
         """Remove expired predictions, except those an unfinished job is producing (skipped when
         the last clean-up was less than ``at_most_every_s`` ago)."""
-        from .jobs import ACTIVE
-
         t = time.monotonic()
         if t - self._last_clean < at_most_every_s:
             return []
         self._last_clean = t
-
-        busy = {
-            r["params"].get("prediction_id")
-            for r in self.jobs.all()
-            if r["kind"] == "predict" and r["state"] in ACTIVE
-        }
-        return self.predictions.clean(busy)
+        return self.predictions.clean(set(self.prediction_jobs()))
 
 
 def lock_home(root: Path):

@@ -100,9 +100,6 @@ class PolygonCollector:
         h, w = cls.shape
         top, left = win.row_off > 0, win.col_off > 0
         bottom, right = win.row_off + h < self.grid.height, win.col_off + w < self.grid.width
-        if n_total == 0:
-            self._edges(win, np.zeros(0, np.int64), comp, cls, bottom, right)
-            return
         flat = comp.ravel()
         conf_sum = np.bincount(flat, weights=conf.ravel().astype(np.float64), minlength=n_total + 1)
         count = np.bincount(flat, minlength=n_total + 1)
@@ -137,23 +134,16 @@ class PolygonCollector:
             else:
                 done.append(item)
         self._emit(done)
-        # join this tile's pieces with the pieces facing them across the top and left edges
-        mine = gid[comp]
-        if top:
-            self._join(self.below_ids[win.col_off : win.col_off + w], mine[0],
-                       self.below_cls[win.col_off : win.col_off + w], cls[0])  # fmt: skip
-        if left:
-            self._join(self.right_ids, mine[:, 0], self.right_cls, cls[:, 0])
-        self._edges(win, mine, comp, cls, bottom, right)
-
-    def _edges(self, win, mine, comp, cls, bottom: bool, right: bool) -> None:
-        """Remember this tile's bottom and right edges for the tiles below and to the right."""
-        h, w = comp.shape
-        ids = mine if len(mine) else np.zeros(comp.shape, dtype=np.int64)
+        # join this tile's pieces with the pieces facing them across the top and left edges,
+        # then remember its bottom and right edges for the tiles below and to the right
         cols = slice(win.col_off, win.col_off + w)
-        self.below_ids[cols] = ids[-1] if bottom else 0
+        if top:
+            self._join(self.below_ids[cols], gid[comp[0]], self.below_cls[cols], cls[0])
+        if left:
+            self._join(self.right_ids, gid[comp[:, 0]], self.right_cls, cls[:, 0])
+        self.below_ids[cols] = gid[comp[-1]] if bottom else 0
         self.below_cls[cols] = cls[-1]
-        self.right_ids = ids[:, -1].copy() if right else np.zeros(h, dtype=np.int64)
+        self.right_ids = gid[comp[:, -1]] if right else np.zeros(h, dtype=np.int64)
         self.right_cls = cls[:, -1].astype(np.int32)
 
     def _join(self, theirs, mine, their_cls, my_cls) -> None:

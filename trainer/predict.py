@@ -271,16 +271,13 @@ class Predictor:
         if self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         meta = _to_device(self.metadata(origins), self.device)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"),
-        ):
-            logits = self.net(t, **meta)
         with torch.inference_mode():
+            bf16 = self.precision == "bf16"
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+                logits = self.net(t, **meta)
             logits = logits.float()  # probabilities in float32 whatever the forward's precision
-            if self.record.get("multi_label"):
-                return torch.sigmoid(logits).cpu().numpy()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+            probs = torch.sigmoid(logits) if self.record.get("multi_label") else logits.softmax(1)
+            return probs.cpu().numpy()
 
     def chips_of(self, tile: Window) -> list[tuple[int, int]]:
         return [

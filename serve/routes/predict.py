@@ -18,7 +18,7 @@ from datamodules.errors import UserError
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found, validation_detail
-from ..jobs import ACTIVE, write_json
+from ..jobs import write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
 from ..schemas import ERRORS, AoiPredictRequest, PredictParams
@@ -268,11 +268,7 @@ def delete_prediction(
     folder = ctx.predictions.folder(prediction_id, owner)
     if folder is None:
         raise not_found("prediction", prediction_id, HINT)
-    job = next(
-        (r for r in ctx.jobs.all() if r["kind"] == "predict" and r["state"] in ACTIVE
-         and r["params"].get("prediction_id") == prediction_id),
-        None,
-    )  # fmt: skip
+    job = ctx.prediction_jobs().get(prediction_id)
     if job is not None or ctx.predictions.is_running(prediction_id):
         how = f"cancel its job first: DELETE /v1/jobs/{job['id']}" if job else "wait for it"
         raise ApiError(409, "conflict", f"prediction {prediction_id} is still running; {how}")
