@@ -133,9 +133,9 @@ class JobKind:
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         """Clean up after a failed, cancelled or interrupted job (e.g. close its MLflow run)."""
 
-    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
-        """The command that takes an interrupted job up again (e.g. from its last checkpoint),
-        or None when it cannot be: then it fails."""
+    def resume(self, record: dict, folder: Path) -> tuple[list[str], str] | None:
+        """The command that takes an interrupted job up again and how it does (e.g. "from its
+        last checkpoint"), or None when it cannot be: then it fails."""
         return None
 
 
@@ -245,22 +245,23 @@ class Scheduler:
         where = _progress_text(rec.get("progress") or {})
         when = f"started {rec.get('started')}{', ' + where if where else ''}"
         folder = self.store.dir(rec["id"])
-        argv = None
+        again = None
         if rec.get("resumes", 0) < MAX_RESUMES and not rec.get("cancel_requested"):
             try:
-                argv = self.kinds[rec["kind"]].resume_argv(rec, folder)
+                again = self.kinds[rec["kind"]].resume(rec, folder)
             except Exception:
                 log.exception("cannot resume job %s", rec["id"])
-        if argv is None:
+        if again is None:
             self._abandon(rec, "failed")
             msg = f"{why} ({when}); its process was stopped. Submit the job again."
             self.store.update(rec["id"], state="failed", finished=now(), error=msg)
             return
+        argv, how = again
         self._abandon(rec, "interrupted")
         self.store.update(
             rec["id"], state="queued", argv=argv, pid=None, pid_start=None,
             resumes=rec.get("resumes", 0) + 1,
-            note=f"{why} ({when}); queued again to resume",
+            note=f"{why} ({when}); queued again to resume {how}",
         )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------------

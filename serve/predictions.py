@@ -205,9 +205,9 @@ class PredictKind(JobKind):
         if pred.is_dir() and state != "interrupted":
             write_json(pred / "failed.json", {"state": state, "finished": now()})
 
-    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
+    def resume(self, record: dict, folder: Path) -> tuple[list[str], str]:
         """An interrupted prediction runs again from the start (it is deterministic)."""
-        return record["argv"]
+        return record["argv"], "from the start"
 
 
 def predict_argv(folder: Path) -> list[str]:

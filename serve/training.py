@@ -206,12 +206,14 @@ class FinetuneKind(JobKind):
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "FAILED" if state == "failed" else "KILLED")
 
-    def resume_argv(self, record: dict, folder: Path) -> list[str] | None:
+    def resume(self, record: dict, folder: Path) -> tuple[list[str], str]:
         """``geotune train ... resume=<last checkpoint>`` (a new MLflow run continues from that
-        epoch); None before the first epoch's checkpoint exists (then it starts over)."""
+        epoch); from the start when no epoch's checkpoint exists yet."""
         last = folder / "run" / "checkpoints" / "last.ckpt"
         argv = [a for a in record["argv"] if not a.startswith("resume=")]
-        return [*argv, f"resume={_q(last)}"] if last.is_file() else argv
+        if not last.is_file():
+            return argv, "from the start (no epoch had finished)"
+        return [*argv, f"resume={_q(last)}"], "from its last checkpoint"
 
 
 __all__ = ["LOCAL", "FinetuneKind", "check_backbone", "check_name_free", "train_argv"]

@@ -93,6 +93,7 @@ def test_crash_mid_job_resumes_from_its_checkpoint_then_queued_jobs_run(home, sc
     assert mlflow.MlflowClient().get_run(old_run).info.status in ("KILLED", "FAILED")  # closed
     argv = job_record(home, long["id"])["argv"]
     assert [a for a in argv if a.startswith("resume=")] == [f"resume='{ckpt}'"]
+    assert "queued again to resume from its last checkpoint" in job_record(home, long["id"])["note"]
     # the resumed process continues from the checkpoint's step, in a new MLflow run
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -134,8 +134,8 @@ def test_scheduler_queue_limit_cancel_and_recovery(tmp_path):
 class Resumable(Sleep):
     """Resumes by sleeping a little, as a job would resume from its checkpoint."""
 
-    def resume_argv(self, record, folder):
-        return sleeper(0.1)(folder)
+    def resume(self, record, folder):
+        return sleeper(0.1)(folder), "with a short sleep"
 
 
 def test_interrupted_jobs_resume_at_most_max_resumes_times(tmp_path):
