@@ -30,7 +30,7 @@ import rasterio
 from .chips import build_chips
 from .imagery import Grid, ImageryError, open_scenes, warp_to_grid
 from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
-from .manifest import Dataset, DatasetWriter, slugify
+from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
 from .splits import SPLITS, check_split_coverage, unit_splits
 
@@ -46,19 +46,42 @@ def _extent_text(bounds, crs) -> str:
     return f"lon {ll[0]:.4f}..{ll[2]:.4f}, lat {ll[1]:.4f}..{ll[3]:.4f}"
 
 
-def _check_options(
-    task, labels: Path, is_mask, n_scenes, chip_size, multi_label, background, split_column
-):
+def check_options(
+    *,
+    task: str,
+    labels_name: str,
+    is_mask: bool,
+    after_name: str | None = None,
+    after_is_mask: bool = False,
+    chip_size: int | None = None,
+    multi_label: bool = False,
+    background: str | None = None,
+    split_column: str | None = None,
+    block_size: int = 256,
+    change_classes: str = "binary",
+) -> None:
+    """The checks of an ingest request that need no file opened (the service runs them before
+    it queues the job; :func:`ingest` runs them first)."""
     if task not in TASKS:
         raise LabelError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
-    if task == "change" and n_scenes != 2:
-        raise ImageryError(
-            f"--task change needs exactly two dates, got {n_scenes}: pass "
-            "--image before.tif --image after.tif (multi-band files with the same bands)"
-        )
+    if block_size < 8:
+        raise LabelError(f"--block-size {block_size} is too small; use at least 8 px")
+    if after_name is not None:
+        if task != "change":
+            raise LabelError(
+                "--labels-after is for --task change, as the class polygons of the second date; "
+                "the first date's go in --labels."
+            )
+        if is_mask or after_is_mask:
+            raise LabelError(
+                "--labels and --labels-after must both be class polygons to derive change labels; "
+                "for a change mask, pass it alone as --labels"
+            )
+        if change_classes not in CHANGE_CLASSES:
+            raise LabelError(
+                f"--change-classes must be one of {', '.join(CHANGE_CLASSES)}, not {change_classes!r}"
+            )
     if task == "classification":
-        if n_scenes != 1:
-            raise ImageryError(f"--task classification takes one scene, got {n_scenes} dates")
         if is_mask:
             raise LabelError(
                 "--task classification takes points or polygons (one per chip), not a mask raster"
@@ -75,9 +98,19 @@ def _check_options(
             )
     if split_column and is_mask:
         raise LabelError(
-            f"--split-column needs vector labels; {labels.name} is a mask raster (its regions get "
+            f"--split-column needs vector labels; {labels_name} is a mask raster (its regions get "
             "spatial block splits)"
         )
+
+
+def _check_scene_count(task: str, n_scenes: int) -> None:
+    if task == "change" and n_scenes != 2:
+        raise ImageryError(
+            f"--task change needs exactly two dates, got {n_scenes}: pass "
+            "--image before.tif --image after.tif (multi-band files with the same bands)"
+        )
+    if task == "classification" and n_scenes != 1:
+        raise ImageryError(f"--task classification takes one scene, got {n_scenes} dates")
 
 
 def _prepare_vector(
@@ -92,6 +125,7 @@ def _prepare_vector(
     background,
     labels_after: Path | None = None,
     change_classes: str = "binary",
+    vector_check=None,
 ):
     gdf = read_vector(
         labels,
@@ -100,10 +134,15 @@ def _prepare_vector(
         split_column=split_column,
         multi_label=multi_label,
     )
+    if vector_check is not None:
+        vector_check(gdf, labels)
     gdf = gdf.to_crs(grid.crs)
     first = None
     if labels_after is not None:
-        after = read_vector(labels_after, class_column).to_crs(grid.crs)
+        after = read_vector(labels_after, class_column)
+        if vector_check is not None:
+            vector_check(after, labels_after)
+        after = after.to_crs(grid.crs)
         gdf = change_labels(gdf, after, change_classes, grid, labels.name, labels_after.name)
         first = [NO_CHANGE]
     lb = gdf.total_bounds
@@ -262,33 +301,35 @@ def ingest(
     split_column: str | None = None,
     labels_after: str | Path | None = None,
     change_classes: str = "binary",
+    vector_check=None,
 ) -> Dataset:
     """Build a dataset folder from imagery + labels; returns the committed :class:`Dataset`.
 
     ``labels_after`` (change only): class polygons of the second date; ``labels`` then holds
     the first date's, and the change labels are derived from the two (:func:`change_labels`).
+    ``vector_check(gdf, path)``, when given, sees every label file's features as soon as they
+    are read (the service bounds their size there).
     """
     fractions = split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
-    if block_size < 8:
-        raise LabelError(f"--block-size {block_size} is too small; use at least 8 px")
+    dataset_id = dataset_id or check_name(name)
     labels = Path(labels).expanduser()
     is_mask = labels.suffix.lower() in RASTER_SUFFIXES
-    if labels_after is not None:
-        labels_after = Path(labels_after).expanduser()
-        if task != "change":
-            raise LabelError(
-                "--labels-after is for --task change, as the class polygons of the second date; "
-                "the first date's go in --labels."
-            )
-        if is_mask or labels_after.suffix.lower() in RASTER_SUFFIXES:
-            raise LabelError(
-                "--labels and --labels-after must both be class polygons to derive change labels; "
-                "for a change mask, pass it alone as --labels"
-            )
-    scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
-    _check_options(
-        task, labels, is_mask, len(scenes), chip_size, multi_label, background, split_column
+    labels_after = Path(labels_after).expanduser() if labels_after is not None else None
+    check_options(
+        task=task,
+        labels_name=labels.name,
+        is_mask=is_mask,
+        after_name=labels_after.name if labels_after else None,
+        after_is_mask=bool(labels_after and labels_after.suffix.lower() in RASTER_SUFFIXES),
+        chip_size=chip_size,
+        multi_label=multi_label,
+        background=background,
+        split_column=split_column,
+        block_size=block_size,
+        change_classes=change_classes,
     )
+    scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
+    _check_scene_count(task, len(scenes))
     grid = scenes[0].grid
     gdf = None
     if is_mask:
@@ -307,13 +348,13 @@ def ingest(
             background=background,
             labels_after=labels_after,
             change_classes=change_classes,
+            vector_check=vector_check,
         )
         source = PolygonLabels(gdf) if task != "classification" else None
     k = len(table.classes)
     if k >= IGNORE_INDEX:
         raise LabelError(f"{k} classes; at most {IGNORE_INDEX - 1} are supported")
 
-    dataset_id = dataset_id or slugify(name)
     writer = DatasetWriter(dataset_id, root)
     try:
         result = write_rasters(

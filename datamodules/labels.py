@@ -139,9 +139,17 @@ def _read_frame(path: Path):
         return gpd.read_file(path)
     except Exception as e:  # pyogrio/pyarrow raise many types for unreadable files
         raise LabelError(
-            f"cannot read labels file {path.name}: {e}. Accepted: GeoJSON, GeoPackage, zipped "
-            "Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
+            f"cannot read labels file {path.name}: {_reader_reason(e, path)}. Accepted: GeoJSON, "
+            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
         ) from None
+
+
+def _reader_reason(error: Exception, path: Path) -> str:
+    """The reader's message about ``path``, without the path and GDAL's hint about driver
+    prefixes (which a user cannot act on)."""
+    text = str(error).split("; It might help", 1)[0]
+    text = text.replace(f"'{path}'", "it").replace(str(path), "it").strip().rstrip(".")
+    return text[:300] or error.__class__.__name__
 
 
 def _column(gdf, path: Path, wanted: str | None, default: str, flag: str) -> str:

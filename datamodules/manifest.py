@@ -28,6 +28,28 @@ class DatasetError(UserError):
     """Bad dataset request: unknown id, name clash, broken folder."""
 
 
+MAX_NAME = 64
+NAME_RULE = (
+    f"1-{MAX_NAME} characters with at least one letter or digit; the id is the name in lower "
+    "case with every run of other characters as '_' (e.g. 'Coast 2024' → coast_2024)"
+)
+
+
+def check_name(name: str) -> str:
+    """The id of a new dataset called ``name``, or a :class:`DatasetError` naming the rule. The
+    one check of dataset names, for the CLI and the service, made before anything is written."""
+    text = str(name)
+    if not text.strip() or len(text) > MAX_NAME or not text.isprintable():
+        shown = f"{text[:40]}…" if len(text) > 40 else text
+        raise DatasetError(
+            f"dataset name {shown!r} ({len(text)} characters) is not valid: use {NAME_RULE}"
+        )
+    dataset_id = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    if not dataset_id:
+        raise DatasetError(f"dataset name {text!r} has no letter or digit: use {NAME_RULE}")
+    return dataset_id
+
+
 def slugify(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
     return slug or "class"

@@ -30,11 +30,24 @@ def settings_from(args) -> Settings:
             f"--dev serves without API keys, so it listens only on 127.0.0.1, not {args.host}. "
             "To serve other machines, drop --dev and create keys: geotune keys create --owner NAME"
         )
-    for flag in ("max_jobs", "max_predict_jobs", "sync_pixels", "max_pixels", "model_cache"):
+    counts = (
+        "max_jobs",
+        "max_predict_jobs",
+        "sync_pixels",
+        "max_pixels",
+        "model_cache",
+        "max_ingest_jobs",
+        "max_features",
+        "max_vertices",
+    )
+    for flag in counts:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_upload_mb <= 0 or args.max_aoi_km2 <= 0:
-        raise UserError("--max-upload-mb and --max-aoi-km2 must be positive")
+    for flag in ("max_upload_mb", "max_aoi_km2", "ingest_timeout", "max_unpacked_mb"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be positive")
+    if args.job_memory_mb < 512:
+        raise UserError("--job-memory-mb must be at least 512")
     if args.keep_predictions < 0:
         raise UserError("--keep-predictions must be 0 (keep them) or a number of hours")
     return Settings(
@@ -47,6 +60,12 @@ def settings_from(args) -> Settings:
         max_aoi_km2=args.max_aoi_km2,
         model_cache=args.model_cache,
         keep_predictions_hours=args.keep_predictions,
+        max_ingest_jobs=args.max_ingest_jobs,
+        ingest_timeout_s=args.ingest_timeout,
+        max_features=args.max_features,
+        max_vertices=args.max_vertices,
+        max_unpacked_mb=args.max_unpacked_mb,
+        job_memory_mb=args.job_memory_mb,
     )
 
 

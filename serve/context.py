@@ -15,6 +15,7 @@ from fastapi import Request
 from datamodules.errors import UserError
 from datamodules.paths import home
 
+from .ingestion import IngestKind
 from .jobs import JobStore, Scheduler
 from .keys import KeyStore
 from .models import ModelCache
@@ -56,14 +57,20 @@ class Context:
             kinds={
                 "finetune": FinetuneKind(mlflow_client),
                 "predict": PredictKind(self.predictions),
+                "ingest": IngestKind(self.settings.ingest_timeout_s),
             },
             limits={
                 "finetune": self.settings.max_training_jobs,
                 "predict": self.settings.max_predict_jobs,
+                "ingest": self.settings.max_ingest_jobs,
             },
             poll_seconds=self.settings.poll_seconds,
             env=env,
         )
+
+    @property
+    def limits(self):
+        return self.settings.limits
 
     @staticmethod
     def client():

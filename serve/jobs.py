@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -71,11 +72,24 @@ class JobStore:
         return self.root / job_id
 
     def create(
-        self, kind: str, owner: str, params: dict, build_argv: Callable[[Path], list[str]]
+        self,
+        kind: str,
+        owner: str,
+        params: dict,
+        build_argv: Callable[[Path], list[str]],
+        prepare: Callable[[Path], None] | None = None,
     ) -> dict:
+        """A queued job; ``prepare(folder)`` fills its folder before the record exists (the
+        scheduler sees only folders with a record)."""
         job_id = f"job-{secrets.token_hex(6)}"
         folder = self.root / job_id
         folder.mkdir()
+        if prepare is not None:
+            try:
+                prepare(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         record = {
             "id": job_id,
             "kind": kind,
@@ -124,7 +138,10 @@ class JobStore:
 
 
 class JobKind:
-    """What the scheduler needs to know about one kind of job (training, prediction)."""
+    """What the scheduler needs to know about one kind of job (training, prediction, ingest)."""
+
+    env: dict[str, str] = {}  # added to the job process's environment
+    timeout_s: float | None = None  # a job running longer is stopped and fails
 
     def finalize(self, record: dict, folder: Path) -> dict:
         """The result of a process that exited 0; raise :class:`JobFailed` if there is none."""
@@ -277,6 +294,7 @@ class Scheduler:
         for job_id, proc in list(self.procs.items()):
             rec = self.store.get(job_id)
             self._merge_progress(rec)
+            self._stop_overdue(rec)
             code = proc.poll()
             if code is not None and self.procs.pop(job_id, None) is not None:
                 self._finish(job_id, code)
@@ -308,7 +326,7 @@ class Scheduler:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     cwd=folder,
-                    env=self.env,
+                    env=self._env(rec["kind"]),
                     start_new_session=True,
                 )
         except OSError as e:
@@ -323,6 +341,23 @@ class Scheduler:
             pid=proc.pid,
             pid_start=proc_start_time(proc.pid),
         )
+
+    def _env(self, kind: str) -> dict | None:
+        extra = self.kinds[kind].env
+        if not extra:
+            return self.env
+        return {**(self.env if self.env is not None else os.environ), **extra}
+
+    def _stop_overdue(self, rec: dict) -> None:
+        """Stop a job that has run longer than its kind allows; it fails saying so."""
+        limit = self.kinds[rec["kind"]].timeout_s
+        started = rec.get("started")
+        if limit is None or not started or rec.get("timed_out"):
+            return
+        elapsed = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
+        if elapsed > limit:
+            self.store.update(rec["id"], timed_out=limit)
+            stop_process_group(rec["pid"], rec.get("pid_start"), timeout=5)
 
     def _merge_progress(self, rec: dict) -> None:
         progress = read_json(self.store.dir(rec["id"]) / "progress.json")
@@ -349,12 +384,18 @@ class Scheduler:
             return
         text = (folder / "log.txt").read_text(errors="replace")
         self._abandon(rec, "failed")
+        reason = error_from_log(text, code)
+        if rec.get("timed_out"):
+            reason = (
+                f"the job ran longer than this server's limit of {rec['timed_out']:g} s for a "
+                f"{rec['kind']} job and was stopped; make the input smaller"
+            )
         self.store.update(
             job_id,
             state="failed",
             finished=now(),
             exit_code=code,
-            error=f"{error_from_log(text, code)} (full log: GET /v1/jobs/{job_id}/logs)",
+            error=f"{reason} (full log: GET /v1/jobs/{job_id}/logs)",
         )
 
     def _abandon(self, rec: dict, state: str) -> None:
@@ -384,6 +425,24 @@ class Scheduler:
         while self.store.get(job_id)["state"] == "running" and time.time() < deadline:
             time.sleep(0.1)  # the scheduler thread is finishing it
         return self.store.get(job_id)
+
+
+def job_view(rec: dict) -> dict:
+    """A job record as the API shows it: its state, progress and result, and links."""
+    jid = rec["id"]
+    params = {k: v for k, v in rec["params"].items() if k not in ("mlflow_name",)}
+    links = {"self": f"/v1/jobs/{jid}", "logs": f"/v1/jobs/{jid}/logs"}
+    if rec["kind"] == "predict":
+        links["result"] = f"/v1/jobs/{jid}/result"
+    if rec["state"] == "succeeded" and rec["kind"] == "finetune":
+        links["model"] = f"/v1/models/{rec['result']['model']}"
+    if rec["state"] == "succeeded" and rec["kind"] == "ingest":
+        links["dataset"] = f"/v1/datasets/{rec['params']['dataset']}"
+    return {
+        k: rec.get(k)
+        for k in ("id", "kind", "state", "created", "started", "finished", "progress", "error", "result",
+                  "resumes", "note")
+    } | {"params": params, "links": links}  # fmt: skip
 
 
 def _progress_text(p: dict) -> str:

@@ -114,10 +114,14 @@ class AoiPredictRequest(PredictParams):
     sensor: str = Field(description="sensor id, e.g. sentinel-2-l2a")
 
 
+JobKindName = Literal["finetune", "predict", "ingest"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
 class JobOut(BaseModel):
     id: str
-    kind: Literal["finetune", "predict"]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: JobKindName
+    state: JobState
     created: str
     started: str | None = None
     finished: str | None = None
@@ -127,7 +131,9 @@ class JobOut(BaseModel):
     )
     error: str | None = None
     result: dict[str, Any] | None = Field(
-        None, description="finetune: the registered model and version; predict: the prediction"
+        None,
+        description="finetune: the registered model and version; predict: the prediction; "
+        "ingest: the dataset (as GET /v1/datasets/{id}) and the ingest's warnings",
     )
     resumes: int | None = Field(
         None, description="times the job was taken up again after a server stop or restart"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from datamodules.paths import home
 
+from .untrusted import Limits
+
 
 def serve_dir() -> Path:
     return home() / "serve"
@@ -30,6 +32,22 @@ class Settings:
     model_cache: int = 2  # loaded models kept in memory for synchronous predictions
     poll_seconds: float = 0.5  # how often the scheduler looks at running jobs
     keep_predictions_hours: float = 168.0  # finished predictions are deleted after this; 0 keeps
+    max_ingest_jobs: int = 1  # dataset uploads ingested at once; the rest wait in the queue
+    ingest_timeout_s: float = 3600.0  # an ingest job running longer is stopped and fails
+    max_features: int = 200_000  # label features per uploaded file
+    max_vertices: int = 20_000_000  # label vertices per uploaded file
+    max_unpacked_mb: float = 1024.0  # a zipped shapefile's members, unpacked
+    job_memory_mb: int = 8192  # address space of a process that reads uploaded files
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_pixels=self.max_pixels,
+            max_unpacked_mb=self.max_unpacked_mb,
+            max_features=self.max_features,
+            max_vertices=self.max_vertices,
+            memory_mb=self.job_memory_mb,
+        )
 
     @property
     def max_upload_bytes(self) -> int:

@@ -96,13 +96,27 @@ def create_key(home: Path, owner: str) -> str:
     return key
 
 
-def upload_dataset(client: httpx.Client, scene: dict, name: str) -> httpx.Response:
+def post_dataset(client: httpx.Client, scene: dict, name: str) -> httpx.Response:
     with open(scene["image"], "rb") as img, open(scene["labels"], "rb") as lab:
         return client.post(
             "/v1/datasets",
             data={"name": name, "class_column": "class_name", "block_size": "32"},
             files={"image": ("scene.tif", img, "image/tiff"), "labels": ("labels.geojson", lab)},
         )
+
+
+def upload_dataset(client: httpx.Client, scene: dict, name: str) -> dict:
+    """POST /v1/datasets (202 and a job) and wait for its ingest job; returns the finished job."""
+    r = post_dataset(client, scene, name)
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "ingest" and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    return wait_job(client, r.json()["id"])
+
+
+def ingest_job(client: httpx.Client, r: httpx.Response) -> dict:
+    """The finished ingest job of a 202 answer to POST /v1/datasets."""
+    assert r.status_code == 202, r.text
+    return wait_job(client, r.json()["id"])
 
 
 def wait_job(
@@ -189,11 +203,13 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
     assert anon.get("/readyz").json()["status"] == "ready"
 
     # a dataset from an upload; the same name again is 409; a bad upload is a message
-    r = upload_dataset(alice, scene, "fields")
-    assert r.status_code == 201, r.text
-    ds = r.json()
+    job = upload_dataset(alice, scene, "fields")
+    assert job["state"] == "succeeded", job
+    ds = job["result"]["dataset"]
     assert ds["id"] == "fields" and ds["owner"] == "alice" and len(ds["classes"]) == 3
-    assert_error(upload_dataset(alice, scene, "fields"), 409, "already have a dataset")
+    assert job["links"]["dataset"] == "/v1/datasets/fields"
+    assert alice.get("/v1/datasets/fields").json() == ds
+    assert_error(post_dataset(alice, scene, "fields"), 409, "already have a dataset")
     with open(scene["image"], "rb") as img:
         r = alice.post(
             "/v1/datasets", data={"name": "x"}, files={"image": img, "labels": ("my.txt", b"hello")}
@@ -302,7 +318,7 @@ def test_flow_keys_owners_jobs_predictions(home, scene, servers, tmp_path):
     for path in ("/v1/datasets", "/v1/models", "/v1/jobs"):
         assert list(bob.get(path).json().values()) == [[]], path
     # ... and the same names are free in bob's namespace
-    assert upload_dataset(bob, scene, "fields").json()["owner"] == "bob"
+    assert upload_dataset(bob, scene, "fields")["result"]["dataset"]["owner"] == "bob"
     r = bob.post("/v1/finetunes", json={"dataset": "fields", "model_name": "fieldmodel", **TINY})
     assert r.status_code == 202, r.text
     assert bob.delete(f"/v1/jobs/{r.json()['id']}").json()["state"] == "cancelled"
@@ -367,9 +383,10 @@ def test_errors_are_json_with_actionable_messages(home, scene, servers, tmp_path
     with open(scene["image"], "rb") as img, open(scene["labels"], "rb") as lab:
         r = c.post("/v1/datasets", data={"name": "safe", "class_column": "class_name", "block_size": "32"},
                    files={"image": (hostile, img), "labels": ("../../labels.geojson", lab)})  # fmt: skip
-    assert r.status_code == 201, r.text
+    job = ingest_job(c, r)
+    assert job["state"] == "succeeded", job
     assert not Path("/tmp/evil.tif").exists()
-    assert all(".." not in n and "/" not in n for n in r.json()["source"]["images"])
+    assert all(".." not in n and "/" not in n for n in job["result"]["dataset"]["source"]["images"])
 
     # a fine-tune asking for pretrained weights that are not in the weights directory → 422
     r = c.post(
@@ -409,7 +426,10 @@ def test_change_dataset_from_class_polygons_of_two_dates(home, scene, servers):
     form = {"name": "lc", "class_column": "class_name", "block_size": "32"}
     body = assert_error(c.post("/v1/datasets", data=form, files=files), 422, "labels_after field")
     assert "task=change" in body["detail"] and "the labels field." in body["detail"]
-    r = c.post("/v1/datasets", data=form | {"task": "change"}, files=files + [files[0]])
-    assert r.status_code == 201, r.text
-    assert r.json()["source"]["labels_after"].endswith("lc1.geojson")
-    assert [k["name"] for k in r.json()["classes"]] == ["no_change"]  # the same classes twice
+    job = ingest_job(
+        c, c.post("/v1/datasets", data=form | {"task": "change"}, files=files + [files[0]])
+    )
+    assert job["state"] == "succeeded", job
+    ds = job["result"]["dataset"]
+    assert ds["source"]["labels_after"].endswith("lc1.geojson")
+    assert [k["name"] for k in ds["classes"]] == ["no_change"]  # the same classes twice

@@ -7,7 +7,7 @@ import shutil
 
 import httpx
 import pytest
-from test_serve import servers  # noqa: F401
+from test_serve import servers, wait_job  # noqa: F401
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -110,9 +110,13 @@ def test_docs_page_renders_every_operation_offline(servers, browser, scene, tmp_
             By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status"
         )
     )
-    assert status.text.strip() == "201", op.find_element(
+    assert status.text.strip() == "202", op.find_element(
         By.CSS_SELECTOR, ".live-responses-table"
     ).text
     browser.save_screenshot(str(tmp_path / "docs-upload.png"))
+    jobs = httpx.get(f"{srv.url}/v1/jobs").json()["jobs"]
+    assert [j["kind"] for j in jobs] == ["ingest"]
+    job = wait_job(httpx.Client(base_url=srv.url), jobs[0]["id"])
+    assert job["state"] == "succeeded", job
     datasets = httpx.get(f"{srv.url}/v1/datasets").json()["datasets"]
     assert [(d["id"], d["name"]) for d in datasets] == [("via_docs", "via-docs")]

@@ -39,7 +39,7 @@ def test_restart_mid_job_records_the_state(home, scene, servers):  # noqa: F811
     job's process is stopped and the job queued again ahead of the other, to resume."""
     srv = servers("--dev", "--max-jobs", "1")
     c = srv.client()
-    assert upload_dataset(c, scene, "fields").status_code == 201
+    assert upload_dataset(c, scene, "fields")["state"] == "succeeded"
     first = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "a", **LONG}).json()
     second = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "b", **LONG}).json()
     wait_job(c, first["id"], until=("running",))
@@ -71,7 +71,7 @@ def test_crash_mid_job_resumes_from_its_checkpoint_then_queued_jobs_run(home, sc
 
     srv = servers("--dev", "--max-jobs", "1")
     c = srv.client()
-    assert upload_dataset(c, scene, "fields").status_code == 201
+    assert upload_dataset(c, scene, "fields")["state"] == "succeeded"
     long = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "long", **LONG}).json()
     short = c.post(
         "/v1/finetunes", json={"dataset": "fields", "model_name": "short", **TINY}
@@ -119,7 +119,7 @@ def test_crash_mid_job_resumes_from_its_checkpoint_then_queued_jobs_run(home, sc
 def test_cancel_queued_and_running_jobs(home, scene, servers):  # noqa: F811
     srv = servers("--dev", "--max-jobs", "1")
     c = srv.client()
-    assert upload_dataset(c, scene, "fields").status_code == 201
+    assert upload_dataset(c, scene, "fields")["state"] == "succeeded"
     a = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "a", **LONG}).json()
     b = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "b", **LONG}).json()
     assert c.delete(f"/v1/jobs/{b['id']}").json()["state"] == "cancelled"  # still queued
@@ -129,7 +129,7 @@ def test_cancel_queued_and_running_jobs(home, scene, servers):  # noqa: F811
     job = c.delete(f"/v1/jobs/{a['id']}").json()
     assert job["state"] == "cancelled" and not alive(pid)
     assert_error(c.get(f"/v1/jobs/{a['id']}/result"), 409, "cancelled")
-    states = {j["id"]: j["state"] for j in c.get("/v1/jobs").json()["jobs"]}
+    states = {j["id"]: j["state"] for j in c.get("/v1/jobs?kind=finetune").json()["jobs"]}
     assert states == {a["id"]: "cancelled", b["id"]: "cancelled"}
 
 
@@ -137,7 +137,7 @@ def test_cancel_queued_and_running_jobs(home, scene, servers):  # noqa: F811
 def test_graceful_stop_queues_the_running_job_to_resume(home, scene, servers):  # noqa: F811
     srv = servers("--dev")
     c = srv.client()
-    assert upload_dataset(c, scene, "fields").status_code == 201
+    assert upload_dataset(c, scene, "fields")["state"] == "succeeded"
     job = c.post("/v1/finetunes", json={"dataset": "fields", "model_name": "m", **LONG}).json()
     wait_progress(c, job["id"])
     pid = pid_of(home, job["id"])

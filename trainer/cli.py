@@ -487,6 +487,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--model-cache", type=int, default=2, help="models kept loaded for predictions")
     sv.add_argument(
+        "--max-ingest-jobs", type=int, default=1, help="dataset uploads ingested at once"
+    )
+    sv.add_argument(
+        "--ingest-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="an ingest job running longer is stopped and fails",
+    )
+    sv.add_argument(
+        "--max-features", type=int, default=200_000, help="label features per uploaded file"
+    )
+    sv.add_argument(
+        "--max-vertices", type=int, default=20_000_000, help="label vertices per uploaded file"
+    )
+    sv.add_argument(
+        "--max-unpacked-mb", type=float, default=1024.0, help="a labels zip's size, unpacked"
+    )
+    sv.add_argument(
+        "--job-memory-mb",
+        type=int,
+        default=8192,
+        help="memory (address space) of the process that reads an upload",
+    )
+    sv.add_argument(
         "--keep-predictions",
         type=float,
         default=168.0,

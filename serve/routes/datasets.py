@@ -5,23 +5,32 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-import warnings
 from typing import Annotated, Literal
 
-import rasterio
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi.responses import JSONResponse
 
 from datamodules.errors import UserError
-from datamodules.ingest import ingest
-from datamodules.manifest import DatasetError, delete_dataset, list_datasets, load_dataset, slugify
+from datamodules.ingest import check_options
+from datamodules.manifest import (
+    DatasetError,
+    check_name,
+    delete_dataset,
+    list_datasets,
+    load_dataset,
+)
+from datamodules.sensors import get_sensor
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found
+from ..ingestion import ingest_argv, write_request
+from ..jobs import ACTIVE, job_view
 from ..owners import datasets_root
 from ..schemas import ERRORS
 from ..settings import serve_dir
-from ..uploads import RASTER, VECTOR, UploadError, rename_in_message, save_upload
+from ..untrusted import TooManyPixels, inspect_raster
+from ..uploads import RASTER, VECTOR, rename_in_message, save_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ID_RE = re.compile(r"^[a-z0-9_]{1,100}$")
@@ -75,9 +84,12 @@ def _numbers(text: str | None, field: str, kind=float) -> list | None:
         ) from None
 
 
-@router.post("", status_code=201, responses=ERRORS, summary="Upload imagery + labels as a dataset")
+@router.post(
+    "", status_code=202, responses=ERRORS,
+    summary="Upload imagery + labels: a job makes the dataset (202; GET /v1/jobs/{id})",
+)  # fmt: skip
 def create_dataset(
-    name: Annotated[str, Form(description="dataset name; its id is the name's slug", examples=["coast"])],
+    name: Annotated[str, Form(description="dataset name (1-64 characters); its id is the name in lower case with other characters as '_'", examples=["coast"])],
     image: Annotated[
         list[UploadFile],
         File(description="GeoTIFF/COG: one multi-band file per date, or one file per band"),
@@ -109,81 +121,121 @@ def create_dataset(
         description="with labels_after: no_change/change, or one class per transition (forest→cropland)")] = "binary",
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
-) -> dict:  # fmt: skip
-    dataset_id = slugify(name)
-    root = datasets_root(owner)
-    if (root / dataset_id).exists():
-        raise ApiError(
-            409, "conflict",
-            f"you already have a dataset {dataset_id!r}; choose another name, or delete it first "
-            f"with DELETE /v1/datasets/{dataset_id}",
-        )  # fmt: skip
-    fractions = _numbers(split_fractions, "split_fractions")
-    if fractions is not None and len(fractions) != 3:
-        raise ApiError(
-            422, "invalid_request", "split_fractions takes three numbers: train,val,test"
-        )
-    ignore = _numbers(ignore_values, "ignore_values", int)
+) -> JSONResponse:  # fmt: skip
+    try:
+        dataset_id = check_name(name)
+        fractions = _numbers(split_fractions, "split_fractions")
+        if fractions is not None and len(fractions) != 3:
+            raise ApiError(
+                422, "invalid_request", "split_fractions takes three numbers: train,val,test"
+            )
+        if sensor:
+            get_sensor(sensor)
+    except UserError as e:
+        raise ApiError(422, "invalid_request", rename_in_message(str(e), {})) from None
+    _check_free(ctx, owner, dataset_id)
+    split = dict(zip(("train", "val", "test"), fractions, strict=True)) if fractions else None
+    options = {
+        "class_column": class_column or None,
+        "sensor": sensor or None,
+        "bands": _csv(bands),
+        "dates": _csv(dates),
+        "mask_ignore_values": _numbers(ignore_values, "ignore_values", int),
+        "block_size": block_size,
+        "seed": seed,
+        "min_class_pixels": min_class_pixels,
+        "split_fractions": split,
+        "task": task,
+        "chip_size": chip_size,
+        "multi_label": multi_label,
+        "background": background or None,
+        "split_column": split_column or None,
+        "change_classes": change_classes,
+    }
     staging = serve_dir() / "uploads" / secrets.token_hex(8)
     staging.mkdir(parents=True)
-    names = {}
     try:
-        paths = []
-        for i, up in enumerate(image, 1):
-            path, shown = save_upload(up, staging, f"image{i}", RASTER, "image")
-            names[path] = shown
-            paths.append(path)
-        label_path, shown = save_upload(labels, staging, "labels", VECTOR | RASTER, "labels")
-        names[label_path] = shown
-        after_path = None
-        if labels_after is not None:
-            after_path, shown = save_upload(
-                labels_after, staging, "labels_after", VECTOR, "labels_after"
+        request = _stage(ctx, staging, image, labels, labels_after, options)
+        request |= {
+            "name": name,
+            "dataset_id": dataset_id,
+            "owner": owner,
+            "root": str(datasets_root(owner)),
+            "options": options,
+        }
+        with ctx.jobs.lock:  # the name check and the new record go together
+            _check_free(ctx, owner, dataset_id)
+            rec = ctx.jobs.create(
+                "ingest",
+                owner,
+                {"dataset": dataset_id, "name": name},
+                ingest_argv,
+                prepare=lambda folder: write_request(folder, staging, request, ctx.limits),
             )
-            names[after_path] = shown
-        check_pixels(paths, names, ctx.settings.max_pixels)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = ingest(
-                name=name, images=paths, labels=label_path, class_column=class_column or None,
-                sensor=sensor or None, bands=_csv(bands), dates=_csv(dates),
-                mask_ignore_values=ignore, owner=owner, dataset_id=dataset_id, root=root,
-                block_size=block_size, seed=seed, min_class_pixels=min_class_pixels,
-                split_fractions=dict(zip(("train", "val", "test"), fractions, strict=True)) if fractions else None,
-                progress=False, task=task, chip_size=chip_size, multi_label=multi_label,
-                background=background or None, split_column=split_column or None,
-                labels_after=after_path, change_classes=change_classes,
-            )  # fmt: skip
-    except DatasetError as e:
-        if "already exists" in str(e) or "meanwhile" in str(e):
-            raise ApiError(409, "conflict", f"you already have a dataset {dataset_id!r}") from None
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
-    except UserError as e:
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    notes = [
-        rename_in_message(str(w.message), names)
-        for w in caught
-        if issubclass(w.category, UserWarning)
-    ]
-    return detail(ds) | {"warnings": notes}
+    view = job_view(rec)
+    return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
 
 
-def check_pixels(paths, names, limit: int) -> None:
-    for p in paths:
-        try:
-            with rasterio.open(p) as src:
-                n = src.width * src.height
-        except rasterio.errors.RasterioIOError:
-            raise UploadError(f"{names[p]} is not a readable GeoTIFF") from None
-        if n > limit:
+def _check_free(ctx: Context, owner: str, dataset_id: str) -> None:
+    """409 when the owner has this dataset, or an ingest job is making it."""
+    if (datasets_root(owner) / dataset_id).exists():
+        raise ApiError(
+            409,
+            "conflict",
+            f"you already have a dataset {dataset_id!r}; choose another name, or delete it first "
+            f"with DELETE /v1/datasets/{dataset_id}",
+        )
+    for job in ctx.jobs.all():
+        mine = job["owner"] == owner and job["kind"] == "ingest"
+        if mine and job["state"] in ACTIVE and job["params"]["dataset"] == dataset_id:
             raise ApiError(
-                422, "too_many_pixels",
-                f"{names[p]} has {n:,} pixels; this server accepts at most {limit:,} pixels per "
-                "scene. Crop the scene, or split it into parts.",
-                limit_pixels=limit,
-            )  # fmt: skip
+                409,
+                "conflict",
+                f"job {job['id']} ({job['state']}) is already making dataset {dataset_id!r}; wait "
+                f"for it (GET /v1/jobs/{job['id']}) or choose another name",
+            )
+
+
+def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
+    """Store the uploads under the server's names and check what needs no label file opened:
+    kinds, every raster's header (pixels, bands, whole file) and the options. Returns the
+    files part of the job's request."""
+    files, names = [], {}
+
+    def keep(up, base, allowed, role) -> dict:
+        path, shown = save_upload(up, staging, base, allowed, role)
+        names[path] = shown
+        entry = {"file": path.name, "shown": shown, "kind": path.suffix.lstrip(".")}
+        if entry["kind"] == "tif":
+            inspect_raster(path, shown, ctx.limits)
+        files.append(entry)
+        return entry
+
+    try:
+        images = [keep(up, f"image{i}", RASTER, "image")["file"] for i, up in enumerate(image, 1)]
+        lab = keep(labels, "labels", VECTOR | RASTER, "labels")
+        after = None
+        if labels_after is not None:
+            after = keep(labels_after, "labels_after", VECTOR, "labels_after")
+        check_options(
+            task=options["task"],
+            labels_name=lab["shown"],
+            is_mask=lab["kind"] == "tif",
+            after_name=after["shown"] if after else None,
+            chip_size=options["chip_size"],
+            multi_label=options["multi_label"],
+            background=options["background"],
+            split_column=options["split_column"],
+            block_size=options["block_size"],
+            change_classes=options["change_classes"],
+        )
+    except TooManyPixels as e:
+        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
+    except UserError as e:
+        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
+    return {"files": files, "images": images, "labels": lab, "labels_after": after}
 
 
 @router.get("", responses=ERRORS, summary="List your datasets")

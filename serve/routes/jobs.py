@@ -8,29 +8,14 @@ from fastapi.responses import PlainTextResponse
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found
-from ..jobs import FINISHED, clean_log
+from ..jobs import FINISHED, clean_log, job_view
 from ..predictions import result as prediction_result
-from ..schemas import ERRORS, FinetuneRequest, JobOut
+from ..schemas import ERRORS, FinetuneRequest, JobKindName, JobOut, JobState
 from ..training import check_alias, check_backbone, check_name_free, train_argv
 from .datasets import get_dataset
 
 router = APIRouter(prefix="/v1")
 HINT = "List your jobs with GET /v1/jobs."
-
-
-def job_view(rec: dict) -> dict:
-    jid = rec["id"]
-    params = {k: v for k, v in rec["params"].items() if k not in ("mlflow_name",)}
-    links = {"self": f"/v1/jobs/{jid}", "logs": f"/v1/jobs/{jid}/logs"}
-    if rec["kind"] == "predict":
-        links["result"] = f"/v1/jobs/{jid}/result"
-    if rec["state"] == "succeeded" and rec["kind"] == "finetune":
-        links["model"] = f"/v1/models/{rec['result']['model']}"
-    return {
-        k: rec.get(k)
-        for k in ("id", "kind", "state", "created", "started", "finished", "progress", "error", "result",
-                  "resumes", "note")
-    } | {"params": params, "links": links}  # fmt: skip
 
 
 def owned_job(ctx: Context, owner: str, job_id: str) -> dict:
@@ -66,8 +51,8 @@ def create_finetune(
 
 @router.get("/jobs", tags=["jobs"], responses=ERRORS, summary="List your jobs, newest first")
 def list_jobs(
-    state: str | None = Query(None, description="queued, running, succeeded, failed, cancelled"),
-    kind: str | None = Query(None, description="finetune or predict"),
+    state: JobState | None = Query(None, description="only jobs in this state"),
+    kind: JobKindName | None = Query(None, description="only jobs of this kind"),
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ) -> dict:

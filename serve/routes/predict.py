@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import threading
 
-import rasterio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,13 +17,12 @@ from datamodules.errors import UserError
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found, validation_detail
-from ..jobs import write_json
+from ..jobs import job_view, write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
 from ..schemas import ERRORS, AoiPredictRequest, PredictParams
+from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
-from .datasets import check_pixels
-from .jobs import job_view
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 _one_at_a_time = threading.Lock()  # synchronous predictions share the CPU one by one
@@ -180,12 +178,12 @@ def _predict_upload(
     pred_id, folder = ctx.predictions.new()
     names = {}
     try:
+        infos = []
         for i, up in enumerate(images, 1):
             path, shown = save_upload(up, folder, f"input{i}", RASTER, "image")
             names[path] = shown
-        check_pixels(list(names), names, ctx.settings.max_pixels)
-        with rasterio.open(next(iter(names))) as src:
-            pixels = src.width * src.height
+            infos.append(inspect_raster(path, shown, ctx.limits))
+        pixels = infos[0].pixels
         bands = [b.strip() for b in fields["bands"].split(",")] if fields.get("bands") else None
         dates = [d.strip() for d in fields["dates"].split(",")] if fields.get("dates") else None
         write_json(folder / "request.json", {
@@ -196,6 +194,9 @@ def _predict_upload(
             "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
         })  # fmt: skip
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
+    except TooManyPixels as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
     except UserError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
