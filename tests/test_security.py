@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -173,7 +172,10 @@ def test_labels_never_reach_other_files_or_urls(world):
         "crs": {"type": "name", "properties": {"name": f"{url}/crs.json"}}
     }
     r = upload(w, ("l.geojson", json.dumps(crs_url).encode()), "crsurl")
-    assert r.status_code == 202 and wait_job(w["c"], r.json()["id"])["state"] in ("succeeded", "failed")
+    assert r.status_code == 202 and wait_job(w["c"], r.json()["id"])["state"] in (
+        "succeeded",
+        "failed",
+    )
     w["c"].delete("/v1/datasets/crsurl")
     r = w["c"].post(
         "/v1/datasets", data={"name": "img"},
@@ -262,7 +264,9 @@ def test_names_are_checked_before_anything_is_written(world):
     refused(w, upload(w, labels, long), "300 characters", "1-64 characters")
     refused(w, upload(w, labels, "!!!"), "no letter or digit")
     refused(w, upload(w, labels, "b" * 120), "120 characters")
-    assert not any(p.name.startswith(("a" * 60, "b" * 60, "class")) for p in (w["home"] / "datasets").iterdir())
+    assert not any(
+        p.name.startswith(("a" * 60, "b" * 60, "class")) for p in (w["home"] / "datasets").iterdir()
+    )
     assert not list((w["home"] / "serve" / "uploads").glob("*"))
 
 
