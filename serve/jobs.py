@@ -3,13 +3,15 @@
 A job is a folder ``$GEOTUNE_HOME/serve/jobs/<id>/`` with ``job.json`` (the record, rewritten
 atomically on every change), ``log.txt`` (the process's output) and ``progress.json`` (written
 by the process: epoch/step and latest metrics for training, tiles for prediction). Jobs run as
-separate processes (``geotune train ...``, ``python -m serve.predictions ...``), in their own
-session so that a cancel stops the process and everything it started.
+separate processes (``geotune train ...``, ``python -m serve.predictions ...``,
+``python -m serve.ingestion ...``), in their own session so that a cancel stops the process and
+everything it started; a kind may add to the process's environment and bound its run time.
 
 States: queued → running → succeeded | failed | cancelled. At most ``limits[kind]`` jobs of a
 kind run at once; the rest wait in FIFO order. After a restart queued jobs still run; a job
-that was running when the server went away is marked failed, with the reason, and its left-over
-process (if still alive and still the same process) is stopped.
+that was running when the server went away has its left-over process (if still alive and still
+the same process) stopped and is queued again where its kind can resume it (at most
+``MAX_RESUMES`` times), else failed with the reason.
 """
 
 from __future__ import annotations

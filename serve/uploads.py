@@ -4,7 +4,8 @@ A file's kind is read from its first bytes (GeoTIFF, GeoPackage, zip, Parquet, F
 GeoJSON), which fixes its suffix; the client's file name contributes at most a sanitised stem
 (letters, digits, ``-``, ``_``; band files are named by it, e.g. ``..._B04``) and is otherwise
 kept only for messages and provenance. So no client string becomes a path: no ``/vsi*``, no
-``..``, no URL, no VRT or other format that points GDAL at further files.
+``..``, no URL. What a file may point GDAL at once it is opened is :mod:`serve.untrusted`'s
+concern.
 
 The request body is limited (413) before it is read when it declares its length, and while it
 is read when it does not (:class:`BodyLimit`).
