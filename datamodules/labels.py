@@ -138,10 +138,38 @@ def _read_frame(path: Path):
             return gpd.read_parquet(path)
         return gpd.read_file(path)
     except Exception as e:  # pyogrio/pyarrow raise many types for unreadable files
+        if "LinearRing" in str(e):  # GEOS cannot build a polygon whose ring is not closed
+            return _closing_rings(path, e)
         raise LabelError(
             f"cannot read labels file {path.name}: {_reader_reason(e, path)}. Accepted: GeoJSON, "
             "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
         ) from None
+
+
+def _closing_rings(path: Path, error: Exception):
+    """The labels with unclosed rings closed (their first point repeated at their end), and a
+    warning naming those features; what cannot be closed so is an error naming them."""
+    import geopandas as gpd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # GDAL's own note on unclosed rings
+        bad = gpd.read_file(path, on_invalid="ignore").geometry.isna()
+        try:
+            gdf = gpd.read_file(path, on_invalid="fix")
+        except Exception:
+            gdf = None
+    rows = ", ".join(str(i + 1) for i in bad[bad].index[:10]) + (" ..." if bad.sum() > 10 else "")
+    if gdf is None:
+        raise LabelError(
+            f"feature(s) {rows} of {path.name} have a geometry that cannot be read "
+            f"({_reader_reason(error, path)}); fix them in a GIS (e.g. QGIS's Fix geometries)"
+        ) from None
+    warnings.warn(
+        f"feature(s) {rows} of {path.name} had a ring that was not closed (first and last point "
+        "differ); closed it",
+        stacklevel=4,
+    )
+    return gdf
 
 
 def _reader_reason(error: Exception, path: Path) -> str:
@@ -186,6 +214,15 @@ def read_vector(
     """
     path = Path(path).expanduser()
     gdf = _read_frame(path)
+    if getattr(gdf, "_geometry_column_name", None) is None:
+        raise LabelError(
+            f"{path.name} has no geometry column (a table without shapes); save the label "
+            "polygons with their geometries (e.g. export the layer as polygons from your GIS)"
+        )
+    if gdf.empty:
+        raise LabelError(
+            f"{path.name} holds no features; draw or export the label polygons into it first"
+        )
     if gdf.crs is None:
         raise LabelError(
             f"{path.name} has no CRS. Save it with one (GeoJSON is EPSG:4326 by definition; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -91,12 +92,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
         )
 
+    # health answers on the event loop and readiness on threads of its own, so neither waits
+    # behind requests that hold the shared worker threads
+    ready_threads = anyio.CapacityLimiter(2)
+
     @app.get("/healthz", tags=["health"], summary="The process is up")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Ready: MLflow store, storage and job runner")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
+        return await anyio.to_thread.run_sync(readiness, limiter=ready_threads)
+
+    def readiness() -> JSONResponse:
         ctx: Context = app.state.ctx
         checks = {}
         try:

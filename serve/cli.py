@@ -7,6 +7,7 @@ and ``geotune --help`` start fast.
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 
 from datamodules.errors import UserError
@@ -22,6 +23,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def public_url(text: str | None) -> str:
+    if not text:
+        return ""
+    if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", text):
+        raise UserError(
+            f"--public-url {text!r} is not an http(s) URL; give the address clients use, e.g. "
+            "https://geo.example.org"
+        )
+    return text.rstrip("/")
 
 
 def settings_from(args) -> Settings:
@@ -66,6 +78,8 @@ def settings_from(args) -> Settings:
         max_vertices=args.max_vertices,
         max_unpacked_mb=args.max_unpacked_mb,
         job_memory_mb=args.job_memory_mb,
+        max_queued_predictions=args.max_queued_predictions,
+        public_url=public_url(args.public_url),
     )
 
 

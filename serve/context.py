@@ -19,7 +19,7 @@ from .ingestion import IngestKind
 from .jobs import JobStore, Scheduler
 from .keys import KeyStore
 from .models import ModelCache
-from .predictions import PredictionStore, PredictKind
+from .predictions import PredictionStore, PredictKind, SyncLane
 from .settings import Settings, serve_dir
 from .training import FinetuneKind
 
@@ -38,6 +38,7 @@ class Context:
     predictions: PredictionStore = field(init=False)
     scheduler: Scheduler = field(init=False)
     models: ModelCache = field(init=False)
+    lane: SyncLane = field(init=False)
 
     def __post_init__(self):
         self._last_clean = -float("inf")
@@ -51,6 +52,7 @@ class Context:
             root / "predictions", keep_hours=self.settings.keep_predictions_hours
         )
         self.models = ModelCache(self.settings.model_cache)
+        self.lane = SyncLane(1, self.settings.max_queued_predictions)
         env = dict(os.environ, GEOTUNE_HOME=str(home()), PYTHONUNBUFFERED="1")
         self.scheduler = Scheduler(
             self.jobs,

@@ -42,8 +42,14 @@ class PayloadTooLarge(ApiError):
         )
 
 
+def clip(value, limit: int = 80) -> str:
+    """A client's value as an answer may echo it: its repr, at most ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def not_found(kind: str, ident: str, hint: str) -> ApiError:
-    return ApiError(404, "not_found", f"no {kind} {ident!r}. {hint}")
+    return ApiError(404, "not_found", f"no {kind} {clip(ident)}. {hint}")
 
 
 def error_body(error: str, detail: str, **extra) -> dict:
@@ -70,10 +76,26 @@ def validation_detail(errors: list[dict]) -> tuple[str, list[dict]]:
             and e["type"] not in ("json_invalid",)
             and not isinstance(e["input"], dict | list)
         ):
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {clip(e['input'])})"
         fields.append({"field": loc, "message": msg})
     text = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return f"the request is not valid: {text}. See /docs for the expected fields.", fields
+
+
+MAX_FILES, MAX_FIELDS = 64, 32  # per multipart request (the predict route's own form limits)
+
+
+def allowed_methods(app, scope: dict) -> list[str]:
+    """Every method some route accepts at the request's path (Starlette's 405 names only one
+    route's), found by asking each route whether it would take the request with that method."""
+    from starlette.routing import Match
+
+    found = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        trial = {**scope, "method": method}
+        if any(route.matches(trial)[0] == Match.FULL for route in app.router.routes):
+            found.append(method)
+    return found
 
 
 def install(app: FastAPI) -> None:
@@ -98,25 +120,29 @@ def install(app: FastAPI) -> None:
             return _json(
                 404,
                 "not_found",
-                f"there is no endpoint {method} {path}. The API lives under /v1 "
+                f"there is no endpoint {method} {clip(path)[1:-1]}. The API lives under /v1 "
                 "(datasets, finetunes, jobs, models, predictions); /docs lists every endpoint.",
             )
         if exc.status_code == 405:
-            allow = exc.headers.get("Allow", "") if exc.headers else ""
+            allow = ", ".join(allowed_methods(request.app, request.scope))
             return _json(
                 405,
                 "method_not_allowed",
-                f"{path} does not accept {method}"
+                f"{clip(path)[1:-1]} does not accept {method}"
                 + (f"; it accepts {allow}" if allow else "")
                 + ". /docs lists every endpoint.",
-                headers=exc.headers,
+                headers={"Allow": allow},
             )
         if exc.status_code == 400:
+            reason = exc.detail if isinstance(exc.detail, str) else ""
+            limit = f" ({reason.rstrip('.')})" if reason and reason != "Bad Request" else ""
             return _json(
                 400,
                 "bad_request",
-                "the request body could not be read: send JSON with Content-Type "
-                "application/json, or a multipart/form-data upload (curl -F) as /docs shows",
+                f"the request body could not be read{limit}: send JSON with Content-Type "
+                "application/json, or a multipart/form-data upload (curl -F) as /docs shows; "
+                f"an upload takes at most {MAX_FILES} files and {MAX_FIELDS} fields, each field "
+                "at most 1 MB",
             )
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return _json(exc.status_code, "http_error", detail, headers=exc.headers)

@@ -61,6 +61,9 @@ class IngestKind(JobKind):
         ds = get_dataset(record["owner"], result["dataset"])
         return {"dataset": detail(ds), "warnings": result["warnings"]}
 
+    def completed(self, record: dict, folder: Path) -> dict | None:
+        return self.finalize(record, folder) if (folder / RESULT).is_file() else None
+
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         if state != "interrupted":
             shutil.rmtree(folder / INPUTS, ignore_errors=True)

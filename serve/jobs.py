@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -152,6 +153,11 @@ class JobKind:
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         """Clean up after a failed, cancelled or interrupted job (e.g. close its MLflow run)."""
 
+    def completed(self, record: dict, folder: Path) -> dict | None:
+        """The result of an interrupted job whose process had finished its work (e.g. a fine-tune
+        that registered its version before the server went away), else None."""
+        return None
+
     def resume(self, record: dict, folder: Path) -> tuple[list[str], str] | None:
         """The command that takes an interrupted job up again and how it does (e.g. "from its
         last checkpoint"), or None when it cannot be: then it fails."""
@@ -188,6 +194,15 @@ def stop_process_group(pid: int, start: str | None, timeout: float = 10.0) -> No
             time.sleep(0.1)
 
 
+def _die_with_parent() -> None:
+    """In a job's process before it starts: the kernel kills it when the server dies (even by
+    SIGKILL), so no job outlives its server to finish, or register a model, unseen."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # noqa: N806 (the kernel's name)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def error_from_log(text: str, exit_code: int | None) -> str:
     """The message that explains a failed process: its ``error:`` line, else its exception."""
     lines = [ln.split("\r")[-1].strip() for ln in text.splitlines()]
@@ -204,9 +219,28 @@ def error_from_log(text: str, exit_code: int | None) -> str:
     return f"the process exited with code {exit_code}"
 
 
-def clean_log(text: str) -> str:
-    """Progress bars redraw lines with carriage returns: keep each line's last state."""
-    return "\n".join(ln.split("\r")[-1] for ln in text.split("\n"))
+def clean_log(text: str, folder: Path | None = None) -> str:
+    """A job's output as its owner sees it: progress bars at their last state (they redraw lines
+    with carriage returns) and, with ``folder``, no server paths (see :func:`redact_paths`)."""
+    text = "\n".join(ln.split("\r")[-1] for ln in text.split("\n"))
+    return redact_paths(text, folder) if folder is not None else text
+
+
+def redact_paths(text: str, folder: Path) -> str:
+    """``text`` with the server's paths replaced by names: the job's folder by ``<job>``, the
+    geotune home by ``<geotune-home>``, the Python installation by ``<python>``."""
+    from datamodules.paths import home
+
+    places = [
+        (folder, "<job>"),
+        (home(), "<geotune-home>"),
+        (Path(sys.prefix), "<python>"),
+        (Path(sys.base_prefix), "<python>"),
+    ]
+    pairs = {str(p): name for p, name in places} | {str(p.resolve()): n for p, n in places}
+    for path in sorted(pairs, key=len, reverse=True):
+        text = text.replace(path, pairs[path])
+    return text
 
 
 class Scheduler:
@@ -261,9 +295,20 @@ class Scheduler:
         ``MAX_RESUMES`` times), else fail it with the reason."""
         self._merge_progress(rec)
         rec = self.store.get(rec["id"])
+        folder = self.store.dir(rec["id"])
+        try:
+            result = self.kinds[rec["kind"]].completed(rec, folder)
+        except Exception:
+            log.exception("cannot tell whether job %s had finished", rec["id"])
+            result = None
+        if result is not None:  # its work was done: never do it twice
+            note = f"{why}; its work had finished, so it was not run again"
+            self.store.update(
+                rec["id"], state="succeeded", finished=now(), result=result, pid=None, note=note
+            )
+            return
         where = _progress_text(rec.get("progress") or {})
         when = f"started {rec.get('started')}{', ' + where if where else ''}"
-        folder = self.store.dir(rec["id"])
         again = None
         if rec.get("resumes", 0) < MAX_RESUMES and not rec.get("cancel_requested"):
             try:
@@ -330,6 +375,7 @@ class Scheduler:
                     cwd=folder,
                     env=self._env(rec["kind"]),
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
         except OSError as e:
             return self.store.update(
@@ -386,7 +432,7 @@ class Scheduler:
             return
         text = (folder / "log.txt").read_text(errors="replace")
         self._abandon(rec, "failed")
-        reason = error_from_log(text, code)
+        reason = redact_paths(error_from_log(text, code), folder)
         if rec.get("timed_out"):
             reason = (
                 f"the job ran longer than this server's limit of {rec['timed_out']:g} s for a "

@@ -23,6 +23,9 @@ from datamodules.errors import UserError
 
 PREFIX = "gtk_"
 OWNER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# 'local' is the single user of the CLI and `geotune serve --dev` (the CLI's datasets and the
+# models without an owner tag); the others are kept for the operator
+RESERVED_OWNERS = frozenset({"local", "geotune", "admin", "root", "system"})
 
 
 class ApiKeyError(UserError):
@@ -62,6 +65,11 @@ class KeyStore:
     def create(self, owner: str, note: str = "") -> tuple[str, str]:
         """A new key for ``owner``; returns ``(id, key)``. The key is not stored: show it once."""
         check_owner(owner)
+        if owner in RESERVED_OWNERS:
+            raise ApiKeyError(
+                f"owner {owner!r} is reserved ({', '.join(sorted(RESERVED_OWNERS))}); choose "
+                "another name. The local user of the CLI needs no key: geotune serve --dev"
+            )
         key_id = secrets.token_hex(4)
         key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         with closing(self._connect()) as db, db:
@@ -92,14 +100,15 @@ class KeyStore:
         ]
 
     def owner_for(self, key: str) -> str | None:
-        """The owner of an active key, or None for an unknown or revoked one."""
+        """The owner of an active key, or None for an unknown or revoked one, or one made for
+        a reserved owner (by a geotune that did not refuse them yet)."""
         if not key.startswith(PREFIX) or len(key) > 200:
             return None
         with closing(self._connect()) as db:
             row = db.execute(
                 "SELECT owner FROM keys WHERE hash = ? AND revoked IS NULL", (_hash(key),)
             ).fetchone()
-        return row[0] if row else None
+        return row[0] if row and row[0] not in RESERVED_OWNERS else None
 
     def active_count(self) -> int:
         with closing(self._connect()) as db:

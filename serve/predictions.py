@@ -25,6 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ApiError
 from .jobs import JobFailed, JobKind, now, read_json, write_json
 
 PRED_ID_RE = re.compile(r"^pred-[0-9a-f]{12}$")
@@ -113,6 +114,49 @@ class PredictionStore:
         return self.root / pred_id
 
 
+class SyncLane:
+    """Synchronous predictions: ``slots`` run at once, at most ``max_waiting`` wait for a slot,
+    and any more are answered at once with 503 and ``Retry-After`` (the expected wait, from the
+    recent run times), so requests never pile up in the server's worker threads."""
+
+    def __init__(self, slots: int, max_waiting: int):
+        self.slots, self.max_waiting = slots, max_waiting
+        self._free = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.seconds = 5.0  # a running average of one prediction's time
+
+    def retry_after(self) -> int:
+        return max(1, round(self.seconds * (self.waiting + self.slots) / self.slots))
+
+    @contextmanager
+    def slot(self):
+        with self._lock:
+            if self.waiting >= self.max_waiting:
+                wait = self.retry_after()
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"this server is running {self.slots} and queueing {self.waiting} synchronous "
+                    f"predictions, its limit; retry in about {wait} s (Retry-After)",
+                    headers={"Retry-After": str(wait)},
+                    retry_after_s=wait,
+                )
+            self.waiting += 1
+        try:
+            self._free.acquire()
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._free.release()
+            with self._lock:
+                self.seconds = 0.7 * self.seconds + 0.3 * (time.monotonic() - start)
+
+
 def options_from(params: dict):
     from trainer.predict import PredictOptions
 
@@ -164,7 +208,9 @@ def run_prediction(folder: Path, model=None, progress: bool = False) -> dict:
 
 
 def result(folder: Path, base_url: str) -> dict:
-    """The answer to a prediction: the predictor's summary, the polygons and links to files."""
+    """The answer to a prediction: the predictor's summary, the polygons and links to files
+    (under ``base_url``, the server's configured public URL; relative when it has none: never
+    built from a request's Host header)."""
     req = read_json(folder / "request.json")
     out = folder / "outputs"
     summary = read_json(out / "summary.json")
@@ -198,6 +244,10 @@ class PredictKind(JobKind):
         if not (self.store.root / pred_id / "outputs" / "summary.json").is_file():
             raise JobFailed(f"the prediction process ended without writing outputs for {pred_id}")
         return {"prediction_id": pred_id}
+
+    def completed(self, record: dict, folder: Path) -> dict | None:
+        pred = self.store.root / record["params"]["prediction_id"]
+        return self.finalize(record, folder) if (pred / "done.json").is_file() else None
 
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         """A failed or cancelled prediction job: its prediction ended now (for clean-ups)."""

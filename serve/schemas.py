@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 OUTPUTS = ("classes", "confidence", "polygons")
+MAX_SEED = 2**32 - 1  # numpy's seeds
 
 
 class ErrorOut(BaseModel):
@@ -28,7 +29,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class FinetuneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"dataset": "coast", "model_name": "coast", "backbone": "resnet18",
+                 "weights": "pretrained", "epochs": 10},
+                {"dataset": "coast", "model_name": "coast-trial", "backbone": "resnet18",
+                 "size": "tiny", "weights": "random", "epochs": 3},
+            ]
+        },
+    )  # fmt: skip
 
     dataset: str = Field(
         description="id of one of your datasets (GET /v1/datasets)", examples=["coast"]
@@ -40,8 +52,8 @@ class FinetuneRequest(BaseModel):
     backbone: str = Field("resnet18", description="backbone config, e.g. resnet18, clay_v1_5")
     size: str | None = Field(
         None,
-        description="size variant; default the official size, 'tiny' for trials",
-        examples=["tiny"],
+        description="size variant; default the official size (pretrained weights exist for it "
+        "alone); 'tiny' for trials, with weights 'random'",
     )
     weights: Literal["pretrained", "random"] = Field(
         "pretrained",
@@ -64,7 +76,7 @@ class FinetuneRequest(BaseModel):
         None, ge=0, le=100, description="blocks trained with finetune=last_n"
     )
     num_workers: int = Field(2, ge=0, le=16, description="data loader processes")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds sampling, initialisation, order")
 
 
 class AliasRequest(BaseModel):

@@ -30,6 +30,8 @@ class Settings:
     max_pixels: int = 400_000_000  # scenes larger than this are refused (422)
     max_aoi_km2: float = 10_000.0  # AOI predictions larger than this are refused (422)
     model_cache: int = 2  # loaded models kept in memory for synchronous predictions
+    public_url: str = ""  # links in answers start with it; relative links when empty
+    max_queued_predictions: int = 8  # synchronous predictions waiting; more are 503 + Retry-After
     poll_seconds: float = 0.5  # how often the scheduler looks at running jobs
     keep_predictions_hours: float = 168.0  # finished predictions are deleted after this; 0 keeps
     max_ingest_jobs: int = 1  # dataset uploads ingested at once; the rest wait in the queue

@@ -198,6 +198,16 @@ class FinetuneKind(JobKind):
             "metrics": dict(sorted(metrics.items())),
         }
 
+    def completed(self, record: dict, folder: Path) -> dict | None:
+        """A version registered from this job's run means the fine-tune finished."""
+        run_id = (read_json(folder / "progress.json") or {}).get("run_id")
+        name = record["params"]["mlflow_name"]
+        if not run_id or not self.client().search_model_versions(
+            f"name='{name}' and run_id='{run_id}'"
+        ):
+            return None
+        return self.finalize(record, folder)
+
     def abandon(self, record: dict, folder: Path, state: str) -> None:
         run_id = (read_json(folder / "progress.json") or {}).get("run_id")
         if not run_id:

@@ -100,7 +100,11 @@ FORM_FIELDS = {  # longer flags first: "--labels" is a prefix of "--labels-after
     "--multi-label": "multi_label", "--background": "background",
     "--split-column": "split_column",
 }  # fmt: skip
-_WORDS = "(?:or|and|in|to|with|for|first|instead|is|was)"
+# words that follow a flag in a sentence, not as its value ("use a smaller --block-size so ...")
+_WORDS = (
+    "(?:or|and|in|to|with|for|first|instead|is|was|so|that|the|a|an|of|on|at|as|if|when|by|"
+    "but|than|then|option|flag|value|alone|only|too|must|may|can|takes|needs|gives)"
+)
 
 
 def rename_in_message(message: str, names: dict[Path, str]) -> str:

@@ -38,7 +38,7 @@ from synth import make_labels, make_scene
 from test_serve import GEOTUNE, Server, assert_error, wait_job
 
 LIMITS = ["--max-features", "400", "--max-vertices", "20000", "--max-unpacked-mb", "2",
-          "--max-pixels", "4000000"]  # fmt: skip
+          "--max-pixels", "4000000", "--max-queued-predictions", "1"]  # fmt: skip
 
 
 class Canary(http.server.BaseHTTPRequestHandler):
@@ -290,3 +290,104 @@ def test_a_labels_zip_with_a_real_shapefile_works(world):
     assert w["c"].delete("/v1/datasets/zipped").status_code == 204
     lonlat = transform_bounds(w["crs"], "EPSG:4326", *w["bounds"])
     assert shapely.box(*gdf.total_bounds).intersects(shapely.box(*lonlat))
+
+
+def test_inputs_get_4xx_that_say_what_is_wrong(world):
+    w = world
+    c = w["c"]
+    # a huge value is not echoed back whole
+    r = c.post("/v1/finetunes", json={"dataset": "x" * 1_000_000, "model_name": "m2"})
+    assert_error(r, 404, "no dataset 'xxx")
+    assert len(r.content) < 2000
+    # the multipart limits are named
+    files = [("image", (f"{i}.tif", b"II*\x00")) for i in range(65)]
+    assert_error(c.post("/v1/models/m/predict", files=files), 400, "64 files")
+    # out-of-range values are refused before a job starts
+    r = c.post("/v1/finetunes", json={"dataset": "m", "model_name": "m2", "seed": 2**40})
+    assert_error(r, 422, "seed")
+    assert_error(c.get("/v1/jobs?state=bogus"), 422, "state")
+    # every method a path accepts is named
+    r = c.put("/v1/datasets")
+    assert_error(r, 405, "GET, POST")
+    assert r.headers["allow"] == "GET, POST"
+    # the documented example with a tiny size is accepted as it stands
+    examples = c.get("/openapi.json").json()["components"]["schemas"]["FinetuneRequest"]["examples"]
+    tiny = next(e for e in examples if e.get("size") == "tiny")
+    r = c.post("/v1/finetunes", json=tiny | {"dataset": "m"})
+    assert r.status_code == 202, r.text
+    assert c.delete(f"/v1/jobs/{r.json()['id']}").json()["state"] == "cancelled"
+    # an empty FeatureCollection, a GeoPackage without geometries: what is wrong, not a 500
+    empty = json.dumps({"type": "FeatureCollection", "features": []}).encode()
+    refused(w, upload(w, ("empty.geojson", empty), "empty"), "empty.geojson holds no features")
+    import pandas as pd
+    import pyogrio
+
+    pyogrio.write_dataframe(pd.DataFrame({"class_name": ["a"]}), w["tmp"] / "t.gpkg", driver="GPKG")
+    refused(
+        w, upload(w, ("t.gpkg", (w["tmp"] / "t.gpkg").read_bytes()), "table"), "no feature layer"
+    )
+    # a ring that is not closed is closed, and the warning says which feature
+    fc = json.loads(w["labels"].read_text())
+    fc["features"][1]["geometry"]["coordinates"][0].pop()
+    r = upload(w, ("open.geojson", json.dumps(fc).encode()), "openring")
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert any("feature(s) 2 of open.geojson" in n for n in job["result"]["warnings"]), job
+    assert c.delete("/v1/datasets/openring").status_code == 204
+
+
+def test_reserved_owners_get_no_key(world):
+    from serve.keys import KeyStore
+
+    p = subprocess.run([*GEOTUNE, "keys", "create", "--owner", "local"], capture_output=True,
+                       text=True, env=env_with_home(world["home"]), timeout=60)  # fmt: skip
+    assert p.returncode == 2 and "reserved" in p.stderr and "Traceback" not in p.stderr
+    # a key made for 'local' by an older geotune does not open the local user's data
+    store = KeyStore(world["home"] / "serve" / "keys.db")
+    import sqlite3
+
+    with sqlite3.connect(store.path) as db:
+        db.execute("INSERT INTO keys (id, hash, owner, note, created) VALUES "
+                   "('0000beef', ?, 'local', '', '2026-01-01')", (_hash("gtk_0000beef_x"),))  # fmt: skip
+    assert store.owner_for("gtk_0000beef_x") is None
+
+
+def _hash(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_sync_predictions_queue_with_a_bound_and_health_answers(world):
+    """More synchronous predictions than run + wait slots: the excess get 503 + Retry-After at
+    once; /healthz and /readyz answer while the others run; the rest succeed."""
+    w = world
+    small = w["tmp"] / "small.tif"
+    with rasterio.open(w["image"]) as src:
+        prof = src.profile | {"width": 96, "height": 96}
+        with rasterio.open(small, "w", **prof) as dst:
+            dst.write(src.read(window=((0, 96), (0, 96))))
+    data = small.read_bytes()
+    answers, health = [], []
+
+    def one():
+        with w["srv"].client() as c:
+            answers.append(c.post("/v1/models/m/predict", files={"image": ("s.tif", data)}))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and len(health) < 3:
+        with httpx.Client(base_url=w["srv"].url, timeout=30) as c:
+            health.append((c.get("/healthz").status_code, c.get("/readyz").status_code))
+    for t in threads:
+        t.join()
+    assert health and all(h == (200, 200) for h in health), health
+    codes = sorted(r.status_code for r in answers)
+    busy = [r for r in answers if r.status_code == 503]
+    assert busy and codes.count(200) >= 2, codes
+    for r in busy:
+        body = assert_error(r, 503, "Retry-After")
+        assert int(r.headers["retry-after"]) >= 1 and body["retry_after_s"] >= 1
+    ok = next(r for r in answers if r.status_code == 200).json()
+    assert ok["links"]["classes"].startswith("/v1/predictions/")  # relative: no Host header in it

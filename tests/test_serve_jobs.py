@@ -46,7 +46,10 @@ def test_restart_mid_job_records_the_state(home, scene, servers):  # noqa: F811
     assert c.get(f"/v1/jobs/{second['id']}").json()["state"] == "queued"
     pid = pid_of(home, first["id"])
     srv.stop(signal.SIGKILL)
-    assert alive(pid)  # the training process outlived the crashed server
+    deadline = time.time() + 30
+    while alive(pid) and time.time() < deadline:  # the kernel kills it with its server
+        time.sleep(0.1)
+    assert not alive(pid)
 
     c2 = servers("--dev", "--max-jobs", "1").client()
     job = c2.get(f"/v1/jobs/{first['id']}").json()
@@ -103,10 +106,9 @@ def test_crash_mid_job_resumes_from_its_checkpoint_then_queued_jobs_run(home, sc
         time.sleep(0.5)
     assert job["state"] == "running" and job["resumes"] == 1, job
     assert job["progress"]["step"] >= running["progress"]["step"] > 0
-    assert (
-        f"Restored all states from the checkpoint at {ckpt}"
-        in c2.get(f"/v1/jobs/{long['id']}/logs").text
-    )
+    logs = c2.get(f"/v1/jobs/{long['id']}/logs").text
+    assert "Restored all states from the checkpoint at <job>/run/checkpoints/last.ckpt" in logs
+    assert str(home) not in logs
     assert c2.delete(f"/v1/jobs/{long['id']}").json()["state"] == "cancelled"
 
     # the job that was queued before the crash runs now, to success

@@ -113,10 +113,10 @@ def test_scheduler_queue_limit_cancel_and_recovery(tmp_path):
         c = store.create("sleep", "alice", {}, sleeper(60))
         wait(lambda: store.get(c["id"])["state"] == "running")
     finally:
-        sched._stop.set()  # a crash: the scheduler goes away without stopping its job
+        sched._stop.set()  # a crash: the scheduler goes away without stopping its job ...
         sched._thread.join()
     pid = store.get(c["id"])["pid"]
-    assert proc_start_time(pid) is not None
+    wait(lambda: proc_start_time(pid) is None, timeout=15)  # ... and the kernel kills the job
     d = store.create("sleep", "alice", {}, sleeper(0.1))
 
     again = Scheduler(store, {"sleep": kind}, {"sleep": 1}, poll_seconds=0.05)
@@ -124,11 +124,46 @@ def test_scheduler_queue_limit_cancel_and_recovery(tmp_path):
     try:
         rec = store.get(c["id"])
         assert rec["state"] == "failed" and "server restarted" in rec["error"]
-        wait(lambda: proc_start_time(pid) is None, timeout=15)
         wait(lambda: store.get(d["id"])["state"] == "succeeded")
     finally:
         again.stop()
     assert (a["id"], "cancelled") in kind.abandoned and (c["id"], "failed") in kind.abandoned
+
+
+class Finished(Sleep):
+    """A kind whose interrupted jobs had done their work (a fine-tune that registered)."""
+
+    def completed(self, record, folder):
+        return {"registered": 1} if (folder / "done").is_file() else None
+
+    def resume(self, record, folder):
+        return record["argv"], "from the start"
+
+
+def test_an_interrupted_job_whose_work_is_done_is_not_run_again(tmp_path):
+    store = JobStore(tmp_path / "jobs")
+    kind = Finished()
+    sched = Scheduler(store, {"sleep": kind}, {"sleep": 1}, poll_seconds=0.05)
+    sched.start()
+    try:
+        done = store.create("sleep", "alice", {}, sleeper(60))
+        wait(lambda: store.get(done["id"])["state"] == "running")
+        (store.dir(done["id"]) / "done").touch()  # its result exists, then the server dies
+    finally:
+        sched._stop.set()
+        sched._thread.join()
+    other = store.create("sleep", "alice", {}, sleeper(60))
+    store.update(other["id"], state="running", pid=None)  # interrupted before its work was done
+    again = Scheduler(store, {"sleep": kind}, {"sleep": 1}, poll_seconds=0.05)
+    again.start()
+    try:
+        rec = store.get(done["id"])
+        assert rec["state"] == "succeeded" and rec["result"] == {"registered": 1}, rec
+        assert "not run again" in rec["note"]
+        rec = store.get(other["id"])
+        assert rec["resumes"] == 1 and rec["state"] in ("queued", "running")
+    finally:
+        again.stop()
 
 
 class Resumable(Sleep):

@@ -487,6 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--model-cache", type=int, default=2, help="models kept loaded for predictions")
     sv.add_argument(
+        "--public-url",
+        default=None,
+        help="the server's address as clients reach it (behind a proxy); links in answers start "
+        "with it; without it they are relative (/v1/...)",
+    )
+    sv.add_argument(
+        "--max-queued-predictions",
+        type=int,
+        default=8,
+        help="synchronous predictions waiting for the model at once; more get 503 + Retry-After",
+    )
+    sv.add_argument(
         "--max-ingest-jobs", type=int, default=1, help="dataset uploads ingested at once"
     )
     sv.add_argument(

@@ -27,7 +27,7 @@ from ..errors import ApiError, not_found
 from ..ingestion import ingest_argv, write_request
 from ..jobs import ACTIVE, job_view
 from ..owners import datasets_root
-from ..schemas import ERRORS
+from ..schemas import ERRORS, MAX_SEED
 from ..settings import serve_dir
 from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, VECTOR, rename_in_message, save_upload
@@ -105,7 +105,7 @@ def create_dataset(
     ignore_values: Annotated[str | None, Form(description="mask values meaning unlabelled, comma-separated", examples=[""])] = None,
     block_size: Annotated[int, Form(ge=8, le=8192, description="edge of the spatial split blocks (px)")] = 256,
     split_fractions: Annotated[str | None, Form(description="train,val,test shares, e.g. 0.7,0.15,0.15", examples=[""])] = None,
-    seed: Annotated[int, Form(ge=0)] = 0,
+    seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
     min_class_pixels: Annotated[int, Form(ge=0, description="labelled pixels every class needs per split")] = 20,
     task: Annotated[Literal["segmentation", "classification", "change"], Form(
         description="change: two image dates + change polygons; classification: one chip per label")] = "segmentation",

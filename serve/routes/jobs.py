@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from ..auth import current_owner
@@ -87,8 +87,9 @@ def job_logs(
     ctx: Context = Depends(get_ctx),
 ) -> str:
     owned_job(ctx, owner, job_id)
-    path = ctx.jobs.dir(job_id) / "log.txt"
-    text = clean_log(path.read_text(errors="replace")) if path.is_file() else ""
+    folder = ctx.jobs.dir(job_id)
+    path = folder / "log.txt"
+    text = clean_log(path.read_text(errors="replace"), folder) if path.is_file() else ""
     if tail:
         text = "\n".join(text.splitlines()[-tail:])
     return text
@@ -111,7 +112,6 @@ def cancel_job(job_id: str, owner: str = Depends(current_owner), ctx: Context = 
 )
 def job_result(
     job_id: str,
-    request: Request,
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ) -> dict:
@@ -135,5 +135,5 @@ def job_result(
                 f"{ctx.settings.keep_predictions_hours:g} h after they finish, unless deleted "
                 "earlier); predict again",
             )  # fmt: skip
-        return prediction_result(folder, str(request.base_url))
+        return prediction_result(folder, ctx.settings.public_url)
     return rec["result"]

@@ -4,7 +4,6 @@ polygons and class areas out, each file served only to its owner."""
 from __future__ import annotations
 
 import shutil
-import threading
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -16,7 +15,7 @@ from datamodules.errors import UserError
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
-from ..errors import ApiError, not_found, validation_detail
+from ..errors import MAX_FIELDS, MAX_FILES, ApiError, not_found, validation_detail
 from ..jobs import job_view, write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
@@ -25,7 +24,6 @@ from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
 
 router = APIRouter(prefix="/v1", tags=["predict"])
-_one_at_a_time = threading.Lock()  # synchronous predictions share the CPU one by one
 HINT = "Predictions are listed in their answers; GET /v1/jobs shows asynchronous ones."
 
 FORM_FIELDS = {
@@ -134,7 +132,7 @@ async def predict(
             v,
             req,
             km2,
-            str(request.base_url),
+            ctx.settings.public_url,
         )
     if not ctype.startswith("multipart/form-data"):
         raise ApiError(
@@ -142,7 +140,7 @@ async def predict(
             "send the scene as multipart/form-data (curl -F image=@scene.tif), or an AOI as "
             "application/json",
         )  # fmt: skip
-    form = await request.form(max_files=64, max_fields=32)
+    form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
     try:
         images = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
         if not images:
@@ -166,7 +164,7 @@ async def predict(
         alias_used = None if version is not None else (alias or "champion")
         return await run_in_threadpool(
             _predict_upload, ctx, owner, name, alias_used, registered, v, images, fields, params,
-            outputs, str(request.base_url),
+            outputs, ctx.settings.public_url,
         )  # fmt: skip
     finally:
         await form.close()  # the spooled upload files
@@ -216,7 +214,7 @@ def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base
         )  # fmt: skip
         view = job_view(rec)
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
-    with _one_at_a_time, ctx.predictions.running(pred_id):
+    with ctx.lane.slot(), ctx.predictions.running(pred_id):
         run_prediction(folder, model=ctx.models.get(registered, v))
     return result(folder, base_url)
 
@@ -247,14 +245,13 @@ def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
 @router.get("/predictions/{prediction_id}", responses=ERRORS, summary="A prediction's answer")
 def get_prediction(
     prediction_id: str,
-    request: Request,
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ) -> dict:
     folder = ctx.predictions.folder(prediction_id, owner)
     if folder is None or not (folder / "outputs" / "summary.json").is_file():
         raise not_found("prediction", prediction_id, HINT)
-    return result(folder, str(request.base_url))
+    return result(folder, ctx.settings.public_url)
 
 
 @router.delete(
