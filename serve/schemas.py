@@ -28,6 +28,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# for routes whose success is not JSON (logs, files, tiles): their errors still are
+ERRORS_AS_JSON: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": spec["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+    }
+    for code, spec in ERRORS.items()
+}
+
+
 class FinetuneRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

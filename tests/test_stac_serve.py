@@ -57,7 +57,7 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
         imagery = answer["provenance"]["imagery"]
         assert imagery["url"] == world["api"] and len(imagery["items"]) == 4
         assert sum(h["pixels"] for h in answer["class_histogram"]) == answer["n_pixels"] > 0
-        cog = httpx.get(answer["links"]["classes"], timeout=60)
+        cog = httpx.get(url + answer["links"]["classes"], timeout=60)  # links are relative
         assert cog.status_code == 200
         (home.parent / "aoi-classes.tif").write_bytes(cog.content)
         with rasterio.open(home.parent / "aoi-classes.tif") as src:

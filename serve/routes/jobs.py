@@ -10,7 +10,7 @@ from ..context import Context, get_ctx
 from ..errors import ApiError, not_found
 from ..jobs import FINISHED, clean_log, job_view
 from ..predictions import result as prediction_result
-from ..schemas import ERRORS, FinetuneRequest, JobKindName, JobOut, JobState
+from ..schemas import ERRORS, ERRORS_AS_JSON, FinetuneRequest, JobKindName, JobOut, JobState
 from ..training import check_alias, check_backbone, check_name_free, train_argv
 from .datasets import get_dataset
 
@@ -77,7 +77,7 @@ def get_job(job_id: str, owner: str = Depends(current_owner), ctx: Context = Dep
 
 @router.get(
     "/jobs/{job_id}/logs",
-    tags=["jobs"], response_class=PlainTextResponse, responses=ERRORS,
+    tags=["jobs"], response_class=PlainTextResponse, responses=ERRORS_AS_JSON,
     summary="A job's output (training log, progress bars at their last state)",
 )  # fmt: skip
 def job_logs(
