@@ -2,8 +2,11 @@
 
 Only the source window under the requested output block is read (plus one pixel for
 resampling): GDAL fetches just the COG tiles that window touches, with HTTP range requests. The
-window is then resampled onto the block's grid (nearest when source and output share CRS and
-resolution; bilinear for bands otherwise; always nearest for masks). Every read runs in its
+window is then put onto the block's grid (:func:`resampling_for`): copied unchanged when the
+output is the source's own lattice (same CRS, pixel size and origin modulo the pixel size);
+each source pixel repeated (nearest) when the output divides the source's pixels on the same
+lattice; averaged when it gathers whole source pixels; bilinear when it must reproject. Masks
+are always taken nearest. Every read runs in its
 own ``rasterio.Env`` with GDAL's HTTP timeouts; when the open + read fails (an HTTP error such as
 503, a connection reset, a stall past the timeout) GDAL's cached answer for that file is dropped
 and the whole read is tried again after a growing pause, up to ``retries`` attempts.
@@ -60,6 +63,44 @@ def source_window(src, dst_bounds, dst_crs) -> Window | None:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
+def _lattice_multiple(fine, coarse, tol: float = 1e-6) -> int | None:
+    """``n`` when pixels of ``coarse`` are exactly n x n pixels of ``fine`` on one lattice
+    (no rotation, same origin modulo the fine pixel), else ``None``."""
+    if fine.b or fine.d or coarse.b or coarse.d:
+        return None
+    rf, rc = abs(fine.a), abs(coarse.a)
+    n = round(rc / rf)
+    if n < 1 or abs(rc - n * rf) > tol * rf or abs(abs(fine.e) - rf) > tol * rf:
+        return None
+    if abs(abs(coarse.e) - rc) > tol * rc:
+        return None
+    for off in ((coarse.c - fine.c) / rf, (coarse.f - fine.f) / rf):
+        if abs(off - round(off)) > tol * 1e3:
+            return None
+    return n
+
+
+def resampling_for(src_crs, src_transform, dst_crs, dst_transform, kind: str):
+    """How a source raster is put onto the output grid: (method, what it is, in words)."""
+    rs, rd = abs(src_transform.a), abs(dst_transform.a)
+    if src_crs == dst_crs:
+        up = _lattice_multiple(dst_transform, src_transform)  # source pixels split in n x n
+        if up == 1:
+            return Resampling.nearest, "none (the source grid)"
+        if up:
+            return Resampling.nearest, f"nearest ({rs:g} → {rd:g}, each pixel split {up}x{up})"
+        down = _lattice_multiple(src_transform, dst_transform)
+        if down:
+            if kind == "mask":
+                return Resampling.nearest, f"nearest ({rs:g} → {rd:g})"
+            return Resampling.average, f"average ({rs:g} → {rd:g}, {down}x{down} pixels)"
+        why = f"{rs:g} → {rd:g}, off the source's lattice"
+    else:
+        why = f"{src_crs.to_string()} → {dst_crs.to_string()}"
+    method = Resampling.nearest if kind == "mask" else Resampling.bilinear
+    return method, f"{method.name} ({why})"
+
+
 def read_to_grid(
     access: Access,
     dst_transform,
@@ -69,9 +110,11 @@ def read_to_grid(
     kind: str,
     options: ReadOptions,
     nodata: float | None = None,
+    on_resampling=None,
 ) -> np.ndarray | None:
     """Band 1 of an asset on the output block as float32, NaN where there is no data; ``None``
-    when the asset does not reach the block. ``kind`` is ``"band"`` or ``"mask"``."""
+    when the asset does not reach the block. ``kind`` is ``"band"`` or ``"mask"``;
+    ``on_resampling(text)`` is told how the asset was put onto the grid."""
     env = options.gdal_env() | access.env
     last = None
     for attempt in range(options.retries):
@@ -80,7 +123,7 @@ def read_to_grid(
             _forget(access.href)  # GDAL caches a failed file; ask the server again
         try:
             with rasterio.Env(**env), rasterio.open(access.href) as src:
-                return _read(src, dst_transform, dst_crs, shape, kind, nodata)
+                return _read(src, dst_transform, dst_crs, shape, kind, nodata, on_resampling)
         except rasterio.errors.RasterioIOError as e:
             last = e
     raise AssetReadError(
@@ -99,7 +142,7 @@ def _forget(href: str) -> None:
         pass
 
 
-def _read(src, dst_transform, dst_crs, shape, kind, nodata):
+def _read(src, dst_transform, dst_crs, shape, kind, nodata, on_resampling):
     h, w = shape
     win = source_window(src, rasterio.transform.array_bounds(h, w, dst_transform), dst_crs)
     if win is None:
@@ -108,8 +151,9 @@ def _read(src, dst_transform, dst_crs, shape, kind, nodata):
     src_nodata = src.nodata if src.nodata is not None else nodata
     if src_nodata is not None:
         data[data == np.float32(src_nodata)] = np.nan
-    same = src.crs == dst_crs and math.isclose(src.res[0], abs(dst_transform.a), rel_tol=1e-3)
-    resampling = Resampling.nearest if kind == "mask" or same else Resampling.bilinear
+    resampling, text = resampling_for(src.crs, src.transform, dst_crs, dst_transform, kind)
+    if on_resampling is not None:
+        on_resampling(text)
     out = np.full((h, w), np.nan, dtype=np.float32)
     reproject(
         data,
@@ -125,4 +169,21 @@ def _read(src, dst_transform, dst_crs, shape, kind, nodata):
     return out
 
 
-__all__ = ["AssetReadError", "ReadOptions", "read_to_grid", "source_window"]
+def read_header(access: Access, options: ReadOptions):
+    """The CRS and transform of an asset, from its header (one small read)."""
+    env = options.gdal_env() | access.env
+    try:
+        with rasterio.Env(**env), rasterio.open(access.href) as src:
+            return src.crs, src.transform
+    except rasterio.errors.RasterioIOError as e:
+        raise AssetReadError(f"could not read {redact(access.href)}: {redact(str(e))}") from None
+
+
+__all__ = [
+    "AssetReadError",
+    "ReadOptions",
+    "read_header",
+    "read_to_grid",
+    "resampling_for",
+    "source_window",
+]

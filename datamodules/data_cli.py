@@ -64,6 +64,7 @@ def add(args) -> Dataset:
             split_column=args.split_column,
             labels_after=args.labels_after,
             change_classes=args.change_classes,
+            imagery=getattr(args, "imagery", None),
         )
     for w in caught:
         if issubclass(w.category, UserWarning):

@@ -302,13 +302,15 @@ def ingest(
     labels_after: str | Path | None = None,
     change_classes: str = "binary",
     vector_check=None,
+    imagery: dict | None = None,
 ) -> Dataset:
     """Build a dataset folder from imagery + labels; returns the committed :class:`Dataset`.
 
     ``labels_after`` (change only): class polygons of the second date; ``labels`` then holds
     the first date's, and the change labels are derived from the two (:func:`change_labels`).
     ``vector_check(gdf, path)``, when given, sees every label file's features as soon as they
-    are read (the service bounds their size there).
+    are read (the service bounds their size there). ``imagery``: the provenance of imagery
+    fetched by area and dates (STAC items used), recorded as ``source.imagery``.
     """
     fractions = split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
     dataset_id = dataset_id or check_name(name)
@@ -457,6 +459,8 @@ def ingest(
                 "n_labels_before": gdf.attrs["n_before"], "n_labels_after": gdf.attrs["n_after"],
                 "n_slivers_dropped": gdf.attrs["n_slivers_dropped"],
             }  # fmt: skip
+        if imagery is not None:
+            manifest["source"]["imagery"] = imagery
         if gdf is not None:
             manifest["source"]["n_labels"] = len(gdf)
             manifest["source"]["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))

@@ -8,12 +8,14 @@ of the sensor table (:data:`HARMONIZE`), and mosaics the items of one overpass, 
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, datetime
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from .aoi import AoiError, project
 from .cog_read import ReadOptions, read_to_grid
 from .imagery import Grid
 from .stac import Found, Observation, StacError
@@ -53,9 +55,6 @@ class BlockReader:
     """Reads observations onto blocks of the output grid (optionally clipped to the AOI)."""
 
     def __init__(self, cat, source, bands, grid: Grid, clip_geom, read: ReadOptions):
-        from rasterio.warp import transform_geom
-        from shapely.geometry import mapping, shape
-
         self.cat, self.source, self.bands, self.grid, self.read = cat, source, bands, grid, read
         for spec in source.collections:
             if spec.harmonize and spec.harmonize not in HARMONIZE:
@@ -63,39 +62,40 @@ class BlockReader:
                     f"{spec.collection}: unknown harmonize rule {spec.harmonize!r} in the catalog "
                     f"config; known: {', '.join(HARMONIZE)}"
                 )
-        self.clip = (
-            shape(transform_geom("OGC:CRS84", grid.crs, mapping(clip_geom))) if clip_geom else None
-        )
+        self.clip = project(clip_geom, grid.crs) if clip_geom is not None else None
         self._footprints: dict[str, object] = {}
-        self._shape = shape
-        self._transform_geom = transform_geom
         self.notes: dict[str, list[str]] = {}  # item id → harmonisation applied
+        self.pixels: Counter = Counter()  # item id → output pixels it gave a value
+        self.resampling: dict[str, set[str]] = {}  # band (or "mask") → how it was put on the grid
 
     # geometry ----------------------------------------------------------------------------------
     def _footprint(self, f: Found):
-        from shapely.geometry import box
+        from shapely.geometry import box, shape
 
         key = f.item.id
         if key not in self._footprints:
-            g = f.item.geometry or box(*f.item.bbox).__geo_interface__
-            self._footprints[key] = self._shape(self._transform_geom("OGC:CRS84", self.grid.crs, g))
+            g = shape(f.item.geometry) if f.item.geometry else box(*f.item.bbox)
+            try:
+                self._footprints[key] = project(g, self.grid.crs)
+            except AoiError:  # a footprint the grid's CRS cannot draw: let the reads decide
+                self._footprints[key] = None
         return self._footprints[key]
 
     def aoi_mask(self, win: Window) -> np.ndarray:
+        """Pixels of the window whose centres fall inside the AOI (GDAL's rasterisation rule)."""
         from rasterio.features import geometry_mask
 
         shape = (win.height, win.width)
         if self.clip is None:
             return np.ones(shape, dtype=bool)
         t = rasterio.windows.transform(win, self.grid.transform)
-        return geometry_mask([self.clip], shape, t, all_touched=True, invert=True)
+        return geometry_mask([self.clip], shape, t, all_touched=False, invert=True)
 
     def _touches(self, f: Found, win: Window) -> bool:
         from shapely.geometry import box
 
-        return self._footprint(f).intersects(
-            box(*rasterio.windows.bounds(win, self.grid.transform))
-        )
+        fp = self._footprint(f)
+        return fp is None or fp.intersects(box(*rasterio.windows.bounds(win, self.grid.transform)))
 
     # reading -----------------------------------------------------------------------------------
     def _asset(self, f: Found, key: str, band: str):
@@ -110,10 +110,17 @@ class BlockReader:
     def _get(self, f: Found, key: str, band: str, win: Window, kind: str):
         t = rasterio.windows.transform(win, self.grid.transform)
         nodata = self.source.nodata if kind == "band" else None
+        seen = self.resampling.setdefault(band, set())
         return read_to_grid(
-            self._asset(f, key, band), t, self.grid.crs, (win.height, win.width),
-            kind=kind, options=self.read, nodata=nodata,
-        )  # fmt: skip
+            self._asset(f, key, band),
+            t,
+            self.grid.crs,
+            (win.height, win.width),
+            kind=kind,
+            options=self.read,
+            nodata=nodata,
+            on_resampling=seen.add,
+        )
 
     def _clear_views(self, pool, tasks, win) -> list[np.ndarray | None]:
         """Per (observation index, item): where its quality mask shows a clear view."""
@@ -141,7 +148,7 @@ class BlockReader:
             return out
         reads = [(t, b) for t, _c in keep for b in self.bands]
         arrays = iter(pool.map(lambda r: self._band(r[0][1], r[1], win), reads))
-        for (i, _f), c in keep:
+        for (i, f), c in keep:
             data = np.stack([next(arrays) for _ in self.bands])
             c = c & np.all(np.isfinite(data), axis=0)
             prev, taken = out[i]
@@ -149,6 +156,7 @@ class BlockReader:
                 prev = np.full((len(self.bands), h, w), np.nan, dtype=np.float32)
             new = c & ~taken  # mosaic: the clearest item of the overpass first
             prev[:, new] = data[:, new]
+            self.pixels[f.item.id] += int(new.sum())
             out[i] = (prev, taken | new)
         return out
 

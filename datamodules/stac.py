@@ -29,7 +29,7 @@ from .stac_access import Public
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "conf" / "stac"
 DEFAULT_CATALOG = "earth_search"
 DEFAULT_MAX_CLOUD = 40.0  # % scene cloud cover (pixels are masked too)
-DEFAULT_MAX_ITEMS = 24  # the clearest scenes kept for a composite
+DEFAULT_MAX_ITEMS = 24  # the clearest scenes kept for a composite (per period with frames > 1)
 DEFAULT_MAX_AOI_KM2 = 10_000.0
 
 
@@ -191,8 +191,26 @@ class Found:
 
     @property
     def cloud(self) -> float | None:
+        """The scene's cloud cover (%), ``None`` when the item does not state it."""
         v = self.item.properties.get("eo:cloud_cover")
         return None if v is None else float(v)
+
+    @property
+    def href(self) -> str | None:
+        """Where the item's JSON is: its ``self`` link (an API URL or the static file)."""
+        return self.item.get_self_href()
+
+    def record(self, **extra) -> dict:
+        """The item as the provenance lists it."""
+        return {
+            "id": self.item.id,
+            "collection": self.spec.collection,
+            "datetime": self.when.isoformat().replace("+00:00", "Z"),
+            "href": self.href,
+            "cloud_cover": "unknown" if self.cloud is None else self.cloud,
+            "platform": self.item.properties.get("platform"),
+            **extra,
+        }
 
 
 def item_datetime(item) -> datetime:
@@ -210,11 +228,11 @@ def search_items(
     end: date,
     *,
     max_cloud: float | None,
-    max_items: int,
     timeout: float = 30.0,
-) -> tuple[list[Found], int]:
+) -> list[Found]:
     """Items over the AOI between ``start`` and ``end`` (inclusive) with cloud cover at most
-    ``max_cloud``: the ``max_items`` clearest (then earliest). Also returns how many matched."""
+    ``max_cloud``, clearest first (items that do not state their cover after those that do: their
+    pixels are masked like any other's), then earliest."""
     found: list[Found] = []
     for spec in source.collections:
         if catalog.is_static:
@@ -227,13 +245,30 @@ def search_items(
                 continue  # APIs differ on inclusive ends and time zones: one rule here
             if spec.platforms and it.properties.get("platform") not in spec.platforms:
                 continue
-            if max_cloud is not None and spec.cloud_cover:
-                if f.cloud is None or f.cloud > max_cloud:
-                    continue
+            if max_cloud is not None and f.cloud is not None and f.cloud > max_cloud:
+                continue
             found.append(f)
-    n = len(found)
-    found.sort(key=lambda f: (f.cloud if f.cloud is not None else 0.0, f.when, f.item.id))
-    return found[:max_items], n
+    found.sort(key=lambda f: (f.cloud is None, f.cloud or 0.0, f.when, f.item.id))
+    return found
+
+
+def choose(
+    found: list[Found], spans: list[tuple[date, date]], max_items: int
+) -> tuple[list[list[Found]], list[Found]]:
+    """Per period, its ``max_items`` clearest items (``found`` is clearest first); and the items
+    left out by that cap."""
+    chosen: list[list[Found]] = [[] for _ in spans]
+    left = []
+    for f in found:
+        d = f.when.date()
+        k = next((i for i, (a, b) in enumerate(spans) if a <= d <= b), None)
+        if k is None:
+            continue
+        if len(chosen[k]) < max_items:
+            chosen[k].append(f)
+        else:
+            left.append(f)
+    return chosen, left
 
 
 def _api_search(catalog, spec, aoi, start, end, max_cloud, timeout):
@@ -244,9 +279,11 @@ def _api_search(catalog, spec, aoi, start, end, max_cloud, timeout):
     from urllib3.util.retry import Retry
 
     retry = Retry(
-        total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+        total=3,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=None,
-    )  # fmt: skip
+    )
     try:
         client = pystac_client.Client.open(
             catalog.url, stac_io=StacApiIO(timeout=timeout, max_retries=retry)
@@ -257,14 +294,19 @@ def _api_search(catalog, spec, aoi, start, end, max_cloud, timeout):
             datetime=f"{start.isoformat()}/{end.isoformat()}",
             max_items=2000,
         )
-        if max_cloud is not None and spec.cloud_cover:
+        if max_cloud is not None and max_cloud < 100 and spec.cloud_cover:
+            # items that do not state their cover are kept; the query extension cannot say
+            # "or unknown", so without CQL2 the cover is filtered here, not by the server
             if client.conforms_to(ConformanceClasses.FILTER):
+                cover = {"property": "eo:cloud_cover"}
                 kwargs["filter"] = {
-                    "op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]
-                }  # fmt: skip
+                    "op": "or",
+                    "args": [
+                        {"op": "<=", "args": [cover, max_cloud]},
+                        {"op": "isNull", "args": [cover]},
+                    ],
+                }
                 kwargs["filter_lang"] = "cql2-json"
-            elif client.conforms_to(ConformanceClasses.QUERY):
-                kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
         return list(client.search(**kwargs).items())
     except Exception as e:  # requests / pystac-client errors: connection, HTTP status, JSON
         raise StacError(
@@ -303,8 +345,13 @@ class Observation:
     found: list[Found]
 
     @property
+    def when(self) -> datetime:
+        """The acquisition time: the earliest of its items' (the overpass reaching the area)."""
+        return min(f.when for f in self.found)
+
+    @property
     def date(self) -> date:
-        return self.found[0].when.date()
+        return self.when.date()
 
 
 def observations(found: list[Found]) -> list[Observation]:
@@ -333,6 +380,7 @@ __all__ = [
     "Observation",
     "SensorSource",
     "StacError",
+    "choose",
     "load_catalog",
     "observations",
     "periods",

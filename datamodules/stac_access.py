@@ -12,6 +12,11 @@ Public catalogs differ in how their files are read:
 A hook is chosen per catalog (or per collection) in ``conf/stac/*.yaml`` and is called only when
 an asset is about to be read: nothing here touches the network at import or construction.
 Credentials come from the environment or the usual files, never from the config.
+
+Access rules belong to the href, not to the catalog: each hook asks for credentials only for the
+hrefs it governs (the requester-pays buckets, the Planetary Computer's blob hosts, the Earthdata
+hosts). A mirror or a static catalog whose hrefs are local paths or other public URLs is read
+without credentials whatever preset it is used with.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ def gdal_path(href: str) -> str:
     return href
 
 
+def on_hosts(href: str, hosts: tuple[str, ...]) -> bool:
+    """Is ``href`` an http(s) URL on one of ``hosts`` (``.example.com``: any subdomain)?"""
+    if not href.startswith(("http://", "https://")):
+        return False
+    host = urlsplit(href).hostname or ""
+    return any(host == h or (h.startswith(".") and host.endswith(h)) for h in hosts)
+
+
 def redact(href: str) -> str:
     """An href without its query string (SAS tokens and signatures stay out of messages)."""
     return href.split("?", 1)[0]
@@ -62,13 +75,20 @@ class Public:
 
 
 class RequesterPays:
-    """Files in a requester-pays S3 bucket; AWS credentials come from the environment
-    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, or ``AWS_PROFILE`` / ``~/.aws``)."""
+    """``s3://`` files in the requester-pays ``buckets``; AWS credentials come from the
+    environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, or ``AWS_PROFILE`` /
+    ``~/.aws``). Any other href (a local path, https, another bucket) is read as public."""
 
-    def __init__(self, region: str = "us-west-2"):
+    def __init__(
+        self, region: str = "us-west-2", buckets: tuple[str, ...] | list[str] = ("usgs-landsat",)
+    ):
         self.region = region
+        self.buckets = tuple(buckets)
 
     def __call__(self, href: str, collection: str) -> Access:
+        bucket = href[len("s3://") :].split("/", 1)[0] if href.startswith("s3://") else None
+        if bucket not in self.buckets:
+            return Public()(href, collection)
         has_keys = bool(os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"))
         aws_dir = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
         if not (has_keys or aws_dir.expanduser().is_file()):
@@ -102,9 +122,8 @@ class PlanetaryComputer:
         self._lock = threading.Lock()
 
     def __call__(self, href: str, collection: str) -> Access:
-        host = urlsplit(href).hostname or ""
-        if not any(host == h or (h.startswith(".") and host.endswith(h)) for h in self.hosts):
-            return Access(gdal_path(href))
+        if not on_hosts(href, self.hosts):
+            return Public()(href, collection)
         token = self.token(collection)
         return Access(f"{href}{'&' if '?' in href else '?'}{token}")
 
@@ -143,21 +162,26 @@ class PlanetaryComputer:
 
 
 class EarthdataLogin:
-    """NASA Earthdata Cloud files (LP DAAC's HLS): a bearer token from ``EARTHDATA_TOKEN``
-    (urs.earthdata.nasa.gov → Generate Token), sent by GDAL as an ``Authorization`` header; or a
-    ``~/.netrc`` entry for the login host, which GDAL follows through the login redirect."""
+    """NASA Earthdata Cloud files (LP DAAC's HLS) on the given ``hosts``: a bearer token from
+    ``EARTHDATA_TOKEN`` (urs.earthdata.nasa.gov → Generate Token), sent by GDAL as an
+    ``Authorization`` header; or a ``~/.netrc`` entry for the login host, which GDAL follows
+    through the login redirect. Hrefs on other hosts and local paths are read as public."""
 
     def __init__(
         self,
         token_env: str = "EARTHDATA_TOKEN",
         login_host: str = "urs.earthdata.nasa.gov",
         cookie_file: str = "~/.geotune/earthdata-cookies.txt",
+        hosts: tuple[str, ...] | list[str] = (".earthdatacloud.nasa.gov", ".earthdata.nasa.gov"),
     ):
         self.token_env = token_env
         self.login_host = login_host
         self.cookie_file = cookie_file
+        self.hosts = tuple(hosts)
 
     def __call__(self, href: str, collection: str) -> Access:
+        if not on_hosts(href, self.hosts):
+            return Public()(href, collection)
         token = os.environ.get(self.token_env)
         if token:
             return Access(gdal_path(href), {"GDAL_HTTP_HEADERS": f"Authorization: Bearer {token}"})
@@ -191,5 +215,6 @@ __all__ = [
     "Public",
     "RequesterPays",
     "gdal_path",
+    "on_hosts",
     "redact",
 ]

@@ -7,7 +7,9 @@ predictor / ingestion unchanged. Imports stay light: the composite code loads wh
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -45,15 +47,23 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
         "--max-cloud", type=float, default=DEFAULT_MAX_CLOUD, help="scene cloud cover limit (%%)"
     )
     g.add_argument(
-        "--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="use at most this many scenes"
+        "--max-items",
+        type=int,
+        default=DEFAULT_MAX_ITEMS,
+        help="use at most this many scenes (the clearest) per period",
     )
-    g.add_argument("--crs", default=None, help="output CRS; unset: the AOI's UTM zone")
+    g.add_argument(
+        "--crs",
+        default=None,
+        help="output CRS, projected (e.g. EPSG:32633, EPSG:3857); unset: the imagery's own CRS",
+    )
     if not aoi:
         g.add_argument(
             "--resolution",
             type=float,
             default=None,
-            help="pixel size in m; unset: the finest band's",
+            help="pixel size in metres on the ground (converted to the CRS's units at the area's "
+            "centre where the CRS is not true to scale there); unset: the finest band's",
         )
         g.add_argument(
             "--frames",
@@ -95,15 +105,26 @@ def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, **kw):
         )
     else:
         result = composite_for_aoi(aoi, args.start, args.end, sensor, out, **common, **kw)
-    sensor = result.sensor
     p = result.provenance
+    frames = p["frames"]
+    usable = (
+        f"{p['clear_fraction']:.0%} of the area clear"
+        if frames == 1
+        else f"{p['usable_fraction']:.0%} of the area clear in all {frames} frames (usable by the "
+        f"model; {p['clear_fraction']:.0%} in at least one)"
+    )
     print(
-        f"imagery: {len(p['items'])} {sensor} scene(s) from {p['catalog']} "
+        f"imagery: {len(p['items'])} {result.sensor} scene(s) from {p['catalog']} "
         f"({p['start']}..{p['end']}, {p['method']}), {p['shape'][1]}x{p['shape'][0]} px at "
-        f"{p['resolution'][0]:g} m in {p['crs']}, {p['clear_fraction']:.0%} of the area clear "
-        f"→ {out}",
+        f"{p['grid']['resolution_m']:g} m in {p['crs']}, {usable} → {out}",
         file=sys.stderr,
     )
+    if p["bands_left_out"]:
+        print(
+            f"note: the items have no {', '.join(p['bands_left_out'])}; the imagery has "
+            f"{', '.join(p['bands'])}",
+            file=sys.stderr,
+        )
     return result
 
 
@@ -143,22 +164,30 @@ def imagery_for_predict(args, record: dict) -> tuple[list[str], dict | None]:
     return [str(p) for p in result.images], {"imagery": result.provenance}
 
 
-def imagery_for_labels(args) -> None:
-    """``geotune data add`` without ``--image``: fetch a composite for the labels' extent (plus a
-    margin) and put its file(s) in ``args.image``. Does nothing when ``--image`` is given."""
+@contextmanager
+def imagery_for_labels(args):
+    """``geotune data add`` without ``--image``: check everything that can be checked without
+    imagery (:func:`datamodules.stac_labels.check_dataset`), fetch a composite for the labels'
+    extent (plus a margin), put its file(s) in ``args.image`` and its provenance in
+    ``args.imagery``, and run the body (the ingestion). When the body fails the fetched imagery is
+    removed. Does nothing when ``--image`` is given."""
     if args.image:
         if _dates_given(args):
             raise UserError(
                 "--start/--end fetch imagery for the labels' extent; drop them when you give --image"
             )
+        yield
         return
     if not _dates_given(args):
         raise UserError(
             "give the imagery (--image scene.tif), or fetch it for the labels' extent with "
             "--start YYYY-MM-DD --end YYYY-MM-DD --sensor ID"
         )
+    from .stac_labels import check_dataset, report_unusable_labels
+
     _need_dates(args, args.sensor)
-    extent = labels_extent(Path(args.labels))
+    frames = args.frames or (2 if args.task == "change" else 1)
+    labels = check_dataset(args, frames)
     if args.imagery_dir:
         out = Path(args.imagery_dir)
     else:
@@ -167,42 +196,31 @@ def imagery_for_labels(args) -> None:
 
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = home() / "imagery" / f"{slugify(args.name)}-{stamp}"
+    made = not out.exists()
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
-    frames = args.frames or (2 if args.task == "change" else 1)
     result = _fetch(
-        args, extent, out, sensor=args.sensor, bands=bands, frames=frames,
-        resolution=args.resolution, clip=False, margin_px=MARGIN_PX,
-    )  # fmt: skip
-    args.image = [str(p) for p in result.images]
-
-
-def labels_extent(path: Path):
-    """The labels' bounding box as a CRS84 polygon (vector labels or a mask raster)."""
-    from shapely.geometry import box
-
-    from .labels import RASTER_SUFFIXES
-
-    if not path.is_file():
-        raise UserError(f"labels file {path} does not exist")
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        import rasterio
-        from rasterio.warp import transform_bounds
-
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise UserError(f"{path.name} has no CRS; its extent cannot be located")
-            return box(*transform_bounds(src.crs, "OGC:CRS84", *src.bounds))
-    import geopandas as gpd
-
+        args,
+        labels.extent,
+        out,
+        sensor=args.sensor,
+        bands=bands,
+        frames=frames,
+        resolution=args.resolution,
+        clip=False,
+        margin_px=MARGIN_PX,
+    )
     try:
-        gdf = gpd.read_file(path)
-    except Exception as e:
-        raise UserError(f"cannot read the labels {path}: {e}") from None
-    if gdf.crs is None:
-        raise UserError(f"{path.name} has no CRS; its extent cannot be located")
-    if gdf.empty:
-        raise UserError(f"{path.name} holds no labels")
-    return box(*gdf.to_crs("OGC:CRS84").total_bounds)
+        report_unusable_labels(labels, result)
+        args.image = [str(p) for p in result.images]
+        args.imagery = result.provenance
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for p in [*result.images, result.count, result.provenance_path]:
+                Path(p).unlink(missing_ok=True)
+        raise
 
 
-__all__ = ["add_arguments", "imagery_for_labels", "imagery_for_predict", "labels_extent"]
+__all__ = ["add_arguments", "imagery_for_labels", "imagery_for_predict"]

@@ -130,7 +130,10 @@ class PredictParams(BaseModel):
 
 
 class AoiPredictRequest(PredictParams):
-    aoi: dict[str, Any] = Field(description="GeoJSON geometry or Feature, in CRS84 (lon, lat)")
+    aoi: dict[str, Any] = Field(
+        description="GeoJSON Polygon/MultiPolygon geometry, Feature or FeatureCollection, in CRS84 "
+        "(lon, lat); cut at ±180° when it crosses the antimeridian"
+    )
     start_date: date
     end_date: date
     sensor: str = Field(description="sensor id, e.g. sentinel-2-l2a")

@@ -167,9 +167,10 @@ def test_classification_learns_logs_metrics_figures_and_predicts_from_the_regist
     assert summary["n_pixels"] == 256 * 256
     for row in summary["class_histogram"]:
         assert row["chips"] == (cls == row["id"]).sum() and row["pixels"] == row["chips"] * 32 * 32
-        assert row["area_m2"] == pytest.approx(row["pixels"] * 100.0)
+        assert row["area_m2"] == pytest.approx(row["pixels"] * 100.0, rel=2e-3)  # on the ellipsoid
     fc = json.loads((out / "polygons.geojson").read_text())
-    assert sum(f["properties"]["area_m2"] for f in fc["features"]) == pytest.approx(256 * 256 * 100)
+    total = sum(f["properties"]["area_m2"] for f in fc["features"])
+    assert total == pytest.approx(256 * 256 * 100, rel=2e-3)
 
 
 def test_multi_label_classification_with_a_vit(home, tmp_path):

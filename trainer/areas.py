@@ -1,4 +1,9 @@
-"""Pixel areas in m² (geodesic on the ellipsoid when the CRS is geographic) and class histograms."""
+"""Pixel and polygon areas in m² on the WGS84 ellipsoid, whatever the CRS, and class histograms.
+
+In a geographic CRS a pixel's area is exact (the ellipsoid's zone formula). In a projected CRS a
+map area is divided by the projection's areal scale there (pyproj's ``get_factors``): Web
+Mercator's 35% excess at 30° N goes, and UTM's ±0.1% too.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ def _zone(phi: np.ndarray, e: float) -> np.ndarray:
 
 
 def pixel_area_rows(grid) -> np.ndarray:
-    """Area in m² of one pixel on each row of ``grid`` (constant for projected CRSs)."""
+    """Area in m² on the ellipsoid of one pixel on each row of ``grid`` (in a projected CRS,
+    averaged along the row)."""
     crs = grid.crs
     t = grid.transform
     if crs.is_geographic:
@@ -28,12 +34,29 @@ def pixel_area_rows(grid) -> np.ndarray:
         dlon = math.radians(abs(t.a))
         return np.abs(_zone(np.radians(bottom), e) - _zone(np.radians(top), e)) * b * b / 2 * dlon
     unit = crs.linear_units_factor[1] if crs.is_projected else 1.0
-    return np.full(grid.height, abs(t.a * t.e) * unit * unit)
+    cols = np.linspace(0.5, grid.width - 0.5, min(grid.width, 9))
+    rows = np.arange(grid.height) + 0.5
+    xs = t.a * cols[None, :] + t.b * rows[:, None] + t.c  # [height, cols] pixel centres
+    ys = t.d * cols[None, :] + t.e * rows[:, None] + t.f
+    scale = areal_scale(crs, xs, ys)
+    return abs(t.a * t.e) * unit * unit * (1.0 / scale).mean(axis=1)
+
+
+def areal_scale(crs, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Map area per ground area of a projected ``crs`` at points (x, y) in its units."""
+    from pyproj import CRS, Proj, Transformer
+
+    pcrs = CRS.from_user_input(crs.to_wkt())
+    lon, lat = Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True).transform(x, y)
+    scale = np.asarray(Proj(pcrs).get_factors(lon, lat).areal_scale, dtype=float)
+    if not np.isfinite(scale).all() or (scale <= 0).any():
+        raise ValueError(f"{crs} has no areal scale at some pixels (outside its area of use)")
+    return scale
 
 
 def geometry_areas_m2(geoms: np.ndarray, crs) -> np.ndarray:
-    """Areas in m² of an array of shapely geometries in ``crs`` (geodesic on WGS84 for
-    geographic CRSs)."""
+    """Areas in m² of an array of shapely geometries in ``crs``: geodesic on WGS84 for
+    geographic CRSs; else the map area over the areal scale at each geometry's inside point."""
     if crs.is_geographic:
         from pyproj import Geod
 
@@ -42,7 +65,12 @@ def geometry_areas_m2(geoms: np.ndarray, crs) -> np.ndarray:
     import shapely
 
     unit = crs.linear_units_factor[1] if crs.is_projected else 1.0
-    return shapely.area(geoms) * unit * unit
+    area = shapely.area(geoms) * unit * unit
+    live = ~shapely.is_empty(geoms)
+    if crs.is_projected and live.any():
+        xy = shapely.get_coordinates(shapely.point_on_surface(geoms[live]))
+        area[live] = area[live] / areal_scale(crs, xy[:, 0], xy[:, 1])
+    return area
 
 
 def class_histogram(classes: list[dict], counts: np.ndarray, area_m2: np.ndarray) -> list[dict]:

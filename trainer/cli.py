@@ -36,7 +36,8 @@ def cmd_data(args) -> int:
     if args.data_cmd == "add":  # without --image: imagery by the labels' extent and dates (STAC)
         from datamodules.stac_cli import imagery_for_labels
 
-        imagery_for_labels(args)
+        with imagery_for_labels(args):  # fetched imagery is removed if the ingestion fails
+            return run(args)
     return run(args)
 
 

@@ -62,40 +62,19 @@ def _validate(model, data: dict):
 
 
 def check_aoi(req: AoiPredictRequest, max_km2: float) -> float:
-    """The AOI's geodesic area in km²; 422 for a bad geometry, dates or an area over the limit."""
-    from pyproj import Geod
-    from shapely.geometry import shape
+    """The AOI's area on the ellipsoid in km²; 422 for a bad geometry (the same rules as
+    ``--aoi``: a geometry, Feature or FeatureCollection of polygons in CRS84), dates, or an area
+    over the limit."""
+    from datamodules.aoi import AoiError, AoiTooLargeError, check_area, parse_aoi
 
-    geom = req.aoi.get("geometry") if req.aoi.get("type") == "Feature" else req.aoi
-    try:
-        g = shape(geom)
-    except Exception:
-        raise ApiError(
-            422, "invalid_request",
-            "aoi must be a GeoJSON Polygon or MultiPolygon (or a Feature holding one) in CRS84",
-        ) from None  # fmt: skip
-    if g.geom_type not in ("Polygon", "MultiPolygon") or g.is_empty or not g.is_valid:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"aoi must be a valid, non-empty Polygon or MultiPolygon (got {g.geom_type})",
-        )
-    x0, y0, x1, y1 = g.bounds
-    if x0 < -180 or x1 > 180 or y0 < -90 or y1 > 90:
-        raise ApiError(
-            422, "invalid_request", "aoi coordinates must be longitude, latitude (CRS84, RFC 7946)"
-        )
     if req.start_date > req.end_date:
         raise ApiError(422, "invalid_request", "start_date is after end_date")
-    km2 = abs(Geod(ellps="WGS84").geometry_area_perimeter(g)[0]) / 1e6
-    if km2 > max_km2:
-        raise ApiError(
-            422, "aoi_too_large",
-            f"the AOI covers {km2:,.1f} km²; this server predicts at most {max_km2:,.0f} km² per "
-            "request. Split the area into smaller AOIs.",
-            limit_km2=max_km2,
-        )  # fmt: skip
-    return km2
+    try:
+        return check_area(parse_aoi(req.aoi), max_km2, fix=" (this server's limit per request)")
+    except AoiTooLargeError as e:
+        raise ApiError(422, "aoi_too_large", str(e), limit_km2=max_km2) from None
+    except AoiError as e:
+        raise ApiError(422, "invalid_request", f"aoi: {e}") from None
 
 
 @router.post(
@@ -222,8 +201,10 @@ def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base
 def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
     """Imagery for the AOI and dates from the STAC catalogue (datamodules.composite), then the
     same predictor; large areas (pixels at the model's resolution) run as a job."""
+    from datamodules.aoi import extent_km2, parse_aoi
+
     res = float(ctx.models.get(registered, v).record["resolution"][0])
-    pixels = int(km2 * 1e6 / (res * res))
+    pixels = int(max(km2, extent_km2(parse_aoi(req.aoi))) * 1e6 / (res * res))  # the grid's
     pred_id, folder = ctx.predictions.new()
     write_json(folder / "request.json", {
         "owner": owner, "model": name, "alias": alias, "registered_name": registered, "version": v,
