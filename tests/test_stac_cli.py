@@ -36,18 +36,39 @@ def world(tmp_path_factory):
     with serve(assets.app()) as base:
         items = write_items(tmp, base)
         with serve(stac_api_app(tmp, items)) as api:
-            yield {"dir": tmp, "home": home, "labels": labels, "api": api, "assets": assets,
-                   "static": static_catalog(tmp, items)}  # fmt: skip
+            yield {
+                "dir": tmp,
+                "home": home,
+                "labels": labels,
+                "api": api,
+                "assets": assets,
+                "static": static_catalog(tmp, items),
+            }
 
 
 def test_data_add_fetches_imagery_for_the_labels(world):
     p = geotune(
-        ["data", "add", "--name", "stacds", "--labels", str(world["labels"]),
-         "--class-column", "class_name", "--sensor", "sentinel-2-l2a",
-         "--bands", "blue,green,red,nir08", *DATES, "--catalog-url", str(world["static"]),
-         "--block-size", "32"],
+        [
+            "data",
+            "add",
+            "--name",
+            "stacds",
+            "--labels",
+            str(world["labels"]),
+            "--class-column",
+            "class_name",
+            "--sensor",
+            "sentinel-2-l2a",
+            "--bands",
+            "blue,green,red,nir08",
+            *DATES,
+            "--catalog-url",
+            str(world["static"]),
+            "--block-size",
+            "32",
+        ],
         world["home"],
-    )  # fmt: skip
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "imagery: 4 sentinel-2-l2a scene(s) from earth_search" in p.stderr
     m = json.loads((world["home"] / "datasets" / "stacds" / "dataset.json").read_text())
@@ -57,21 +78,79 @@ def test_data_add_fetches_imagery_for_the_labels(world):
     assert sum(c["pixels"] for c in m["classes"]) > 1000
     imagery = list((world["home"] / "imagery").glob("stacds-*/provenance.json"))
     assert len(imagery) == 1 and json.loads(imagery[0].read_text())["method"] == "median"
+    # the dataset record traces its pixels to the exact scenes: the item JSONs
+    used = m["source"]["imagery"]["items"]
+    assert len(used) == 4 and all(json.loads(open(i["href"]).read())["id"] == i["id"] for i in used)
+    assert m["source"]["imagery"]["labels"]["pixels_unusable"] == 0
+
+
+def test_data_add_checks_before_fetching_and_leaves_nothing_on_failure(world):
+    home = world["home"]
+    before = sorted((home / "imagery").iterdir()) if (home / "imagery").exists() else []
+    base = [
+        "data",
+        "add",
+        "--labels",
+        str(world["labels"]),
+        "--sensor",
+        "sentinel-2-l2a",
+        *DATES,
+        "--catalog-url",
+        str(world["static"]),
+    ]
+    # a wrong class column: refused before any imagery is fetched
+    p = geotune([*base, "--name", "early", "--class-column", "crop"], home)
+    assert p.returncode == 2 and "no column 'crop'" in p.stderr, p.stderr[-2000:]
+    assert "imagery:" not in p.stderr and "Traceback" not in p.stderr
+    # a split that cannot be made is known only once the pixels are: the imagery goes again
+    p = geotune(
+        [
+            *base,
+            "--name",
+            "late",
+            "--class-column",
+            "class_name",
+            "--bands",
+            "blue,green,red",
+            "--min-class-pixels",
+            "100000000",
+        ],
+        home,
+    )
+    assert p.returncode == 2 and "too few" in p.stderr, p.stderr[-2000:]
+    assert "imagery:" in p.stderr and "Traceback" not in p.stderr
+    after = sorted((home / "imagery").iterdir()) if (home / "imagery").exists() else []
+    assert after == before
+    assert not (home / "datasets" / "early").exists() and not (home / "datasets" / "late").exists()
 
 
 def test_data_add_refuses_a_large_area_and_half_given_options(world, tmp_path):
     p = geotune(
-        ["data", "add", "--name", "big", "--labels", str(world["labels"]),
-         "--class-column", "class_name", "--sensor", "sentinel-2-l2a", *DATES,
-         "--catalog-url", str(world["static"]), "--max-aoi-km2", "1"],
+        [
+            "data",
+            "add",
+            "--name",
+            "big",
+            "--labels",
+            str(world["labels"]),
+            "--class-column",
+            "class_name",
+            "--sensor",
+            "sentinel-2-l2a",
+            *DATES,
+            "--catalog-url",
+            str(world["static"]),
+            "--max-aoi-km2",
+            "1",
+        ],
         world["home"],
-    )  # fmt: skip
+    )
     assert p.returncode == 2 and "more than the limit of 1 km²" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     p = geotune(
         ["data", "add", "--name", "x", "--labels", str(world["labels"]), "--start", "2021-01-01"],
         world["home"],
-    )  # fmt: skip
+    )
     assert p.returncode == 2 and "also needs --end, --sensor" in p.stderr, p.stderr[-2000:]
     assert not (world["home"] / "datasets" / "big").exists()
 
@@ -86,17 +165,40 @@ def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if not (home / "datasets" / "stacds").exists():
         test_data_add_fetches_imagery_for_the_labels(world)
-    train(compose("train", [
-        "data.dataset=stacds", "backbone.size=tiny", "backbone.weights=random",
-        "data.patch_size=64", "data.num_workers=0", "data.chips_per_epoch=16",
-        "trainer.max_epochs=1", "register.name=stac", "register.alias=champion",
-    ]))  # fmt: skip
+    train(
+        compose(
+            "train",
+            [
+                "data.dataset=stacds",
+                "backbone.size=tiny",
+                "backbone.weights=random",
+                "data.patch_size=64",
+                "data.num_workers=0",
+                "data.chips_per_epoch=16",
+                "trainer.max_epochs=1",
+                "register.name=stac",
+                "register.alias=champion",
+            ],
+        )
+    )
     area = tmp_path / "aoi.geojson"
     area.write_text(json.dumps(aoi()))
     out = tmp_path / "pred"
     # the command's own code path (trainer.cli), in this process: the servers are its threads
-    code = main(["predict", "--model", "stac@champion", "--aoi", str(area), *DATES,
-                 "--catalog-url", world["api"], "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            "--model",
+            "stac@champion",
+            "--aoi",
+            str(area),
+            *DATES,
+            "--catalog-url",
+            world["api"],
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     imagery = summary["provenance"]["imagery"]
@@ -107,5 +209,55 @@ def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatc
     assert summary["n_pixels"] == clear  # every clear AOI pixel, nothing outside the AOI
     with rasterio.open(out / "classes.tif") as src:
         assert src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0)
+    # the class areas add up to the AOI's area on the ellipsoid (pixel centres inside it)
+    total = sum(h["area_m2"] for h in summary["class_histogram"])
+    assert total == pytest.approx(geodesic_m2(aoi()), rel=1e-3)
     assert main(["predict", "--model", "stac@champion", "--out", str(out)]) == 2
     assert "--aoi aoi.geojson --start" in capsys.readouterr().err
+    # Web Mercator: 10 m on the ground (12.68 Mercator units at 37.9° N), areas still right
+    merc = tmp_path / "merc"
+    code = main(
+        [
+            "predict",
+            "--model",
+            "stac@champion",
+            "--aoi",
+            str(area),
+            *DATES,
+            "--catalog-url",
+            world["api"],
+            "--out",
+            str(merc),
+            "--crs",
+            "EPSG:3857",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err[-3000:]
+    s3857 = json.loads((merc / "summary.json").read_text())
+    assert s3857["provenance"]["imagery"]["grid"]["pixel_size"] == pytest.approx(12.68, abs=0.01)
+    total = sum(h["area_m2"] for h in s3857["class_histogram"])
+    assert total == pytest.approx(geodesic_m2(aoi()), rel=0.01)
+    code = main(
+        [
+            "predict",
+            "--model",
+            "stac@champion",
+            "--aoi",
+            str(area),
+            *DATES,
+            "--catalog-url",
+            world["api"],
+            "--out",
+            str(tmp_path / "geo"),
+            "--crs",
+            "EPSG:4326",
+        ]
+    )
+    assert code == 2 and "EPSG:4326 is a geographic CRS" in capsys.readouterr().err
+
+
+def geodesic_m2(feature) -> float:
+    from pyproj import Geod
+    from shapely.geometry import shape
+
+    return abs(Geod(ellps="WGS84").geometry_area_perimeter(shape(feature["geometry"]))[0])

@@ -23,11 +23,22 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if not (home / "datasets" / "stacds").exists():
         make_dataset(world)
-    train(compose("train", [
-        "data.dataset=stacds", "backbone.size=tiny", "backbone.weights=random", "data.patch_size=64",
-        "data.num_workers=0", "data.chips_per_epoch=16", "trainer.max_epochs=1",
-        "register.name=stachttp", "register.alias=champion",
-    ]))  # fmt: skip
+    train(
+        compose(
+            "train",
+            [
+                "data.dataset=stacds",
+                "backbone.size=tiny",
+                "backbone.weights=random",
+                "data.patch_size=64",
+                "data.num_workers=0",
+                "data.chips_per_epoch=16",
+                "trainer.max_epochs=1",
+                "register.name=stachttp",
+                "register.alias=champion",
+            ],
+        )
+    )
     port = free_port()
     env = env_with_home(home) | {"GEOTUNE_STAC_URL": world["api"]}
     log = open(home.parent / "serve-aoi.log", "wb")
@@ -46,7 +57,7 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
             except httpx.TransportError:
                 time.sleep(0.3)
         body = {
-            "aoi": aoi(),
+            "aoi": {"type": "FeatureCollection", "features": [aoi()]},  # as --aoi takes it
             "start_date": DATES[1],
             "end_date": DATES[3],
             "sensor": "sentinel-2-l2a",
@@ -62,10 +73,33 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
         (home.parent / "aoi-classes.tif").write_bytes(cog.content)
         with rasterio.open(home.parent / "aoi-classes.tif") as src:
             assert src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0)
-        # an AOI over the limit is refused before any imagery is read
-        huge = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}
-        r = httpx.post(f"{url}/v1/models/stachttp/predict", json=body | {"aoi": huge}, timeout=60)
-        assert r.status_code == 422 and r.json()["error"] == "aoi_too_large"
+
+        # an AOI over the limit is refused before any imagery is read, whatever its shape
+        def box(x0, y0, x1, y1):
+            return {
+                "type": "Polygon",
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+            }
+
+        hostile = [
+            (box(0, 0, 10, 10), "aoi_too_large", "1,2"),  # 1.2 million km²
+            (box(-180, -90, 180, 90), "aoi_too_large", "510,065,62"),  # the world (was 0 km²)
+            (box(-180, 0, 180, 80), "aoi_too_large", "251,1"),  # 0-80° N (was 0 km²)
+            (box(170, 0, -170, 10), "aoi_too_large", "cut it at ±180°"),  # antimeridian, uncut
+            (
+                {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]},
+                "invalid_request",
+                "Self-intersection",
+            ),
+            ({"type": "FeatureCollection", "features": []}, "invalid_request", "no features"),
+            ({"type": "Point", "coordinates": [15, 38]}, "invalid_request", "got Point"),
+        ]
+        for geom, error, words in hostile:
+            r = httpx.post(
+                f"{url}/v1/models/stachttp/predict", json=body | {"aoi": geom}, timeout=60
+            )
+            assert r.status_code == 422 and r.json()["error"] == error, r.text
+            assert words in r.json()["detail"], r.text
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -33,7 +33,9 @@ def pixel_area_rows(grid) -> np.ndarray:
         bottom = top + t.e
         dlon = math.radians(abs(t.a))
         return np.abs(_zone(np.radians(bottom), e) - _zone(np.radians(top), e)) * b * b / 2 * dlon
-    unit = crs.linear_units_factor[1] if crs.is_projected else 1.0
+    if not crs.is_projected:  # an engineering CRS: its units are taken as metres
+        return np.full(grid.height, abs(t.a * t.e))
+    unit = crs.linear_units_factor[1]
     cols = np.linspace(0.5, grid.width - 0.5, min(grid.width, 9))
     rows = np.arange(grid.height) + 0.5
     xs = t.a * cols[None, :] + t.b * rows[:, None] + t.c  # [height, cols] pixel centres

@@ -30,7 +30,7 @@ from datamodules.bands import map_bands
 from datamodules.errors import UserError
 from datamodules.imagery import Grid, ImageryError, Scene, SceneReader, open_scenes
 
-from .areas import class_histogram, pixel_area_rows
+from .areas import areal_scale, class_histogram, pixel_area_rows
 from .polygons import PolygonCollector
 
 
@@ -484,11 +484,16 @@ def _to_device(obj, device):
 
 
 def ground_resolution(grid) -> tuple[float, float]:
-    """Pixel size in metres (x, y); for geographic CRSs, geodesic at the scene's centre."""
+    """Pixel size in metres on the ground (x, y) at the scene's centre: geodesic for geographic
+    CRSs, the map size over the projection's scale there for projected ones."""
     t = grid.transform
     if not grid.crs.is_geographic:
         unit = grid.crs.linear_units_factor[1] if grid.crs.is_projected else 1.0
-        return abs(t.a) * unit, abs(t.e) * unit
+        k = 1.0
+        if grid.crs.is_projected:
+            x, y = t @ (grid.width / 2, grid.height / 2)
+            k = float(np.sqrt(areal_scale(grid.crs, np.array([x]), np.array([y]))[0]))
+        return abs(t.a) * unit / k, abs(t.e) * unit / k
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
