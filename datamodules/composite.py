@@ -35,7 +35,7 @@ from pathlib import Path
 
 import rasterio
 
-from .aoi import check_area, parse_aoi
+from .aoi import check_area, parse_aoi, pixel_size
 from .cog_read import ReadOptions
 from .composite_write import Writer
 from .imagery import Grid, parse_date
@@ -83,10 +83,15 @@ class Request:
     spans: list[tuple[date, date]]
 
 
-def check_request(aoi, start, end, *, frames=1, max_items=1, max_aoi_km2=DEFAULT_MAX_AOI_KM2):
-    """Parse and check the AOI, its area, the dates and the number of frames (no network)."""
+def check_request(
+    aoi, start, end, *, frames=1, max_items=1, max_aoi_km2=DEFAULT_MAX_AOI_KM2, crs=None
+):
+    """Parse and check the AOI, its area, the dates, the number of frames and the output CRS
+    (no network)."""
     geom = parse_aoi(aoi)
     km2 = check_area(geom, max_aoi_km2)
+    if crs:
+        pixel_size(crs, 1.0, geom)  # a projected CRS defined over the AOI
     start_d, end_d = _date(start, "start"), _date(end, "end")
     if start_d > end_d:
         raise StacError(f"the start date {start_d} is after the end date {end_d}")
@@ -128,7 +133,7 @@ def composite_for_aoi(
     ``margin_px``). An AOI over ``max_aoi_km2`` raises ``AoiTooLargeError``; ``bands_hint``
     ends the message when the items lack bands asked for."""
     req = check_request(
-        aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2
+        aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2, crs=crs
     )
     read = read or ReadOptions()
     plan = _plan(

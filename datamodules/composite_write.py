@@ -16,6 +16,7 @@ import rasterio
 
 from .imagery import iter_windows
 from .observe import BlockReader
+from .sensors import get_sensor
 from .stac import NoImageryError, Observation
 
 
@@ -65,6 +66,9 @@ class Writer:
         nd = self.source.nodata
         f = self._open(path, len(self.bands), self.source.dtype, float("nan") if nd is None else nd)
         f.descriptions = tuple(self.bands)
+        sensor = get_sensor(self.source.sensor)  # the values are the sensor table's stored ones
+        f.scales = (sensor.scale,) * len(self.bands)
+        f.offsets = (sensor.offset,) * len(self.bands)
         return f
 
     def _to_dtype(self, x: np.ndarray) -> np.ndarray:

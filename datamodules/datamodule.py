@@ -4,7 +4,7 @@
   split's labelled area (kept only where at least ``min_labelled_fraction`` is labelled),
   ``GriddedPatchSampler`` chips over the val/test labelled areas, each chip once. Batches:
   ``image`` float32 ``[B, C, H, W]`` (``[B, C, T, H, W]`` for T dates; change: T = 2), ``mask``
-  int64 ``[B, H, W]``, ``lonlat`` ``[B, 2]``, ``date_ord`` int64 ``[B, T]``, ``window``.
+  int64 ``[B, H, W]``, ``lonlat`` ``[B, 2]``, ``date_ord`` float64 ``[B, T]`` (day numbers: ordinal + fraction of the day), ``window``.
 - classification: the chips of ``chips.csv``; every training chip once per epoch, reshuffled.
   Batches: ``image`` float32 ``[B, C, H, W]``, ``label`` int64 ``[B]`` (multi-label: float32
   ``[B, K]`` of 0/1), ``lonlat``, ``date_ord``.

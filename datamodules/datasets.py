@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datasets import GeoDataset
 
+from .imagery import day_number, parse_when
 from .manifest import Dataset
 
 
@@ -105,9 +105,10 @@ def _unbatch(batch: dict) -> dict:
 
 
 def _date_ordinals(ds: Dataset) -> torch.Tensor:
+    """Each date as :func:`datamodules.imagery.day_number` (with its time of day, if known)."""
     return torch.tensor(
-        [date.fromisoformat(d).toordinal() if d else 0 for d in ds.manifest["dates"]],
-        dtype=torch.int64,
+        [day_number(parse_when(d)) if d else 0.0 for d in ds.manifest["dates"]],
+        dtype=torch.float64,
     )
 
 
@@ -216,7 +217,7 @@ class ChipDataset(GeoDataset):
                 "image": (self.reader.image_shape(wins, len(self.band_indexes)), torch.float32),
                 "mask": ((n, h, w), torch.int64),
                 "lonlat": ((n, 2), torch.float32),
-                "date_ord": ((n, len(self.date_ord)), torch.int64),
+                "date_ord": ((n, len(self.date_ord)), torch.float64),
                 "window": ((n, 4), torch.int64),
             }
         )
@@ -267,7 +268,7 @@ class ClassificationChips(TorchDataset):
                 "image": (self.reader.image_shape(wins, len(self.band_indexes)), torch.float32),
                 "label": ((n, self.k), torch.float32) if self.multi_label else ((n,), torch.int64),
                 "lonlat": ((n, 2), torch.float32),
-                "date_ord": ((n, len(self.date_ord)), torch.int64),
+                "date_ord": ((n, len(self.date_ord)), torch.float64),
             }
         )
         self.reader.read_images(out["image"], wins, self.band_indexes)

@@ -3,7 +3,9 @@
 For one block, :meth:`BlockReader.observe` reads the quality mask of every item (of every
 observation) whose footprint reaches the block, then, only for items with clear pixels there,
 their bands (windowed reads in parallel: :mod:`datamodules.cog_read`), harmonised to the values
-of the sensor table (:data:`HARMONIZE`), and mosaics the items of one overpass, clearest first.
+of the sensor table (a rule of :data:`HARMONIZE` when the catalog config names one, else the
+items' ``raster:bands`` scale/offset where they differ from the table's), and mosaics the items
+of one overpass, clearest first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rasterio.windows import Window
 from .aoi import AoiError, project
 from .cog_read import ReadOptions, read_to_grid
 from .imagery import Grid
+from .sensors import get_sensor
 from .stac import Found, Observation, StacError
 
 S2_BASELINE_04_DATE = date(2022, 1, 25)  # ESA's switch to processing baseline 04.00
@@ -165,11 +168,32 @@ class BlockReader:
         if arr is None:
             return np.full((win.height, win.width), np.nan, dtype=np.float32)
         rule = f.spec.harmonize
-        if rule:
+        if rule:  # a known rule governs (the items' raster:bands describe the values before it)
             arr, note = HARMONIZE[rule](arr, f.item)
-            if note and note not in self.notes.setdefault(f.item.id, []):
-                self.notes[f.item.id].append(note)
+        else:
+            arr, note = self._to_sensor_units(arr, f.item.assets[f.spec.assets[band]])
+        if note and note not in self.notes.setdefault(f.item.id, []):
+            self.notes[f.item.id].append(note)
         return arr
+
+    def _to_sensor_units(self, arr: np.ndarray, asset) -> tuple[np.ndarray, str | None]:
+        """Values whose ``raster:bands`` scale/offset differ from the sensor table's, mapped
+        exactly onto the table's stored values (``physical = stored * scale + offset``)."""
+        rb = (asset.extra_fields.get("raster:bands") or [{}])[0]
+        if rb.get("scale") is None and rb.get("offset") is None:
+            return arr, None
+        scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+        sens = get_sensor(self.source.sensor)
+        if np.isclose(scale, sens.scale, rtol=1e-9, atol=0) and np.isclose(
+            offset, sens.offset, rtol=0, atol=1e-12
+        ):
+            return arr, None
+        note = (
+            f"stored x {scale:g} + {offset:g} (raster:bands) as the sensor table's "
+            f"x {sens.scale:g} + {sens.offset:g}"
+        )
+        out = (arr.astype(np.float64) * scale + offset - sens.offset) / sens.scale
+        return out.astype(np.float32), note
 
 
 __all__ = ["BlockReader", "HARMONIZE", "s2_offset_applies"]

@@ -97,7 +97,7 @@ def write_l_scene(folder: Path, sc: LScene) -> dict[str, Path]:
     return out
 
 
-def l_item(sc: LScene, paths: dict[str, Path]) -> dict:
+def l_item(sc: LScene, paths: dict[str, Path], scaling=(2.75e-5, -0.2)) -> dict:
     x0, y1 = L_ORIGIN
     x1, y0 = x0 + L_SIZE * 30, y1 - L_SIZE * 30
     ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
@@ -118,7 +118,7 @@ def l_item(sc: LScene, paths: dict[str, Path]) -> dict:
         }
         if name != "qa_pixel":
             asset["raster:bands"] = [
-                {"nodata": 0, "data_type": "uint16", "scale": 2.75e-5, "offset": -0.2}
+                {"nodata": 0, "data_type": "uint16", "scale": scaling[0], "offset": scaling[1]}
             ]
         if sc.proj:
             asset |= {
@@ -141,11 +141,13 @@ def l_item(sc: LScene, paths: dict[str, Path]) -> dict:
     }
 
 
-def write_landsat_catalog(folder: Path) -> Path:
-    """COGs and a self-contained static catalog under ``folder``; returns the catalog.json."""
+def write_landsat_catalog(folder: Path, scenes=None, scaling=(2.75e-5, -0.2)) -> Path:
+    """COGs and a self-contained static catalog under ``folder`` (of ``scenes``, default all,
+    whose items state ``scaling`` in ``raster:bands``); returns the catalog.json."""
     import pystac
 
-    items = [l_item(sc, write_l_scene(folder / "assets", sc)) for sc in l_scenes()]
+    scenes = l_scenes() if scenes is None else scenes
+    items = [l_item(sc, write_l_scene(folder / "assets", sc), scaling) for sc in scenes]
     cat = pystac.Catalog("landsat", "Synthetic Landsat C2 L2 scenes for tests")
     col = pystac.Collection(
         "landsat-c2-l2",

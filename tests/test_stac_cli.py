@@ -73,7 +73,7 @@ def test_data_add_fetches_imagery_for_the_labels(world):
     assert "imagery: 4 sentinel-2-l2a scene(s) from earth_search" in p.stderr
     m = json.loads((world["home"] / "datasets" / "stacds" / "dataset.json").read_text())
     assert m["sensor"] == "sentinel-2-l2a" and m["bands"] == ["blue", "green", "red", "nir08"]
-    assert m["dates"] == ["2022-06-15"] and m["resolution"] == [10.0, 10.0]
+    assert m["dates"] == ["2022-06-15T10:00:00+00:00"] and m["resolution"] == [10.0, 10.0]
     assert "EPSG:32633" in m["crs"] or "32633" in m["crs_wkt"]
     assert sum(c["pixels"] for c in m["classes"]) > 1000
     imagery = list((world["home"] / "imagery").glob("stacds-*/provenance.json"))

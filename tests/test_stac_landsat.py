@@ -82,6 +82,8 @@ def test_local_mirror_on_the_source_grid_without_credentials(landsat, tmp_path, 
         comp = src.read().astype(np.float64)
         assert src.transform == g.transform and src.nodata == 0
         assert src.tags()["ACQUISITION_DATE"] == "2023-03-10T09:40:00Z"
+        # stored values stay stored values; the file says how they become reflectance
+        assert src.scales == (2.75e-5,) * 6 and src.offsets == (-0.2,) * 6
     with rasterio.open(r.count) as src:
         count = src.read(1)
     s1, s2 = l_scenes()[0], l_scenes()[1]
@@ -195,3 +197,53 @@ def test_aoi_edges_keep_the_pixels_whose_centres_are_inside(landsat, tmp_path, n
     # pixel centres: off by a few pixels' worth at most (the old rule, every pixel the edge
     # touches, added about half a pixel along the whole perimeter: ~+13% here)
     assert abs(got - want) < 6 * px and abs(got - want) / want < 0.02
+
+
+def test_the_acquisition_time_of_day_reaches_clay(landsat, tmp_path, no_aws):
+    import math
+    from datetime import UTC, datetime
+
+    import torch
+
+    from datamodules.imagery import day_number, open_scenes
+    from trainer.backbones import build_backbone
+    from trainer.heads import _dates
+
+    r = run(landsat, tmp_path / "out")
+    (scene,) = open_scenes(r.images)
+    assert scene.date == datetime(2023, 3, 10, 9, 40, tzinfo=UTC)  # not midnight
+    # the day number the predictor and the data module hand the network keeps the time
+    (dates,) = _dates(torch.tensor([[day_number(scene.date)]], dtype=torch.float64))
+    assert dates == [scene.date]
+    clay = build_backbone("clay_v1_5", checkpoint="random", size="tiny", sensor="landsat-c2-l2")
+    time = clay.make_metadata(dates=[dates], lonlat=None, gsd=30.0)["time"][0].tolist()
+    hour = 9 * 2 * math.pi / 24
+    assert time[2:] == pytest.approx([math.sin(hour), math.cos(hour)], abs=1e-6)
+
+
+def test_items_stating_other_units_are_put_in_the_sensor_tables(tmp_path, no_aws):
+    """A mirror storing reflectance x 10000 (raster:bands scale 1e-4) gives Landsat C2 L2's
+    stored values (scale 2.75e-5, offset -0.2), exactly, and says so."""
+    scene = l_scenes()[4]
+    url = str(write_landsat_catalog(tmp_path / "cat", [scene], scaling=(1e-4, 0.0)))
+    area = l_aoi(cols=(5, 55), rows=(5, 55))
+    r = composite_for_aoi(
+        area,
+        "2023-08-01",
+        "2023-08-31",
+        "landsat-c2-l2",
+        tmp_path / "out",
+        catalog="earth_search",
+        catalog_url=url,
+        progress=False,
+    )
+    (item,) = r.provenance["items"]
+    assert item["harmonized"] == [
+        "stored x 0.0001 + 0 (raster:bands) as the sensor table's x 2.75e-05 + -0.2"
+    ]
+    with rasterio.open(r.images[0]) as src:
+        comp = src.read().astype(np.float64)
+    ok = aoi_pixels(r.grid, (5, 55), (5, 55))
+    want = np.rint((on_grid(stored(scene), r.grid) * 1e-4 + 0.2) / 2.75e-5).clip(max=65535)
+    diff = np.abs(comp[:, ok] - want[:, ok])  # float32 pixels: a .5 may round either way
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999

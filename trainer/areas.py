@@ -36,12 +36,14 @@ def pixel_area_rows(grid) -> np.ndarray:
     if not crs.is_projected:  # an engineering CRS: its units are taken as metres
         return np.full(grid.height, abs(t.a * t.e))
     unit = crs.linear_units_factor[1]
+    # the scale varies slowly: sampled on up to 9 columns and 1025 rows, interpolated between
     cols = np.linspace(0.5, grid.width - 0.5, min(grid.width, 9))
-    rows = np.arange(grid.height) + 0.5
-    xs = t.a * cols[None, :] + t.b * rows[:, None] + t.c  # [height, cols] pixel centres
+    rows = np.linspace(0.5, grid.height - 0.5, min(grid.height, 1025))
+    xs = t.a * cols[None, :] + t.b * rows[:, None] + t.c  # pixel centres [rows, cols]
     ys = t.d * cols[None, :] + t.e * rows[:, None] + t.f
-    scale = areal_scale(crs, xs, ys)
-    return abs(t.a * t.e) * unit * unit * (1.0 / scale).mean(axis=1)
+    per_row = (1.0 / areal_scale(crs, xs, ys)).mean(axis=1)
+    ground = np.interp(np.arange(grid.height) + 0.5, rows, per_row)
+    return abs(t.a * t.e) * unit * unit * ground
 
 
 def areal_scale(crs, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.errors import UserError
+from datamodules.imagery import from_day_number
 
 
 class Normalize(nn.Module):
@@ -65,10 +66,9 @@ class ViTNeck(nn.Module):
 
 
 def _dates(date_ord: torch.Tensor) -> list[list[date | None]]:
-    """``[B, T]`` proleptic ordinals (0 = unknown) → per-sample lists of dates."""
-    return [
-        [date.fromordinal(int(o)) if int(o) > 0 else None for o in row] for row in date_ord.tolist()
-    ]
+    """``[B, T]`` day numbers (proleptic ordinals, plus the fraction of the day when the time is
+    known; 0 = unknown) → per-sample lists of dates (``datetime`` with the time of day)."""
+    return [[from_day_number(float(o)) for o in row] for row in date_ord.tolist()]
 
 
 def _metadata(backbone: nn.Module, dates, lonlat, gsd: float) -> dict:

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from datamodules.bands import map_bands
 from datamodules.errors import UserError
-from datamodules.imagery import Grid, ImageryError, Scene, SceneReader, open_scenes
+from datamodules.imagery import Grid, ImageryError, Scene, SceneReader, day_number, open_scenes
 
 from .areas import areal_scale, class_histogram, pixel_area_rows
 from .polygons import PolygonCollector
@@ -216,8 +216,8 @@ class Predictor:
         self._read_lock = threading.Lock()
         self.nodata = [s.nodata for s in self.scenes]
         self.area_rows = pixel_area_rows(g)
-        self._date_ord = torch.tensor(
-            [[s.date.toordinal() if s.date else 0 for s in self.scenes]], dtype=torch.int64
+        self._date_ord = torch.tensor(  # with the time of day when the files give it
+            [[day_number(s.date) for s in self.scenes]], dtype=torch.float64
         )
         backbone = getattr(self.net, "backbone", None)
         self._lonlat = None
