@@ -25,13 +25,13 @@ class CheckedLabels:
 def check_dataset(args, frames: int) -> CheckedLabels:
     """Everything ``ingest`` would refuse that does not depend on the imagery."""
     from .data_cli import _fractions, _ints
-    from .ingest import _check_options
+    from .ingest import _check_scene_count, check_options
     from .labels import RASTER_SUFFIXES, ClassTable, read_vector
-    from .manifest import DatasetError, slugify
+    from .manifest import DatasetError, check_name
     from .paths import datasets_dir
     from .sensors import get_sensor
 
-    dataset_id = slugify(args.name)
+    dataset_id = check_name(args.name)
     if (datasets_dir() / dataset_id).exists():
         raise DatasetError(
             f"dataset {dataset_id!r} already exists. Choose another --name, or delete it first: "
@@ -50,17 +50,22 @@ def check_dataset(args, frames: int) -> CheckedLabels:
     path = Path(args.labels).expanduser()
     if not path.is_file():
         raise UserError(f"labels file {path} does not exist")
+    after = Path(args.labels_after).expanduser() if args.labels_after else None
     is_mask = path.suffix.lower() in RASTER_SUFFIXES
-    _check_options(
-        args.task,
-        path,
-        is_mask,
-        frames,
-        args.chip_size,
-        args.multi_label,
-        args.background,
-        args.split_column,
+    check_options(
+        task=args.task,
+        labels_name=path.name,
+        is_mask=is_mask,
+        after_name=after.name if after else None,
+        after_is_mask=bool(after and after.suffix.lower() in RASTER_SUFFIXES),
+        chip_size=args.chip_size,
+        multi_label=args.multi_label,
+        background=args.background,
+        split_column=args.split_column,
+        block_size=args.block_size,
+        change_classes=args.change_classes,
     )
+    _check_scene_count(args.task, frames)
     if is_mask:
         return CheckedLabels(path, _raster_extent(path), None)
     gdf = read_vector(
@@ -71,8 +76,8 @@ def check_dataset(args, frames: int) -> CheckedLabels:
         multi_label=args.multi_label,
     )
     frames_read = [gdf]
-    if args.labels_after:
-        frames_read.append(read_vector(Path(args.labels_after).expanduser(), args.class_column))
+    if after is not None:
+        frames_read.append(read_vector(after, args.class_column))
     if args.classes:
         values = [v for f in frames_read for val in f["value"] for v in _values(val)]
         ClassTable.from_file(args.classes, values, args.background)
