@@ -4,6 +4,7 @@ both on loopback ports; retries, timeouts, signed and authenticated assets."""
 
 import shutil
 
+import httpx
 import numpy as np
 import pytest
 import rasterio
@@ -68,6 +69,9 @@ def test_api_search_and_ranged_reads_of_only_the_aoi(remote, tmp_path):
     srv.log.clear()
     r = run(remote, tmp_path / "out")
     assert r.provenance["url"] == remote["api"] and r.provenance["n_items_found"] == 4
+    for rec in r.provenance["items"]:  # each scene traced to its item JSON in the API
+        assert rec["href"].startswith(remote["api"])
+        assert httpx.get(rec["href"], timeout=30).json()["id"] == rec["id"]
     with rasterio.open(r.count) as src:
         count = src.read(1)
     assert set(np.unique(count)) == {0, 2, 3}
