@@ -9,6 +9,8 @@
   Batches: ``image`` float32 ``[B, C, H, W]``, ``label`` int64 ``[B]`` (multi-label: float32
   ``[B, K]`` of 0/1), ``lonlat``, ``date_ord``.
 
+``patch_size`` (chip edge in pixels) defaults to the dataset's chip size for classification
+(a chip is what a label describes), else 128; a classification override that differs says so.
 ``budget`` keeps that many training label units (see :mod:`datamodules.budget`). Samplers are
 rank-aware (see :mod:`datamodules.samplers`). Values stay raw: normalisation is the model's.
 """
@@ -44,7 +46,7 @@ class GeotuneDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str,
-        patch_size: int = 128,
+        patch_size: int | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
         chips_per_epoch: int = 256,
@@ -55,7 +57,8 @@ class GeotuneDataModule(L.LightningDataModule):
         super().__init__()
         self.ds = load_dataset(dataset)
         self.task = self.ds.manifest.get("task", "segmentation")
-        self.patch_size = patch_size
+        chip = self.ds.manifest.get("chip_size") if self.task == "classification" else None
+        self.patch_size = int(patch_size or chip or 128)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.chips_per_epoch = chips_per_epoch

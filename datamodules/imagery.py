@@ -10,6 +10,11 @@ Band names come from ``--bands`` (in file/band order), else from the files' band
 else from the sensor's asset ids in the file names (``..._B8A.tif`` → ``nir08``), else from the
 sensor when the band count equals the sensor's full band list. Otherwise it is an error that says
 how to name them.
+
+Nodata is the value a file declares, else the sensor's fill value (a pixel is nodata when all
+its bands equal it); ``Scene.nodata_source`` says which. A band scale/offset a file declares
+(GDAL metadata, e.g. from STAC ``raster:bands``) is kept in ``Scene.scales``/``offsets``.
+Several dates must be different images (not the same file twice, not byte-identical copies).
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class Scene:
     nodata: float | None
     date: date | None = None
     band_sources: list[tuple[Path, int]] = field(default_factory=list)  # (file, 1-based band)
+    nodata_source: str = "none declared"  # "the file's", or the sensor's fill value
+    scales: list[float] | None = None  # per band, as the file declares them (1.0 / 0.0: none)
+    offsets: list[float] | None = None
 
 
 def _open(path: Path):
@@ -197,6 +205,8 @@ def open_scenes(
                     ds.nodata,
                     _names_from_descriptions(ds),
                     _file_date(ds),
+                    list(ds.scales),
+                    list(ds.offsets),
                 )
             )
     counts = {i[1] for i in infos}
@@ -227,6 +237,7 @@ def open_scenes(
                 "Fix --bands or --sensor."
             )
     if len(scenes) > 1:
+        check_distinct(files)
         g0 = scenes[0].grid
         for s in scenes[1:]:
             if s.grid.crs != g0.crs or s.grid.res != g0.res:
@@ -236,8 +247,16 @@ def open_scenes(
     return scenes
 
 
+def _nodata(declared, sens) -> tuple[float | None, str]:
+    if declared is not None:
+        return declared, "the file's"
+    if sens is not None and sens.nodata is not None:
+        return sens.nodata, f"{sens.id} fill value; the file declares none"
+    return None, "none declared"
+
+
 def _multiband_scene(info, bands, sens) -> Scene:
-    f, count, crs, transform, w, h, dtype, nodata, desc, fdate = info
+    f, count, crs, transform, w, h, dtype, nodata, desc, fdate, scales, offsets = info
     if bands:
         if len(bands) != count:
             raise ImageryError(
@@ -259,10 +278,10 @@ def _multiband_scene(info, bands, sens) -> Scene:
             f"cannot tell the bands of {f.name} ({count} bands, no band descriptions). "
             "Pass --sensor ID (e.g. sentinel-2-l2a) or --bands blue,green,red,..."
         )
-    if sens is not None and nodata is None:
-        nodata = sens.nodata
+    nodata, source = _nodata(nodata, sens)
     grid = Grid(crs, transform, w, h)
-    return Scene([f], names, grid, dtype, nodata, fdate, [(f, i + 1) for i in range(count)])
+    sources = [(f, i + 1) for i in range(count)]
+    return Scene([f], names, grid, dtype, nodata, fdate, sources, source, scales, offsets)
 
 
 def _band_files_scene(infos, bands, sens) -> Scene:
@@ -292,11 +311,48 @@ def _band_files_scene(infos, bands, sens) -> Scene:
     finest = min(infos, key=lambda i: abs(i[3].a))
     grid = Grid(finest[2], finest[3], finest[4], finest[5])
     dtypes = {i[6] for i in infos}
-    nodata = finest[7] if finest[7] is not None else (sens.nodata if sens else None)
+    nodata, source = _nodata(finest[7], sens)
     fdate = next((i[9] for i in infos if i[9]), None)
-    return Scene(
-        files, names, grid, np.result_type(*dtypes).name, nodata, fdate, [(f, 1) for f in files]
-    )
+    dtype = np.result_type(*dtypes).name
+    sources = [(f, 1) for f in files]
+    scales, offsets = [i[10][0] for i in infos], [i[11][0] for i in infos]
+    return Scene(files, names, grid, dtype, nodata, fdate, sources, source, scales, offsets)
+
+
+def check_distinct(files: list[Path]) -> None:
+    """Refuse dates that are the same image: one file given twice, or byte-identical files."""
+    for i, a in enumerate(files):
+        for b in files[i + 1 :]:
+            same = a.resolve() == b.resolve()
+            if same or _same_bytes(a, b):
+                what = (
+                    f"{a.name} is given twice"
+                    if same
+                    else f"{a.name} and {b.name} are byte-identical"
+                )
+                raise ImageryError(
+                    f"the dates must be different images, but {what}: a change or a time series "
+                    "between an image and itself is only noise. Give one image per date."
+                )
+
+
+def _same_bytes(a: Path, b: Path, block: int = 1 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def date_order(scenes: list[Scene]) -> list[int] | None:
+    """The scenes' indices oldest first, or None when a date is unknown."""
+    if any(s.date is None for s in scenes):
+        return None
+    return sorted(range(len(scenes)), key=lambda i: scenes[i].date)
 
 
 def iter_windows(width: int, height: int, size: int = 1024):

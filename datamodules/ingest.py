@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 
 from .chips import build_chips
-from .imagery import Grid, ImageryError, open_scenes, warp_to_grid
+from .imagery import Grid, ImageryError, date_order, open_scenes, warp_to_grid
 from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
 from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
@@ -111,6 +111,29 @@ def _check_scene_count(task: str, n_scenes: int) -> None:
         )
     if task == "classification" and n_scenes != 1:
         raise ImageryError(f"--task classification takes one scene, got {n_scenes} dates")
+
+
+def _check_dates(scenes, labels_after: bool) -> None:
+    """Several dates must come oldest first (the first is 'before'); say where nodata comes from."""
+    order = date_order(scenes)
+    if order is not None and order != sorted(order):
+        given = ", ".join(s.date.isoformat() for s in scenes)
+        labels = (
+            " (and --labels of the first date, --labels-after of the second)"
+            if labels_after
+            else ""
+        )
+        raise ImageryError(
+            f"the images are dated {given}: give them oldest first, one --image per date in "
+            f"date order{labels}."
+        )
+    s = scenes[0]
+    if "fill value" in s.nodata_source:
+        warnings.warn(
+            f"{s.files[0].name} declares no nodata; pixels where every band equals "
+            f"{s.nodata:g} ({s.nodata_source}) are nodata",
+            stacklevel=3,
+        )
 
 
 def _prepare_vector(
@@ -332,6 +355,7 @@ def ingest(
     )
     scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
     _check_scene_count(task, len(scenes))
+    _check_dates(scenes, labels_after is not None)
     grid = scenes[0].grid
     gdf = None
     if is_mask:
@@ -414,6 +438,9 @@ def ingest(
             "bands": scenes[0].bands,
             "dtype": scenes[0].dtype,
             "nodata": scenes[0].nodata,
+            "nodata_source": scenes[0].nodata_source,
+            "scales": scenes[0].scales,
+            "offsets": scenes[0].offsets,
             "images": [
                 {"path": n, "date": s.date.isoformat() if s.date else None}
                 for n, s in zip(result.image_names, scenes, strict=True)

@@ -3,9 +3,14 @@
 Band names are the STAC ``eo`` common names (``blue``, ``nir08``, ``swir16`` ...), so a band is
 called the same thing in a dataset, a backbone spec and a STAC asset map. Wavelengths are
 centre wavelengths in micrometres; ``gsd`` is the native ground sample distance in metres.
-``scale``/``offset`` turn stored values into physical units (reflectance, dB):
-``physical = stored * scale + offset``. Default statistics are per-band mean/std of the
-*stored* values over typical scenes, used only when a dataset has no statistics of its own.
+``scale``/``offset`` turn stored values into the sensor's physical ``quantity`` (reflectance,
+backscatter in dB; a band may override them, e.g. Landsat's thermal band):
+``physical = stored * scale + offset``; ``level`` tells top-of-atmosphere from surface
+reflectance. Sensors whose values have no physical unit (8-bit RGB, NAIP) have a quantity of
+their own, so their values convert to nothing else (:mod:`datamodules.units`). ``nodata`` is the
+fill value of the sensor's products, used where a file declares none. Default statistics are
+per-band mean/std of the *stored* values over typical scenes, used only when a dataset has no
+statistics of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UserError
+from .units import Unit
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,9 @@ class Band:
     mean: float  # default statistics of stored values
     std: float
     asset: str = ""  # the provider's band id (B02, SR_B2, ...)
+    quantity: str | None = None  # overrides of the sensor's quantity, scale and offset
+    scale: float | None = None
+    offset: float | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class Sensor:
     scale: float = 1.0
     offset: float = 0.0
     nodata: float | None = None
+    quantity: str = "reflectance"
+    level: str = ""  # reflectance: TOA or surface
 
     @property
     def band_names(self) -> list[str]:
@@ -45,6 +56,13 @@ class Sensor:
         raise KeyError(
             f"sensor {self.id!r} has no band {name!r}; its bands are: {', '.join(self.band_names)}"
         )
+
+    def unit(self, name: str) -> Unit:
+        """The unit of band ``name``'s stored values."""
+        b = self.band(name)
+        if b.quantity is not None:
+            return Unit(b.quantity, b.scale or 1.0, b.offset or 0.0)
+        return Unit(self.quantity, self.scale, self.offset, self.level)
 
 
 _S2 = (
@@ -74,8 +92,8 @@ _LANDSAT_L1 = (
     Band("swir22", 2.201, 30, 10900.0, 3600.0, "B7"),
     Band("pan", 0.590, 15, 10400.0, 3300.0, "B8"),
     Band("cirrus", 1.373, 30, 5100.0, 300.0, "B9"),
-    Band("lwir11", 10.895, 100, 28000.0, 3000.0, "B10"),
-    Band("lwir12", 12.005, 100, 26000.0, 2500.0, "B11"),
+    Band("lwir11", 10.895, 100, 28000.0, 3000.0, "B10", "TOA radiance", 3.342e-4, 0.1),
+    Band("lwir12", 12.005, 100, 26000.0, 2500.0, "B11", "TOA radiance", 3.342e-4, 0.1),
 )
 _LANDSAT_L2 = (
     Band("coastal", 0.443, 30, 8300.0, 1500.0, "SR_B1"),
@@ -85,7 +103,17 @@ _LANDSAT_L2 = (
     Band("nir08", 0.865, 30, 16000.0, 4000.0, "SR_B5"),
     Band("swir16", 1.609, 30, 14000.0, 3700.0, "SR_B6"),
     Band("swir22", 2.201, 30, 11700.0, 3300.0, "SR_B7"),
-    Band("lwir11", 10.895, 100, 43000.0, 1800.0, "ST_B10"),
+    Band(
+        "lwir11",
+        10.895,
+        100,
+        43000.0,
+        1800.0,
+        "ST_B10",
+        "surface temperature (K)",
+        0.00341802,
+        149.0,
+    ),
 )
 _HLS = (
     Band("coastal", 0.443, 30, 900.0, 700.0, "B01"),
@@ -117,7 +145,13 @@ SENSORS: dict[str, Sensor] = {
     s.id: s
     for s in (
         Sensor(
-            "sentinel-2-l1c", "Sentinel-2 Level-1C (TOA reflectance x 10000)", _S2, 1e-4, 0.0, 0
+            "sentinel-2-l1c",
+            "Sentinel-2 Level-1C (TOA reflectance x 10000)",
+            _S2,
+            1e-4,
+            0.0,
+            0,
+            level="TOA",
         ),
         Sensor(
             "sentinel-2-l2a",
@@ -126,9 +160,17 @@ SENSORS: dict[str, Sensor] = {
             1e-4,
             0.0,
             0,
+            level="surface",
         ),
+        # TOA reflectance without the sun-elevation correction (the product's REFLECTANCE_MULT/ADD)
         Sensor(
-            "landsat-c2-l1", "Landsat 8/9 Collection 2 Level-1 (DN)", _LANDSAT_L1, 2e-5, -0.1, 0
+            "landsat-c2-l1",
+            "Landsat 8/9 Collection 2 Level-1 (DN)",
+            _LANDSAT_L1,
+            2e-5,
+            -0.1,
+            0,
+            level="TOA",
         ),
         Sensor(
             "landsat-c2-l2",
@@ -137,13 +179,38 @@ SENSORS: dict[str, Sensor] = {
             2.75e-5,
             -0.2,
             0,
+            level="surface",
         ),
         Sensor(
-            "hls", "Harmonized Landsat Sentinel-2 (reflectance x 10000)", _HLS, 1e-4, 0.0, -9999
+            "hls",
+            "Harmonized Landsat Sentinel-2 (reflectance x 10000)",
+            _HLS,
+            1e-4,
+            0.0,
+            -9999,
+            level="surface",
         ),
-        Sensor("sentinel-1-rtc", "Sentinel-1 RTC backscatter (dB)", _S1, 1.0, 0.0, None),
-        Sensor("naip", "NAIP aerial imagery (8-bit)", _NAIP, 1.0, 0.0, 0),
-        Sensor("rgb", "Generic 8-bit RGB", _RGB, 1.0, 0.0, None),
+        Sensor(
+            "sentinel-1-rtc",
+            "Sentinel-1 RTC backscatter (dB)",
+            _S1,
+            1.0,
+            0.0,
+            None,
+            quantity="backscatter (dB)",
+        ),
+        Sensor(
+            "naip",
+            "NAIP aerial imagery (8-bit)",
+            _NAIP,
+            1.0,
+            0.0,
+            0,
+            quantity="NAIP digital number",
+        ),
+        Sensor(
+            "rgb", "Generic 8-bit RGB", _RGB, 1.0, 0.0, None, quantity="8-bit RGB digital number"
+        ),
     )
 }
 
@@ -177,3 +244,26 @@ def wavelengths(band_names: list[str], sensor_id: str | None = None) -> list[flo
         else:
             raise SensorError(f"no known wavelength for band {name!r}")
     return out
+
+
+def stored_units(
+    sensor_id: str | None,
+    bands: list[str],
+    scales: list[float] | None = None,
+    offsets: list[float] | None = None,
+) -> list[Unit] | None:
+    """The unit of each band's stored values: the sensor's, with the scale/offset a file
+    declares (GDAL band scale/offset, e.g. from STAC ``raster:bands``) taking precedence.
+    None when no sensor is known: then what the values measure is unknown."""
+    if not sensor_id or sensor_id not in SENSORS:
+        return None
+    sensor = get_sensor(sensor_id)
+    units = []
+    for i, name in enumerate(bands):
+        unit = sensor.unit(name)
+        if scales is not None and offsets is not None:
+            declared = (float(scales[i]), float(offsets[i]))
+            if declared != (1.0, 0.0):
+                unit = Unit(unit.quantity, declared[0], declared[1], unit.level)
+        units.append(unit)
+    return units

@@ -230,6 +230,7 @@ def result(folder: Path, base_url: str) -> dict:
         "resolution": summary["resolution"],
         "shape": summary["shape"],
         "provenance": summary["provenance"],
+        "input": summary.get("input"),
         "seconds": summary["seconds"],
         "links": {Path(f).stem: f"{base}/{f}" for f in files},
     }
@@ -266,7 +267,9 @@ def predict_argv(folder: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from datamodules.errors import UserError
+    from trainer.cli import plain_warnings
 
+    plain_warnings()
     folder = Path((argv or sys.argv[1:])[0])
     try:
         summary = run_prediction(folder, progress=True)

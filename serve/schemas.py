@@ -75,7 +75,14 @@ class FinetuneRequest(BaseModel):
     )
     new_version: bool = Field(False, description="add a version to an existing model of this name")
     epochs: int = Field(10, ge=1, le=1000)
-    patch_size: int = Field(128, ge=16, le=2048, description="training chip edge in pixels")
+    patch_size: int | None = Field(
+        None,
+        ge=16,
+        le=2048,
+        description="training chip edge in pixels; default: the dataset's chip size "
+        "(classification), else 128",
+        examples=[64],
+    )
     batch_size: int = Field(8, ge=1, le=1024)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     chips_per_epoch: int = Field(256, ge=1, le=1_000_000)
@@ -136,7 +143,13 @@ class AoiPredictRequest(PredictParams):
     )
     start_date: date
     end_date: date
-    sensor: str = Field(description="sensor id, e.g. sentinel-2-l2a")
+    sensor: str | None = Field(
+        None,
+        description="sensor id of the imagery to fetch; default (and recommended): the model's "
+        "own sensor. Another sensor is converted exactly into the model's units where both "
+        "measure the same quantity (with a warning in the answer), else refused.",
+        examples=[None],
+    )
 
 
 JobKindName = Literal["finetune", "predict", "ingest"]

@@ -145,7 +145,6 @@ def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, f
         f"backbone.size={_q(size)}",
         f"task={req.task}",
         f"trainer.max_epochs={req.epochs}",
-        f"data.patch_size={req.patch_size}",
         f"data.batch_size={req.batch_size}",
         f"data.num_workers={req.num_workers}",
         f"data.chips_per_epoch={req.chips_per_epoch}",
@@ -158,6 +157,8 @@ def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, f
         "+callbacks.job_progress._target_=serve.progress.JobProgress",
         f"+callbacks.job_progress.path={_q(folder / 'progress.json')}",
     ]
+    if req.patch_size is not None:
+        o.append(f"data.patch_size={req.patch_size}")
     if req.weights == "random":
         o.append("backbone.weights=random")
     if req.finetune:

@@ -124,9 +124,39 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
     assert "test/mIoU" in p.stdout and "registered: clim version 1" in p.stdout
     run(["train", *overrides[:-1]], home)  # a second version, no alias change
     p = run(["models", "list"], home)
-    assert "clim" in p.stdout and "champion→v1" in p.stdout and "latest v2" in p.stdout
+    rows = [line.split() for line in p.stdout.splitlines()]
+    assert rows[0] == [
+        "model",
+        "version",
+        "aliases",
+        "task",
+        "backbone",
+        "dataset",
+        "test/mIoU",
+        "created",
+    ]
+    assert [r[:6] for r in rows[1:]] == [
+        ["clim", "1", "champion", "segmentation", "resnet18", "cli"],
+        ["clim", "2", "-", "segmentation", "resnet18", "cli"],
+    ]
+    assert all(float(r[6]) >= 0 and r[7].endswith("+00:00") for r in rows[1:])
+    assert "\x1b[" not in p.stdout + p.stderr  # not a terminal: no colour codes, MLflow's included
     run(["models", "alias", "clim", "champion", "2"], home)
-    assert "champion→v2" in run(["models", "list"], home).stdout
+    (listed,) = json.loads(run(["models", "list", "--json"], home).stdout)
+    assert listed["aliases"] == {"champion": 2} and listed["latest_version"] == 2
+    assert [v["aliases"] for v in listed["versions"]] == [[], ["champion"]]
+    assert "test/mIoU" in listed["versions"][0]["metrics"]
+    shown = json.loads(run(["models", "show", "clim", "--json"], home).stdout)
+    assert shown["described_version"] == 2 and shown["bands"] == ["blue", "green", "red", "nir08"]
+    assert shown["normalization"]["statistics"] == "dataset"
+    assert "test/mIoU" in run(["models", "show", "clim"], home).stdout
+    for args in (["models", "show", "clm"], ["models", "alias", "clm", "champion", "1"]):
+        p = run(args, home, check=False)
+        assert p.returncode == 2 and "Traceback" not in p.stderr and "\x1b[" not in p.stderr
+        assert "no registered model 'clm'. Did you mean clim? Registered models: clim." in p.stderr
+        assert "Registered Model with name" not in p.stderr
+    p = run(["models", "alias", "clim", "champion", "7"], home, check=False)
+    assert p.returncode == 2 and "has no version 7; its versions: 1, 2" in p.stderr
 
     out = tmp_path / "pred"
     p = run(

@@ -2,6 +2,7 @@
 across splits, label budgets (stratified, nested), band mapping, worker processes."""
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -225,6 +226,15 @@ def test_classification_chip_pixels_are_centred_on_the_label(home, tmp_path):
         name="lc", images=[image], labels=_points(tmp_path, image, cmap, False), class_column="lc",
         task="classification", chip_size=32, block_size=48, progress=False,
     )  # fmt: skip
+    default = GeotuneDataModule(ds.id, num_workers=0)  # the chip size is the default patch
+    assert default.patch_size == 32
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert next(iter(default.val_dataloader()))["image"].shape[-2:] == (32, 32)
+    assert not [w for w in caught if "differs from the dataset's chip" in str(w.message)]
+    from trainer.config import compose
+
+    assert compose("train", ["data.dataset=lc"]).data.patch_size is None
     dm = _dm(ds, patch_size=16)
     with open(ds.file("chips")) as f:
         first_val = next(r for r in csv.DictReader(f) if r["split"] == "val")

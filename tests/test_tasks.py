@@ -18,6 +18,7 @@ import rasterio
 import rasterio.features
 import shapely
 import torch
+from mlm_check import check_mlm_item
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 from synth import BANDS, CLASSES, SPECTRA, class_map
@@ -127,7 +128,8 @@ def figures(run_id: str) -> set[str]:
 
 def test_classification_learns_logs_metrics_figures_and_predicts_from_the_registry(home, tmp_path):
     ds = classification_dataset(tmp_path)
-    cfg = compose("train", ["data.dataset=tiles", "task=classification", *TINY, "data.patch_size=32",
+    # no data.patch_size: the dataset's chip size (32) is the training default
+    cfg = compose("train", ["data.dataset=tiles", "task=classification", *TINY,
                             "trainer.max_epochs=6", "task.optimizer.lr=3e-3",
                             "register.name=scenes", "register.alias=champion"])  # fmt: skip
     result = train(cfg)
@@ -143,6 +145,10 @@ def test_classification_learns_logs_metrics_figures_and_predicts_from_the_regist
 
     model = load_model("scenes@champion")
     assert model.record["task"] == "classification" and model.record["pool"] == "mean"
+    assert model.record["patch_size"] == ds.manifest["chip_size"] == 32
+    uri = mlflow.MlflowClient().get_model_version_download_uri("scenes", "1")
+    card = json.loads(mlflow.artifacts.load_text(f"{uri}/artifacts/mlm-item.json"))
+    check_mlm_item(card, model.record)  # input shape [-1, 4, 32, 32]: the trained chip
     dm = GeotuneDataModule(ds.id, patch_size=32, batch_size=8, num_workers=0)
     batch = next(iter(dm.test_dataloader()))
     out = mlflow.pyfunc.load_model("models:/scenes@champion").predict(batch["image"].numpy())
@@ -240,8 +246,35 @@ def test_change_detection_learns_and_predicts_two_dates(home, tmp_path, capsys):
     assert ((cls == change) == (truth == 1)).mean() > 0.85
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "change" and summary["provenance"]["dates"] == [None, None]
+    assert summary["input"]["date_order"] == "as given (a date is unknown)"
     assert main([*argv, "--image", images[0]]) == 2
     assert "takes a before and an after image" in capsys.readouterr().err
+
+    # given after, before with their dates: predicted oldest first, and said so
+    late = [
+        "--image",
+        images[1],
+        "--image",
+        images[0],
+        "--date",
+        "2024-06-01",
+        "--date",
+        "2023-06-01",
+    ]
+    with pytest.warns(UserWarning, match="oldest first"):
+        assert main([*argv[:3], "--out", str(tmp_path / "late"), *argv[5:], *late]) == 0
+    summary = json.loads((tmp_path / "late" / "summary.json").read_text())
+    assert summary["input"]["date_order"] == "reordered oldest first"
+    assert summary["provenance"]["dates"] == ["2023-06-01", "2024-06-01"]
+    assert summary["provenance"]["inputs"] == ["changes_0.tif", "changes_1.tif"]
+    with rasterio.open(tmp_path / "late" / "classes.tif") as src:
+        assert (src.read(1) == cls).all()
+    # the same image twice, by name or as a byte-identical copy, is no pair
+    (tmp_path / "copy.tif").write_bytes(Path(images[0]).read_bytes())
+    copy = (str(tmp_path / "copy.tif"), "changes_0.tif and copy.tif are byte-identical")
+    for second, why in ((images[0], "changes_0.tif is given twice"), copy):
+        assert main([*argv, "--image", images[0], "--image", second]) == 2
+        assert why in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.endswith("_segmentation")])

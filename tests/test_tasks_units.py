@@ -172,7 +172,7 @@ def test_task_option_errors_say_what_to_use():
     b, _ = backbone("resnet18", num_frames=1)
     with pytest.raises(UserError, match="only Prithvi backbones.*task.temporal=siamese"):
         ChangeNet(b, 2, temporal="frames")
-    with pytest.raises(UserError, match="diff or concat"):
+    with pytest.raises(UserError, match="diff, signed, concat"):
         ChangeNet(b, 2, fusion="sum")
     with pytest.raises(UserError, match=r"\[B, C, 2, H, W\]"):
         ChangeNet(b, 2)(torch.rand(1, 6, 32, 32))
@@ -183,3 +183,24 @@ def test_task_option_errors_say_what_to_use():
     p, _ = backbone("prithvi_eo_v2_300", num_frames=2)
     with pytest.raises(UserError, match="siamese runs the encoder on one date"):
         ChangeNet(p, 2)
+
+
+def test_directional_change_classes_get_a_fusion_that_keeps_the_direction():
+    from trainer.heads import resolve_fusion
+
+    binary = [{"name": "no_change"}, {"name": "change"}]
+    transitions = [{"name": "no_change"}, {"name": "forest→cropland"}]
+    kinds = [{"name": "unchanged"}, {"name": "built"}, {"name": "demolished"}]
+    assert resolve_fusion("auto", binary) == "diff"
+    assert resolve_fusion("auto", transitions) == resolve_fusion("auto", kinds) == "concat"
+    assert resolve_fusion("signed", kinds) == "signed" and resolve_fusion("diff", binary) == "diff"
+    for classes in (transitions, kinds):
+        with pytest.raises(UserError, match=r"\|before − after\|.*cannot tell the direction"):
+            resolve_fusion("diff", classes)
+    torch.manual_seed(0)
+    b, _ = backbone("resnet18", num_frames=1)
+    x = torch.rand(1, 6, 2, 32, 32) * 3000
+    for fusion in ("signed", "concat"):  # after, before is not before, after
+        net = ChangeNet(b, 3, fusion=fusion).eval()
+        with torch.no_grad():
+            assert not torch.allclose(net(x), net(x.flip(2)), atol=1e-3)

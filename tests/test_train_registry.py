@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import env_with_home
+from mlm_check import apply_value_scaling, check_mlm_item
 
 from datamodules.ingest import ingest
 from trainer.config import compose
@@ -104,6 +105,15 @@ print(json.dumps({"classes": out["classes"].tolist(), "shape": list(out["probabi
         c["name"] for c in record["classes"]
     ] == ["field", "forest", "water"]
     assert record["dataset_id"] == "synth" and record["run_id"] == result["run_id"]
+    # the MLM card: valid for stac-model, its value_scaling is the model's own z-score
+    uri = client.get_model_version_download_uri("synthmodel", "1")
+    card = json.loads(mlflow.artifacts.load_text(f"{uri}/artifacts/mlm-item.json"))
+    scaling = check_mlm_item(card, record)
+    stored = x[0, :, :2, :2].astype(np.float64)
+    with torch.inference_mode():
+        seen = model.net.normalize(torch.from_numpy(x[:1, :, :2, :2]))[0].double().numpy()
+    np.testing.assert_allclose(apply_value_scaling(scaling, stored), seen, atol=1e-5)
+    assert record["normalization"]["statistics"] == "dataset"  # random weights
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -295,7 +295,7 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
         "",
         f"Same for every backbone: task `{cfg.task._target_.rsplit('.', 1)[1]}`, "
         f"max_epochs={cfg.trainer.max_epochs} (early stopping on val/mIoU, best epoch restored), "
-        f"patch {cfg.data.patch_size} px, batch {cfg.data.batch_size}, {cfg.data.chips_per_epoch} chips/epoch, "
+        f"patch {cfg.data.patch_size or ds.manifest.get('chip_size') or 128} px, batch {cfg.data.batch_size}, {cfg.data.chips_per_epoch} chips/epoch, "
         f"lr {cfg.task.optimizer.lr}, precision {cfg.trainer.precision}. Each backbone: its own "
         "normalisation and recommended fine-tune mode.",
         "",

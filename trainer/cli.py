@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import warnings
 
 from datamodules.errors import UserError
 
@@ -23,6 +26,25 @@ models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
   geotune predict --model NAME@champion --aoi aoi.geojson --start 2024-05-01 --end 2024-08-31 --out results/
   geotune models list
 """
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_warnings() -> None:
+    """Warnings without ANSI colour codes (MLflow colours some) when ``NO_COLOR`` is set
+    (https://no-color.org) or stderr is not a terminal."""
+    if not os.environ.get("NO_COLOR") and sys.stderr.isatty():
+        return
+    show = warnings.formatwarning
+    if getattr(show, "plain", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        return ANSI_CODE.sub("", show(message, category, filename, lineno, line))
+
+    formatwarning.plain = True
+    warnings.formatwarning = formatwarning
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -154,36 +176,92 @@ def cmd_predict(args) -> int:
 
 
 # -- models ---------------------------------------------------------------------------------------
+VERSION_COLUMNS = (
+    "model",
+    "version",
+    "aliases",
+    "task",
+    "backbone",
+    "dataset",
+    "test/mIoU",
+    "created",
+)
+
+
+def _version_cells(name: str, row: dict) -> list[str]:
+    miou = row["metrics"].get("test/mIoU")
+    return [
+        name,
+        str(row["version"]),
+        ",".join(row["aliases"]) or "-",
+        row["task"] or "-",
+        row["backbone"] or "-",
+        row["dataset_id"] or "-",
+        "-" if miou is None else f"{miou:.4f}",
+        row["created"] or "-",
+    ]
+
+
+def _table(header, rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = [header, *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
+
+
+def _model_or_explain(client, name: str):
+    from .models import ModelNotFoundError, find, names, not_found_message
+
+    rm = find(client, name)
+    if rm is None:
+        hint = "Train one with: geotune train ... register.name=NAME"
+        raise ModelNotFoundError(not_found_message(name, names(client), hint))
+    return rm
+
+
 def cmd_models(args) -> int:
+    import json
+
+    from . import models
     from .registry import setup_mlflow
 
     client = setup_mlflow()
     if args.models_cmd == "list":
-        models = client.search_registered_models()
-        if not models:
+        found = models.list_models(client)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        elif not found:
             print("no registered models yet: geotune train ... register.name=NAME")
-        for m in models:
-            rm = client.get_registered_model(m.name)
-            aliases = ", ".join(f"{a}→v{v}" for a, v in (rm.aliases or {}).items())
-            latest = max(
-                (int(v.version) for v in client.search_model_versions(f"name='{m.name}'")),
-                default=0,
-            )
-            print(f"{m.name:30s} latest v{latest}  {aliases}")
+        else:
+            rows = [_version_cells(m["registered_name"], r) for m in found for r in m["versions"]]
+            print(_table(VERSION_COLUMNS, rows))
     elif args.models_cmd == "show":
-        rm = client.get_registered_model(args.name)
-        print(f"{rm.name}  aliases: {dict(rm.aliases or {})}")
-        for v in sorted(
-            client.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)
-        ):
-            run = client.get_run(v.run_id) if v.run_id else None
-            miou = run.data.metrics.get("test/mIoU") if run else None
-            print(
-                f"  v{v.version}  run {v.run_id}  test/mIoU {miou if miou is None else round(miou, 4)}  tags {dict(v.tags)}"
-            )
+        info = models.detail(client, _model_or_explain(client, args.name))
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        norm = info["normalization"]
+        print(
+            f"{info['registered_name']}: {info['task']} with {info['backbone']} "
+            f"(described: version {info['described_version']})"
+        )
+        print(
+            f"  sensor {info['sensor']}, bands {','.join(info['bands'])}, "
+            f"resolution {info['resolution']}"
+        )
+        print(f"  classes {', '.join(c['name'] for c in info['classes'])}")
+        print(f"  normalisation: {norm.get('source')} ({norm.get('conversion')})\n")
+        rows = [_version_cells(info["registered_name"], r) for r in info["versions"]]
+        print(_table(VERSION_COLUMNS, rows))
+        for r in info["versions"]:
+            test = {
+                k: v for k, v in r["metrics"].items() if k.startswith("test/") and k.count("/") == 1
+            }
+            if test:
+                print(f"  v{r['version']} " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
     elif args.models_cmd == "alias":
-        client.get_model_version(args.name, str(args.version))
-        client.set_registered_model_alias(args.name, args.alias, str(args.version))
+        models.set_alias(client, _model_or_explain(client, args.name), args.alias, args.version)
         print(f"{args.name}@{args.alias} → version {args.version}")
     return 0
 
@@ -421,9 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="registered models: list, show, alias")
     msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
-    msub.add_parser("list", help="registered models and their aliases")
-    s = msub.add_parser("show", help="versions of a model with their runs and metrics")
+    s = msub.add_parser(
+        "list", help="every version of every registered model: aliases, task, backbone, ..."
+    )
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s = msub.add_parser("show", help="a model: what it predicts, its versions and test metrics")
     s.add_argument("name")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s = msub.add_parser(
         "alias", help="point an alias at a version: geotune models alias NAME champion 3"
     )
@@ -552,6 +634,7 @@ HYDRA_COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    plain_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HYDRA_COMMANDS:
         config_name, fn = HYDRA_COMMANDS[argv[0]]

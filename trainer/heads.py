@@ -7,8 +7,10 @@ itself (callers pass raw values) and fills the backbone's "unknown" metadata whe
   ``[B, K, H, W]``. Inputs of any H, W are padded to the network's multiple and cropped back.
 - ``ChangeNet``: two dates ``[B, C, 2, H, W]`` → change logits ``[B, K, H, W]``. ``siamese``: one
   shared encoder runs on each date, the feature maps are fused per level (``diff``: absolute
-  difference; ``concat``: both, channels doubled) and decoded as above. ``frames`` (Prithvi):
-  the two dates go through the encoder together as T=2 frames.
+  difference |before − after|, blind to direction, for change/no change; ``signed``: after −
+  before; ``concat``: both, channels doubled) and decoded as above. ``frames`` (Prithvi): the
+  two dates go through the encoder together as T=2 frames. Which fusion fits which classes:
+  :func:`resolve_fusion`.
 - ``ClassificationNet``: one pooled embedding per chip (``cls``: the ViT class token of the last
   returned block; ``mean``: the mean of its patch tokens, or of ResNet's last feature map) →
   linear or MLP head → ``[B, K]``.
@@ -182,6 +184,33 @@ class SegmentationNet(nn.Module):
         return self._decode(self.features(x, **metadata), x.shape[-2:], h, w)
 
 
+FUSIONS = ("diff", "signed", "concat")
+
+
+def directional(classes: list[dict]) -> bool:
+    """Whether change classes carry a direction: from-to transitions (``forest→cropland``) or
+    more than one kind of change (built / demolished). Change / no change does not."""
+    return len(classes) > 2 or any("→" in c["name"] for c in classes)
+
+
+def resolve_fusion(fusion: str, classes: list[dict]) -> str:
+    """``auto``: ``diff`` for change / no change, ``concat`` for directional classes (the
+    absolute difference cannot tell built from demolished); ``diff`` on directional classes
+    is refused."""
+    if fusion not in ("auto", *FUSIONS):
+        raise UserError(f"task.fusion must be auto, {', '.join(FUSIONS)}; not {fusion!r}")
+    names = ", ".join(c["name"] for c in classes)
+    if fusion == "auto":
+        return "concat" if directional(classes) else "diff"
+    if fusion == "diff" and directional(classes):
+        raise UserError(
+            f"task.fusion=diff fuses the dates by |before − after|, which cannot tell the "
+            f"direction of a change, and these change classes have one ({names}). Use "
+            "task.fusion=concat (or signed, or auto)."
+        )
+    return fusion
+
+
 class ChangeNet(SegmentationNet):
     """Two dates ``[B, C, 2, H, W]`` → change logits ``[B, K, H, W]`` (see the module docstring)."""
 
@@ -196,8 +225,8 @@ class ChangeNet(SegmentationNet):
         temporal: str = "siamese",
     ):
         spec = backbone.spec
-        if fusion not in ("diff", "concat"):
-            raise UserError(f"task.fusion must be diff or concat, not {fusion!r}")
+        if fusion not in FUSIONS:
+            raise UserError(f"task.fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
         if temporal == "frames":
             if spec.family != "prithvi" or spec.num_frames != 2:
                 raise UserError(
@@ -243,6 +272,8 @@ class ChangeNet(SegmentationNet):
         after = self.features(x[:, :, 1], **per_date[1])
         if self.fusion == "diff":
             fused = [(a - b).abs() for a, b in zip(before, after, strict=True)]
+        elif self.fusion == "signed":
+            fused = [b - a for a, b in zip(before, after, strict=True)]
         else:
             fused = [torch.cat((a, b), dim=1) for a, b in zip(before, after, strict=True)]
         return self._decode(fused, x.shape[-2:], h, w)

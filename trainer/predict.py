@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from datamodules.bands import map_bands
 from datamodules.errors import UserError
-from datamodules.imagery import Grid, ImageryError, Scene, SceneReader, day_number, open_scenes
+from datamodules.imagery import Grid, Scene, SceneReader, day_number
 
 from .areas import areal_scale, class_histogram, pixel_area_rows
 from .polygons import PolygonCollector
@@ -135,7 +135,9 @@ class Predictor:
     as in training.
     """
 
-    def __init__(self, model, scenes: list[Scene], options: PredictOptions):
+    def __init__(self, model, scenes: list[Scene], options: PredictOptions, conversion=None):
+        """``conversion``: per model band ``(gains, biases)`` taking the scenes' stored values
+        into the units the model's statistics apply to (:mod:`trainer.inputs`), or None."""
         import torch
 
         self.model, self.o = model, options
@@ -212,6 +214,12 @@ class Predictor:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.precision = resolve_precision(options.precision, self.device)
         self.k = rec["num_classes"]
+        self.conversion = None
+        if conversion is not None:
+            gains, biases = (
+                torch.tensor(v, dtype=torch.float32, device=self.device) for v in conversion
+            )
+            self.conversion = gains, biases
         self.readers = [SceneReader(s) for s in self.scenes]
         self._read_lock = threading.Lock()
         self.nodata = [s.nodata for s in self.scenes]
@@ -268,6 +276,9 @@ class Predictor:
         import torch
 
         t = torch.from_numpy(x).to(self.device)
+        if self.conversion is not None:
+            shape = (1, -1) + (1,) * (t.dim() - 2)
+            t = t * self.conversion[0].view(shape) + self.conversion[1].view(shape)
         if self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         meta = _to_device(self.metadata(origins), self.device)
@@ -559,21 +570,22 @@ def predict_scene(
     """Predict a scene to ``out_dir``: classes.tif, confidence.tif (COGs), polygons.geojson, summary.json.
 
     ``images``: one file, or band files, or one file per date (change and multi-temporal
-    models, oldest first). Classification models give a coarse raster, one pixel per chip.
+    models; put oldest first when their dates are known). ``sensor`` defaults to the model's;
+    what was decided about sensor, nodata, units and date order is the summary's ``input``
+    (:mod:`trainer.inputs`). Classification models give a coarse raster, one pixel per chip.
     """
     from tqdm.auto import tqdm
+
+    from .inputs import prepare_inputs
 
     o = options or PredictOptions()
     rec = model.record
     t0 = time.time()
-    try:
-        scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
-    except ImageryError as e:
-        if "cannot tell the bands" in str(e) and not bands:
-            scenes = open_scenes(images, bands=_assume_model_bands(images, rec), dates=dates)
-        else:
-            raise PredictError(str(e)) from None
-    pred = Predictor(model, scenes, o)
+    inputs = prepare_inputs(rec, list(images), bands, sensor, dates)
+    scenes, images = inputs.scenes, inputs.images
+    if provenance and "inputs" in provenance:  # the caller's names of the files, per date
+        provenance = provenance | {"inputs": inputs.reordered(list(provenance["inputs"]))}
+    pred = Predictor(model, scenes, o, inputs.conversion)
     classify = pred.task == "classification"
     grid = scenes[0].grid
     out_grid = coarse_grid(grid, pred.chip) if classify else grid
@@ -715,6 +727,7 @@ def predict_scene(
             "dates": [s.date.isoformat() if s.date else None for s in scenes],
             **(provenance or {}),
         },
+        "input": inputs.summary(),
     }
     if classify:
         summary["n_chips"] = int(n_chips.sum())
@@ -734,23 +747,6 @@ def coarse_grid(grid, chip: int):
         -(-grid.width // chip),
         -(-grid.height // chip),
     )
-
-
-def _assume_model_bands(images, rec) -> list[str]:
-    counts = set()
-    for p in images:
-        with rasterio.open(p) as ds:
-            counts.add(ds.count)
-    if counts != {len(rec["bands"])}:
-        raise PredictError(
-            f"cannot tell the bands of {Path(images[0]).name} ({max(counts)} bands, no band names); the model "
-            f"needs {', '.join(rec['bands'])}. Pass --bands in file order."
-        )
-    warnings.warn(
-        f"{Path(images[0]).name} has no band names; assuming the model's band order {rec['bands']}",
-        stacklevel=2,
-    )
-    return list(rec["bands"])
 
 
 __all__ = ["PredictOptions", "Predictor", "predict_scene", "tiles", "ChipGrid", "PredictError"]

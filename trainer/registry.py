@@ -1,11 +1,14 @@
 """MLflow: the model record, the pyfunc model, registration, aliases, loading by URI.
 
 A registered version carries everything needed to predict without the training config:
-``weights.pt`` (the whole network's state dict), ``model.json`` (backbone name/size/build
-arguments, band names, normalisation, class table, patch defaults, resolution, run and dataset
-ids), ``config.yaml`` (the resolved Hydra config) and ``mlm-item.json`` (a STAC MLM item).
-``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` rebuilds the network from these in any
-Python session where geotune is installed; ``predict`` takes raw float32 ``[B, C, H, W]``.
+``weights.pt`` (the whole network's state dict), ``model.json`` (the model record: backbone
+name/size/build arguments, band names, normalisation and the units of the values it expects,
+class table, patch defaults, resolution, run and dataset ids), ``config.yaml`` (the resolved
+Hydra config) and ``mlm-item.json`` (a STAC MLM v1.4 item whose ``value_scaling`` is the
+model's z-score per band on stored values). ``mlflow.pyfunc.load_model("models:/<name>@<alias>")``
+rebuilds the network from these in any Python session where geotune is installed; ``predict``
+takes stored values as float32 ``[B, C, H, W]``. Records of older versions are upgraded when
+read (:func:`upgrade_record`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datamodules.errors import UserError
 from datamodules.paths import artifacts_dir, tracking_uri
 
 EXPERIMENT = "geotune"
+RECORD_VERSION = 2  # model.json's "geotune_model"; 2: normalization (units) recorded
 
 
 class ModelRefError(UserError):
@@ -97,6 +101,42 @@ def input_shape(record: dict) -> tuple[int, ...]:
     return (-1, c, t, -1, -1) if t > 1 else (-1, c, -1, -1)
 
 
+def upgrade_record(record: dict) -> dict:
+    """A model record of any version in today's shape (the stored file is never rewritten).
+
+    Version 1 (before units were recorded): its ``mean``/``std`` were applied to the stored
+    values of its ``sensor`` as they came, and that is what the upgraded record says."""
+    from datamodules.sensors import stored_units
+
+    rec = dict(record)
+    version = int(rec.get("geotune_model", 1))
+    if version > RECORD_VERSION:
+        raise ModelRefError(
+            f"this model record is version {version}; this geotune reads up to "
+            f"{RECORD_VERSION}. Upgrade geotune to load it."
+        )
+    if version < 2:
+        units = stored_units(rec.get("sensor"), list(rec["bands"]))
+        rec["normalization"] = {
+            "statistics": "recorded",
+            "source": "model record version 1: mean/std applied to the stored values as given "
+            "(units were not recorded then)",
+            "sensor": rec.get("sensor"),
+            "input_units": [u.to_dict() for u in units] if units else None,
+            "conversion": "none",
+        }
+    rec["geotune_model"] = RECORD_VERSION
+    return rec
+
+
+def input_units(record: dict):
+    """The units of the stored values the model's statistics apply to (None: unknown)."""
+    from datamodules.units import Unit
+
+    units = (record.get("normalization") or {}).get("input_units")
+    return [Unit.from_dict(u) for u in units] if units else None
+
+
 class GeotuneModel(PythonModel):
     """pyfunc wrapper: ``predict(float32 raw values)`` → ``{classes, probabilities}``.
 
@@ -108,7 +148,7 @@ class GeotuneModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        self.record = json.loads(Path(context.artifacts["record"]).read_text())
+        self.record = upgrade_record(json.loads(Path(context.artifacts["record"]).read_text()))
         self.net = build_net(self.record)
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state, strict=True)
@@ -154,7 +194,11 @@ def output_shapes(record: dict) -> dict[str, tuple[int, ...]]:
 
 
 def mlm_item(record: dict, n_params: int) -> dict:
-    """A STAC item with the Machine Learning Model (MLM) extension describing the model."""
+    """A STAC item with the Machine Learning Model (MLM) v1.4 extension describing the model.
+
+    ``mlm:input`` takes the stored values of the record's bands; its ``value_scaling`` holds one
+    z-score per band, the model's own (statistics folded onto the stored values), so applying
+    the card to stored values gives exactly what the encoder sees."""
     task = record.get("task", "segmentation")
     shape = list(input_shape(record))
     shape[-2:] = [record["patch_size"], record["patch_size"]]
@@ -167,6 +211,14 @@ def mlm_item(record: dict, n_params: int) -> dict:
     out_shape = list(output_shapes(record)["probabilities"])
     out_order = ["batch", "channel", "height", "width"][: len(out_shape)]
     left, bottom, right, top = record.get("bounds_lonlat") or [-180, -90, 180, 90]
+    units = input_units(record)
+    sensor = record.get("sensor")
+    norm = record.get("normalization") or {}
+    what = f"{sensor or 'unknown sensor'} stored values"
+    described = (
+        [f"{what}: {u.describe()}" for u in units] if units else [what] * len(record["bands"])
+    )
+    bands = [{"name": b, "description": d} for b, d in zip(record["bands"], described, strict=True)]
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -183,6 +235,7 @@ def mlm_item(record: dict, n_params: int) -> dict:
             "datetime": None,
             "start_datetime": "1970-01-01T00:00:00Z",
             "end_datetime": "9999-12-31T23:59:59Z",
+            "bands": bands,
             "mlm:name": record.get("name") or "geotune-model",
             "mlm:architecture": f"{record['backbone']['name']}+{head}"
             + (" (change detection)" if task == "change" else ""),
@@ -195,17 +248,19 @@ def mlm_item(record: dict, n_params: int) -> dict:
                 {
                     "name": "image",
                     "bands": record["bands"],
+                    "description": f"stored values of {sensor or 'the training imagery'}; "
+                    f"normalisation: {norm.get('source', 'recorded statistics')}",
                     "input": {
                         "shape": shape,
                         "dim_order": dim_order,
                         "data_type": "float32",
                     },
-                    "norm_type": "z-score",
-                    "statistics": [
-                        {"mean": m, "stddev": s}
+                    "value_scaling": [
+                        {"type": "z-score", "mean": m, "stddev": s}
                         for m, s in zip(record["mean"], record["std"], strict=True)
                     ],
                     "resize_type": None,
+                    "pre_processing_function": None,
                 }
             ],
             "mlm:output": [
@@ -235,6 +290,7 @@ def mlm_item(record: dict, n_params: int) -> dict:
                 "href": "weights.pt",
                 "type": "application/octet-stream",
                 "roles": ["mlm:model", "mlm:weights"],
+                "mlm:artifact_type": "torch.save",
             }
         },
     }

@@ -327,7 +327,9 @@ class ChangeTask(DenseTask):
     """A change class per pixel from two dates: ``image`` ``[B, C, 2, H, W]``, ``mask`` ``[B, H, W]``.
 
     ``temporal=siamese`` runs one shared encoder per date and fuses the features (``fusion``:
-    ``diff`` or ``concat``); ``temporal=frames`` (Prithvi) encodes both dates as T=2 frames.
+    ``auto``, ``diff``, ``signed`` or ``concat``; see :func:`trainer.heads.resolve_fusion`:
+    directional change classes need a fusion that keeps the direction); ``temporal=frames``
+    (Prithvi) encodes both dates as T=2 frames.
     """
 
     kind = "change"
@@ -336,7 +338,7 @@ class ChangeTask(DenseTask):
         self,
         backbone: nn.Module,
         classes: list[dict],
-        fusion: str = "diff",
+        fusion: str = "auto",
         temporal: str = "siamese",
         decoder: str = "auto",
         decoder_channels: int = 256,
@@ -351,8 +353,9 @@ class ChangeTask(DenseTask):
         augment: bool = True,
         overlay_chips: int = 4,
     ):
-        from .heads import ChangeNet
+        from .heads import ChangeNet, resolve_fusion
 
+        fusion = resolve_fusion(fusion, classes)
         net = ChangeNet(backbone, len(classes), decoder, decoder_channels, gsd, fusion, temporal)
         super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])

@@ -65,7 +65,7 @@ def train(
     from hydra.utils import instantiate
 
     from .backbones import get_entry
-    from .backbones.adapt import backbone_for_dataset
+    from .backbones.adapt import backbone_for_dataset, describe_normalization, normalization_params
     from .registry import log_model, register, setup_mlflow
 
     register_resolvers()
@@ -82,7 +82,7 @@ def train(
     for key, value in cls.backbone_overrides(task_cfg, get_entry(b_cfg["name"]).family).items():
         if b_cfg.get(key) is None:
             b_cfg[key] = value
-    backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, cfg.data.patch_size)
+    backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, dm.patch_size)
     bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
     gsd = float(ds.manifest["resolution"][0])
     task = instantiate(
@@ -131,7 +131,10 @@ def train(
             f"geotune: {cls.kind} with {cfg.backbone.name} ({backbone.spec.size}) from {weights_note}, "
             f"fine-tune {cfg.backbone.finetune}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(bands)}"
         )
+        spec = backbone.spec
+        print(f"geotune: {describe_normalization(spec.normalization)}")
         logger.log_hyperparams(flat_params(cfg))
+        logger.log_hyperparams(normalization_params(spec.normalization, spec.mean, spec.std))
         client = logger.experiment
         client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
         client.log_text(logger.run_id, json.dumps(ds.manifest, indent=2), "dataset/dataset.json")
@@ -175,7 +178,9 @@ def train(
             ("model/trainable_parameters", trainable),
         ):
             logger.experiment.log_metric(logger.run_id, key, value)
-        record = model_record(cfg, ds, backbone, b_kwargs, task, bands, logger.run_id)
+        record = model_record(
+            cfg, ds, backbone, b_kwargs, task, bands, logger.run_id, dm.patch_size
+        )
         info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
         result["model_uri"] = info.model_uri
         if cfg.register.name:
@@ -187,6 +192,7 @@ def train(
                     "run_id": logger.run_id,
                     "dataset_id": ds.id,
                     "backbone": cfg.backbone.name,
+                    "task": cls.kind,
                     "owner": ds.manifest.get("owner", "local"),
                 },
             )
@@ -197,15 +203,15 @@ def train(
     return result
 
 
-def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id) -> dict:
+def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: int) -> dict:
     from rasterio.warp import transform_bounds
 
-    from .registry import net_fields
+    from .registry import RECORD_VERSION, net_fields
 
     spec = backbone.spec
     lonlat = transform_bounds(ds.manifest["crs_wkt"], "EPSG:4326", *ds.manifest["bounds"])
     return {
-        "geotune_model": 1,
+        "geotune_model": RECORD_VERSION,
         "name": cfg.register.name,
         "task": task.kind,
         "backbone": {
@@ -225,11 +231,12 @@ def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id) -> dict:
         "bands": bands,
         "mean": list(spec.mean),
         "std": list(spec.std),
+        "normalization": spec.normalization,
         "sensor": ds.manifest.get("sensor"),
         "resolution": ds.manifest["resolution"],
         "num_frames": len(ds.images),
-        "patch_size": int(cfg.data.patch_size),
-        "overlap": max(16, int(cfg.data.patch_size) // 8),
+        "patch_size": int(patch_size),
+        "overlap": max(16, int(patch_size) // 8),
         "bounds_lonlat": list(lonlat),
         "run_id": run_id,
         "dataset_id": ds.id,

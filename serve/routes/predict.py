@@ -31,8 +31,10 @@ FORM_FIELDS = {
               "description": "the scene: a GeoTIFF/COG (repeat for band files or dates)"},
     "bands": {"type": "string", "description": "band names in file order, when the file has none",
               "example": ""},
-    "sensor": {"type": "string", "description": "sensor id, to name bands from the sensor table",
-               "example": ""},
+    "sensor": {"type": "string", "example": "",
+               "description": "sensor id of the scene; default (and recommended): the model's "
+                              "own. Names bands and the fill value; another sensor is converted "
+                              "exactly into the model's units where possible, else refused"},
     "dates": {"type": "string", "example": "",
               "description": "acquisition dates (YYYY-MM-DD, comma-separated, one per date's image, "
                              "oldest first) when the files do not carry them"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datamodules.errors import UserError
+from datamodules.units import Unit
 
 
 class BackboneError(UserError):
@@ -19,8 +20,13 @@ class WeightsError(BackboneError):
 class BackboneSpec:
     """The contract between a backbone and everything around it.
 
-    ``bands``/``mean``/``std`` describe the *raw* input the model expects, in channel order:
+    ``bands``/``mean``/``std`` describe the input the model expects, in channel order:
     normalisation ``(x - mean) / std`` is applied by the model wrapper, never by the caller.
+    ``stats_unit`` is the unit ``mean``/``std`` are in when they are a backbone's published
+    statistics (Prithvi: HLS surface reflectance x 10000); fitting the backbone to a dataset
+    (:func:`trainer.backbones.adapt.backbone_for_dataset`) folds them onto the dataset's stored
+    values, after which ``stats_unit`` is None (statistics on the input as stored) and
+    ``normalization`` says what was done.
     ``out_channels``/``out_strides`` describe the feature maps ``forward`` returns, one per
     entry of ``out_indices``.
     """
@@ -42,6 +48,9 @@ class BackboneSpec:
     )
     gsd: float | None = None  # the GSD the model was pretrained at, when it matters
     weights: str = "random"  # the file the weights came from, or "random"
+    stats_unit: Unit | None = None  # None: mean/std apply to the input values as they come
+    stats_source: str = "given"  # where mean/std come from
+    normalization: dict = field(default_factory=dict, compare=False)  # see backbones.adapt
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
@@ -61,6 +70,9 @@ class BackboneSpec:
             "any_bands": self.any_bands,
             "gsd": self.gsd,
             "weights": self.weights,
+            "stats_unit": self.stats_unit.to_dict() if self.stats_unit else None,
+            "stats_source": self.stats_source,
+            "normalization": self.normalization,
             "extra": {
                 k: v
                 for k, v in self.extra.items()

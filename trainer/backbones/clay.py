@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.sensors import get_sensor
 from datamodules.sensors import wavelengths as sensor_wavelengths
+from datamodules.units import Unit
 
 from .base import BackboneError, BackboneSpec
 from .checkpoints import CheckpointLayout, load_encoder_weights
@@ -68,40 +70,51 @@ class ClayBand:
 class ClayPlatform:
     gsd: float
     bands: dict[str, ClayBand]  # geotune band name -> Clay's values, in Clay's band order
+    unit: Unit  # what the statistics were computed on
 
 
-def _platform(gsd: float, rows: tuple) -> ClayPlatform:
-    return ClayPlatform(gsd, {name: ClayBand(w, m, s) for name, w, m, s in rows})
+def _platform(gsd: float, sensor: str, rows: tuple) -> ClayPlatform:
+    """A Clay platform whose statistics are on the stored values of geotune's ``sensor``."""
+    unit = get_sensor(sensor).unit(rows[0][0])
+    return ClayPlatform(gsd, {name: ClayBand(w, m, s) for name, w, m, s in rows}, unit)
 
 
 # Clay's configs/metadata.yaml (v1.5; v1 differs only for sentinel-1-rtc, see V1_SENTINEL_1).
 # Keys are Clay platform names; band names are geotune's (Clay's rededge1..3 = rededge071..078).
+# Clay's training chips are the providers' COGs as stored (Clay-foundation/stacchip copies the
+# Earth Search Sentinel-2 L2A and USGS Landsat C2 assets unchanged), so each platform's
+# statistics are on that product's stored values: Sentinel-2 L2A reflectance x 10000, Landsat
+# C2 L2 surface reflectance as stored (value * 2.75e-5 - 0.2), NAIP digital numbers.
 PLATFORMS = {
-    "sentinel-2-l2a": _platform(10, (
+    "sentinel-2-l2a": _platform(10, "sentinel-2-l2a", (
         ("blue", 0.493, 1105.0, 1809.0), ("green", 0.56, 1355.0, 1757.0),
         ("red", 0.665, 1552.0, 1888.0), ("rededge071", 0.704, 1887.0, 1870.0),
         ("rededge075", 0.74, 2422.0, 1732.0), ("rededge078", 0.783, 2630.0, 1697.0),
         ("nir", 0.842, 2743.0, 1742.0), ("nir08", 0.865, 2785.0, 1648.0),
         ("swir16", 1.61, 2388.0, 1470.0), ("swir22", 2.19, 1835.0, 1379.0),
     )),
-    "landsat-c2l1": _platform(30, (
+    "landsat-c2l1": _platform(30, "landsat-c2-l1", (
         ("red", 0.65, 10678.0, 6025.0), ("green", 0.56, 10563.0, 5411.0),
         ("blue", 0.48, 11083.0, 5468.0), ("nir08", 0.86, 14792.0, 6746.0),
         ("swir16", 1.6, 12276.0, 5897.0), ("swir22", 2.2, 10114.0, 4850.0),
     )),
-    "landsat-c2l2-sr": _platform(30, (
+    "landsat-c2l2-sr": _platform(30, "landsat-c2-l2", (
         ("red", 0.65, 13705.0, 9578.0), ("green", 0.56, 13310.0, 9408.0),
         ("blue", 0.48, 12474.0, 10144.0), ("nir08", 0.86, 17801.0, 8277.0),
         ("swir16", 1.6, 14615.0, 5300.0), ("swir22", 2.2, 12701.0, 4522.0),
     )),
-    "naip": _platform(1.0, (
+    "naip": _platform(1.0, "naip", (
         ("red", 0.65, 110.16, 47.23), ("green", 0.56, 115.41, 39.82),
         ("blue", 0.48, 98.15, 35.43), ("nir", 0.842, 139.04, 49.86),
     )),
-    "sentinel-1-rtc": _platform(10, (("vv", 3.5, -12.113, 8.314), ("vh", 4.0, -18.673, 8.017))),
+    "sentinel-1-rtc": _platform(10, "sentinel-1-rtc", (("vv", 3.5, -12.113, 8.314), ("vh", 4.0, -18.673, 8.017))),
 }  # fmt: skip
 # Clay v1 was pre-trained on linear-power Sentinel-1 backscatter (metadata.yaml before v1.5).
-V1_SENTINEL_1 = _platform(10, (("vv", 3.5, 0.123273, 1.492154), ("vh", 4.0, 0.027337, 0.122182)))
+V1_SENTINEL_1 = ClayPlatform(
+    10,
+    {"vv": ClayBand(3.5, 0.123273, 1.492154), "vh": ClayBand(4.0, 0.027337, 0.122182)},
+    Unit("backscatter (linear power)"),
+)
 
 # geotune sensor id -> (Clay platform, note when it is a stand-in rather than the same product)
 SENSOR_PLATFORMS = {
@@ -334,7 +347,8 @@ def published_bands(sensor: str | None) -> list[str]:
 
 
 def band_table(name: str, sensor: str | None, bands, mean, std) -> tuple:
-    """Band names, Clay's wavelengths, mean, std, pre-training GSD and where the statistics come from."""
+    """Band names, Clay's wavelengths, mean, std, pre-training GSD, where the statistics come
+    from and their unit (None for given statistics)."""
     sensor = sensor or "sentinel-2-l2a"
     platform_name, note = SENSOR_PLATFORMS.get(sensor, (None, ""))
     platform = PLATFORMS.get(platform_name)
@@ -369,14 +383,15 @@ def band_table(name: str, sensor: str | None, bands, mean, std) -> tuple:
         ]
     except (KeyError, ValueError) as exc:
         raise BackboneError(f"no wavelength for a band of sensor {sensor!r}: {exc}") from None
-    source = "given"
+    source, unit = "given", None
     if mean is None:
         mean, std = [table[b].mean for b in bands], [table[b].std for b in bands]
         source = f"Clay metadata.yaml {platform_name}" + (f" ({note})" if note else "")
+        unit = platform.unit
         if note:
             warnings.warn(f"{name} with sensor {sensor}: {note}.", stacklevel=3)
     gsd = platform.gsd if platform else None
-    return bands, waves, [float(v) for v in mean], [float(v) for v in std], gsd, source
+    return bands, waves, [float(v) for v in mean], [float(v) for v in std], gsd, source, unit
 
 
 def build(
@@ -410,7 +425,9 @@ def build(
     if (dims.embed_dim - 8) % 4:
         raise BackboneError(f"Clay's embed_dim must be a multiple of 4, not {dims.embed_dim}.")
     out_indices = resolve_out_indices(out_indices, dims.depth)
-    band_names, waves, mean, std, gsd, stats_source = band_table(name, sensor, bands, mean, std)
+    band_names, waves, mean, std, gsd, stats_source, unit = band_table(
+        name, sensor, bands, mean, std
+    )
     model = ClayEncoder(dims, out_indices)
     if weights is not None:
         load_encoder_weights(model, weights, CHECKPOINT_LAYOUTS)
@@ -430,6 +447,8 @@ def build(
         any_bands=True,
         gsd=gsd,
         weights=str(weights) if weights is not None else "random",
+        stats_unit=unit,
+        stats_source=stats_source,
         extra={"sensor": sensor or "sentinel-2-l2a", "statistics": stats_source, "out_indices": list(out_indices),
                "depth": dims.depth, "num_heads": dims.num_heads, "img_size": img_size},
     )  # fmt: skip

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.sensors import get_sensor
 from datamodules.sensors import wavelengths as sensor_wavelengths
 
 from .base import BackboneError, BackboneSpec
@@ -41,6 +42,9 @@ from .vit_utils import checked_dates_lonlat, pick_size, resolve_out_indices
 
 # HLS B02, B03, B04, B8A (L30: B05), B11 (B06), B12 (B07)
 BANDS = ("blue", "green", "red", "nir08", "swir16", "swir22")
+# the unit of Prithvi's statistics (v1 and v2): HLS surface reflectance x 10000, i.e. HLS's
+# stored values (physical = value * 1e-4)
+STATS_UNIT = get_sensor("hls").unit("blue")
 
 
 @dataclass(frozen=True)
@@ -346,7 +350,8 @@ def build(
 
     The six HLS bands and Prithvi's statistics (v1 and v2 differ) are fixed when loading weights;
     with random weights ``bands`` may name another set (with ``mean``/``std`` for bands outside the
-    six). ``sensor`` is not used: Prithvi expects HLS-like reflectance x 10000 whatever the sensor.
+    six). Published statistics are in HLS surface reflectance x 10000 (``spec.stats_unit``);
+    :mod:`trainer.backbones.adapt` folds them onto a dataset's stored values. ``sensor`` is not used.
     ``img_size``: the input size the position table is built for (official default 224); other
     input sizes get it interpolated, as officially.
     """
@@ -372,7 +377,8 @@ def build(
         )
     if (mean is None) != (std is None):
         raise BackboneError("pass both mean and std, or neither.")
-    if mean is None:
+    published = mean is None
+    if published:
         unknown = [b for b in band_names if b not in BANDS]
         if unknown:
             raise BackboneError(
@@ -409,6 +415,8 @@ def build(
         num_frames=num_frames,
         gsd=30.0,
         weights=str(weights) if weights is not None else "random",
+        stats_unit=STATS_UNIT if published else None,
+        stats_source=f"{name} published statistics (HLS surface reflectance x 10000)" if published else "given",
         extra={"temporal_location": version.temporal_location, "out_indices": list(out_indices), "depth": dims.depth,
                "num_heads": dims.num_heads, "pretrain_frames": version.pretrain_frames, "img_size": img_size},
     )  # fmt: skip

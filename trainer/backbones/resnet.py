@@ -3,7 +3,8 @@
 The TorchGeo files are timm ResNet state dicts (``conv1``, ``bn1``, ``layer1..4``, maybe ``fc``);
 they load strictly into ``timm.create_model(..., features_only=True)`` once ``fc.*`` is dropped.
 With ``weights=random`` the input bands are the dataset's (``bands=`` override) and the
-normalisation is the dataset's statistics (``mean=``/``std=`` overrides).
+normalisation is the dataset's statistics (``mean=``/``std=`` overrides). The SSL4EO-S12 files'
+statistics are on Sentinel-2 L1C stored values (top-of-atmosphere reflectance x 10000).
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def build(
         mean = [w_mean] * len(band_names)
         std = [w_std] * len(band_names)
         sensor = w_sensor
+        stats_unit = get_sensor(w_sensor).unit(band_names[0])
+        stats_source = f"{weights.name}: {w_sensor} stored values / {w_std:g}"
     else:
+        stats_unit, stats_source = None, "given"
         if not bands:
             sensor = sensor or "sentinel-2-l1c"
             bands = get_sensor(sensor).band_names
@@ -118,6 +122,7 @@ def build(
             s = get_sensor(sensor or "sentinel-2-l1c")
             mean = [s.band(b).mean for b in band_names]
             std = [s.band(b).std for b in band_names]
+            stats_source = f"{s.id} default statistics of stored values"
     model = ResNetBackbone(name, size, len(band_names), out_indices)
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
@@ -138,6 +143,8 @@ def build(
         out_channels=tuple(info.channels()),
         out_strides=tuple(info.reduction()),
         weights=str(weights) if weights else "random",
+        stats_unit=stats_unit,
+        stats_source=stats_source,
     )
     return model
 

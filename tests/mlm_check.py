@@ -1,0 +1,42 @@
+"""Checks of a written STAC MLM item with a third-party reader: the ``stac-model`` package
+(the MLM extension's own pydantic models) and pystac."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_mlm_item(item: dict, record: dict) -> list[dict]:
+    """Validate ``item`` (a model's mlm-item.json) and return its ``value_scaling``."""
+    import pystac
+    from stac_model.input import ModelInput
+    from stac_model.output import ModelOutput
+    from stac_model.schema import MLModelProperties
+
+    assert "https://stac-extensions.github.io/mlm/v1.4.0/schema.json" in item["stac_extensions"]
+    pystac.Item.from_dict(item)  # a valid STAC item as pystac reads it
+    props = MLModelProperties.model_validate(item["properties"])
+    assert props.input and props.output
+    for inp in item["properties"]["mlm:input"]:
+        ModelInput.model_validate(inp)
+        assert "norm_type" not in inp and "statistics" not in inp  # pre-1.3 fields
+    for out in item["properties"]["mlm:output"]:
+        ModelOutput.model_validate(out)
+    (inp,) = item["properties"]["mlm:input"]
+    assert inp["bands"] == record["bands"]
+    # MLM v1.4: named input bands are STAC 1.1 band objects of the item
+    assert [b["name"] for b in item["properties"]["bands"]] == record["bands"]
+    assert inp["input"]["shape"][-2:] == [record["patch_size"], record["patch_size"]]
+    scaling = inp["value_scaling"]
+    assert len(scaling) == len(record["bands"])
+    assert all(s["type"] == "z-score" and s["stddev"] > 0 for s in scaling)
+    return scaling
+
+
+def apply_value_scaling(scaling: list[dict], stored: np.ndarray) -> np.ndarray:
+    """What a third-party reader computes from the card: ``(stored - mean) / stddev`` per band
+    (``stored``: ``[C, ...]``)."""
+    shape = (-1,) + (1,) * (stored.ndim - 1)
+    mean = np.array([s["mean"] for s in scaling], dtype=np.float64).reshape(shape)
+    std = np.array([s["stddev"] for s in scaling], dtype=np.float64).reshape(shape)
+    return (stored - mean) / std

@@ -1,0 +1,215 @@
+"""A model on imagery it did not see at training: the model's sensor by default, that sensor's
+fill value where a file declares no nodata (a clipped Landsat scene with a zero collar, through
+the CLI and over HTTP), exact conversion of another sensor's values with a warning, refusal of
+values that cannot be converted, and the registered MLM card read by stac-model."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+from conftest import env_with_home
+from mlm_check import apply_value_scaling, check_mlm_item
+from test_checkpoints import _official_prithvi_file
+from test_serve import Server
+from test_units import LANDSAT6, dataset, write_scene
+
+from trainer.config import compose
+from trainer.predict import PredictError, PredictOptions, predict_scene
+from trainer.registry import load_model
+from trainer.train import train
+
+GEOTUNE = [sys.executable, "-m", "trainer.cli"]
+FP32 = PredictOptions(precision="fp32", tile_size=64)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny Prithvi-EO-2.0 from an official-layout file, and a ResNet with Landsat's thermal
+    band from random weights, both fine-tuned on Landsat C2 L2 scenes that declare no nodata."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    home = tmp / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOTUNE_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        ckpt = tmp / "Prithvi_EO_V2_300M.pt"
+        _official_prithvi_file("prithvi_eo_v2_300", ckpt)
+        dataset(tmp, "ls", LANDSAT6, "landsat-c2-l2", collar=20)
+        run = [
+            "data.num_workers=0",
+            "data.patch_size=32",
+            "+trainer.fast_dev_run=true",
+            "backbone.size=tiny",
+            "register.alias=champion",
+        ]
+        train(
+            compose(
+                "train",
+                [
+                    "data.dataset=ls",
+                    "backbone=prithvi_eo_v2_300",
+                    f"backbone.weights={ckpt}",
+                    "register.name=ls",
+                    *run,
+                ],
+            )
+        )
+        dataset(tmp, "thermal", [*LANDSAT6, "lwir11"], "landsat-c2-l2")
+        train(
+            compose(
+                "train",
+                ["data.dataset=thermal", "backbone.weights=random", "register.name=thermal", *run],
+            )
+        )
+        loaded = {name: load_model(f"{name}@champion") for name in ("ls", "thermal")}
+        card = mlflow.artifacts.load_text(
+            f"{mlflow.MlflowClient().get_model_version_download_uri('ls', '1')}/artifacts/mlm-item.json"
+        )
+    return {"home": home, "tmp": tmp, "card": json.loads(card), **loaded}
+
+
+def test_the_card_applied_to_stored_values_is_what_the_encoder_sees(models):
+    import torch
+
+    model = models["ls"]
+    rec = model.record
+    scaling = check_mlm_item(models["card"], rec)
+    assert models["card"]["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 6, 32, 32]
+    stored = np.full((6, 4, 4), 10909.0)
+    with torch.inference_mode():
+        seen = model.net.normalize(torch.from_numpy(stored[None]).float())[0].double().numpy()
+    np.testing.assert_allclose(apply_value_scaling(scaling, stored), seen, atol=1e-5)
+    assert -0.05 < seen[0, 0, 0] < -0.03  # reflectance 0.1 in HLS statistics, not +4.4
+    assert rec["normalization"]["statistics"] == "published"
+    assert rec["normalization"]["input_units"][0]["scale"] == 2.75e-5
+
+
+def collar_scene(folder, name="collar.tif"):
+    """A clipped Landsat C2 L2 scene: a zero collar, no nodata tag; returns the valid mask."""
+    path, _ = write_scene(folder / name, LANDSAT6, size=96, collar=24, seed=3)
+    with rasterio.open(path) as src:
+        assert src.nodata is None
+        valid = (src.read() != 0).any(0)
+    return path, valid
+
+
+def check_outputs(out, valid, summary):
+    with rasterio.open(out / "classes.tif") as src:
+        cls = src.read(1)
+    with rasterio.open(out / "confidence.tif") as src:
+        conf = src.read(1)
+    assert (cls[~valid] == 255).all() and (conf[~valid] == 255).all()
+    assert (cls[valid] != 255).all() and (conf[valid] <= 100).all()
+    assert summary["n_pixels"] == valid.sum() < valid.size
+    assert sum(h["area_m2"] for h in summary["class_histogram"]) == pytest.approx(valid.sum() * 900)
+    polygons = json.loads((out / "polygons.geojson").read_text())["features"]
+    assert sum(f["properties"]["area_m2"] for f in polygons) == pytest.approx(valid.sum() * 900)
+    assert summary["input"]["nodata"] == 0
+    assert summary["input"]["nodata_source"] == "landsat-c2-l2 fill value; the file declares none"
+    assert summary["input"]["sensor"] == "landsat-c2-l2"
+    assert summary["input"]["sensor_source"] == "the model's"
+
+
+def test_collar_without_a_nodata_tag_is_nodata_through_the_cli(models, tmp_path):
+    scene, valid = collar_scene(tmp_path)
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [
+            *GEOTUNE,
+            "predict",
+            "--model",
+            "ls@champion",
+            "--image",
+            str(scene),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+        ],
+        capture_output=True,
+        text=True,
+        env=env_with_home(models["home"]) | {"NO_COLOR": "1"},
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "declares no nodata" in p.stderr and "\x1b[" not in p.stderr + p.stdout
+    check_outputs(out, valid, json.loads((out / "summary.json").read_text()))
+
+
+def test_collar_without_a_nodata_tag_is_nodata_over_http(models, tmp_path):
+    scene, valid = collar_scene(tmp_path)
+    server = Server(models["home"], "--dev").start()
+    try:
+        with server.client() as c:
+            r = c.post(
+                "/v1/models/ls/predict",
+                files={"image": scene.read_bytes()},
+                data={"precision": "fp32"},
+            )
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            out = tmp_path / "http"
+            out.mkdir()
+            for name in ("classes", "confidence", "polygons", "summary"):
+                (out / answer["links"][name].rsplit("/", 1)[1]).write_bytes(
+                    c.get(answer["links"][name]).content
+                )
+    finally:
+        server.stop()
+    assert answer["input"]["sensor_source"] == "the model's" and answer["n_pixels"] == valid.sum()
+    check_outputs(out, valid, json.loads((out / "summary.json").read_text()))
+
+
+def test_another_sensor_is_converted_exactly_and_loudly(models, tmp_path):
+    """The same reflectances stored as Sentinel-2 L2A (x 10000) predict what the Landsat
+    scene predicts, with a warning that the model never saw this sensor."""
+    scene, valid = collar_scene(tmp_path)
+    with rasterio.open(scene) as src:
+        ls, profile = src.read().astype(np.float64), src.profile
+    # the collar too holds what Landsat's 0 means (the encoder sees it around the valid pixels)
+    s2 = ((ls * 2.75e-5 - 0.2) * 1e4).astype(np.float32)
+    s2_profile = profile | {"dtype": "float32", "nodata": -2000.0}
+    with rasterio.open(tmp_path / "s2.tif", "w", **s2_profile) as dst:
+        dst.write(s2)
+        dst.descriptions = tuple(LANDSAT6)
+    a = predict_scene(models["ls"], [scene], tmp_path / "ls", options=FP32, progress=False)
+    with pytest.warns(
+        UserWarning, match="trained on landsat-c2-l2 imagery and this is sentinel-2-l2a"
+    ):
+        b = predict_scene(
+            models["ls"],
+            [tmp_path / "s2.tif"],
+            tmp_path / "s2",
+            options=FP32,
+            sensor="sentinel-2-l2a",
+            progress=False,
+        )
+    assert b["input"]["sensor_source"] == "given" and b["input"]["conversion"]["gain"][0] == (
+        pytest.approx(1e-4 / 2.75e-5)
+    )
+    with (
+        rasterio.open(tmp_path / "ls" / "confidence.tif") as x,
+        rasterio.open(tmp_path / "s2" / "confidence.tif") as y,
+    ):
+        ca, cb = x.read(1).astype(int), y.read(1).astype(int)
+    assert np.abs(ca - cb).max() <= 1 and a["n_pixels"] == b["n_pixels"] == valid.sum()
+
+
+def test_values_that_cannot_be_converted_are_refused(models, tmp_path):
+    """Landsat C2 L1 stores thermal radiance where the model was trained on L2 surface
+    temperature: refused, naming the sensor to use."""
+    path, _ = write_scene(tmp_path / "l1.tif", [*LANDSAT6, "lwir11"], size=64)
+    with pytest.raises(
+        PredictError,
+        match=r"takes landsat-c2-l2 values.*landsat-c2-l1 values "
+        r"\(.*TOA radiance.*\) cannot be converted.*--sensor landsat-c2-l2",
+    ):
+        predict_scene(
+            models["thermal"], [path], tmp_path / "out", sensor="landsat-c2-l1", progress=False
+        )
+    assert not (tmp_path / "out").exists()
+    s = predict_scene(models["thermal"], [path], tmp_path / "ok", options=FP32, progress=False)
+    assert s["input"]["conversion"] is None and s["input"]["sensor"] == "landsat-c2-l2"

@@ -1,0 +1,181 @@
+"""What prediction checks and decides about its input scenes, before any pixel is predicted.
+
+- **Sensor**: the one given, else the model's (its record knows the sensor it was trained on),
+  so the sensor's band names and fill value apply to files that do not state theirs.
+- **Bands**: as the files name them (or ``--bands``); a file without band names whose band
+  count equals the model's is taken in the model's band order, with a warning.
+- **Nodata**: the file's, else the sensor's fill value (all bands equal to it); said in the
+  summary.
+- **Units**: the model's statistics apply to stored values in its record's units. Imagery in
+  other units (another sensor, or a file declaring another scale/offset) is converted exactly
+  when both measure the same quantity, with a loud warning when the sensor differs, and refused
+  when they do not (``datamodules.units``).
+- **Dates**: several dates are put oldest first when all are known (a change model takes
+  before, after); the summary says whether they were reordered or their order is unknown.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rasterio
+
+from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
+from datamodules.sensors import stored_units
+from datamodules.units import UnitError, affine
+
+from .predict import PredictError
+from .registry import input_units
+
+
+@dataclass
+class Inputs:
+    scenes: list[Scene]
+    images: list
+    sensor: str | None
+    sensor_source: str
+    conversion: tuple[list[float], list[float]] | None = None
+    notes: list[str] = field(default_factory=list)
+    date_order: str = "one date"
+    order: list[int] | None = None  # the given dates' indices, oldest first, when reordered
+
+    def reordered(self, names: list) -> list:
+        """``names`` given per date, in the order the dates are predicted."""
+        if self.order is None or len(names) != len(self.order):
+            return names
+        return [names[i] for i in self.order]
+
+    def summary(self) -> dict:
+        s = self.scenes[0]
+        out = {
+            "sensor": self.sensor,
+            "sensor_source": self.sensor_source,
+            "nodata": s.nodata,
+            "nodata_source": s.nodata_source,
+            "date_order": self.date_order,
+            "conversion": None,
+            "notes": self.notes,
+        }
+        if self.conversion is not None:
+            out["conversion"] = {"gain": self.conversion[0], "bias": self.conversion[1]}
+        return out
+
+
+def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
+    """Open the scenes for a model and decide sensor, bands, units and date order."""
+    model_sensor = rec.get("sensor")
+    source = "given" if sensor else ("the model's" if model_sensor else "none")
+    sensor = sensor or model_sensor
+    scenes = _open(images, bands, sensor, dates, rec)
+    out = Inputs(scenes, list(images), sensor, source)
+    first = scenes[0]
+    if "fill value" in first.nodata_source:
+        out.notes.append(
+            f"{first.files[0].name} declares no nodata; pixels where every band equals "
+            f"{first.nodata:g} ({first.nodata_source}) are nodata in every output"
+        )
+        warnings.warn(out.notes[-1], stacklevel=2)
+    if len(scenes) > 1:
+        _order(out)
+    _units(out, rec, model_sensor)
+    return out
+
+
+def _open(images, bands, sensor, dates, rec) -> list[Scene]:
+    try:
+        return open_scenes(images, bands=bands, sensor=sensor, dates=dates)
+    except ImageryError as e:
+        if bands or not _unnamed(images):
+            raise PredictError(str(e)) from None
+    counts = set()
+    for p in images:
+        with rasterio.open(p) as ds:
+            counts.add(ds.count)
+    if counts != {len(rec["bands"])}:
+        raise PredictError(
+            f"cannot tell the bands of {Path(images[0]).name} ({max(counts)} bands, no band "
+            f"names); the model needs {', '.join(rec['bands'])}. Pass --bands in file order."
+        )
+    warnings.warn(
+        f"{Path(images[0]).name} has no band names; assuming the model's band order {rec['bands']}",
+        stacklevel=3,
+    )
+    try:
+        return open_scenes(images, bands=list(rec["bands"]), sensor=sensor, dates=dates)
+    except ImageryError as e:
+        raise PredictError(str(e)) from None
+
+
+def _unnamed(images) -> bool:
+    for p in images:
+        try:
+            with rasterio.open(p) as ds:
+                if all(ds.descriptions):
+                    return False
+        except rasterio.errors.RasterioIOError:
+            return False
+    return True
+
+
+def _order(out: Inputs) -> None:
+    order = date_order(out.scenes)
+    if order is None:
+        out.date_order = "as given (a date is unknown)"
+        return
+    if order == sorted(order):
+        out.date_order = "oldest first, as given"
+        return
+    dates = ", ".join(s.date.isoformat() for s in out.scenes)
+    out.order = order
+    out.scenes = [out.scenes[i] for i in order]
+    out.images = out.reordered(out.images)
+    out.date_order = "reordered oldest first"
+    msg = f"the dates were given as {dates}; predicting them oldest first (before, after)"
+    out.notes.append(msg)
+    warnings.warn(msg, stacklevel=3)
+
+
+def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:
+    """The exact conversion of the scenes' stored values into the model's input units."""
+    want = input_units(rec)
+    scene = out.scenes[0]
+    if want is None or out.sensor is None:
+        return
+    idx = [scene.bands.index(b) for b in rec["bands"] if b in scene.bands]
+    if len(idx) != len(rec["bands"]):
+        return  # the band mapping refuses it with the missing bands named
+    scales = [scene.scales[i] for i in idx] if scene.scales else None
+    offsets = [scene.offsets[i] for i in idx] if scene.offsets else None
+    have = stored_units(out.sensor, list(rec["bands"]), scales, offsets)
+    if have is None:
+        return
+    try:
+        conv = affine(have, want)
+    except UnitError:
+        raise PredictError(
+            f"this model takes {model_sensor} values ({'; '.join(sorted({u.describe() for u in want}))}); "
+            f"{out.sensor} values ({'; '.join(sorted({u.describe() for u in have}))}) cannot be "
+            f"converted to them. Predict {model_sensor} imagery (--sensor {model_sensor}), or train "
+            f"a model on {out.sensor} imagery."
+        ) from None
+    if conv is None:
+        return
+    out.conversion = conv
+    if out.sensor != model_sensor:
+        msg = (
+            f"WARNING: this model was trained on {model_sensor} imagery and this is "
+            f"{out.sensor}: its values are converted exactly into the model's units, but the "
+            "model has never seen this sensor (band responses and processing differ); check "
+            "the results before trusting them"
+        )
+        warnings.warn(msg, stacklevel=3)
+    else:
+        msg = (
+            "the file declares its own scale/offset; its values are converted to the model's units"
+        )
+    out.notes.append(msg)
+
+
+__all__ = ["Inputs", "prepare_inputs"]
