@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -16,6 +18,8 @@ def check_mlm_item(item: dict, record: dict) -> list[dict]:
     assert "https://stac-extensions.github.io/mlm/v1.4.0/schema.json" in item["stac_extensions"]
     pystac.Item.from_dict(item)  # a valid STAC item as pystac reads it
     props = MLModelProperties.model_validate(item["properties"])
+    # MLM v1.4's JSON schema pattern of mlm:name (stac-model does not check it)
+    assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", props.name), props.name
     assert props.input and props.output
     for inp in item["properties"]["mlm:input"]:
         ModelInput.model_validate(inp)

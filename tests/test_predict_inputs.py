@@ -213,3 +213,27 @@ def test_values_that_cannot_be_converted_are_refused(models, tmp_path):
     assert not (tmp_path / "out").exists()
     s = predict_scene(models["thermal"], [path], tmp_path / "ok", options=FP32, progress=False)
     assert s["input"]["conversion"] is None and s["input"]["sensor"] == "landsat-c2-l2"
+
+
+def test_a_model_registered_before_units_were_recorded_still_predicts(
+    models, tmp_path, monkeypatch
+):
+    """A version-1 model record (as geotune wrote them before: no normalization, no units) is
+    upgraded when loaded and predicts as it did, the collar nodata included."""
+    from trainer.registry import log_model, register, setup_mlflow
+
+    monkeypatch.setenv("GEOTUNE_HOME", str(models["home"]))
+    new = models["ls"]
+    old = {k: v for k, v in new.record.items() if k != "normalization"} | {"geotune_model": 1}
+    setup_mlflow()
+    mlflow.set_experiment("geotune")
+    with mlflow.start_run() as run:
+        pass
+    info = log_model(run.info.run_id, new.net, old, "")
+    register(info.model_uri, "old", "champion", {})
+    loaded = load_model("old@champion")
+    assert loaded.record["geotune_model"] == 2 and loaded.record["normalization"]["input_units"]
+    scene, valid = collar_scene(tmp_path)
+    a = predict_scene(new, [scene], tmp_path / "new", options=FP32, progress=False)
+    b = predict_scene(loaded, [scene], tmp_path / "old", options=FP32, progress=False)
+    assert a["class_histogram"] == b["class_histogram"] and b["n_pixels"] == valid.sum()

@@ -19,6 +19,7 @@ import rasterio
 from conftest import env_with_home
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
+from synth import make_scene
 
 GEOTUNE = [sys.executable, "-m", "trainer.cli"]
 TINY = {
@@ -426,8 +427,15 @@ def test_change_dataset_from_class_polygons_of_two_dates(home, scene, servers):
     form = {"name": "lc", "class_column": "class_name", "block_size": "32"}
     body = assert_error(c.post("/v1/datasets", data=form, files=files), 422, "labels_after field")
     assert "task=change" in body["detail"] and "the labels field." in body["detail"]
+    # the second date must be another image: the same bytes twice are refused
     job = ingest_job(
         c, c.post("/v1/datasets", data=form | {"task": "change"}, files=files + [files[0]])
+    )
+    assert job["state"] == "failed" and "byte-identical" in job["error"], job
+    later, _ = make_scene(scene["dir"], size=128, seed=1, name="t1.tif")
+    second = ("image", ("t1.tif", later.read_bytes()))
+    job = ingest_job(
+        c, c.post("/v1/datasets", data=form | {"task": "change"}, files=[*files, second])
     )
     assert job["state"] == "succeeded", job
     ds = job["result"]["dataset"]

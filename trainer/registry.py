@@ -14,6 +14,7 @@ read (:func:`upgrade_record`).
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -193,6 +194,13 @@ def output_shapes(record: dict) -> dict[str, tuple[int, ...]]:
     return {"classes": (-1, -1, -1), "probabilities": (-1, k, -1, -1)}
 
 
+def mlm_name(name: str | None) -> str:
+    """The model's name as MLM's ``mlm:name`` pattern takes it (a letter first, letters, digits,
+    ``_.-`` and spaces, a letter or digit last, three characters at least)."""
+    text = re.sub(r"[^a-zA-Z0-9_.\-\s]", "-", f"geotune {name or 'model'}").rstrip("_.- ")
+    return text if re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", text) else "geotune model"
+
+
 def mlm_item(record: dict, n_params: int) -> dict:
     """A STAC item with the Machine Learning Model (MLM) v1.4 extension describing the model.
 
@@ -236,7 +244,7 @@ def mlm_item(record: dict, n_params: int) -> dict:
             "start_datetime": "1970-01-01T00:00:00Z",
             "end_datetime": "9999-12-31T23:59:59Z",
             "bands": bands,
-            "mlm:name": record.get("name") or "geotune-model",
+            "mlm:name": mlm_name(record.get("name")),
             "mlm:architecture": f"{record['backbone']['name']}+{head}"
             + (" (change detection)" if task == "change" else ""),
             "mlm:tasks": MLM_TASKS[task],
