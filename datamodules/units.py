@@ -38,8 +38,10 @@ class Unit:
         what = f"{self.level} {self.quantity}".strip()
         if (self.scale, self.offset) == (1.0, 0.0):
             return what
-        sign = "+" if self.offset >= 0 else "-"
-        return f"{what} = value * {self.scale:g} {sign} {abs(self.offset):g}"
+        text = f"{what} = value * {self.scale:g}"
+        if self.offset:
+            text += f" {'+' if self.offset > 0 else '-'} {abs(self.offset):g}"
+        return text
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -136,6 +136,7 @@ def test_collar_without_a_nodata_tag_is_nodata_through_the_cli(models, tmp_path)
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "declares no nodata" in p.stderr and "\x1b[" not in p.stderr + p.stdout
+    assert "input: landsat-c2-l2 (the model's); nodata 0 (landsat-c2-l2 fill value" in p.stdout
     check_outputs(out, valid, json.loads((out / "summary.json").read_text()))
 
 
