@@ -67,8 +67,9 @@ class Writer:
         f = self._open(path, len(self.bands), self.source.dtype, float("nan") if nd is None else nd)
         f.descriptions = tuple(self.bands)
         sensor = get_sensor(self.source.sensor)  # the values are the sensor table's stored ones
-        f.scales = (sensor.scale,) * len(self.bands)
-        f.offsets = (sensor.offset,) * len(self.bands)
+        units = [sensor.unit(b) for b in self.bands]  # per band (Landsat's thermal band differs)
+        f.scales = tuple(u.scale for u in units)
+        f.offsets = tuple(u.offset for u in units)
         return f
 
     def _to_dtype(self, x: np.ndarray) -> np.ndarray:

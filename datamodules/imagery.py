@@ -352,7 +352,7 @@ def date_order(scenes: list[Scene]) -> list[int] | None:
     """The scenes' indices oldest first, or None when a date is unknown."""
     if any(s.date is None for s in scenes):
         return None
-    return sorted(range(len(scenes)), key=lambda i: scenes[i].date)
+    return sorted(range(len(scenes)), key=lambda i: day_number(scenes[i].date))
 
 
 def iter_windows(width: int, height: int, size: int = 1024):

@@ -171,19 +171,20 @@ class BlockReader:
         if rule:  # a known rule governs (the items' raster:bands describe the values before it)
             arr, note = HARMONIZE[rule](arr, f.item)
         else:
-            arr, note = self._to_sensor_units(arr, f.item.assets[f.spec.assets[band]])
+            arr, note = self._to_sensor_units(arr, f.item.assets[f.spec.assets[band]], band)
         if note and note not in self.notes.setdefault(f.item.id, []):
             self.notes[f.item.id].append(note)
         return arr
 
-    def _to_sensor_units(self, arr: np.ndarray, asset) -> tuple[np.ndarray, str | None]:
-        """Values whose ``raster:bands`` scale/offset differ from the sensor table's, mapped
-        exactly onto the table's stored values (``physical = stored * scale + offset``)."""
+    def _to_sensor_units(self, arr: np.ndarray, asset, band: str) -> tuple[np.ndarray, str | None]:
+        """Values whose ``raster:bands`` scale/offset differ from the sensor table's for
+        ``band``, mapped exactly onto the table's stored values (``physical = stored * scale +
+        offset``)."""
         rb = (asset.extra_fields.get("raster:bands") or [{}])[0]
         if rb.get("scale") is None and rb.get("offset") is None:
             return arr, None
         scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
-        sens = get_sensor(self.source.sensor)
+        sens = get_sensor(self.source.sensor).unit(band)
         if np.isclose(scale, sens.scale, rtol=1e-9, atol=0) and np.isclose(
             offset, sens.offset, rtol=0, atol=1e-12
         ):

@@ -115,6 +115,16 @@ def test_fold_is_the_exact_chain():
         assert (stored - m) / s == pytest.approx(chain, abs=1e-12)
     with pytest.raises(UnitError, match="8-bit RGB digital number cannot be converted"):
         fold([1.0], [1.0], [hls], stored_units("rgb", ["red"]))
+    # a band may have its own unit: Landsat C2 L2's thermal band is surface temperature
+    thermal = stored_units("landsat-c2-l2", ["lwir11"])[0]
+    assert (thermal.quantity, thermal.scale, thermal.offset) == (
+        "surface temperature (K)",
+        0.00341802,
+        149.0,
+    )
+    # a file's declared scale/offset takes precedence over the sensor table's
+    declared = stored_units("sentinel-2-l2a", ["blue"], [1e-4], [-0.1])[0]
+    assert (declared.quantity, declared.scale, declared.offset) == ("reflectance", 1e-4, -0.1)
 
 
 def test_prithvi_on_landsat_c2_l2_sees_hls_reflectance(home, tmp_path):
