@@ -278,9 +278,8 @@ def test_band_files_at_different_resolutions_are_stacked_on_the_finest_grid(home
 
 def test_dates_from_file_metadata_from_the_user_or_unknown(home, tmp_path, scene):
     paths, _ = _band_files(tmp_path, date_tag="2024-06-12T10:30:00")
-    assert _add("tagged", paths, scene["labels"], sensor="sentinel-2-l2a").manifest["dates"] == [
-        "2024-06-12"
-    ]
+    tagged = _add("tagged", paths, scene["labels"], sensor="sentinel-2-l2a").manifest["dates"]
+    assert tagged == ["2024-06-12T10:30:00+00:00"]  # the time of day is kept (UTC, as satellites)
     given = _add("given", paths, scene["labels"], sensor="sentinel-2-l2a", dates=["2023-01-05"])
     assert given.manifest["dates"] == ["2023-01-05"]
     assert given.manifest["images"][0]["date"] == "2023-01-05"
