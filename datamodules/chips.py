@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from .imagery import Grid, ImageryError
 from .labels import ClassTable
 from .rasterize import valid_pixels
-from .splits import SPLITS, assign_blocks, check_split_coverage
+from .splits import SPLITS, assign_blocks, check_classes, class_reach, reach_notes, split_notes
 
 CHIPS_FILE = "chips.csv"
 MIN_VALID_FRACTION = 0.5
@@ -129,7 +129,8 @@ def build_chips(
     if chips["split"] is None:
         counts = {s: v for s, v in counts.items() if fractions.get(s, 0) > 0}
     names = [c["name"] for c in table.classes]
-    check_split_coverage(counts, names, 1, "chips", user_splits=chips["split"] is not None)
+    check_classes(counts, names, "Label chips of another class.")
+    reach, notes = _reach(chips, counts, names, block_size, user=chips["split"] is not None)
     with open(folder / CHIPS_FILE, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["chip_id", "row", "col", "size", "class_id", "split"])
@@ -156,7 +157,33 @@ def build_chips(
         "split_counts": {
             s: {c["slug"]: int(v) for c, v in zip(classes, counts[s], strict=True)} for s in counts
         },
+        "split_reach": {
+            c["slug"]: {
+                "splits": reach[c["id"]],
+                "how": "column" if chips["split"] is not None else "blocks",
+                "note": notes[c["id"]],
+            }
+            for c in classes
+        },
+        "split_notes": split_notes(counts, list(counts)),
     }
+
+
+def _reach(chips: dict, counts: dict, names: list[str], block_size: int, user: bool):
+    """Per class: the splits it reaches and, when it misses one, why (also as a warning)."""
+    reach = class_reach(counts, 1)
+    units = [int(sum(c in cs for cs in chips["classes"])) for c in range(len(names))]
+    fix = (
+        "move some of its labels to other splits in the split column"
+        if user
+        else f"label it in other parts of the scene (--block-size {block_size} px apart) for a "
+        "held-out metric"
+    )
+    zeros = [0] * len(names)
+    notes = reach_notes(reach, list(counts), names, units, zeros, zeros, "chips", fix)
+    for note in [n for n in notes if n] + split_notes(counts, list(counts)):
+        warnings.warn(note, stacklevel=4)
+    return reach, notes
 
 
 def read_chips(path: Path) -> dict[str, np.ndarray]:

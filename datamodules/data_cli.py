@@ -78,7 +78,8 @@ def run(args) -> int:
         print(f"dataset {ds.id!r} created at {ds.path}")
         print(describe(ds))
         print(
-            f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random"
+            f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random "
+            f"register.name={ds.id}"
         )
     elif args.data_cmd == "list":
         rows = list_datasets()
@@ -142,11 +143,25 @@ def describe(ds: Dataset) -> str:
     header = f"{'id':>3} {'class':20s} {'chips' if chips else 'units':>6}"
     if not chips:
         header += f" {'pixels':>9}"
-    lines.append(header + "  " + "  ".join(f"{s + ' ' + unit_word:>11s}" for s in counts))
+    reach = sp.get("reach", {})
+    lines.append(
+        header
+        + "  "
+        + "  ".join(f"{s + ' ' + unit_word:>11s}" for s in counts)
+        + ("  reaches" if reach else "")
+    )
     for c in m["classes"]:
         row = f"{c['id']:>3} {c['name'][:20]:20s} {c['units']:>6d}"
         if not chips:
             row += f" {c['pixels']:>9d}"
         per = "  ".join(f"{counts[s][c['slug']]:>11d}" for s in counts)
-        lines.append(f"{row}  {per}")
+        got = reach.get(c["slug"], {}).get("splits")
+        lines.append(f"{row}  {per}" + (f"  {'/'.join(got) or '-'}" if got is not None else ""))
+    notes = [r["note"] for r in reach.values() if r.get("note")] + sp.get("notes", [])
+    if sp.get("guard_pixels"):
+        notes.append(
+            f"where a polygon is cut between splits, {sp['guard_pixels']} px on each side of the "
+            "cut are ignored (a guard band no split sees)"
+        )
+    lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)

@@ -19,7 +19,6 @@ Tasks (manifest key ``task``):
 
 from __future__ import annotations
 
-import csv
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from .imagery import Grid, ImageryError, date_order, open_scenes, warp_to_grid
 from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
 from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
-from .splits import SPLITS, check_split_coverage, unit_splits
+from .label_units import split_units
 
 TASKS = ("segmentation", "classification", "change")
 CHANGE_CLASSES = ("binary", "transitions")
@@ -419,10 +418,12 @@ def ingest(
                 seed,
                 min_class_pixels,
                 user_split,
+                "regions" if is_mask else "polygons",
             )
         classes = part.pop("classes")
         split_counts = part.pop("split_counts")
         split_units = part.pop("split_units")
+        reach = {k: part.pop(f"split_{k}") for k in ("reach", "notes") if f"split_{k}" in part}
         manifest = {
             "id": dataset_id,
             "name": name,
@@ -471,8 +472,11 @@ def ingest(
                 "block_size": block_size,
                 "seed": seed,
                 "fractions": fractions,
+                "min_class_pixels": min_class_pixels,
+                "guard_pixels": part.pop("guard_pixels", 0),
                 "units": split_units,
                 ("chips" if task == "classification" else "pixels"): split_counts,
+                **reach,
             },
             "source": {
                 "images": [str(Path(p).name) for p in images],
@@ -507,50 +511,39 @@ def _units_part(
     seed: int,
     min_class_pixels: int,
     user_split,
+    unit_word: str,
 ) -> dict:
-    """Split the label units, check coverage, write ``units.csv``; the manifest's part."""
+    """Split the label units (:func:`datamodules.label_units.split_units`); the manifest's part."""
     if not unit_stats:
         raise LabelError("no labelled pixel falls on valid imagery (labels over nodata or outside)")
-    k = len(table.classes)
-    unit_ids = np.array(sorted(unit_stats))
-    st = np.array([unit_stats[u] for u in unit_ids])
-    pixels, cls = st[:, 0].astype(np.int64), st[:, 3].astype(np.int64)
-    cy, cx = st[:, 1] / pixels, st[:, 2] / pixels
-    nbx = -(-grid.width // block_size)
-    unit_block = (cy // block_size).astype(np.int64) * nbx + (cx // block_size).astype(np.int64)
-    given = None
-    if user_split is not None:  # polygons carry the user's split; background units ('') do not
-        given = np.array(
-            [user_split[u] if u < len(user_split) else "" for u in unit_ids], dtype=object
-        )
-    unit_split = unit_splits(unit_block, cls, pixels, k, fractions, seed, given)
-    names = SPLITS if given is not None else [s for s in SPLITS if fractions.get(s, 0) > 0]
-    counts = {
-        s: np.bincount(cls[unit_split == s], weights=pixels[unit_split == s], minlength=k)
-        for s in names
-    }
-    check_split_coverage(
-        counts, [c["name"] for c in table.classes], min_class_pixels, user_splits=given is not None
+    names = [c["name"] for c in table.classes]
+    part = split_units(
+        folder,
+        unit_stats,
+        names,
+        grid,
+        block_size,
+        fractions,
+        seed,
+        min_class_pixels,
+        user_split,
+        unit_word=unit_word,
     )
-    with open(folder / "units.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["unit_id", "class_id", "pixels", "block", "split", "row", "col"])
-        for u, c, n, b, s, y, x in zip(
-            unit_ids, cls, pixels, unit_block, unit_split, cy, cx, strict=True
-        ):
-            w.writerow([int(u), int(c), int(n), int(b), s, round(float(y), 1), round(float(x), 1)])
     classes = table.to_json()
     for c in classes:
-        sel = cls == c["id"]
-        c["pixels"] = int(pixels[sel].sum())
-        c["units"] = int(sel.sum())
+        i = c["id"]
+        c["pixels"], c["units"] = part["pixel_counts"][i], part["source_counts"][i]
+    counts = part["split_counts"]
     return {
         "classes": classes,
         "mask": "mask.tif",
         "units": "units.tif",
         "units_table": "units.csv",
-        "split_units": {s: int((unit_split == s).sum()) for s in counts},
+        "split_units": part["split_units"],
         "split_counts": {
             s: {c["slug"]: int(v) for c, v in zip(classes, counts[s], strict=True)} for s in counts
         },
+        "split_reach": {c["slug"]: part["reach"][c["id"]] for c in classes},
+        "split_notes": part["notes"],
+        "guard_pixels": part["guard_pixels"],
     }

@@ -22,6 +22,8 @@ from .imagery import Grid, Scene, SceneReader, gtiff_profile
 from .labels import rasterize_window
 
 IGNORE_INDEX = 255
+# per label unit: pixel count, sums of rows and columns (centroid), class id, bounding box
+UNIT_STATS = ("pixels", "sum_row", "sum_col", "class", "row_min", "row_max", "col_min", "col_max")
 
 
 class Moments:
@@ -111,7 +113,7 @@ class PassResult:
     image_names: list[str]
     moments: Moments
     valid_pixels: int = 0
-    unit_stats: dict = field(default_factory=dict)  # unit id → [pixels, sum_row, sum_col, class]
+    unit_stats: dict = field(default_factory=dict)  # unit id → UNIT_STATS values
 
 
 def write_rasters(
@@ -189,22 +191,37 @@ def write_rasters(
 
 
 def accumulate_units(stats: dict, units: np.ndarray, mask: np.ndarray, row: int, col: int) -> None:
-    """Add a window's pixels to the per-unit [pixels, sum of rows, sum of cols, class]."""
+    """Add a window's pixels to the per-unit statistics (see :data:`UNIT_STATS`)."""
     sel = units > 0
     if not sel.any():
         return
     u = units[sel]
     rr, cc = np.nonzero(sel)
+    rr, cc = rr + row, cc + col
     ids, inv, n = np.unique(u, return_inverse=True, return_counts=True)
-    srow = np.bincount(inv, weights=rr + row)
-    scol = np.bincount(inv, weights=cc + col)
+    srow = np.bincount(inv, weights=rr)
+    scol = np.bincount(inv, weights=cc)
     cls = np.zeros(len(ids))
     cls[inv] = mask[sel]
+    rmin, rmax = np.full(len(ids), np.inf), np.full(len(ids), -np.inf)
+    cmin, cmax = rmin.copy(), rmax.copy()
+    np.minimum.at(rmin, inv, rr)
+    np.maximum.at(rmax, inv, rr)
+    np.minimum.at(cmin, inv, cc)
+    np.maximum.at(cmax, inv, cc)
     for i, uid in enumerate(ids.tolist()):
+        new = np.array([n[i], srow[i], scol[i], cls[i], rmin[i], rmax[i], cmin[i], cmax[i]])
         if uid in stats:
-            stats[uid][:3] += (n[i], srow[i], scol[i])
+            merge_unit_stats(stats[uid], new)
         else:
-            stats[uid] = np.array([n[i], srow[i], scol[i], cls[i]], dtype=np.float64)
+            stats[uid] = new
+
+
+def merge_unit_stats(into: np.ndarray, new: np.ndarray) -> None:
+    """Add ``new`` unit statistics to ``into`` in place (sums add, the bounding box grows)."""
+    into[:3] += new[:3]
+    into[4], into[6] = min(into[4], new[4]), min(into[6], new[6])
+    into[5], into[7] = max(into[5], new[5]), max(into[7], new[7])
 
 
 def region_units(mask: np.ndarray, block: int, next_unit: int, k: int):

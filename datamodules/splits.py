@@ -1,9 +1,18 @@
-"""Spatial splits that keep neighbouring pixels out of different splits.
+"""Spatial splits that keep neighbouring pixels out of different splits, and say what they did.
 
 The scene is cut into square blocks; every label unit belongs to the block holding its centroid;
 whole blocks go to train/val/test, greedily to the split whose per-class pixel counts are
-furthest below their target share (best of several seeded block orders). Units of a block share its split,
-so no polygon is ever divided between splits, and val/test pixels are spatially held out.
+furthest below their target share. Of several seeded block orders, the assignment kept has the
+fewest classes missing from train, then the fewest (class, split) pairs with under
+``min_count`` pixels, then per-class shares closest to target; a class still missing from train
+then gets its largest block moved to train. Units of a block share its split, and val/test
+pixels are spatially held out.
+
+Few labels are the normal case, so a split is never refused for coverage: a class may reach
+only some splits (train only: no held-out metric for it). Classes that miss a split can have
+their large polygons cut by the block grid into pieces of different splits
+(:mod:`datamodules.pieces`). :func:`class_reach` says per class which splits it reaches, and
+:func:`reach_notes` why, as the warnings ``geotune data add`` prints.
 
 A user split column (``--split-column``) fixes the split of every labelled unit instead; units
 without one (background regions) then follow their block: the split holding most of the block's
@@ -31,9 +40,7 @@ def _greedy(order, per_block, totals, target) -> tuple[np.ndarray, np.ndarray]:
         weight = per_block[i] / totals
         deficit = (target[:, None] - have / totals) * (weight > 0)
         score = (deficit * weight).sum(1)
-        overall = (
-            target - have.sum(1) / totals.sum()
-        )  # ties go to the split furthest behind overall
+        overall = target - have.sum(1) / totals.sum()  # ties: the split furthest behind overall
         s = int(np.argmax(score + 1e-6 * overall))
         have[s] += per_block[i]
         choice[i] = s
@@ -47,11 +54,11 @@ def assign_blocks(
     num_classes: int,
     fractions: dict[str, float],
     seed: int,
+    min_count: int = 1,
 ) -> dict[int, str]:
     """Map block id → split name, balancing per-class pixels towards ``fractions``.
 
-    The greedy pass runs over several seeded block orders; the assignment kept is the one where
-    the fewest (class, split) pairs are empty, then the per-class shares are closest to target.
+    Train (when asked for) comes first: every class with labels gets pixels in it.
     """
     names = [s for s in SPLITS if fractions.get(s, 0) > 0]
     target = np.array([fractions[s] for s in names], dtype=float)
@@ -63,15 +70,21 @@ def assign_blocks(
         per_block[index[b], c] += n
     present = per_block.sum(0) > 0
     totals = per_block.sum(0) + 1e-9
+    train = names.index("train") if "train" in names else None
     rng = np.random.default_rng(seed)
     best, best_cost = None, None
     for _ in range(max(1, min(64, 200_000 // max(len(blocks), 1)))):
         choice, have = _greedy(rng.permutation(len(blocks)), per_block, totals, target)
         share = have / totals
-        empty = int(((have == 0) & present).sum())
-        cost = (empty, float((((share - target[:, None]) ** 2)[:, present]).sum()))
+        no_train = int(((have[train] == 0) & present).sum()) if train is not None else 0
+        short = int(((have < min_count) & present).sum())
+        cost = (no_train, short, float((((share - target[:, None]) ** 2)[:, present]).sum()))
         if best_cost is None or cost < best_cost:
             best, best_cost = choice, cost
+    if train is not None:
+        in_train = (per_block[best == train] > 0).any(0)
+        for c in np.nonzero(present & ~in_train)[0]:  # still missing from train: its largest block
+            best[int(np.argmax(per_block[:, c]))] = train
     return {int(blocks[i]): names[int(best[i])] for i in range(len(blocks))}
 
 
@@ -83,11 +96,12 @@ def unit_splits(
     fractions: dict[str, float],
     seed: int,
     user_split: np.ndarray | None = None,
+    min_count: int = 1,
 ) -> np.ndarray:
     """The split of every unit: by balanced blocks, or from ``user_split`` ('' = follow block)."""
     if user_split is None:
         block_split = assign_blocks(
-            unit_block, unit_class, unit_pixels, num_classes, fractions, seed
+            unit_block, unit_class, unit_pixels, num_classes, fractions, seed, min_count
         )
         return np.array([block_split[int(b)] for b in unit_block])
     user_split = np.asarray(user_split, dtype=object)
@@ -103,36 +117,101 @@ def unit_splits(
     rest = ~given & ~np.isin(unit_block, list(block_split))
     if rest.any():
         block_split |= assign_blocks(
-            unit_block[rest], unit_class[rest], unit_pixels[rest], num_classes, fractions, seed
+            unit_block[rest],
+            unit_class[rest],
+            unit_pixels[rest],
+            num_classes,
+            fractions,
+            seed,
+            min_count,
         )
     for i in np.nonzero(~given)[0]:
         out[i] = block_split[int(unit_block[i])]
     return out.astype(str)
 
 
-def check_split_coverage(
-    counts: dict[str, np.ndarray],
-    class_names: list[str],
-    min_count: int,
-    what: str = "labelled pixels",
-    user_splits: bool = False,
-) -> None:
-    """Every class needs ``min_count`` labelled pixels (or chips) in every split; say which do not."""
-    unit = "px" if what == "labelled pixels" else what
-    problems = []
-    for split, arr in counts.items():
-        for k, name in enumerate(class_names):
-            if arr[k] < min_count:
-                problems.append(f"{name!r} has {int(arr[k])} {unit} in {split}")
-    if problems:
-        fix = (
-            "Add labels for those classes or move some of them to those splits in the split column."
-            if user_splits
-            else "Add labels for those classes, use a smaller --block-size so more blocks exist, "
-            "or change --split-fractions."
-        )
+def split_counts(
+    unit_class: np.ndarray, unit_pixels: np.ndarray, unit_split: np.ndarray, k: int, names
+) -> dict[str, np.ndarray]:
+    """Labelled pixels (or chips) per class in each split of ``names``."""
+    return {
+        s: np.bincount(
+            unit_class[unit_split == s], weights=unit_pixels[unit_split == s], minlength=k
+        ).astype(np.int64)
+        for s in names
+    }
+
+
+def class_reach(counts: dict[str, np.ndarray], min_count: int) -> list[list[str]]:
+    """Per class, the splits holding at least ``min_count`` of its pixels (train: at least 1)."""
+    k = len(next(iter(counts.values())))
+    return [
+        [s for s, arr in counts.items() if arr[c] >= (1 if s == "train" else min_count)]
+        for c in range(k)
+    ]
+
+
+def check_classes(counts: dict[str, np.ndarray], class_names: list[str], hint: str) -> None:
+    """Refuse what cannot train: no labels in train, or fewer than two classes labelled."""
+    total = sum(counts.values())
+    labelled = [n for n, v in zip(class_names, total, strict=True) if v > 0]
+    if "train" in counts and counts["train"].sum() == 0:
         raise SplitError(
-            f"too few {what} for the requested split: "
-            + "; ".join(problems)
-            + f" (need at least {min_count} per class and split). {fix}"
+            "no label falls in the train split, so there is nothing to train on. "
+            "Put some labels in train (your split column), or drop --split-column."
         )
+    if len(labelled) < 2:
+        which = f"only one class ({labelled[0]!r})" if labelled else "no class"
+        raise SplitError(f"{which} is labelled: a model needs at least two classes. {hint}")
+
+
+def reach_notes(
+    reach: list[list[str]],
+    requested: list[str],
+    class_names: list[str],
+    units: list[int],
+    pieces: list[int],
+    cut: list[int],
+    unit_word: str,
+    fix: str,
+) -> list[str | None]:
+    """Per class: why it does not reach every requested split (None when it does, uncut)."""
+    notes: list[str | None] = []
+    for c, name in enumerate(class_names):
+        got = reach[c]
+        n = units[c]
+        what = f"{n} {unit_word if n != 1 else unit_word.rstrip('s')}"
+        if n == 0:
+            notes.append(f"{name}: no labelled pixel, the model cannot learn it")
+        elif "train" not in got:
+            notes.append(f"{name}: no training labels ({what}), the model cannot learn it")
+        elif cut[c]:
+            cuts = f"cut into {pieces[c]} pieces" if cut[c] == n else f"{cut[c]} cut into pieces"
+            notes.append(
+                f"{name}: {what}, {cuts} across {'/'.join(got)} (metrics on it are optimistic)"
+            )
+        elif got == ["train"] and len(requested) > 1:
+            notes.append(f"{name}: train only, no held-out metric ({what}); {fix}")
+        elif set(requested) - set(got):
+            missing = sorted(set(requested) - set(got), key=SPLITS.index)
+            label = {"val": "validation", "test": "test"}
+            notes.append(
+                f"{name}: {'/'.join(got)} only, no {' or '.join(label[s] for s in missing)} "
+                f"metric for it ({what}); {fix}"
+            )
+        else:
+            notes.append(None)
+    return notes
+
+
+def split_notes(counts: dict[str, np.ndarray], requested: list[str]) -> list[str]:
+    """What the whole split means for training: no validation labels, no test labels."""
+    notes = []
+    if "val" in requested and counts.get("val", np.zeros(1)).sum() == 0:
+        notes.append(
+            "no validation labels: training runs the configured epochs without early stopping "
+            "and registers the last epoch"
+        )
+    if "test" in requested and counts.get("test", np.zeros(1)).sum() == 0:
+        notes.append("no test labels: no held-out test metric")
+    return notes

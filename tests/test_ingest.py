@@ -122,11 +122,11 @@ def test_band_count_must_match_sensor(home, scene):
         )
 
 
-def test_too_few_pixels_for_split_says_which_class(home, tmp_path):
+def test_labels_in_one_block_train_every_class_and_say_there_is_no_held_out_metric(home, tmp_path):
     path, cmap = make_scene(tmp_path, size=64, seed=1)
     labels = make_labels(tmp_path, path, cmap, keep=1.0)
-    with pytest.raises(SplitError, match="too few labelled pixels for the requested split"):
-        ingest(
+    with pytest.warns(UserWarning) as caught:
+        ds = ingest(
             name="x",
             images=[path],
             labels=labels,
@@ -134,8 +134,30 @@ def test_too_few_pixels_for_split_says_which_class(home, tmp_path):
             block_size=64,
             progress=False,
         )
+    text = [str(w.message) for w in caught]
+    sp = ds.manifest["splits"]
+    assert sp["units"] == {"train": sum(c["units"] for c in ds.classes), "val": 0, "test": 0}
+    for c in ds.classes:
+        assert sp["reach"][c["slug"]]["splits"] == ["train"]
+        note = sp["reach"][c["slug"]]["note"]
+        assert note.startswith(f"{c['name']}: train only, no held-out metric") and note in text
+    assert any(
+        t.startswith("no validation labels: training runs the configured epochs") for t in text
+    )
+    assert sp["notes"] == [t for t in text if t.startswith("no ")]
+
+
+def test_a_single_labelled_class_is_refused_with_a_hint_that_works(home, tmp_path, scene):
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    path = tmp_path / "water.geojson"
+    gdf[gdf["class_name"] == "water"].to_file(path)
+    with pytest.raises(SplitError, match=r"only one class \('water'\) is labelled.* --background"):
+        _add("x", scene["image"], path)
     assert list_datasets() == []
-    assert not any((home / "datasets").glob(".tmp-*"))
+    ds = _add("x", scene["image"], path, background="other")
+    assert [c["name"] for c in ds.classes] == ["other", "water"]
 
 
 def test_mask_labels_keep_zero_as_a_class(home, tmp_path, scene):
@@ -350,7 +372,7 @@ def test_labels_without_crs(home, tmp_path, scene):
         _add("x", scene["image"], path)
 
 
-def test_too_few_pixels_names_the_class_and_split(home, tmp_path, scene):
+def test_one_polygon_of_a_class_among_many_does_not_block_the_dataset(home, tmp_path, scene):
     import geopandas as gpd
 
     gdf = gpd.read_file(scene["labels"])
@@ -358,8 +380,18 @@ def test_too_few_pixels_names_the_class_and_split(home, tmp_path, scene):
     one_water = gdf[gdf["class_name"] == "water"].iloc[:1]
     path = tmp_path / "rare.geojson"
     gpd.pd.concat([keep, one_water]).to_file(path)
-    with pytest.raises(SplitError, match=r"'water' has 0 px in (train|val|test)"):
-        _add("x", scene["image"], path)
+    with pytest.warns(UserWarning, match=r"water: train only, no held-out metric \(1 polygon\)"):
+        ds = _add("x", scene["image"], path)
+    sp = ds.manifest["splits"]
+    assert sp["reach"]["water"] == {
+        "splits": ["train"],
+        "how": "blocks",
+        "note": sp["reach"]["water"]["note"],
+    }
+    assert sp["pixels"]["train"]["water"] > 0
+    for slug in ("field", "forest"):  # the other classes keep their held-out splits
+        assert sp["reach"][slug]["splits"] == ["train", "val", "test"]
+        assert sp["reach"][slug]["note"] is None
 
 
 # -- user splits and background --------------------------------------------------------------------
