@@ -1,8 +1,15 @@
 """LightningDataModule over a dataset folder, for every task in the manifest.
 
-- segmentation / change / multi-date: TorchGeo ``RandomPatchSampler`` chips inside the train
-  split's labelled area (kept only where at least ``min_labelled_fraction`` is labelled),
-  ``GriddedPatchSampler`` chips over the val/test labelled areas, each chip once. Batches:
+- segmentation / change / multi-date: training chips from one of two samplers (``sampler``):
+  ``labels`` (:class:`~datamodules.samplers.LabelSampler`: a labelled pixel, then a chip that
+  holds it) or ``random`` (TorchGeo ``RandomPatchSampler`` chips inside the train split's
+  labelled area, kept only where at least ``min_labelled_fraction`` is labelled). ``auto`` takes
+  ``random`` for dense labels (at least ``DENSE_FRACTION`` of the valid pixels labelled for
+  training), else ``labels``. ``patch_size`` and ``chips_per_epoch`` default from the labels:
+  for ``labels``, chips about twice the size of most label units (64-256 px) and about as many
+  chips per epoch as it takes to see every labelled pixel once (8 batches at least, 512 at
+  most); for ``random``, 128 px and 256 chips. ``GriddedPatchSampler`` chips over the val/test
+  labelled areas, each chip once. Batches:
   ``image`` float32 ``[B, C, H, W]`` (``[B, C, T, H, W]`` for T dates; change: T = 2), ``mask``
   int64 ``[B, H, W]``, ``lonlat`` ``[B, 2]``, ``date_ord`` float64 ``[B, T]`` (day numbers: ordinal + fraction of the day), ``window``.
 - classification: the chips of ``chips.csv``; every training chip once per epoch, reshuffled.
@@ -10,7 +17,7 @@
   ``[B, K]`` of 0/1), ``lonlat``, ``date_ord``.
 
 ``patch_size`` (chip edge in pixels) defaults to the dataset's chip size for classification
-(a chip is what a label describes), else 128; a classification override that differs says so.
+(a chip is what a label describes; an override that differs says so), else from the labels.
 ``budget`` keeps that many training label units (see :mod:`datamodules.budget`). Samplers are
 rank-aware (see :mod:`datamodules.samplers`). Values stay raw: normalisation is the model's.
 """
@@ -35,11 +42,17 @@ from .manifest import load_dataset
 from .samplers import (
     Coverage,
     LabelledPatchSampler,
+    LabelPoints,
+    LabelSampler,
     ShardedSampler,
     ShuffledShardSampler,
     coverage_grid,
 )
 from .splits import SPLITS
+
+SAMPLERS = ("auto", "labels", "random")
+DENSE_FRACTION = 0.25  # auto: labels on at least this share of the valid pixels are dense
+MAX_CHIPS_PER_EPOCH = 512
 
 
 class GeotuneDataModule(L.LightningDataModule):
@@ -49,7 +62,8 @@ class GeotuneDataModule(L.LightningDataModule):
         patch_size: int | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
-        chips_per_epoch: int = 256,
+        chips_per_epoch: int | None = None,
+        sampler: str = "auto",
         min_labelled_fraction: float = 0.02,
         seed: int = 0,
         budget: int | None = None,
@@ -57,8 +71,6 @@ class GeotuneDataModule(L.LightningDataModule):
         super().__init__()
         self.ds = load_dataset(dataset)
         self.task = self.ds.manifest.get("task", "segmentation")
-        chip = self.ds.manifest.get("chip_size") if self.task == "classification" else None
-        self.patch_size = int(patch_size or chip or 128)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.chips_per_epoch = chips_per_epoch
@@ -70,6 +82,10 @@ class GeotuneDataModule(L.LightningDataModule):
         self.band_indices = list(range(len(self.ds.bands)))
         self._loaders: dict[str, tuple] = {}
         self._kept: np.ndarray | None = None
+        if sampler not in SAMPLERS:
+            raise UserError(f"data.sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+        self.sampler = "chips" if self.task == "classification" else self._choose(sampler)
+        self.patch_size = patch_size or self._default_patch()
 
     def configure_bands(self, model_bands: list[str], any_bands: bool = False) -> list[str]:
         """Choose the dataset bands that feed the model; returns their names in input order."""
@@ -108,6 +124,78 @@ class GeotuneDataModule(L.LightningDataModule):
         """How many label units training uses."""
         kept = self.kept_units()
         return len(kept) if kept is not None else len(self._train_units()[0])
+
+    # -- defaults from the labels -------------------------------------------------------------
+    def _train_table(self) -> dict:
+        """The training units kept (by the budget) of a segmentation/change dataset."""
+        u = read_units(self.ds)
+        sel = u["split"] == "train"
+        if self.kept_units() is not None:
+            sel &= np.isin(u["unit_id"], self.kept_units())
+        return {k: (v[sel] if v is not None else None) for k, v in u.items()}
+
+    def _choose(self, sampler: str) -> str:
+        if sampler != "auto":
+            return sampler
+        labelled = int(self._train_table()["pixels"].sum())
+        valid = self.ds.manifest["stats"].get("valid_pixels") or math.prod(
+            self.ds.manifest["shape"]
+        )
+        return "random" if labelled >= DENSE_FRACTION * valid else "labels"
+
+    def _default_patch(self) -> int:
+        """Classification: the chip size. Sparse labels: a multiple of 32 px about twice the
+        extent of most (90%) training units, 64-256 px. Dense labels: 128 px. At most the scene."""
+        m = self.ds.manifest
+        if self.task == "classification":
+            return int(m["chip_size"])
+        extent = self._train_table()["extent"]
+        patch = 128
+        if self.sampler == "labels" and extent is not None and len(extent):
+            e = float(np.percentile(extent, 90))
+            patch = int(min(max(32 * math.ceil((e + 2 * max(16.0, e / 2)) / 32), 64), 256))
+        return min(patch, *m["shape"])
+
+    def _chips_for(self, points: LabelPoints, cov: Coverage) -> int:
+        """Chips per epoch that show about every labelled training pixel once (expected
+        labelled pixels per chip measured on a fixed draw), 8 batches at least."""
+        r0, c0 = points.draw(np.random.default_rng(0), 256, self.patch_size)
+        t = cov.t
+        per_chip = (
+            np.mean(
+                [
+                    cov.fraction((slice(t.c + c * t.a, None), slice(None, t.f + r * t.e)))
+                    for r, c in zip(r0, c0, strict=True)
+                ]
+            )
+            * self.patch_size**2
+        )
+        n = math.ceil(points.pixels / max(per_chip, 1.0))
+        return int(min(max(n, 8 * self.batch_size), MAX_CHIPS_PER_EPOCH))
+
+    def has_labels(self, split: str) -> bool:
+        """Whether ``split`` holds any label (on every rank alike: read from the dataset)."""
+        if self.task == "classification":
+            return bool((read_chips(self.ds.file("chips"))["split"] == split).any())
+        u = read_units(self.ds)
+        return bool(u["pixels"][u["split"] == split].sum() > 0)
+
+    def sampling(self) -> str:
+        """How training chips are drawn, in a sentence; resolves ``chips_per_epoch``. The train
+        split built for it is not kept: the trainer's rank may not be known yet."""
+        n = self.chips("train")
+        self._loaders.pop("train", None)
+        if self.sampler == "chips":
+            return f"{n} training chips of {self.patch_size} px per epoch"
+        how = {
+            "labels": "around labelled pixels",
+            "random": f"at random where >= {self.min_labelled_fraction:.0%} is labelled",
+        }[self.sampler]
+        px = int(self._train_table()["pixels"].sum())
+        return (
+            f"{self.chips_per_epoch} training chips of {self.patch_size} px per epoch, drawn {how} "
+            f"({px:,} labelled training pixels; data.sampler={self.sampler})"
+        )
 
     # -- samplers ------------------------------------------------------------------------------
     def _split(self, split: str):
@@ -155,7 +243,22 @@ class GeotuneDataModule(L.LightningDataModule):
         cov = Coverage(grid, cell, dataset.transform, self.patch_size)
         res = dataset.res[0]
         rank, world = self._rank_world()
+        if split == "train" and self.sampler == "labels":
+            points = LabelPoints(
+                self.ds.file("units"),
+                dataset.unit_ok,
+                dataset.unit_class,
+                (h, w),
+                int(self._train_table()["pixels"].sum()),
+            )
+            if self.chips_per_epoch is None:
+                self.chips_per_epoch = self._chips_for(points, cov)
+            n = max(1, self.chips_per_epoch // world)
+            return dataset, LabelSampler(
+                dataset, points, self.patch_size, n, rank, world, self.seed
+            )
         if split == "train":
+            self.chips_per_epoch = self.chips_per_epoch or 256
             roi = cov.roi(self.patch_size * res * 0.75)
             if roi is None:
                 raise UserError(f"split {split!r} has no labelled pixels")

@@ -37,13 +37,19 @@ from .manifest import Dataset
 
 
 def read_units(ds: Dataset) -> dict[str, np.ndarray]:
+    """``units.csv`` as arrays; ``extent`` (the longer side of each unit's bounding box, px) is
+    None for datasets made before it was recorded."""
     with open(ds.file("units_table")) as f:
         rows = list(csv.DictReader(f))
+    sized = bool(rows) and "height" in rows[0]
     return {
         "unit_id": np.array([int(r["unit_id"]) for r in rows], dtype=np.int64),
         "class_id": np.array([int(r["class_id"]) for r in rows], dtype=np.int64),
         "pixels": np.array([int(r["pixels"]) for r in rows], dtype=np.int64),
         "split": np.array([r["split"] for r in rows]),
+        "extent": np.array([max(int(r["height"]), int(r["width"])) for r in rows], dtype=np.int64)
+        if sized
+        else None,
     }
 
 

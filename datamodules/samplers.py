@@ -1,6 +1,10 @@
 """Samplers that know their rank: different training chips per rank and epoch, every
 validation/test chip exactly once across ranks.
 
+Training chips of segmentation/change datasets come from :class:`LabelSampler` (around
+labelled pixels: sparse labels) or :class:`LabelledPatchSampler` (random chips kept where
+enough is labelled: dense labels); classification chips from :class:`ShuffledShardSampler`.
+
 Each sampler is a ``DistributedSampler`` subclass that shards by an explicit ``rank`` and
 ``world`` (from the Lightning trainer), so Lightning does not wrap it in its own distributed
 sampler (which would shard a second time and pad evaluation sets with repeated chips).
@@ -18,6 +22,7 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 from torch.utils.data.distributed import DistributedSampler
+from torchgeo.samplers import SpatialSampler
 
 from .errors import UserError
 
@@ -116,9 +121,11 @@ class LabelledPatchSampler(RankSampler):
                     if n == self.length:
                         return
                 if tries > 50 * self.length:
-                    raise RuntimeError(
+                    raise UserError(
                         f"could not find training chips with >= {self.min_fraction:.0%} labelled "
-                        "pixels; lower data.min_labelled_fraction or data.patch_size"
+                        "pixels: the labels are too sparse for data.sampler=random. Use "
+                        "data.sampler=labels (chips drawn around labelled pixels), or lower "
+                        "data.min_labelled_fraction"
                     )
 
 
@@ -186,3 +193,93 @@ class Coverage:
             if v == 1
         ]
         return shapely.union_all(geoms).buffer(pad, join_style="mitre") if geoms else None
+
+
+class LabelPoints:
+    """Where a split's labelled pixels are, as a weighted list to draw from.
+
+    One entry per labelled pixel (``cell`` = 1), or per (``cell`` x ``cell`` block, class) when
+    there are more than ``max_points`` labelled pixels. An entry's weight is its pixel count
+    divided by the square root of its class's count, so classes are drawn in proportion to the
+    square root of their labelled pixels: a class of 100 px is drawn a tenth as often as one of
+    10,000 px, not a hundredth.
+    """
+
+    def __init__(self, units_path, unit_ok, unit_class, shape, labelled: int, max_points=2_000_000):
+        h, w = shape
+        self.cell = 1 if labelled <= max_points else math.ceil(math.sqrt(labelled / max_points))
+        self.shape = shape
+        rows, cols, classes, counts = [], [], [], []
+        step = max(self.cell, (2048 // self.cell) * self.cell)
+        with rasterio.open(units_path) as src:
+            for row in range(0, h, step):
+                for col in range(0, w, step):
+                    win = Window(col, row, min(step, w - col), min(step, h - row))
+                    u = src.read(1, window=win)
+                    ok = unit_ok[u]
+                    if not ok.any():
+                        continue
+                    rr, cc = np.nonzero(ok)
+                    cls = unit_class[u[ok]].astype(np.int64)
+                    rr, cc = (rr + row) // self.cell, (cc + col) // self.cell
+                    key = (rr * (w // self.cell + 1) + cc) * 256 + cls
+                    key, n = np.unique(key, return_counts=True)
+                    rows.append(key // 256 // (w // self.cell + 1))
+                    cols.append(key // 256 % (w // self.cell + 1))
+                    classes.append(key % 256)
+                    counts.append(n)
+        if not rows:
+            raise UserError("the training split has no labelled pixels")
+        self.rows = np.concatenate(rows).astype(np.int32)
+        self.cols = np.concatenate(cols).astype(np.int32)
+        self.classes = np.concatenate(classes).astype(np.int16)
+        counts = np.concatenate(counts).astype(np.float64)
+        per_class = np.bincount(self.classes, weights=counts)
+        self.pixels = int(counts.sum())
+        self.cum = np.cumsum(counts / np.sqrt(per_class[self.classes]))
+
+    def draw(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left (row, col) of ``n`` chips of ``patch`` px, each holding a drawn labelled pixel
+        (a random pixel of the drawn cell when ``cell`` > 1) at a random place in the chip."""
+        h, w = self.shape
+        i = np.searchsorted(self.cum, rng.random(n) * self.cum[-1], side="right")
+        i = np.minimum(i, len(self.cum) - 1)
+        r = np.minimum(
+            self.rows[i].astype(np.int64) * self.cell + rng.integers(0, self.cell, n), h - 1
+        )
+        c = np.minimum(
+            self.cols[i].astype(np.int64) * self.cell + rng.integers(0, self.cell, n), w - 1
+        )
+        r0 = np.clip(r - rng.integers(0, patch, n), 0, max(h - patch, 0))
+        c0 = np.clip(c - rng.integers(0, patch, n), 0, max(w - patch, 0))
+        return r0, c0
+
+
+class LabelSampler(SpatialSampler, RankSampler):
+    """Training chips around labelled pixels: a TorchGeo ``GeoSampler`` (spatial, random).
+
+    Each chip is drawn as a labelled pixel of the split (:class:`LabelPoints`: classes weighted by
+    the square root of their pixel counts), then a random chip position that contains it, so a
+    few small polygons in a large scene give labelled chips at every step. ``length`` chips per
+    epoch on this rank, a function of (seed, rank, epoch) like the other samplers here.
+    """
+
+    strategy = "random"
+
+    def __init__(
+        self, dataset, points: LabelPoints, size: int, length: int, rank=0, world=1, seed=0
+    ):
+        SpatialSampler.__init__(self, dataset)
+        RankSampler.__init__(self, rank, world, seed, shuffle=True)
+        self.points, self.size, self.length = points, size, length
+        self.t = dataset.transform
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        r0, c0 = self.points.draw(self._next_epoch_rng(), self.length, self.size)
+        t, size = self.t, self.size
+        for r, c in zip(r0.tolist(), c0.tolist(), strict=True):
+            x0, y1 = t.c + c * t.a, t.f + r * t.e
+            yield slice(x0, x0 + size * t.a), slice(y1 + size * t.e, y1)
