@@ -28,10 +28,10 @@ import rasterio
 
 from .chips import build_chips
 from .imagery import Grid, ImageryError, date_order, open_scenes, warp_to_grid
+from .label_units import split_units
 from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
 from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
-from .label_units import split_units
 
 TASKS = ("segmentation", "classification", "change")
 CHANGE_CLASSES = ("binary", "transitions")

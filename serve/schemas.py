@@ -80,12 +80,14 @@ class FinetuneRequest(BaseModel):
         ge=16,
         le=2048,
         description="training chip edge in pixels; default: the dataset's chip size "
-        "(classification), else 128",
+        "(classification), else from the labels",
         examples=[64],
     )
     batch_size: int = Field(8, ge=1, le=1024)
     learning_rate: float = Field(1e-3, gt=0, le=1)
-    chips_per_epoch: int = Field(256, ge=1, le=1_000_000)
+    chips_per_epoch: int | None = Field(
+        None, ge=1, le=1_000_000, description="training chips per epoch (default: from the labels)"
+    )
     finetune: Literal["full", "frozen", "last_n"] | None = Field(
         None, description="which backbone weights train; default the backbone's recommendation"
     )

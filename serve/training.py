@@ -147,7 +147,6 @@ def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, f
         f"trainer.max_epochs={req.epochs}",
         f"data.batch_size={req.batch_size}",
         f"data.num_workers={req.num_workers}",
-        f"data.chips_per_epoch={req.chips_per_epoch}",
         f"task.optimizer.lr={req.learning_rate}",
         f"seed={req.seed}",
         f"register.name={_q(name)}",
@@ -159,6 +158,8 @@ def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, f
     ]
     if req.patch_size is not None:
         o.append(f"data.patch_size={req.patch_size}")
+    if req.chips_per_epoch is not None:
+        o.append(f"data.chips_per_epoch={req.chips_per_epoch}")
     if req.weights == "random":
         o.append("backbone.weights=random")
     if req.finetune:
@@ -197,6 +198,7 @@ class FinetuneKind(JobKind):
             "alias": record["params"].get("alias"),
             "run_id": run_id,
             "metrics": dict(sorted(metrics.items())),
+            "held_out": [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)],
         }
 
     def completed(self, record: dict, folder: Path) -> dict | None:

@@ -79,6 +79,16 @@ def check_single_process(trainer: DictConfig) -> None:
         )
 
 
+def check_test_labels(ds) -> None:
+    """A benchmark compares test scores: refuse a dataset without test labels up front."""
+    if not ds.manifest["splits"].get("units", {}).get("test"):
+        raise BenchmarkError(
+            f"dataset {ds.id!r} has no test labels, and a benchmark compares backbones on its "
+            "test split (geotune data show shows the splits). Label more places in the scene and "
+            "ingest it again, so that the block split can hold some out for testing."
+        )
+
+
 def parse_budgets(budgets) -> list[int | None]:
     out: list[int | None] = []
     for b in budgets:
@@ -137,6 +147,7 @@ def benchmark(cfg: DictConfig) -> dict:
     register_resolvers()
     check_single_process(cfg.trainer)
     ds = load_dataset(cfg.data.dataset)
+    check_test_labels(ds)
     kind = task_class(cfg).kind
     name = cfg.name or f"{ds.id}-{kind}"
     out = Path(cfg.out_dir) / name
@@ -282,6 +293,11 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
 
     units = sorted({r["units"] for r in rows})
     label = {r["units"]: r["budget"] for r in rows}
+    early = (
+        "early stopping on val/mIoU, best epoch restored"
+        if ds.manifest["splits"].get("units", {}).get("val")
+        else "no validation labels: every epoch trained, the last one tested"
+    )
     first = {}
     for r in rows:
         first.setdefault(r["backbone"], r)
@@ -294,8 +310,9 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
         "(stratified per class, nested across budgets; each seed draws its own subset).",
         "",
         f"Same for every backbone: task `{cfg.task._target_.rsplit('.', 1)[1]}`, "
-        f"max_epochs={cfg.trainer.max_epochs} (early stopping on val/mIoU, best epoch restored), "
-        f"patch {cfg.data.patch_size or ds.manifest.get('chip_size') or 128} px, batch {cfg.data.batch_size}, {cfg.data.chips_per_epoch} chips/epoch, "
+        f"max_epochs={cfg.trainer.max_epochs} ({early}), "
+        f"patch {cfg.data.patch_size or ds.manifest.get('chip_size') or 'size from the labels'}, batch {cfg.data.batch_size}, "
+        f"chips/epoch {cfg.data.chips_per_epoch or 'from the labels'}, "
         f"lr {cfg.task.optimizer.lr}, precision {cfg.trainer.precision}. Each backbone: its own "
         "normalisation and recommended fine-tune mode.",
         "",

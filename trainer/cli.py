@@ -65,13 +65,21 @@ def cmd_data(args) -> int:
 
 # -- hydra apps -----------------------------------------------------------------------------------
 def run_hydra(config_name: str, task) -> int:
-    """Run ``task(cfg)`` as a Hydra app on the arguments after the subcommand."""
+    """Run ``task(cfg)`` as a Hydra app on the arguments after the subcommand.
+
+    An error in the user's data, config or overrides is one line ``error: ...`` on stderr and
+    exit code 2, no traceback (``--verbose`` or ``HYDRA_FULL_ERROR=1`` prints it too); other
+    errors keep their traceback."""
+    import os
+
     import hydra
 
     from .config import CONFIG_PATH, register_resolvers
 
     register_resolvers()
     original = list(sys.argv)
+    args = [a for a in original[2:] if a != "--verbose"]
+    verbose = len(args) < len(original) - 2 or os.environ.get("HYDRA_FULL_ERROR") == "1"
     status = {"code": 0}
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
@@ -80,22 +88,45 @@ def run_hydra(config_name: str, task) -> int:
         try:
             task(cfg)
         except Exception as e:
-            user = _user_error(e)
-            if user is None:
+            if not report_error(e, original[1], verbose):
                 raise
-            print(f"error: {user}", file=sys.stderr)
             status["code"] = 2
 
-    sys.argv = [original[0]] + original[2:]
+    sys.argv = [original[0], *args]
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing: reported below
     try:
         _app()
+    except Exception as e:
+        if not report_error(e, original[1], verbose):
+            raise
+        status["code"] = 2
     finally:
         sys.argv = original
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
     return status["code"]
 
 
+def report_error(e: BaseException, command: str, verbose: bool) -> bool:
+    """Print ``error: <message>`` for an error of the user's data or config; False if ``e`` is
+    not one (a bug: its traceback is the report)."""
+    from .config import config_error
+
+    user = _user_error(e)
+    message = str(user) if user is not None else config_error(e, command)
+    if message is None:
+        return False
+    if verbose:
+        import traceback
+
+        traceback.print_exception(e)
+    print(f"error: {message}", file=sys.stderr)
+    return True
+
+
 def _user_error(e: BaseException | None) -> UserError | None:
-    """The user error behind ``e``, also when Hydra's instantiate wrapped it."""
+    """The user error behind ``e``, also when Hydra's instantiate or Lightning wrapped it."""
     seen = 0
     while e is not None and seen < 10:
         if isinstance(e, UserError):
@@ -124,12 +155,18 @@ def print_result(result: dict) -> None:
         k for k in test if k.startswith("test/IoU/")
     )
     width = max((len(k) for k in keys), default=10)
-    print("\n" + "metric".ljust(width) + "   value")
+    if keys:
+        print("\n" + "metric".ljust(width) + "   value")
     for k in keys:
         print(f"{k.ljust(width)}   {test[k]:.4f}")
+    note = result.get("evaluation", {}).get("note")
+    if note:
+        print(f"\n{note}")
     print(f"\nMLflow run: {result['run_id']}")
     if result.get("model_version"):
         print(f"registered: {result['registered_name']} version {result['model_version']}")
+    elif result.get("model_uri"):
+        print(f"model: {result['model_uri']} (not registered: add register.name=NAME)")
 
 
 # -- predict --------------------------------------------------------------------------------------
@@ -372,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-class-pixels",
         type=int,
         default=20,
-        help="labelled pixels every class needs in every split",
+        help="labelled pixels a class needs in val or test to count there (a held-out metric for it)",
     )
     a.add_argument(
         "--task",

@@ -47,3 +47,58 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def config_error(e: BaseException | None, command: str = "train") -> str | None:
+    """The message for an error in the user's config or overrides, found anywhere in the chain
+    of ``e`` (Hydra composition, OmegaConf keys and values, Lightning's misconfiguration,
+    constructor arguments); None when ``e`` is not one."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+    seen = 0
+    while e is not None and seen < 10:
+        key = getattr(e, "full_key", None)
+        if isinstance(e, MissingMandatoryValue):
+            extra = " (geotune data list shows your datasets)" if key == "data.dataset" else ""
+            return f"{key} is not set: give it on the command line, e.g. geotune {command} {key}=...{extra}"
+        if isinstance(e, ConfigKeyError) and key:
+            return (
+                f"unknown config key {key!r}: check its spelling (geotune {command} ... --cfg job "
+                f"prints the whole config), or add a key of your own with +{key}=..."
+            )
+        if isinstance(e, OmegaConfBaseException):
+            return _one_line(str(e))
+        if isinstance(
+            e, (ConfigCompositionException, MissingConfigException, OverrideParseException)
+        ):
+            return _one_line(str(e))
+        if isinstance(e, InstantiationException) and isinstance(e.__cause__, TypeError):
+            return _one_line(str(e)) + f" (geotune {command} ... --cfg job prints the config)"
+        if any(c.__name__ == "MisconfigurationException" for c in type(e).__mro__):
+            return _one_line(str(e))
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def _one_line(text: str) -> str:
+    """A multi-line Hydra/OmegaConf message as one line (listings joined with commas), without
+    the config search path and OmegaConf's key details."""
+    text = text.split("Config search path:")[0]
+    skip = ("full_key:", "object_type=", "reference_type=")
+    out: list[str] = []
+    listing = False
+    for ln in (ln.strip() for ln in text.splitlines()):
+        if not ln or ln.startswith(skip):
+            continue
+        if listing and not ln.endswith(":"):
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + ln
+        else:
+            out.append(ln)
+            listing = ln.endswith(":")
+    return ". ".join(s.rstrip(".") for s in out)

@@ -105,8 +105,11 @@ def train(
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    held_out = {s: dm.has_labels(s) for s in ("val", "test")}
+    evaluation = evaluation_plan(held_out, int(cfg.trainer.max_epochs))
+    tags["geotune.held_out"] = ",".join(s for s, v in held_out.items() if v) or "none"
     logger = instantiate(cfg.logger, run_name=run_name, tags=tags)
-    callbacks = {k: instantiate(v) for k, v in cfg.callbacks.items() if v is not None}
+    callbacks = make_callbacks(cfg.callbacks, monitor=held_out["val"])
     if "checkpoint" in callbacks:
         callbacks["checkpoint"].dirpath = str(out_dir / "checkpoints")
     trainer = instantiate(
@@ -114,6 +117,7 @@ def train(
         logger=logger,
         callbacks=list(callbacks.values()),
         default_root_dir=str(out_dir),
+        **({} if held_out["val"] else {"limit_val_batches": 0}),
     )
     weights_note = (
         "random initialisation (backbone.weights=random)"
@@ -133,8 +137,17 @@ def train(
         )
         spec = backbone.spec
         print(f"geotune: {describe_normalization(spec.normalization)}")
+        print(f"geotune: {dm.sampling()}")
+        if evaluation["note"]:
+            print(f"geotune: {evaluation['note']}")
         logger.log_hyperparams(flat_params(cfg))
         logger.log_hyperparams(normalization_params(spec.normalization, spec.mean, spec.std))
+        resolved = {
+            "patch_size": dm.patch_size,
+            "chips_per_epoch": dm.chips_per_epoch,
+            "sampler": dm.sampler,
+        }
+        logger.log_hyperparams({f"resolved.data.{k}": v for k, v in resolved.items()})
         client = logger.experiment
         client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
         client.log_text(logger.run_id, json.dumps(ds.manifest, indent=2), "dataset/dataset.json")
@@ -146,11 +159,20 @@ def train(
     train_seconds = time.time() - t0
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     ckpt = callbacks.get("checkpoint")
-    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    if best and ckpt.best_model_score is not None:
-        val["val/mIoU"] = float(ckpt.best_model_score)  # the restored (best) epoch's score
-    test_metrics = trainer.test(
-        task, datamodule=dm, ckpt_path="best" if best else None, verbose=False
+    best = None
+    if held_out["val"] and ckpt is not None and ckpt.monitor and ckpt.best_model_path:
+        best = ckpt.best_model_path
+        if ckpt.best_model_score is not None:
+            val["val/mIoU"] = float(ckpt.best_model_score)  # the restored (best) epoch's score
+        if not held_out["test"]:  # the best epoch's weights are registered, as after a test
+            import torch
+
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            task.load_state_dict(state)
+    test_metrics = (
+        trainer.test(task, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
+        if held_out["test"]
+        else []
     )
     params = sum(p.numel() for p in task.net.parameters())
     trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
@@ -168,6 +190,7 @@ def train(
         "test": test_metrics[0] if test_metrics else {},
         "confusion": {k: v.tolist() for k, v in task.last_confusion.items()},
         "classes": [c["name"] for c in ds.classes],
+        "evaluation": evaluation,
         "model_version": None,
         "output_dir": str(out_dir),
     }
@@ -181,6 +204,7 @@ def train(
         record = model_record(
             cfg, ds, backbone, b_kwargs, task, bands, logger.run_id, dm.patch_size
         )
+        record["evaluation"] = evaluation
         info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
         result["model_uri"] = info.model_uri
         if cfg.register.name:
@@ -201,6 +225,44 @@ def train(
         logger.finalize("success")
         mlflow.end_run()
     return result
+
+
+def evaluation_plan(held_out: dict[str, bool], epochs: int) -> dict:
+    """Which held-out metrics a run will have, which weights it registers, and the note that
+    says so when a split has no labels."""
+    val, test = held_out["val"], held_out["test"]
+    note = None
+    if not val:
+        note = f"no validation labels: training for {epochs} epochs without early stopping; " + (
+            "the last epoch is tested and registered" if test else "no held-out metric"
+        )
+    elif not test:
+        note = "no test labels: the best validation epoch is registered without a test score"
+    return {
+        "metrics": ["train"] + [s for s in ("val", "test") if held_out[s]],
+        "early_stopping": val,
+        "weights": "best validation epoch" if val else "last epoch",
+        "note": note,
+    }
+
+
+def make_callbacks(configs, monitor: bool) -> dict:
+    """The configured callbacks; without validation labels (``monitor`` False), callbacks that
+    watch a ``val/`` metric are dropped, and the checkpoint keeps the last epoch instead."""
+    from hydra.utils import instantiate
+
+    out = {}
+    for key, conf in configs.items():
+        if conf is None:
+            continue
+        watches = str(conf.get("monitor") or "").startswith("val/")
+        if watches and not monitor:
+            if key != "checkpoint":
+                continue
+            out[key] = instantiate(conf, monitor=None, mode="min")
+        else:
+            out[key] = instantiate(conf)
+    return out
 
 
 def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: int) -> dict:
