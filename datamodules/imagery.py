@@ -156,6 +156,31 @@ def _names_from_descriptions(ds) -> list[str] | None:
     return None
 
 
+def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[str] | None:
+    """Band names from a file's band descriptions for ``sensor``: its STAC common names or its
+    asset ids (``B04``, ``SR_B4``), in any case, order and subset. None when no description
+    names a band of the sensor (then the descriptions are not band names); an error naming the
+    descriptions that do not, when others do."""
+    lookup = {b.name.lower(): b.name for b in sensor.bands}
+    lookup |= {b.asset.lower(): b.name for b in sensor.bands if b.asset and not b.asset.isdigit()}
+    names = [lookup.get(d.strip().lower()) for d in desc]
+    if not any(names):
+        return None
+    unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if unknown:
+        what = f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a band"
+        problem = f"band description {what} of sensor {sensor.id}"
+    elif twice:
+        problem = f"band descriptions name {', '.join(twice)} more than once"
+    else:
+        return names
+    raise ImageryError(
+        f"{file_name}: {problem}; the sensor's bands are: {', '.join(sensor.band_names)}. Fix "
+        "the band descriptions, or name the file's bands in order with --bands"
+    )
+
+
 def _name_from_filename(path: Path, sensor: Sensor | None) -> str | None:
     if sensor is None:
         return None
@@ -263,8 +288,10 @@ def _multiband_scene(info, bands, sens) -> Scene:
                 f"{f.name} has {count} bands but --bands names {len(bands)}: {','.join(bands)}"
             )
         names = list(bands)
-    elif desc and (sens is None or all(d in sens.band_names for d in desc)):
+    elif desc and sens is None:
         names = desc
+    elif desc and (named := names_for_sensor(desc, sens, f.name)):
+        names = named
     elif sens is not None:
         if count != len(sens.bands):
             raise ImageryError(
@@ -294,7 +321,8 @@ def _band_files_scene(infos, bands, sens) -> Scene:
         names = []
         for f, *_rest in infos:
             desc = _rest[7]
-            name = desc[0] if desc else _name_from_filename(f, sens)
+            named = names_for_sensor(desc, sens, f.name) if desc and sens else None
+            name = (named or desc)[0] if desc else _name_from_filename(f, sens)
             if name is None:
                 raise ImageryError(
                     f"cannot tell which band {f.name} holds. Pass --sensor ID so band ids in file "
