@@ -86,3 +86,40 @@ def make_labels(
     else:
         gdf.to_file(path, driver=driver)
     return path
+
+
+def few_polygons(
+    folder: Path,
+    scene: Path,
+    cmap: np.ndarray,
+    per_class: dict[str, int],
+    seed: int = 0,
+    side: tuple[int, int] = (9, 15),
+    name: str = "few.geojson",
+    column: str = "class_name",
+) -> Path:
+    """A few small hand-drawn-like polygons: ``per_class[name]`` rectangles of ``side`` px edges
+    (so about 80-210 px each), each inside one region of its class, written in EPSG:4326."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    with rasterio.open(scene) as src:
+        transform, crs = src.transform, src.crs
+    geoms, names = [], []
+    for cls_name, n in per_class.items():
+        k = CLASSES.index(cls_name)
+        for _ in range(n):
+            h, w = (int(v) for v in rng.integers(side[0], side[1] + 1, 2))
+            inside = ndimage.binary_erosion(cmap == k, np.ones((h + 2, w + 2)))
+            rr, cc = np.nonzero(inside)
+            if not len(rr):
+                raise ValueError(f"no room for a {h}x{w} polygon of {cls_name}")
+            i = rng.integers(len(rr))
+            r0, c0 = rr[i] - h // 2, cc[i] - w // 2
+            x0, y0 = transform * (c0, r0)
+            x1, y1 = transform * (c0 + w, r0 + h)
+            geoms.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+            names.append(cls_name)
+    path = Path(folder) / name
+    gpd.GeoDataFrame({column: names}, geometry=geoms, crs=crs).to_crs("EPSG:4326").to_file(path)
+    return path

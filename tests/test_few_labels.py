@@ -1,0 +1,197 @@
+"""Few labels are the normal case: splits that adapt and say so, chips drawn around the labels,
+band names from descriptions. (Training them all the way to a prediction:
+tests/test_few_labels_e2e.py.)"""
+
+import csv
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from synth import few_polygons, make_labels, make_scene
+from torchgeo.samplers import GeoSampler
+
+from datamodules.datamodule import GeotuneDataModule
+from datamodules.imagery import ImageryError
+from datamodules.ingest import ingest
+from datamodules.units import GUARD_PIXELS
+
+
+def _ingest(name, image, labels, **kw):
+    kw = {"class_column": "class_name", "progress": False} | kw
+    return ingest(name=name, images=[image], labels=labels, **kw)
+
+
+def _box(transform, r0, c0, h, w):
+    x0, y0 = transform * (c0, r0)
+    x1, y1 = transform * (c0 + w, r0 + h)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(home, tmp_path):
+    image, cmap = make_scene(tmp_path, size=256, seed=4)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    # tree: ONE polygon of 40 x 200 px over four 64-px blocks; two other classes: small
+    # polygons all over the scene (they reach every split whole)
+    geoms, names = [_box(t, 100, 28, 40, 200)], ["tree"]
+    rng = np.random.default_rng(0)
+    for r, c in rng.integers(0, 240, (40, 2)):
+        if not 84 <= r < 150:
+            geoms.append(_box(t, r, c, 10, 12))
+            names.append("crop" if len(names) % 2 else "water")
+    path = tmp_path / "tree.geojson"
+    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    with pytest.warns(UserWarning) as caught:
+        ds = _ingest("cut", image, path, block_size=64)
+    sp = ds.manifest["splits"]
+    tree = sp["reach"]["tree"]
+    assert tree["how"] == "cut" and len(tree["splits"]) >= 2 and tree["splits"][0] == "train"
+    n = len(tree["splits"])
+    expected = f"tree: 1 polygon, cut into {n} pieces across {'/'.join(tree['splits'])} (metrics on it are optimistic)"
+    assert tree["note"] == expected and expected in [str(w.message) for w in caught]
+    assert sp["guard_pixels"] == GUARD_PIXELS
+    with open(ds.file("units_table")) as f:
+        rows = [r for r in csv.DictReader(f) if r["source_unit"] == "1"]
+    assert sorted(r["split"] for r in rows) == sorted(tree["splits"])  # one unit per split
+    assert all(int(r["unit_id"]) > len(geoms) for r in rows)  # new ids for the pieces
+    with rasterio.open(ds.file("units")) as src:
+        units = src.read(1)
+    with rasterio.open(ds.file("mask")) as src:
+        mask = src.read(1)
+    tree_id = next(c["id"] for c in ds.classes if c["name"] == "tree")
+    where = {r["split"]: np.argwhere(units == int(r["unit_id"])) for r in rows}
+    assert sum(len(v) for v in where.values()) == sum(int(r["pixels"]) for r in rows)
+    for a in where:
+        for b in where:
+            if a < b:  # pieces in different splits are more than the guard band apart
+                d = np.abs(where[a][:, None, :] - where[b][None, :, :]).max(-1)
+                assert d.min() > GUARD_PIXELS, (a, b, d.min())
+    box = np.zeros_like(mask, dtype=bool)
+    box[100:140, 28:228] = True
+    guard = box & (units == 0)
+    assert guard.sum() > 0 and (mask[guard] == tree_id).all()  # mask.tif keeps the class
+    assert sum(int(r["pixels"]) for r in rows) + guard.sum() == box.sum()
+    # the other classes stay whole and reach every split
+    for slug in ("crop", "water"):
+        assert sp["reach"][slug]["splits"] == ["train", "val", "test"]
+        assert sp["reach"][slug]["how"] == "blocks" and sp["reach"][slug]["note"] is None
+
+
+def test_small_polygons_stay_whole_and_train_only(home, tmp_path):
+    image, cmap = make_scene(tmp_path, size=512, seed=2)
+    labels = few_polygons(tmp_path, image, cmap, {"water": 1, "forest": 1, "field": 1})
+    with pytest.warns(UserWarning, match="no validation labels") as caught:
+        ds = _ingest("py", image, labels)
+    text = [str(w.message) for w in caught]
+    for c in ds.classes:
+        reach = ds.manifest["splits"]["reach"][c["slug"]]
+        assert reach["splits"] == ["train"] and reach["how"] == "blocks"
+        assert reach["note"] in text and reach["note"].startswith(
+            f"{c['name']}: train only, no held-out metric (1 polygon)"
+        )
+    assert ds.manifest["splits"]["guard_pixels"] == 0
+    assert "no test labels: no held-out test metric" in text
+
+
+def test_a_mask_with_a_class_in_one_corner_reaches_what_its_blocks_allow(home, tmp_path):
+    image, cmap = make_scene(tmp_path, size=256, seed=0)
+    mask = np.where(cmap == 2, 0, 1).astype(np.uint8)  # two classes everywhere ...
+    mask[:40, :40] = 2  # ... and a third one in one corner, inside one 64-px block
+    with rasterio.open(image) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255}
+    path = tmp_path / "mask.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(mask, 1)
+    with pytest.warns(UserWarning, match=r"2: train only, no held-out metric \(1 region\)"):
+        ds = _ingest("corner", image, path, block_size=64)
+    reach = ds.manifest["splits"]["reach"]
+    assert reach["2"]["splits"] == ["train"]
+    assert reach["0"]["splits"] == reach["1"]["splits"] == ["train", "val", "test"]
+    dm = GeotuneDataModule("corner", num_workers=0)
+    assert dm.sampler == "random" and dm.patch_size == 128  # a dense mask: as before
+
+
+def test_label_sampler_draws_labelled_chips_reproducibly_per_rank_and_epoch(home, tmp_path):
+    image, cmap = make_scene(tmp_path, size=768, seed=2)
+    labels = few_polygons(tmp_path, image, cmap, {"water": 2, "forest": 1, "field": 1})
+    with pytest.warns(UserWarning):
+        _ingest("py", image, labels)
+    dm = GeotuneDataModule("py", num_workers=0, batch_size=4)
+    assert dm.sampler == "labels" and dm.patch_size == 64  # polygons of 9-15 px + context
+    ds, sampler = dm._split("train")
+    assert isinstance(sampler, GeoSampler) and len(sampler) == 32  # 8 batches at least
+    assert "32 training chips of 64 px per epoch, drawn around labelled pixels" in dm.sampling()
+    chips = list(sampler)
+    for index in chips:
+        assert (ds[index]["mask"] != 255).any()  # every chip holds labels
+    assert list(sampler) != chips  # the next epoch draws anew ...
+    sampler.set_epoch(0)
+    assert list(sampler) == chips  # ... reproducibly from (seed, rank, epoch)
+    dm1 = GeotuneDataModule("py", num_workers=0, batch_size=4)
+    dm1._rank_world = lambda: (1, 2)
+    other = list(dm1._split("train")[1])
+    assert len(other) == 16 and other != chips[:16]
+    # classes are drawn in proportion to the square root of their labelled pixels
+    points = sampler.points
+    per_class = np.bincount(points.classes, minlength=3)
+    r0, c0 = points.draw(np.random.default_rng(1), 20000, 1)  # 1-px chips: the drawn pixels
+    m = rasterio.open(ds.ds.file("mask")).read(1)
+    drawn = np.bincount(m[r0, c0], minlength=3)[:3] / 20000
+    expected = np.sqrt(per_class) / np.sqrt(per_class).sum()
+    np.testing.assert_allclose(drawn, expected, atol=0.03)
+
+
+def test_sparse_labels_with_the_random_sampler_say_what_to_do(home, tmp_path):
+    from datamodules.errors import UserError
+
+    image, cmap = make_scene(tmp_path, size=768, seed=2)
+    labels = few_polygons(tmp_path, image, cmap, {"water": 1, "forest": 1, "field": 1})
+    with pytest.warns(UserWarning):
+        _ingest("py", image, labels)
+    dm = GeotuneDataModule("py", num_workers=0, sampler="random", patch_size=128)
+    with pytest.raises(
+        UserError, match=r"too sparse for data.sampler=random. Use data.sampler=labels"
+    ):
+        list(dm._split("train")[1])
+
+
+def test_dense_labels_keep_todays_defaults(home, scene):
+    _ingest("dense", scene["image"], scene["labels"], block_size=32)
+    dm = GeotuneDataModule("dense", num_workers=0)
+    assert dm.sampler == "random" and dm.patch_size == 128
+    dm.sampling()
+    assert dm.chips_per_epoch == 256
+
+
+def _described(tmp_path, descriptions, name="desc.tif"):
+    path, _ = make_scene(tmp_path, size=64, seed=0, name=name, descriptions=False)
+    with rasterio.open(path, "r+") as dst:
+        dst.descriptions = tuple(descriptions)
+    return path
+
+
+def test_band_descriptions_name_the_bands_for_the_sensor(home, tmp_path):
+    labels = make_labels(tmp_path, *make_scene(tmp_path, size=64, seed=0))
+    image = _described(tmp_path, ["nir08", "Red", "B03", "blue"])  # any order, case, asset ids
+    from datamodules.imagery import open_scenes
+
+    assert open_scenes([image], sensor="sentinel-2-l2a")[0].bands == [
+        "nir08",
+        "red",
+        "green",
+        "blue",
+    ]
+    bad = _described(tmp_path, ["red", "green", "ndvi", "blue"], name="bad.tif")
+    with pytest.raises(
+        ImageryError,
+        match=r"bad.tif: band description 'ndvi' is not a band of sensor sentinel-2-l2a; the sensor's bands are: coastal, blue, green, red,.*--bands",
+    ):
+        _ingest("x", bad, labels, sensor="sentinel-2-l2a")
+    twice = _described(tmp_path, ["red", "B04", "green", "blue"], name="twice.tif")
+    with pytest.raises(ImageryError, match="band descriptions name red more than once"):
+        open_scenes([twice], sensor="sentinel-2-l2a")
+    plain = _described(tmp_path, ["Band 1", "Band 2", "Band 3", "Band 4"], name="plain.tif")
+    with pytest.raises(ImageryError, match=r"has 4 bands but sensor landsat-c2-l2 has 8"):
+        open_scenes([plain], sensor="landsat-c2-l2")  # descriptions that name nothing
