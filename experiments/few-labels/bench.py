@@ -1,0 +1,318 @@
+"""A few polygons on a large scene: time to a registered model and held-out point accuracy.
+
+The scene is the shipped Sentinel-2 L1C sample (``datamodules/sample/s2_l1c_demo.tif``, 768²,
+6 bands) mirror-tiled 3 x 3 into 2304² px. The truth is the demo's documented spectral rule
+(``datamodules.demo_labels``: water, marsh, forest, cropland, bare ground, majority-filtered).
+Labels are ``--polygons`` small rectangles (9-15 px edges, 80-225 px), one class after another,
+each inside a region of its class (seeded): the handful of polygons a new user draws.
+Held-out points are pixels of each class whose mirror-folded position is at least ``GAP`` px
+from every polygon's, so no tile's copy of a training polygon is scored.
+
+Two paths, the same epochs budget, one run, one after the other:
+
+- **new**: this checkout, the documented commands with no extra option:
+  ``geotune data add --name py --image scene.tif --labels polygons.gpkg --class-column name``,
+  ``geotune train data.dataset=py backbone=resnet18 backbone.weights=random
+  trainer.max_epochs=E register.name=py register.alias=champion``;
+- **today**: the same commands at ``--baseline`` (the commit before issue 15) with the issue's
+  workarounds: ``--min-class-pixels 0``, ``data.min_labelled_fraction=0.001``,
+  ``'~callbacks.early_stopping' callbacks.checkpoint.monitor=null``.
+
+Each path is timed from ``data add`` to the registered model (both commands' wall time), then
+``geotune predict`` classifies the whole scene and the held-out points are scored on its class
+COG. ``probe.EpochProbe`` records accuracy on the same points after every epoch against
+training seconds, for the plot.
+
+    .venv/bin/python experiments/few-labels/bench.py            # writes results.json/md, plot.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SAMPLE = REPO / "datamodules" / "sample" / "s2_l1c_demo.tif"
+TILES = 3
+GAP = 64  # px between a held-out point and any (mirrored) training polygon
+POINTS_PER_CLASS = 60
+
+
+def mirror_tile(a: np.ndarray, n: int) -> np.ndarray:
+    """``[..., H, W]`` → ``[..., n H, n W]``: tiles flipped alternately, seamless at the edges."""
+    rows = [a if i % 2 == 0 else a[..., ::-1, :] for i in range(n)]
+    col = np.concatenate(rows, axis=-2)
+    return np.concatenate([col if j % 2 == 0 else col[..., ::-1] for j in range(n)], axis=-1)
+
+
+def fold(x: np.ndarray, size: int) -> np.ndarray:
+    """Mirror-tiled coordinate → the source coordinate it copies."""
+    t, r = np.divmod(x, size)
+    return np.where(t % 2 == 0, r, size - 1 - r)
+
+
+def make_scene(work: Path) -> tuple[Path, np.ndarray]:
+    """The tiled scene as a GeoTIFF and its truth class map (demo rule)."""
+    from datamodules.demo_labels import NODATA_CLASS, classify, majority_filter
+    from datamodules.sensors import SENSORS
+
+    with rasterio.open(SAMPLE) as src:
+        data, profile, names = src.read(), src.profile, list(src.descriptions)
+        scale = SENSORS[src.tags()["sensor"]].scale
+    big = mirror_tile(data, TILES)
+    refl = {n: big[i].astype(np.float32) * scale for i, n in enumerate(names)}
+    truth = majority_filter(classify(refl, (big != 0).any(0)))
+    truth[truth == NODATA_CLASS] = 255
+    path = work / "scene.tif"
+    profile |= {"width": big.shape[2], "height": big.shape[1], "compress": "deflate"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(big)
+        dst.descriptions = tuple(names)
+        dst.update_tags(sensor="sentinel-2-l1c")
+    return path, truth
+
+
+def draw_labels(work: Path, scene: Path, truth: np.ndarray, n_polygons: int, seed: int):
+    """``n_polygons`` rectangles inside class regions (classes in turn) and the held-out points."""
+    import geopandas as gpd
+    import shapely
+    from scipy import ndimage
+
+    from datamodules.demo_labels import CLASSES
+
+    rng = np.random.default_rng(seed)
+    with rasterio.open(scene) as src:
+        t, crs = src.transform, src.crs
+    size = truth.shape[0] // TILES
+    boxes, names = [], []
+    for i in range(n_polygons):
+        k = i % len(CLASSES)
+        h, w = (int(v) for v in rng.integers(9, 16, 2))
+        inside = ndimage.binary_erosion(truth == k, np.ones((h + 2, w + 2)))
+        rr, cc = np.nonzero(inside)
+        j = rng.integers(len(rr))
+        boxes.append((rr[j] - h // 2, cc[j] - w // 2, h, w))
+        names.append(CLASSES[k])
+    geoms = []
+    for r0, c0, h, w in boxes:
+        x0, y0 = t * (c0, r0)
+        x1, y1 = t * (c0 + w, r0 + h)
+        geoms.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    labels = work / "polygons.gpkg"
+    gpd.GeoDataFrame({"name": names}, geometry=geoms, crs=crs).to_file(labels)
+    # held-out points: far (in source coordinates) from every polygon's source pixels
+    near = np.zeros((size, size), dtype=bool)
+    for r0, c0, h, w in boxes:
+        rr, cc = np.mgrid[r0 : r0 + h, c0 : c0 + w]
+        near[fold(rr, size), fold(cc, size)] = True
+    near = ndimage.binary_dilation(near, np.ones((2 * GAP + 1, 2 * GAP + 1)))
+    yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
+    far = ~near[fold(yy, size), fold(xx, size)]
+    rows = []
+    for k, name in enumerate(CLASSES):
+        ok = ndimage.binary_erosion(truth == k, np.ones((5, 5))) & far
+        rr, cc = np.nonzero(ok)
+        pick = rng.choice(len(rr), min(POINTS_PER_CLASS, len(rr)), replace=False)
+        rows += [{"row": int(rr[i]), "col": int(cc[i]), "class": name} for i in pick]
+    points = work / "points.csv"
+    with open(points, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["row", "col", "class"])
+        writer.writeheader()
+        writer.writerows(rows)
+    pixels = [int(h * w) for _, _, h, w in boxes]
+    return labels, points, {"polygons": len(boxes), "polygon_pixels": pixels, "points": len(rows)}
+
+
+def run(cmd: list[str], env: dict, log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        p = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed; see {log}")
+    return time.perf_counter() - t0
+
+
+def run_path(name: str, code: Path, work: Path, scene, labels, points, epochs: int) -> dict:
+    """Data add → registered model → prediction, with ``code`` (a checkout) on PYTHONPATH."""
+    home = work / f"home-{name}"
+    shutil.rmtree(home, ignore_errors=True)
+    env = dict(os.environ, GEOTUNE_HOME=str(home), PYTHONPATH=f"{code}:{HERE}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    geotune = [sys.executable, "-m", "trainer.cli"]
+    add = [
+        *geotune,
+        "data",
+        "add",
+        "--name",
+        "py",
+        "--image",
+        str(scene),
+        "--labels",
+        str(labels),
+        "--class-column",
+        "name",
+    ]
+    curve = work / f"curve-{name}.json"
+    train = [
+        *geotune,
+        "train",
+        "data.dataset=py",
+        "backbone=resnet18",
+        "backbone.weights=random",
+        f"trainer.max_epochs={epochs}",
+        "register.name=py",
+        "register.alias=champion",
+        "+callbacks.probe._target_=probe.EpochProbe",
+        f"+callbacks.probe.image={scene}",
+        f"+callbacks.probe.points={points}",
+        f"+callbacks.probe.out={curve}",
+    ]
+    if name == "today":
+        add += ["--min-class-pixels", "0"]
+        train += [
+            "data.min_labelled_fraction=0.001",
+            "~callbacks.early_stopping",
+            "callbacks.checkpoint.monitor=null",
+        ]
+    log = work / f"log-{name}.txt"
+    log.write_text("")
+    add_s = run(add, env, log)
+    train_s = run(train, env, log)
+    pred = work / f"pred-{name}"
+    shutil.rmtree(pred, ignore_errors=True)
+    predict_s = run(
+        [*geotune, "predict", "--model", "py@champion", "--image", str(scene), "--out", str(pred)],
+        env,
+        log,
+    )
+    return {
+        "data_add_s": round(add_s, 1),
+        "train_command_s": round(train_s, 1),
+        "to_registered_model_s": round(add_s + train_s, 1),
+        "predict_s": round(predict_s, 1),
+        **score(pred / "classes.tif", pred / "summary.json", points),
+        "curve": json.loads(curve.read_text()),
+        "log": log.name,
+    }
+
+
+def score(classes: Path, summary: Path, points: Path) -> dict:
+    """Accuracy of the predicted class COG at the held-out points (overall and per class)."""
+    ids = {r["id"]: r["name"] for r in json.loads(summary.read_text())["class_histogram"]}
+    with open(points) as f:
+        rows = list(csv.DictReader(f))
+    with rasterio.open(classes) as src:
+        grid = src.read(1)
+    pred = [ids.get(int(grid[int(r["row"]), int(r["col"])]), "nodata") for r in rows]
+    right = np.array([p == r["class"] for p, r in zip(pred, rows, strict=True)])
+    per = {}
+    for name in sorted({r["class"] for r in rows}):
+        sel = np.array([r["class"] == name for r in rows])
+        per[name] = round(float(right[sel].mean()), 4)
+    return {"point_accuracy": round(float(right.mean()), 4), "point_accuracy_per_class": per}
+
+
+def baseline_checkout(work: Path, ref: str) -> Path:
+    path = work / "baseline"
+    if not (path / "trainer").is_dir():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref],
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+def commit(path: Path) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for name, label in (
+        ("new", "new: label sampler (defaults)"),
+        ("today", "today: random chips + workarounds"),
+    ):
+        curve = results["paths"][name]["curve"]
+        ax.plot(
+            [c["train_seconds"] for c in curve],
+            [c["accuracy"] for c in curve],
+            marker="o",
+            label=label,
+        )
+    ax.set_xlabel("training seconds (wall clock, 2 CPU cores)")
+    ax.set_ylabel("held-out point accuracy (64 px chips)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{results['scene']['polygons']} polygons on a {results['scene']['size']}² scene")
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default="/tmp/geotune-few-labels", help="scratch folder")
+    p.add_argument("--out", default=str(HERE), help="where results.json/md and plot.png go")
+    p.add_argument("--baseline", default="fc66933", help="commit of today's path")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--polygons", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["new", "today"], default=None, help="run one path")
+    a = p.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    scene, truth = make_scene(work)
+    labels, points, info = draw_labels(work, scene, truth, a.polygons, a.seed)
+    results = {
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "load_before": list(os.getloadavg()),
+        "scene": {"size": int(truth.shape[0]), "source": SAMPLE.name, "tiles": TILES, **info},
+        "epochs": a.epochs,
+        "paths": {},
+    }
+    paths = {"new": REPO, "today": baseline_checkout(work, a.baseline)}
+    for name in [a.only] if a.only else ["today", "new"]:
+        print(f"running {name} ({commit(paths[name])}) ...", flush=True)
+        results["paths"][name] = {"commit": commit(paths[name])} | run_path(
+            name, paths[name], work, scene, labels, points, a.epochs
+        )
+    results["load_after"] = list(os.getloadavg())
+    out = Path(a.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    if len(results["paths"]) == 2:
+        plot(results, out / "plot.png")
+    print(
+        json.dumps(
+            {k: {m: v for m, v in r.items() if m != "curve"} for k, r in results["paths"].items()},
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
