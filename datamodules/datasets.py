@@ -67,9 +67,10 @@ def split_lookup(ds: Dataset, split: str, keep_units: np.ndarray | None = None) 
 def class_lookup(ds: Dataset, unit_ok: np.ndarray) -> np.ndarray:
     """Table unit id → class id for the wanted units, the ignore index for every other id.
 
-    Every labelled pixel belongs to exactly one unit, and a unit has one class (polygons and
-    units are drawn in the same order; mask regions are of one class), so ``lut[units]`` is the
-    mask with other splits' and unkept units ignored: one read and one gather per chip.
+    Every labelled pixel belongs to exactly one unit (but the guard band between pieces of a cut
+    polygon: unit 0), and a unit has one class (polygons and units are drawn in the same order;
+    mask regions are of one class), so ``lut[units]`` is the mask with other splits', unkept
+    units' and guard-band pixels ignored: one read and one gather per chip.
     """
     u = read_units(ds)
     lut = np.full(len(unit_ok), ds.ignore_index, dtype=np.uint8)

@@ -293,8 +293,10 @@ def split_units(
     guard: int = GUARD_PIXELS,
     unit_word: str = "polygons",
 ) -> dict:
-    """Split the label units (cutting where it helps), write ``units.csv``; the manifest's part
-    (``split_units``, ``split_counts``, ``reach``, ``notes``, ``units`` per class)."""
+    """Split the label units (cutting where it helps), write ``units.csv``; returns units per
+    split, pixels per class and split, per class the splits reached (``reach``: splits, how,
+    note), the notes on the whole split, the guard band used, and per class its source units
+    (polygons or regions) and pixels."""
     k = len(class_names)
     t = UnitTable.from_stats(unit_stats)
     given = None
@@ -349,7 +351,6 @@ def split_units(
         ],
         "notes": overall,
         "guard_pixels": guard if cut_ids else 0,
-        "unit_counts": [int((t.cls == c).sum()) for c in range(k)],
         "source_counts": [len(s) for s in sources],
         "pixel_counts": [int(t.pixels[t.cls == c].sum()) for c in range(k)],
     }

@@ -2,7 +2,8 @@
 
 A dataset is a folder holding ``image.tif`` (one or more dates: ``images``), ``mask.tif`` (model
 class ids, ``ignore_index`` where unlabelled), ``units.tif`` (which label unit each labelled
-pixel came from, 0 = none), ``units.csv`` (unit id, class id, pixels, split) and
+pixel came from, 0 = none), ``units.csv`` (unit id, class id, pixels, split, bounding box, the
+unit a cut piece came from; :mod:`datamodules.label_units`) and
 ``dataset.json``. The folder is built under a hidden temporary name and renamed into place
 after ``dataset.json`` is written, so a dataset exists whole or not at all.
 """
