@@ -14,7 +14,7 @@ import pytest
 import rasterio
 from conftest import env_with_home
 from synth import few_polygons, make_scene
-from test_serve import assert_error, check_prediction, create_key, servers, wait_job  # noqa: F401
+from test_serve import check_prediction, create_key, ingest_job, servers, wait_job  # noqa: F401
 
 from datamodules.ingest import ingest
 from trainer.config import compose
@@ -160,20 +160,23 @@ def test_a_mask_with_a_class_in_one_corner_trains_and_predicts(home, tmp_path):
     assert "test/IoU/0" in result["test"] and "test/IoU/2" not in result["test"]
 
 
-def test_a_dataset_with_test_but_no_validation_labels_tests_the_last_epoch(home, few, tmp_path):
-    image, labels = few
-    with pytest.warns(UserWarning):
-        ingest(
-            name="noval",
-            images=[image],
-            labels=labels,
-            class_column="class_name",
-            split_fractions={"train": 0.8, "val": 0, "test": 0.2},
-            progress=False,
-        )
+def test_a_dataset_with_test_but_no_validation_labels_tests_the_last_epoch(home, tmp_path):
+    image, cmap = make_scene(tmp_path, size=768, seed=2)
+    labels = few_polygons(tmp_path, image, cmap, {"water": 4, "forest": 4, "field": 4})
+    ds = ingest(
+        name="noval",
+        images=[image],
+        labels=labels,
+        class_column="class_name",
+        block_size=128,
+        split_fractions={"train": 0.8, "val": 0, "test": 0.2},
+        progress=False,
+    )
+    assert set(ds.manifest["splits"]["units"]) == {"train", "test"}
     result = _train_and_predict("noval", home, tmp_path, image)
     assert result["evaluation"]["early_stopping"] is False and result["best_checkpoint"] is None
-    assert result["val"] == {}
+    assert result["evaluation"]["weights"] == "last epoch" and result["val"] == {}
+    assert "test/mIoU" in result["test"]
 
 
 def test_config_errors_are_one_line_without_a_traceback(home, few):
@@ -209,10 +212,12 @@ def test_few_polygons_over_http_with_no_extra_fields(home, few, servers, tmp_pat
             data={"name": "py", "class_column": "class_name"},
             files={"image": ("scene.tif", img), "labels": ("few.geojson", lab)},
         )
-    assert r.status_code == 201, r.text
-    body = r.json()
-    assert any(w.startswith("field: train only, no held-out metric") for w in body["warnings"])
-    assert body["splits"]["reach"]["water"]["splits"] == ["train"]
+    ingest = ingest_job(client, r)
+    assert ingest["state"] == "succeeded", ingest
+    notes = " ".join(ingest["result"]["warnings"])
+    assert "field: train only, no held-out metric (1 polygon)" in notes
+    assert "(block_size=256 px apart)" in notes and "--" not in notes  # the HTTP field's name
+    assert ingest["result"]["dataset"]["splits"]["reach"]["water"]["splits"] == ["train"]
     job = client.post(
         "/v1/finetunes",
         json={

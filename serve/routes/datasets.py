@@ -106,7 +106,7 @@ def create_dataset(
     block_size: Annotated[int, Form(ge=8, le=8192, description="edge of the spatial split blocks (px)")] = 256,
     split_fractions: Annotated[str | None, Form(description="train,val,test shares, e.g. 0.7,0.15,0.15", examples=[""])] = None,
     seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
-    min_class_pixels: Annotated[int, Form(ge=0, description="labelled pixels every class needs per split")] = 20,
+    min_class_pixels: Annotated[int, Form(ge=0, description="labelled pixels a class needs in val or test to count there")] = 20,
     task: Annotated[Literal["segmentation", "classification", "change"], Form(
         description="change: two image dates + change polygons; classification: one chip per label")] = "segmentation",
     chip_size: Annotated[int | None, Form(ge=8, le=4096, description="classification chip edge in px (default 64)", examples=[""])] = None,
