@@ -5,6 +5,7 @@ The whole flow: keys, upload a dataset, a tiny fine-tune job polled to success, 
 alias (synchronous and as a 202 job), the COG and GeoJSON checked; a second owner gets 404 on
 every one of the first owner's objects and outputs; requests without a key get 401."""
 
+import json
 import signal
 import socket
 import subprocess
@@ -423,7 +424,10 @@ def test_change_dataset_from_class_polygons_of_two_dates(home, scene, servers):
     c = servers("--dev").client()
     with open(scene["image"], "rb") as img, open(scene["labels"], "rb") as lab:
         files = [("image", ("t0.tif", img.read())), ("labels", ("lc0.geojson", lab.read()))]
-    files.append(("labels_after", ("lc1.geojson", files[1][1][1])))
+    after = json.loads(files[1][1][1])
+    for f in after["features"][::3]:  # a third of the polygons change class
+        f["properties"]["class_name"] += "_new"
+    files.append(("labels_after", ("lc1.geojson", json.dumps(after).encode())))
     form = {"name": "lc", "class_column": "class_name", "block_size": "32"}
     body = assert_error(c.post("/v1/datasets", data=form, files=files), 422, "labels_after field")
     assert "task=change" in body["detail"] and "the labels field." in body["detail"]
@@ -440,4 +444,4 @@ def test_change_dataset_from_class_polygons_of_two_dates(home, scene, servers):
     assert job["state"] == "succeeded", job
     ds = job["result"]["dataset"]
     assert ds["source"]["labels_after"].endswith("lc1.geojson")
-    assert [k["name"] for k in ds["classes"]] == ["no_change"]  # the same classes twice
+    assert [k["name"] for k in ds["classes"]] == ["no_change", "change"]
