@@ -15,7 +15,7 @@ from torchgeo.samplers import GeoSampler
 from datamodules.datamodule import GeotuneDataModule
 from datamodules.imagery import ImageryError
 from datamodules.ingest import ingest
-from datamodules.units import GUARD_PIXELS
+from datamodules.label_units import GUARD_PIXELS
 
 
 def _ingest(name, image, labels, **kw):
