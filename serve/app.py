@@ -20,7 +20,19 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .auth import KeyGate
 from .context import Context
-from .routes import datasets, jobs, models, predict
+from .lab import mount_lab
+from .routes import (
+    backbones,
+    benchmarks,
+    datasets,
+    geospatial,
+    job_metrics,
+    jobs,
+    models,
+    predict,
+    scenes,
+    tiles,
+)
 from .settings import Settings, serve_dir
 from .uploads import BodyLimit
 
@@ -77,9 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_assets()), name="swagger-ui")
-    for r in (datasets.router, jobs.router, models.router, predict.router):
-        app.include_router(r)
+    routes = (datasets, jobs, job_metrics, models, backbones, predict, geospatial, scenes, tiles)
+    for module in (*routes, benchmarks):
+        app.include_router(module.router)
     app.openapi = lambda: file_arrays_as_binary(app)
+    mount_lab(app, settings)
 
     @app.get("/docs", include_in_schema=False)
     def docs():

@@ -36,6 +36,21 @@ def public_url(text: str | None) -> str:
     return text.rstrip("/")
 
 
+def check_basemap(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if (
+        u.scheme not in ("http", "https")
+        or not u.hostname
+        or not all(p in url for p in ("{z}", "{x}", "{y}"))
+    ):
+        raise UserError(
+            f"--basemap-url {url!r} is not a tile URL template: give http(s)://host/.../{{z}}/{{x}}/{{y}}.png"
+            " (an XYZ tile server's URL, with {z}, {x} and {y})"
+        )
+
+
 def settings_from(args) -> Settings:
     if args.dev and not is_loopback(args.host):
         raise UserError(
@@ -62,7 +77,11 @@ def settings_from(args) -> Settings:
         raise UserError("--job-memory-mb must be at least 512")
     if args.keep_predictions < 0:
         raise UserError("--keep-predictions must be 0 (keep them) or a number of hours")
+    basemap = getattr(args, "basemap_url", None)
+    if basemap is not None:
+        check_basemap(basemap)
     return Settings(
+        basemap_url=basemap,
         dev=args.dev,
         max_training_jobs=args.max_jobs,
         max_predict_jobs=args.max_predict_jobs,

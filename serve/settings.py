@@ -40,6 +40,7 @@ class Settings:
     max_vertices: int = 20_000_000  # label vertices per uploaded file
     max_unpacked_mb: float = 1024.0  # a zipped shapefile's members, unpacked
     job_memory_mb: int = 8192  # address space of a process that reads uploaded files
+    basemap_url: str | None = None  # the Lab's online basemap ({z}/{x}/{y} template); off: None
 
     @property
     def limits(self) -> Limits:

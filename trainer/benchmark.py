@@ -162,7 +162,13 @@ def benchmark(cfg: DictConfig) -> dict:
     parent = client.create_run(
         client.get_experiment_by_name(EXPERIMENT).experiment_id,
         run_name=f"benchmark-{name}",
-        tags={"geotune.benchmark": name, "dataset_id": ds.id, "task": kind, "git_commit": commit},
+        tags={
+            "geotune.benchmark": name,
+            "dataset_id": ds.id,
+            "task": kind,
+            "git_commit": commit,
+            "owner": ds.manifest.get("owner", "local"),
+        },
     )
     pid = parent.info.run_id
     for k, v in flat_params(cfg).items():

@@ -657,6 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished predictions (outputs and uploaded scenes) are deleted this long after "
         "they finish; 0 keeps them until deleted (DELETE /v1/predictions/ID)",
     )
+    sv.add_argument(
+        "--basemap-url",
+        default=None,
+        metavar="TEMPLATE",
+        help="an online basemap for the Lab (/lab) under the user's imagery, e.g. "
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png; off by default: the Lab needs no internet",
+    )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     k = sub.add_parser("keys", help="API keys for geotune serve: create, list, revoke")
