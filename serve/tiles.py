@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 
 from datamodules.errors import UserError
 
@@ -100,7 +101,7 @@ def _percentiles(
     with rasterio.Env(**GDAL_ENV), rasterio.open(path, driver="GTiff") as src:
         f = max(1, max(src.width, src.height) // 512)
         shape = (len(indexes), max(1, src.height // f), max(1, src.width // f))
-        data = src.read(list(indexes), out_shape=shape, masked=True, resampling=0)
+        data = src.read(list(indexes), out_shape=shape, masked=True, resampling=Resampling.nearest)
     values = data.compressed()
     if nodata is not None:
         values = values[values != nodata]

@@ -139,3 +139,46 @@ def test_backbones_lists_the_finetune_choices(servers, home):  # noqa: F811
     assert "tiny" in rows["resnet18"]["sizes"] and rows["resnet18"]["default_size"] == "18"
     assert rows["clay_v1_5"]["pretrained_available"] is False  # an empty weights directory
     assert "segmentation" in body["tasks"]
+
+
+def test_the_wheel_ships_the_lab(tmp_path):
+    """`pip install` users get every file of the Lab (nested static folders) and no CDN."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src)
+    for name in ("trainer", "datamodules", "serve", "conf"):
+        shutil.copytree(repo / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("geotune-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("serve/static/")}
+    lab = repo / "serve" / "static" / "lab"
+    expected = {f"serve/static/lab/{p.relative_to(lab)}" for p in lab.rglob("*") if p.is_file()}
+    assert expected <= shipped and "serve/static/lab/vendor/leaflet/images/layers.png" in shipped
+    assert "serve/static/lab/vendor/leaflet-geoman/LICENSE" in shipped
+    page = (lab / "index.html").read_text()
+    assert "https://" not in page and "http://" not in page  # everything from this server

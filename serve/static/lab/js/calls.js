@@ -49,8 +49,9 @@ export function python(calls) {
     }
     args.push('timeout=600');
     lines.push('', `r = httpx.${call.method.toLowerCase()}(${args.join(', ')})`);
-    const binary = /\.(png|tif)(\?|$)/.test(call.url);
-    lines.push(binary ? 'r.raise_for_status()' : 'print(r.status_code, r.text[:2000])');
+    const file = /\.(png|tif)(\?|$)/.test(call.url) && call.url.split('?')[0].split('/').slice(-3).join('-');
+    lines.push('print(r.status_code)');
+    lines.push(file ? `open(${JSON.stringify(file)}, "wb").write(r.content)` : 'print(r.json() if "json" in r.headers.get("content-type", "") else r.text)');
   }
   return lines.join('\n');
 }
