@@ -121,7 +121,8 @@ def install(app: FastAPI) -> None:
                 404,
                 "not_found",
                 f"there is no endpoint {method} {clip(path)[1:-1]}. The API lives under /v1 "
-                "(datasets, finetunes, jobs, models, predictions); /docs lists every endpoint.",
+                "(datasets, finetunes, jobs, models, predictions, geospatial, scenes, benchmarks, "
+                "backbones); /docs lists every endpoint, /lab is the web page.",
             )
         if exc.status_code == 405:
             allow = ", ".join(allowed_methods(request.app, request.scope))

@@ -20,6 +20,7 @@ from rasterio.warp import transform_bounds
 from datamodules.imagery import ImageryError, open_scenes
 
 from .jobs import now, read_json, write_json
+from .untrusted import OPEN_ENV, RASTER_DRIVERS, open_raster
 
 SCENE_ID_RE = re.compile(r"^scn-[0-9a-f]{12}$")
 OVERVIEWS_ABOVE = 1024  # px on the long side: smaller scenes are read whole for a tile
@@ -64,7 +65,7 @@ def describe(path: Path, bands: list[str] | None, sensor: str | None) -> dict:
     except ImageryError as e:
         if "cannot tell the bands" not in str(e):
             raise
-        with rasterio.open(path, driver="GTiff") as src:
+        with open_raster(path) as src:
             names, named = [f"band{i}" for i in range(1, src.count + 1)], False
         scene = open_scenes([path], bands=names)[0]
     g = scene.grid
@@ -85,7 +86,7 @@ def describe(path: Path, bands: list[str] | None, sensor: str | None) -> dict:
 
 def add_overviews(path: Path) -> None:
     """Overviews inside the stored copy (averaged), so zoomed-out tiles read few pixels."""
-    with rasterio.open(path, "r+", driver="GTiff") as dst:
+    with rasterio.Env(**OPEN_ENV), rasterio.open(path, "r+", driver=RASTER_DRIVERS[0]) as dst:
         if max(dst.width, dst.height) <= OVERVIEWS_ABOVE or dst.overviews(1):
             return
         factors, f = [], 2

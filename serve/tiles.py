@@ -3,8 +3,8 @@ rasters in their class colours, confidence on a colour ramp. Web Mercator XYZ ti
 
 Only files the server chose are opened (an uploaded scene, a dataset's image or mask, a
 prediction's inputs and outputs): the routes map an owner-checked id and a file name from a
-fixed list to a path, so no path or URL ever comes from a client; files are opened with the
-GeoTIFF driver only, and GDAL does not look for side-car files. Pixels are read with
+fixed list to a path, so no path or URL ever comes from a client; files are opened as
+:mod:`serve.untrusted` opens uploads (the GeoTIFF driver only, no side-car files). Pixels are read with
 nearest-neighbour resampling, so a class tile shows the classes the COG holds, each source pixel
 where it lies on the globe, and nodata is transparent.
 """
@@ -22,8 +22,9 @@ from rasterio.enums import Resampling
 
 from datamodules.errors import UserError
 
+from .untrusted import open_raster
+
 TILE = 256
-GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 64}
 # what a person expects to see, in the sensor's physical units: reflectance 0-0.3 (natural
 # colour), 8-bit 0-255, backscatter -25-0 dB; turned into stored values with the sensor's scale
 DISPLAY_RANGE = {
@@ -49,7 +50,7 @@ def reader(path: Path, nodata: float | None = None):
     from rio_tiler.io import Reader
 
     options = {"nodata": nodata} if nodata is not None else {}
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path, driver="GTiff") as src:
+    with rasterio.Env(GDAL_CACHEMAX=64), open_raster(path) as src:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no overviews" is a speed note, not for clients
             with Reader(None, dataset=src, options=options) as r:
@@ -98,7 +99,7 @@ def sensor_stretch(sensor: str | None) -> tuple[float, float] | None:
 def _percentiles(
     path: str, mtime: float, indexes: tuple[int, ...], nodata: float | None
 ) -> tuple[float, float]:
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path, driver="GTiff") as src:
+    with open_raster(Path(path)) as src:
         f = max(1, max(src.width, src.height) // 512)
         shape = (len(indexes), max(1, src.height // f), max(1, src.width // f))
         data = src.read(list(indexes), out_shape=shape, masked=True, resampling=Resampling.nearest)
@@ -196,7 +197,7 @@ def render_confidence(path: Path, z: int, x: int, y: int) -> bytes:
 
 def file_colors(path: Path) -> dict[int, str]:
     """The colour table of a class raster's first band, as #rrggbb by value."""
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path, driver="GTiff") as src:
+    with open_raster(path) as src:
         try:
             table = src.colormap(1)
         except ValueError:  # no colour table

@@ -102,7 +102,7 @@ def tiles_shown(driver, pane: str) -> list[dict]:
 
 def screenshot(driver, folder: Path, name: str, keep: str | None = None) -> Path:
     """Save the page as ``folder/name.png`` and check it is not blank; with GEOTUNE_LAB_SHOTS
-    set (a folder), also copy it there (the README's pictures)."""
+    set (a folder), pages with a ``keep`` name are also saved there (the README's pictures)."""
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     img = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
@@ -110,9 +110,9 @@ def screenshot(driver, folder: Path, name: str, keep: str | None = None) -> Path
     colours = len(np.unique(img.reshape(-1, 3)[::7], axis=0))
     assert img.std() > 10 and colours > 50, f"{path} looks blank ({colours} colours)"
     out = os.environ.get("GEOTUNE_LAB_SHOTS")
-    if out:
+    if out and keep:  # 256 colours: a third of the bytes for the README, legible all the same
         Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(out) / f"{keep or name}.png")
+        Image.open(path).convert("RGB").quantize(256).save(Path(out) / f"{keep}.png", optimize=True)
     return path
 
 

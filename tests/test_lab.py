@@ -143,7 +143,7 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         wait(d, "!document.querySelector('#signin').hidden", what="the sign-in form")
         el(d, "#key").send_keys("gtk_00000000_wrong", Keys.ENTER)
         wait(d, "document.querySelector('#signin-error').textContent.includes('not valid')")
-        screenshot(d, shots, "signin", "lab-signin")
+        screenshot(d, shots, "signin")
         el(d, "#key").clear()
         el(d, "#key").send_keys(key, Keys.ENTER)
         wait(d, "document.body.dataset.ready === 'true'", what="the Lab to start")
@@ -164,7 +164,7 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         assert text(d, "#scene-error") == ""
         assert el(d, "#vmax").get_attribute("value") == "3000"  # reflectance 0.3 in stored values
         assert all(t["opaque"] > 0 for t in tiles_shown(d, "base"))
-        screenshot(d, shots, "imagery", "lab-imagery")
+        screenshot(d, shots, "imagery")
 
         # label: two classes, four polygons drawn with the keyboard shortcuts
         tab(d, "label")
@@ -282,16 +282,6 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         popup = wait(d, "document.querySelector('.leaflet-popup-content')?.innerText")
         assert popup == tip
 
-        # a confidence threshold hides uncertain pixels (tiles asked again with it)
-        d.execute_script(
-            "const t = document.querySelector('#threshold'); t.value = '0.95';"
-            "t.dispatchEvent(new Event('change'))"
-        )
-        wait(
-            d,
-            "performance.getEntriesByType('resource').some(e => e.name.includes('threshold=0.95'))",
-        )
-
         # the shown curl, run in a terminal, gives the page's answer
         curl = shown_call(d, "predict")
         assert "$GEOTUNE_KEY" in curl and "image=@scene.tif" in curl and key not in curl
@@ -309,6 +299,16 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         python = shown_call(d, "predict", "python")
         assert "httpx.post(" in python and "os.environ['GEOTUNE_KEY']" in python
         screenshot(d, shots, "call", "lab-call")
+
+        # a confidence threshold hides uncertain pixels (tiles asked again with it)
+        d.execute_script(
+            "const t = document.querySelector('#threshold'); t.value = '0.95';"
+            "t.dispatchEvent(new Event('change'))"
+        )
+        wait(
+            d,
+            "performance.getEntriesByType('resource').some(e => e.name.includes('threshold=0.95'))",
+        )
 
         # the URL restores the view: the prediction, the model, the map position
         url = d.current_url

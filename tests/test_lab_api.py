@@ -182,3 +182,84 @@ def test_the_wheel_ships_the_lab(tmp_path):
     assert "serve/static/lab/vendor/leaflet-geoman/LICENSE" in shipped
     page = (lab / "index.html").read_text()
     assert "https://" not in page and "http://" not in page  # everything from this server
+
+
+def centre_tile(tj: dict):
+    w, s, e, n = tj["bounds"]
+    return morecantile.tms.get("WebMercatorQuad").tile((w + e) / 2, (s + n) / 2, tj["maxzoom"])
+
+
+def opaque(png: bytes) -> int:
+    return int((rgba(png)[..., 3] > 0).sum())
+
+
+def test_prediction_and_dataset_tiles_belong_to_their_owner(home, scene, servers):  # noqa: F811
+    from datamodules.ingest import ingest
+    from serve.owners import datasets_root
+    from trainer.config import compose
+    from trainer.train import train
+
+    ds = ingest(
+        name="dense",
+        images=[scene["image"]],
+        labels=scene["labels"],
+        class_column="class_name",
+        block_size=32,
+        progress=False,
+        owner="alice",
+        root=datasets_root("alice"),
+    )
+    train(
+        compose(
+            "train",
+            [
+                f"data.dataset={ds.path}",
+                "backbone.size=tiny",
+                "backbone.weights=random",
+                "data.patch_size=64",
+                "data.num_workers=0",
+                "data.chips_per_epoch=16",
+                "trainer.max_epochs=1",
+                "register.name=alice.dense",
+                "register.alias=champion",
+            ],
+        )
+    )
+    alice_key, bob_key = create_key(home, "alice"), create_key(home, "bob")
+    srv = servers()
+    alice, bob = srv.client(alice_key), srv.client(bob_key)
+    with open(scene["image"], "rb") as f:
+        r = alice.post("/v1/models/dense/predict", files={"image": ("scene.tif", f)})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    base = f"/v1/predictions/{answer['prediction_id']}/tiles"
+
+    # classes: the legend is the COG's colour table, i.e. the model's class colours
+    tj = alice.get(f"{base}/classes/tilejson.json").json()
+    model = alice.get("/v1/models/dense").json()
+    assert tj["geotune"]["classes"] == [
+        {k: c[k] for k in ("id", "name", "color")} for c in model["classes"]
+    ]
+    t = centre_tile(tj)
+    tile = f"{base}/classes/{t.z}/{t.x}/{t.y}.png"
+    shown = opaque(alice.get(tile).content)
+    assert shown > 1000
+    sure = opaque(alice.get(tile, params={"threshold": 1.0}).content)
+    assert sure < shown  # pixels below 100 % confidence are hidden
+    assert opaque(alice.get(f"{base}/confidence/{t.z}/{t.x}/{t.y}.png").content) == shown
+    img = alice.get(f"{base}/image/tilejson.json").json()
+    assert img["geotune"]["bands"] == ["blue", "green", "red", "nir08"]
+    assert opaque(alice.get(f"{base}/image/{t.z}/{t.x}/{t.y}.png").content) == shown
+    assert_error(alice.get(f"{base}/mask/tilejson.json"), 404, "classes, confidence")
+    for url in (f"{base}/classes/tilejson.json", tile, f"{base}/image/{t.z}/{t.x}/{t.y}.png"):
+        assert_error(bob.get(url), 404, "no prediction")
+
+    # a dataset's image and its label mask (unlabelled pixels transparent)
+    mask = alice.get("/v1/datasets/dense/tiles/mask/tilejson.json").json()
+    assert [c["name"] for c in mask["geotune"]["classes"]] == ["field", "forest", "water"]
+    labelled = opaque(alice.get(f"/v1/datasets/dense/tiles/mask/{t.z}/{t.x}/{t.y}.png").content)
+    assert 0 < labelled < shown
+    assert (
+        opaque(alice.get(f"/v1/datasets/dense/tiles/image/{t.z}/{t.x}/{t.y}.png").content) == shown
+    )
+    assert_error(bob.get("/v1/datasets/dense/tiles/mask/tilejson.json"), 404, "no dataset")

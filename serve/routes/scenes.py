@@ -16,8 +16,8 @@ from ..errors import ApiError, not_found
 from ..scenes import SceneStore, add_overviews, describe, record, save_record
 from ..schemas import ERRORS
 from ..settings import serve_dir
+from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
-from .datasets import check_pixels
 
 router = APIRouter(prefix="/v1/scenes", tags=["scenes"], responses=ERRORS)
 HINT = "List your scenes with GET /v1/scenes."
@@ -59,7 +59,7 @@ def create_scene(
     try:
         path, shown = save_upload(image, folder, "upload", RASTER, "image")
         names[path] = shown
-        check_pixels([path], names, ctx.settings.max_pixels)
+        inspect_raster(path, shown, ctx.limits)  # a readable, whole GeoTIFF within the limits
         path = path.rename(store.path(scene_id))
         names = {path: shown}
         band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
@@ -67,6 +67,9 @@ def create_scene(
         add_overviews(path)
         rec = record(scene_id, owner, shown, info)
         save_record(folder, rec)
+    except TooManyPixels as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
     except UserError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None

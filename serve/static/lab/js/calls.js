@@ -99,11 +99,13 @@ export class CallLog {
     const copy = h('button', { type: 'button', class: 'quiet', onclick: () => navigator.clipboard?.writeText(this.text()) }, 'Copy');
     const files = this.calls.flatMap((c) => (c.form || []).filter(([, v]) => typeof v === 'object').map(([, v]) => v));
     const notes = files.filter((f) => f.note).map((f) => h('p', { class: 'hint' }, `${f.file}: ${f.note}`));
-    this.el.replaceChildren(h('details', { class: 'call', open: open || undefined },
+    const details = h('details', { class: 'call', open: open || undefined,
+      ontoggle: (e) => e.target.open && !open && e.target.scrollIntoView({ block: 'nearest' }) },
       h('summary', {}, `Show the call (${this.calls.length})`),
       h('div', { class: 'tabs' }, tab('curl', 'curl'), tab('python', 'Python (httpx)'), copy),
       notes, this.extra || '',
       state.dev ? '' : h('p', { class: 'hint' }, 'Set GEOTUNE_KEY to your API key first.'),
-      pre));
+      pre);
+    this.el.replaceChildren(details);
   }
 }
