@@ -30,6 +30,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from synth import make_scene
+from test_lab_api import owned_dataset
 from test_serve import create_key, servers  # noqa: F401
 
 FINETUNE = {"patch_size": 64, "batch_size": 8, "chips_per_epoch": 16, "num_workers": 0}
@@ -93,21 +94,10 @@ def shown_call(driver, action: str, mode: str = "curl") -> str:
 @pytest.fixture
 def benchmark_results(home, scene):
     """A tiny `geotune benchmark` over one of alice's datasets (as the command makes them)."""
-    from datamodules.ingest import ingest
-    from serve.owners import datasets_root
     from trainer.benchmark import benchmark
     from trainer.config import compose
 
-    ds = ingest(
-        name="dense",
-        images=[scene["image"]],
-        labels=scene["labels"],
-        class_column="class_name",
-        block_size=32,
-        progress=False,
-        owner="alice",
-        root=datasets_root("alice"),
-    )
+    ds = owned_dataset(scene)
     return benchmark(
         compose(
             "benchmark",

@@ -193,38 +193,41 @@ def opaque(png: bytes) -> int:
     return int((rgba(png)[..., 3] > 0).sum())
 
 
-def test_prediction_and_dataset_tiles_belong_to_their_owner(home, scene, servers):  # noqa: F811
+# a tiny model from random weights, for tests that need any trained model
+TINY_TRAIN = [
+    "backbone.size=tiny",
+    "backbone.weights=random",
+    "data.patch_size=64",
+    "data.num_workers=0",
+    "data.chips_per_epoch=16",
+    "trainer.max_epochs=1",
+    "register.alias=champion",
+]
+
+
+def owned_dataset(scene: dict, owner: str = "alice", name: str = "dense"):
+    """The ``scene`` fixture's image and labels as ``owner``'s dataset (as an upload makes it)."""
     from datamodules.ingest import ingest
     from serve.owners import datasets_root
-    from trainer.config import compose
-    from trainer.train import train
 
-    ds = ingest(
-        name="dense",
+    return ingest(
+        name=name,
         images=[scene["image"]],
         labels=scene["labels"],
         class_column="class_name",
         block_size=32,
         progress=False,
-        owner="alice",
-        root=datasets_root("alice"),
+        owner=owner,
+        root=datasets_root(owner),
     )
-    train(
-        compose(
-            "train",
-            [
-                f"data.dataset={ds.path}",
-                "backbone.size=tiny",
-                "backbone.weights=random",
-                "data.patch_size=64",
-                "data.num_workers=0",
-                "data.chips_per_epoch=16",
-                "trainer.max_epochs=1",
-                "register.name=alice.dense",
-                "register.alias=champion",
-            ],
-        )
-    )
+
+
+def test_prediction_and_dataset_tiles_belong_to_their_owner(home, scene, servers):  # noqa: F811
+    from trainer.config import compose
+    from trainer.train import train
+
+    ds = owned_dataset(scene)
+    train(compose("train", [f"data.dataset={ds.path}", "register.name=alice.dense", *TINY_TRAIN]))
     alice_key, bob_key = create_key(home, "alice"), create_key(home, "bob")
     srv = servers()
     alice, bob = srv.client(alice_key), srv.client(bob_key)

@@ -13,6 +13,7 @@ from lab_browser import click_map, failed_requests, screenshot, start_chromium, 
 from pyproj import Transformer
 from selenium.webdriver.common.by import By
 from stac_synth import CRS, ORIGIN, aoi
+from test_lab_api import TINY_TRAIN
 from test_serve import Server, assert_error, wait_job
 from test_stac_cli import test_data_add_fetches_imagery_for_the_labels as make_dataset
 from test_stac_cli import world  # noqa: F401
@@ -34,18 +35,7 @@ def stac_model(world):  # noqa: F811
         mp.setenv("GEOTUNE_STAC_URL", world["api"])  # inherited by `geotune serve`
         if not (home / "datasets" / "stacds").exists():
             make_dataset(world)
-        overrides = [
-            "data.dataset=stacds",
-            "backbone.size=tiny",
-            "backbone.weights=random",
-            "data.patch_size=64",
-            "data.num_workers=0",
-            "data.chips_per_epoch=16",
-            "trainer.max_epochs=1",
-            "register.name=stacseg",
-            "register.alias=champion",
-        ]
-        train(compose("train", overrides))
+        train(compose("train", ["data.dataset=stacds", "register.name=stacseg", *TINY_TRAIN]))
         yield home
 
 

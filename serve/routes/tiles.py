@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
@@ -176,80 +177,48 @@ def describe_layer(layer: Layer, request: Request, name: str) -> dict:
     return tilejson(layer.path, f"{base}/{{z}}/{{x}}/{{y}}.png", name, geotune=extra)
 
 
-@router.get(
-    "/scenes/{scene_id}/tiles/{file}/tilejson.json",
-    summary="TileJSON of an uploaded scene (file: image)",
-)
-def scene_tilejson(scene_id: str, file: str, request: Request, owner: str = Depends(current_owner)):
-    return describe_layer(scene_layer(owner, scene_id, file), request, f"scene {scene_id}")
+def layer_for(ctx: Context, owner: str, collection: str, ident: str, file: str) -> Layer:
+    if collection == "scenes":
+        return scene_layer(owner, ident, file)
+    if collection == "datasets":
+        return dataset_layer(owner, ident, file)
+    return prediction_layer(ctx, owner, ident, file)
 
 
-@router.get(
-    "/scenes/{scene_id}/tiles/{file}/{z}/{x}/{y}.png",
-    response_class=Response,
-    summary="A map tile of an uploaded scene (file: image)",
+Collection = Literal["scenes", "datasets", "predictions"]
+FILES = (
+    "file: scenes have image; datasets image (image_t1 for change) and mask (the labels); "
+    "predictions classes, confidence and image (the imagery predicted)"
 )
-def scene_tile(
-    scene_id: str,
-    file: str,
-    x: int,
-    y: int,
-    z: int = Z,
-    q: ImageQuery = Depends(),
-    owner: str = Depends(current_owner),
-):
-    return render(scene_layer(owner, scene_id, file), z, x, y, q)
 
 
 @router.get(
-    "/datasets/{dataset_id}/tiles/{file}/tilejson.json",
-    summary="TileJSON of a dataset's image or label mask (file: image, image_t1, mask)",
+    "/{collection}/{ident}/tiles/{file}/tilejson.json",
+    summary="TileJSON of a scene's, dataset's or prediction's raster: bounds, zooms, bands, "
+    "default stretch, class colours",
+    description=FILES,
 )
-def dataset_tilejson(
-    dataset_id: str, file: str, request: Request, owner: str = Depends(current_owner)
-):
-    return describe_layer(dataset_layer(owner, dataset_id, file), request, f"dataset {dataset_id}")
-
-
-@router.get(
-    "/datasets/{dataset_id}/tiles/{file}/{z}/{x}/{y}.png",
-    response_class=Response,
-    summary="A map tile of a dataset's image or label mask",
-)
-def dataset_tile(
-    dataset_id: str,
-    file: str,
-    x: int,
-    y: int,
-    z: int = Z,
-    q: ImageQuery = Depends(),
-    owner: str = Depends(current_owner),
-):
-    return render(dataset_layer(owner, dataset_id, file), z, x, y, q)
-
-
-@router.get(
-    "/predictions/{prediction_id}/tiles/{file}/tilejson.json",
-    summary="TileJSON of a prediction's classes, confidence or input imagery (file: classes, confidence, image)",
-)
-def prediction_tilejson(
-    prediction_id: str,
+def layer_tilejson(
+    collection: Collection,
+    ident: str,
     file: str,
     request: Request,
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ):
-    layer = prediction_layer(ctx, owner, prediction_id, file)
-    return describe_layer(layer, request, f"prediction {prediction_id}")
+    layer = layer_for(ctx, owner, collection, ident, file)
+    return describe_layer(layer, request, f"{collection[:-1]} {ident} {file}")
 
 
 @router.get(
-    "/predictions/{prediction_id}/tiles/{file}/{z}/{x}/{y}.png",
+    "/{collection}/{ident}/tiles/{file}/{z}/{x}/{y}.png",
     response_class=Response,
-    summary="A map tile of a prediction's classes, confidence or input imagery",
+    summary="A Web Mercator map tile (PNG) of a scene's, dataset's or prediction's raster",
+    description=FILES,
 )
-def prediction_tile(
-    prediction_id: str,
+def layer_tile(
+    collection: Collection,
+    ident: str,
     file: str,
     x: int,
     y: int,
@@ -258,4 +227,4 @@ def prediction_tile(
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ):
-    return render(prediction_layer(ctx, owner, prediction_id, file), z, x, y, q)
+    return render(layer_for(ctx, owner, collection, ident, file), z, x, y, q)

@@ -8,7 +8,7 @@ import * as label from './label.js';
 import { map, restoreView } from './map.js';
 import { aoiCreated, initPredict, refreshModels, startAoi } from './predict.js';
 import { param, setKey, setParam, state } from './state.js';
-import { $, $$, fillSelect, h, showError } from './ui.js';
+import { $, $$, h, showError } from './ui.js';
 
 const TABS = ['imagery', 'label', 'finetune', 'predict', 'compare'];
 
@@ -86,7 +86,6 @@ async function start() {
   document.addEventListener('keydown', shortcuts);
   label.onDatasetCreated(async (m) => {
     await Promise.all([refreshDatasets(m.id), refreshBases()]);
-    fillSelect($('#ft-dataset'), [...$('#ft-dataset').options].map((o) => [o.value, o.text]), m.id);
     $('#ft-name').value ||= m.id;
   });
   onModelRegistered((r) => refreshModels(`${r.model}@${r.alias || 'champion'}`));

@@ -50,7 +50,7 @@ export function tilesFrom(tj, { pane = 'base', q, opacity = 1, onFirstTile, onEr
     pane, opacity, onFirstTile, maxNativeZoom: tj.maxzoom, maxZoom: 22, noWrap: true,
     bounds: L.latLngBounds([s, w], [n, e]), keepBuffer: 1,
   });
-  if (onError) layer.on('tileerror', (e) => onError(e.error));
+  if (onError) layer.on('tileerror', (ev) => onError(ev.error));
   layer.template = tj.tiles[0];
   layer.setQuery = (next) => {
     layer._reported = false;

@@ -97,8 +97,9 @@ async function run() {
   try {
     const model = await modelInfo(ref);
     say($('#pr-status'), 'predicting…');
-    let { status, body } = await request(ref, model);
-    if (status === 202) {
+    const sent = await request(ref, model);
+    let body = sent.body;
+    if (sent.status === 202) {
       const job = await waitJob(body.id, { log, every: 1500, onState: (j) => {
         const p = j.progress || {};
         say($('#pr-status'), `job ${j.id}: ${j.state}${p.tiles_done !== undefined ? `, ${p.tiles_done} of ${p.tiles_total} tiles` : ''}`);
