@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,7 +64,6 @@ def parse_model(text: str) -> tuple[str, str]:
 def geospatial(
     task: Literal["segment", "classify-landuse", "detect-change"],
     req: GeospatialRequest,
-    request: Request,
     owner: str = Depends(current_owner),
     ctx: Context = Depends(get_ctx),
 ):
@@ -101,7 +100,7 @@ def geospatial(
         outputs=outputs,
     )
     km2 = check_aoi(aoi_req, ctx.settings.max_aoi_km2)
-    base = str(request.base_url)
+    base = ctx.settings.public_url
     answer = _predict_aoi(ctx, owner, name, alias, registered, version, aoi_req, km2, base)
     if isinstance(answer, JSONResponse):  # 202: a job
         return answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from datamodules.errors import UserError
@@ -14,7 +14,7 @@ from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found
 from ..scenes import SceneStore, add_overviews, describe, record, save_record
-from ..schemas import ERRORS
+from ..schemas import ERRORS, ERRORS_AS_JSON
 from ..settings import serve_dir
 from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
@@ -27,8 +27,10 @@ def scene_store() -> SceneStore:
     return SceneStore(serve_dir() / "scenes")
 
 
-def view(rec: dict, base_url: str) -> dict:
-    own = f"{base_url.rstrip('/')}/v1/scenes/{rec['id']}"
+def view(rec: dict, public_url: str) -> dict:
+    """The scene as answers show it; links start with the server's --public-url (relative
+    when it is not set, as in every answer)."""
+    own = f"{public_url}/v1/scenes/{rec['id']}"
     out = {k: v for k, v in rec.items() if k != "owner"}
     return out | {
         "links": {
@@ -42,7 +44,6 @@ def view(rec: dict, base_url: str) -> dict:
 
 @router.post("", status_code=201, summary="Upload a GeoTIFF scene (to view as map tiles)")
 def create_scene(
-    request: Request,
     image: Annotated[UploadFile, File(description="a GeoTIFF/COG with a CRS")],
     sensor: Annotated[
         str | None, Form(description="sensor id, e.g. sentinel-2-l2a", examples=[""])
@@ -76,12 +77,12 @@ def create_scene(
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return view(rec, str(request.base_url))
+    return view(rec, ctx.settings.public_url)
 
 
 @router.get("", summary="List your scenes, newest first")
-def list_scenes(request: Request, owner: str = Depends(current_owner)) -> dict:
-    return {"scenes": [view(r, str(request.base_url)) for r in scene_store().all(owner)]}
+def list_scenes(owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)) -> dict:
+    return {"scenes": [view(r, ctx.settings.public_url) for r in scene_store().all(owner)]}
 
 
 def owned(owner: str, scene_id: str) -> dict:
@@ -92,13 +93,16 @@ def owned(owner: str, scene_id: str) -> dict:
 
 
 @router.get("/{scene_id}", summary="A scene: bands, sensor, CRS, size, lon/lat bounds, links")
-def get_scene(scene_id: str, request: Request, owner: str = Depends(current_owner)) -> dict:
-    return view(owned(owner, scene_id), str(request.base_url))
+def get_scene(
+    scene_id: str, owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)
+) -> dict:
+    return view(owned(owner, scene_id), ctx.settings.public_url)
 
 
 @router.get(
     "/{scene_id}/scene.tif",
     response_class=FileResponse,
+    responses=ERRORS_AS_JSON | {200: {"description": "the GeoTIFF", "content": {"image/tiff": {}}}},
     summary="The scene's file, as uploaded (plus overviews)",
 )
 def get_scene_file(scene_id: str, owner: str = Depends(current_owner)):

@@ -23,7 +23,7 @@ from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import ApiError, not_found
 from ..jobs import read_json
-from ..schemas import ERRORS
+from ..schemas import ERRORS, ERRORS_AS_JSON
 from ..tiles import (
     TileError,
     band_indexes,
@@ -38,7 +38,8 @@ from ..tiles import (
 from .datasets import get_dataset
 from .scenes import scene_store
 
-router = APIRouter(prefix="/v1", tags=["tiles"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["tiles"])
+PNG = {200: {"description": "a 256 x 256 PNG tile", "content": {"image/png": {}}}}
 Z = PathParam(ge=0, le=24, description="zoom level")
 CACHE = {"Cache-Control": "private, max-age=600"}
 
@@ -159,8 +160,8 @@ def render(layer: Layer, z: int, x: int, y: int, q: ImageQuery) -> Response:
     return Response(png, media_type="image/png", headers=CACHE)
 
 
-def describe_layer(layer: Layer, request: Request, name: str) -> dict:
-    base = str(request.url).split("/tilejson.json")[0]
+def describe_layer(layer: Layer, request: Request, name: str, public_url: str) -> dict:
+    base = public_url + request.url.path.removesuffix("/tilejson.json")
     extra: dict = {"style": layer.style}
     if layer.style == "rgb":
         rgb = rgb_bands(layer.bands)
@@ -194,6 +195,7 @@ FILES = (
 
 @router.get(
     "/{collection}/{ident}/tiles/{file}/tilejson.json",
+    responses=ERRORS,
     summary="TileJSON of a scene's, dataset's or prediction's raster: bounds, zooms, bands, "
     "default stretch, class colours",
     description=FILES,
@@ -207,12 +209,14 @@ def layer_tilejson(
     ctx: Context = Depends(get_ctx),
 ):
     layer = layer_for(ctx, owner, collection, ident, file)
-    return describe_layer(layer, request, f"{collection[:-1]} {ident} {file}")
+    name = f"{collection[:-1]} {ident} {file}"
+    return describe_layer(layer, request, name, ctx.settings.public_url)
 
 
 @router.get(
     "/{collection}/{ident}/tiles/{file}/{z}/{x}/{y}.png",
     response_class=Response,
+    responses=ERRORS_AS_JSON | PNG,
     summary="A Web Mercator map tile (PNG) of a scene's, dataset's or prediction's raster",
     description=FILES,
 )

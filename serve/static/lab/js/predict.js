@@ -161,7 +161,6 @@ function showTables(answer, colors) {
 export async function show(answer) {
   const id = answer.prediction_id;
   setParam('prediction', id);
-  $('#result').hidden = false;
   $('#pr-id').textContent = id;
   clearLayers();
   resultLog.reset();
@@ -187,6 +186,7 @@ export async function show(answer) {
     if ($('#show-polygons').checked) layers.polygons.addTo(map);
   }
   showTables(answer, colors);
+  $('#result').hidden = false; // whole: tests and people may read it from now on
   $('#result').scrollIntoView({ block: 'start' });
   if (!current.tj) map.fitBounds(L.latLngBounds(cls.tj.bounds.slice(0, 2).reverse(), cls.tj.bounds.slice(2).reverse()));
 }
