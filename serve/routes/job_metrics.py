@@ -12,7 +12,7 @@ from ..schemas import ERRORS
 from .jobs import owned_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
-DEFAULT_KEYS = "train/loss,val/loss,val/mIoU"
+DEFAULT_KEYS = "train/loss_step,train/loss_epoch,val/loss,val/mIoU"  # as Lightning logs them
 
 
 @router.get("/{job_id}/metrics", summary="A fine-tune's metric history (step, epoch, value)")

@@ -21,12 +21,12 @@ function ticks(lo, hi, n = 4) {
 const label = (v) => (Math.abs(v) >= 1000 ? v.toLocaleString('en-US') : +v.toPrecision(3));
 
 // series: [{name, color, points: [[x, y, err?], ...]}]
-export function lineChart(container, series, { xLabel = '', yMin, yMax, logX = false, width = 400, height = 180 } = {}) {
+export function lineChart(container, series, { xLabel = '', yMin, yMax, logX = false, width = 400, height = 180, empty = 'no data yet' } = {}) {
   const svg = el('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img' });
   const pts = series.flatMap((s) => s.points);
   const m = { l: 40, r: 10, t: 10, b: 30 };
   if (!pts.length) {
-    svg.append(el('text', { x: width / 2, y: height / 2, 'text-anchor': 'middle' }, 'no data yet'));
+    svg.append(el('text', { x: width / 2, y: height / 2, 'text-anchor': 'middle' }, empty));
     container.replaceChildren(svg);
     return svg;
   }
@@ -55,8 +55,8 @@ export function lineChart(container, series, { xLabel = '', yMin, yMax, logX = f
       if (err) svg.append(el('line', { x1: X(x), x2: X(x), y1: Y(y - err), y2: Y(y + err), stroke: s.color }));
       if (p.length < 40) svg.append(el('circle', { cx: X(x), cy: Y(y), r: 2.5, fill: s.color }));
     }
-    svg.append(el('rect', { x: m.l + 6 + i * 120, y: 2, width: 10, height: 6, fill: s.color }));
-    svg.append(el('text', { x: m.l + 20 + i * 120, y: 9 }, s.name));
+    svg.append(el('rect', { x: m.l + 6 + i * 115, y: 2, width: 10, height: 6, fill: s.color }));
+    svg.append(el('text', { x: m.l + 20 + i * 115, y: 9 }, s.name));
   });
   container.replaceChildren(svg);
   return svg;

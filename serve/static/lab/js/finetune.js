@@ -69,7 +69,7 @@ function showJob(job) {
   $('#job-id').textContent = job.id;
   const where = p.epoch ? `, epoch ${p.epoch} of ${p.max_epochs}, step ${p.step}` : '';
   const m = p.metrics || {};
-  const metric = ['train/loss', 'val/mIoU'].filter((k) => k in m).map((k) => `${k} ${m[k].toFixed(3)}`).join(', ');
+  const metric = ['train/loss', 'train/loss_epoch', 'val/mIoU'].filter((k) => k in m).map((k) => `${k} ${m[k].toFixed(3)}`).join(', ');
   say($('#job-status'), `${job.state}${where}${metric ? ` — ${metric}` : ''}`);
   $('#job-status').dataset.state = job.state;
   const steps = p.steps_per_epoch && p.max_epochs ? p.steps_per_epoch * p.max_epochs : 0;
@@ -87,11 +87,14 @@ function showJob(job) {
   }
 }
 
-async function charts(jobId) {
+async function charts(jobId, done) {
   const { body } = await api('GET', `/v1/jobs/${jobId}/metrics`, { log: jobLog });
   const s = (k, color) => ({ name: k, color, points: body.metrics[k].map((m) => [m.step, m.value]) });
-  lineChart($('#chart-loss'), [s('train/loss', '#0b6bcb'), s('val/loss', '#d62728')], { xLabel: 'step' });
-  lineChart($('#chart-miou'), [s('val/mIoU', '#2ca02c')], { xLabel: 'step', yMin: 0, yMax: 1 });
+  const loss = [s('train/loss_step', '#9ec5ee'), s('train/loss_epoch', '#0b6bcb'), s('val/loss', '#d62728')];
+  lineChart($('#chart-loss'), loss.filter((x) => x.points.length), { xLabel: 'step' });
+  lineChart($('#chart-miou'), [s('val/mIoU', '#2ca02c')], {
+    xLabel: 'step', yMin: 0, yMax: 1, empty: done ? 'no validation labels in this dataset' : 'no validation yet',
+  });
 }
 
 export async function follow(jobId) {
@@ -111,7 +114,7 @@ export async function follow(jobId) {
     showJob(job);
     const done = ['succeeded', 'failed', 'cancelled'].includes(job.state);
     if (job.kind === 'finetune' && (done || i % 2 === 0)) {
-      await charts(jobId).catch(() => {});
+      await charts(jobId, done).catch((err) => showError($('#chart-loss'), err));
       const { body: text } = await api('GET', `/v1/jobs/${jobId}/logs`, { query: { tail: 20 }, log: jobLog });
       $('#job-log').textContent = text;
     }
