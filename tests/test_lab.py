@@ -33,7 +33,7 @@ from synth import make_scene
 from test_lab_api import owned_dataset
 from test_serve import create_key, servers  # noqa: F401
 
-FINETUNE = {"patch_size": 64, "batch_size": 8, "chips_per_epoch": 16, "num_workers": 0}
+FINETUNE = {"patch_size": 64, "batch_size": 8, "chips_per_epoch": 32, "num_workers": 0}
 
 
 def squares(cmap: np.ndarray, cls: int, n: int, size: int = 14) -> list[tuple[int, int]]:
@@ -108,7 +108,7 @@ def benchmark_results(home, scene):
                 "backbone.weights=random",
                 "budgets=[4,all]",
                 "seeds=[0]",
-                "trainer.max_epochs=1",
+                "trainer.max_epochs=3",
                 "data.patch_size=32",
                 "data.num_workers=0",
                 "data.chips_per_epoch=16",
@@ -185,13 +185,21 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         assert shown_call(d, "dataset").count("labels=@labels.geojson") == 1
         screenshot(d, shots, "label", "lab-label")
 
-        # fine-tune: a tiny ResNet from random weights; the job's progress until it succeeds
+        # fine-tune: pretrained weights the server does not have are refused next to the button
+        # (never replaced by random ones); then a tiny ResNet from random weights, followed
+        # until its job succeeds
         tab(d, "finetune")
         el(d, "#ft-name").clear()
         el(d, "#ft-name").send_keys("drawn")
+        el(d, "#ft-pretrained").click()
+        assert "not there" in text(d, "#ft-weights-note")
+        el(d, "#ft-launch").click()
+        wait(d, "document.querySelector('#ft-error').textContent.includes('weights directory')")
+        assert api.get("/v1/jobs", params={"kind": "finetune"}).json()["jobs"] == []
         el(d, "#ft-size option[value='tiny']").click()
+        el(d, "#ft-random").click()
         el(d, "#ft-epochs").clear()
-        el(d, "#ft-epochs").send_keys("2")
+        el(d, "#ft-epochs").send_keys("6")
         el(d, "#ft-options").find_element(By.XPATH, "..").find_element(
             By.TAG_NAME, "summary"
         ).click()
@@ -323,9 +331,10 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         assert d.find_elements(By.CSS_SELECTOR, "#bm-chart path")
         screenshot(d, shots, "compare", "lab-compare")
 
-        # nothing but this server was asked, and only the two refusals above failed
+        # nothing but this server was asked, and only the refusals above failed
         hosts = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert all(u.startswith(srv.url) for u in hosts), hosts
-        assert failed_requests(d, allowed=("/v1/models - ", "/v1/scenes - ")) == []
+        refused = ("/v1/models - ", "/v1/scenes - ", "/v1/finetunes - ")  # on purpose, above
+        assert failed_requests(d, allowed=refused) == []
     finally:
         d.quit()

@@ -32,12 +32,11 @@ function showBackbone() {
   syncWeights();
 }
 
+// What the weights choice means here; the choice itself stays the person's (the API refuses
+// pretrained weights it does not have, with what to do).
 function syncWeights() {
   const b = backbones.find((x) => x.name === $('#ft-backbone').value);
   const official = b && $('#ft-size').value === b.default_size;
-  const ok = official && b.pretrained_available;
-  $('#ft-pretrained').disabled = !ok;
-  if (!ok) $('#ft-random').checked = true;
   say($('#ft-weights-note'), !b ? '' : !official ? 'pretrained weights exist only for the official size'
     : b.pretrained_available ? `pretrained: ${b.weights_file} from the server's weights directory`
       : `pretrained needs ${b.weights_file} in the server's weights directory; it is not there`);
