@@ -157,3 +157,15 @@ def hover(driver, x: float, y: float) -> None:
     w, h = el.size["width"], el.size["height"]
     chain = ActionChains(driver).move_to_element_with_offset(el, int(x - w / 2), int(y - h / 2))
     chain.pause(0.3).perform()
+
+
+def open_page(driver, url: str) -> None:
+    """Load ``url``, keeping the timing entry of every request it makes (the browser keeps 250
+    by default; the tests read them to see what was asked)."""
+    driver.get(url)
+    driver.execute_script("performance.setResourceTimingBufferSize(1000000)")
+
+
+def requested(driver) -> list[str]:
+    """The URLs the page has requested since it loaded (documents, scripts, fetches, images)."""
+    return driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

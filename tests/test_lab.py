@@ -19,7 +19,9 @@ from lab_browser import (
     click_map,
     failed_requests,
     hover,
+    open_page,
     point_on,
+    requested,
     screenshot,
     start_chromium,
     tiles_shown,
@@ -129,7 +131,7 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
     d = start_chromium(tmp_path / "profile")
     try:
         # sign in: a wrong key is refused next to the key field
-        d.get(f"{srv.url}/lab/")
+        open_page(d, f"{srv.url}/lab/")
         wait(d, "!document.querySelector('#signin').hidden", what="the sign-in form")
         el(d, "#key").send_keys("gtk_00000000_wrong", Keys.ENTER)
         wait(d, "document.querySelector('#signin-error').textContent.includes('not valid')")
@@ -311,8 +313,9 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         # the URL restores the view: the prediction, the model, the map position
         url = d.current_url
         assert f"prediction={pred_id}" in url and "model=drawn%40champion" in url
+        asked = requested(d)
         d.get("about:blank")
-        d.get(url)
+        open_page(d, url)
         wait(d, "document.body.dataset.ready === 'true'")
         wait(d, "!document.querySelector('#result').hidden")
         assert (
@@ -332,8 +335,8 @@ def test_lab_from_drawn_polygons_to_a_models_overlay(home, servers, tmp_path, be
         screenshot(d, shots, "compare", "lab-compare")
 
         # nothing but this server was asked, and only the refusals above failed
-        hosts = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert all(u.startswith(srv.url) for u in hosts), hosts
+        asked += requested(d)
+        assert asked and all(u.startswith(srv.url) for u in asked), asked
         refused = ("/v1/models - ", "/v1/scenes - ", "/v1/finetunes - ")  # on purpose, above
         assert failed_requests(d, allowed=refused) == []
     finally:
