@@ -18,6 +18,7 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine
 
 from datamodules.imagery import Grid
+from trainer.areas import areal_scale
 from trainer.polygons import PolygonCollector
 from trainer.predict import ChipGrid, ramp, tiles
 
@@ -133,6 +134,12 @@ def test_polygons_burn_back_to_the_class_raster_and_areas_match(tmp_path_factory
         else np.full(cls.shape, 255, np.uint8)
     )
     np.testing.assert_array_equal(burnt, cls)
+    # areas are on the ellipsoid: UTM's map area over its areal scale (0.9996² here,
+    # constant to 1e-8 over a raster this small)
+    cx, cy = transform * (w / 2, h / 2)
+    scale = float(areal_scale(grid.crs, np.array([cx]), np.array([cy]))[0])
+    assert 0.9991 < scale < 0.9993
     for c in range(k):
         area = sum(f["properties"]["area_m2"] for f in feats if f["properties"]["class_id"] == c)
-        assert abs(area - (cls == c).sum() * res * res) <= 1e-6 * max(area, 1) + 1e-3
+        expected = (cls == c).sum() * res * res / scale
+        assert abs(area - expected) <= 1e-6 * max(area, 1) + 1e-3

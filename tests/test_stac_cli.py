@@ -102,7 +102,7 @@ def test_data_add_checks_before_fetching_and_leaves_nothing_on_failure(world):
     p = geotune([*base, "--name", "early", "--class-column", "crop"], home)
     assert p.returncode == 2 and "no column 'crop'" in p.stderr, p.stderr[-2000:]
     assert "imagery:" not in p.stderr and "Traceback" not in p.stderr
-    # a split that cannot be made is known only once the pixels are: the imagery goes again
+    # a chip larger than the scene is known only once the imagery is: the imagery goes again
     p = geotune(
         [
             *base,
@@ -112,12 +112,14 @@ def test_data_add_checks_before_fetching_and_leaves_nothing_on_failure(world):
             "class_name",
             "--bands",
             "blue,green,red",
-            "--min-class-pixels",
-            "100000000",
+            "--task",
+            "classification",
+            "--chip-size",
+            "4096",
         ],
         home,
     )
-    assert p.returncode == 2 and "too few" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 2 and "larger than the scene" in p.stderr, p.stderr[-2000:]
     assert "imagery:" in p.stderr and "Traceback" not in p.stderr
     after = sorted((home / "imagery").iterdir()) if (home / "imagery").exists() else []
     assert after == before
