@@ -24,6 +24,8 @@ models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
   geotune benchmark data.dataset=NAME 'backbones=[resnet18,prithvi_eo_v2_300,clay_v1_5]' backbone.size=tiny
   geotune predict --model NAME@champion --image scene.tif --out results/
   geotune predict --model NAME@champion --aoi aoi.geojson --start 2024-05-01 --end 2024-08-31 --out results/
+  geotune embed --backbone clay_v1_5 --sensor sentinel-2-l2a --image scene.tif --out embeddings.parquet
+  geotune embed search --index embeddings.parquet --near LON,LAT --k 20
   geotune models list
 """
 
@@ -55,6 +57,10 @@ def _csv(text: str | None) -> list[str] | None:
 def cmd_data(args) -> int:
     from datamodules.data_cli import run
 
+    if args.data_cmd == "suggest":
+        from .embed_cli import run_suggest
+
+        return run_suggest(args)
     if args.data_cmd == "add":  # without --image: imagery by the labels' extent and dates (STAC)
         from datamodules.stac_cli import imagery_for_labels
 
@@ -330,6 +336,12 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from .embed_cli import run_embed
+
+    return run_embed(args)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -456,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the whole manifest")
     s = dsub.add_parser("delete", help="delete a dataset")
     s.add_argument("id")
+    from .embed_cli import add_embed_parser, add_suggest_parser
+
+    add_suggest_parser(dsub)
 
     sub.add_parser(
         "train",
@@ -539,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--no-polygons", action="store_true", help="skip the GeoJSON polygons")
     stac_arguments(pr, aoi=True)
+
+    add_embed_parser(sub)
 
     m = sub.add_parser("models", help="registered models: list, show, alias")
     msub = m.add_subparsers(dest="models_cmd", required=True, metavar="ACTION")
@@ -694,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "data": cmd_data,
         "predict": cmd_predict,
+        "embed": cmd_embed,
         "models": cmd_models,
         "backbones": cmd_backbones,
         "demo": cmd_demo,
@@ -716,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # commands that leave nothing running or buffered once ``main`` returns (no MLflow run, no
 # worker processes): they exit without tearing the interpreter down
-FAST_EXIT = {"predict", "models", "data", "backbones", "keys"}
+FAST_EXIT = {"predict", "embed", "models", "data", "backbones", "keys"}
 
 
 def entry() -> None:

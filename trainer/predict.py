@@ -275,6 +275,16 @@ class Predictor:
         """Probabilities for a batch of chips: ``[B, K, h, w]`` (dense) or ``[B, K]`` (classification)."""
         import torch
 
+        with torch.inference_mode():
+            logits = self.run(x, origins)
+            probs = torch.sigmoid(logits) if self.record.get("multi_label") else logits.softmax(1)
+            return probs.cpu().numpy()
+
+    def run(self, x: np.ndarray, origins: list[tuple[int, int]]):
+        """The network's float32 output for a batch of chips at ``origins`` (logits; embeddings
+        for :class:`trainer.embed.Embedder`), on the device, whatever the forward's precision."""
+        import torch
+
         t = torch.from_numpy(x).to(self.device)
         if self.conversion is not None:
             shape = (1, -1) + (1,) * (t.dim() - 2)
@@ -285,10 +295,8 @@ class Predictor:
         with torch.inference_mode():
             bf16 = self.precision == "bf16"
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
-                logits = self.net(t, **meta)
-            logits = logits.float()  # probabilities in float32 whatever the forward's precision
-            probs = torch.sigmoid(logits) if self.record.get("multi_label") else logits.softmax(1)
-            return probs.cpu().numpy()
+                out = self.net(t, **meta)
+            return out.float()
 
     def chips_of(self, tile: Window) -> list[tuple[int, int]]:
         return [

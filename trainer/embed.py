@@ -1,0 +1,410 @@
+"""Chip embeddings: a scene (or an area's STAC composite) → one pooled vector per chip, written
+as GeoParquet (:mod:`trainer.embedfile`).
+
+The encoder is a bare backbone (``--backbone clay_v1_5`` with its official weights file, or
+``random`` as an explicit opt-in) or the encoder of a registered fine-tune (``--model
+NAME@ALIAS``). Either way the chip reaches it exactly as in training and prediction: raw values
+mapped onto the backbone's bands by name, normalised with its statistics, with the chip's date
+and place for backbones that encode them. The vector is pooled per family as classification
+pools it (:class:`trainer.heads.ClassificationNet`): the class token for ViTs, the mean of the
+last feature map for CNNs (``pool`` overrides).
+
+Chips lie on a regular grid (``chip_size``, ``stride``; the last chip of a row or column is
+flush with the scene's edge) and are read and run by the prediction machinery
+(:class:`trainer.predict.Predictor`: the same reader, device, precision and metadata), in
+blocks of chips so memory is bounded by the block and not the scene. Chips with less than
+``min_valid`` of their pixels holding data are not embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from rasterio.windows import Window
+
+from datamodules.errors import UserError
+
+from .heads import ClassificationNet
+from .predict import ChipGrid, Predictor, PredictOptions, ground_resolution
+
+# the chip a bare backbone was pre-trained on (Clay: 256 px; Prithvi: 224 px), and for CNNs
+# a chip of the same order
+PRETRAINING_CHIP = {"clay": 256, "prithvi": 224, "resnet": 256}
+
+
+class EmbedError(UserError):
+    pass
+
+
+@dataclass
+class EmbedOptions:
+    chip_size: int | None = None  # default: the fine-tune's patch, or the backbone's pretraining chip
+    stride: int | None = None  # default: the chip size (chips side by side)
+    dtype: str = "float32"  # of the stored vectors: float32 or float16
+    min_valid: float = 0.5  # chips with a smaller share of pixels holding data are skipped
+    batch_size: int | None = None  # chips per forward pass (default: about 512² pixels)
+    block_size: int = 1024  # chips are read and run in blocks of about this many pixels a side
+    precision: str = "auto"  # as for prediction: auto, fp32, bf16
+    device: str = "auto"
+    group_rows: int = 4096  # rows per Parquet row group
+
+
+class EmbeddingNet(ClassificationNet):
+    """An encoder pooled to one vector per chip: a classification network without its head
+    (same normalisation, metadata and pooling), ``forward`` → ``[B, D]``."""
+
+    def __init__(self, backbone, pool: str = "auto", gsd: float | None = None):
+        from torch import nn
+
+        super().__init__(backbone, num_classes=1, pool=pool, gsd=gsd)
+        self.head = nn.Identity()
+
+
+@dataclass
+class Encoder:
+    """A network that embeds chips, with what prediction needs to feed it (``record``) and what
+    the file records about it (``provenance``, ``weights_label``)."""
+
+    net: EmbeddingNet
+    record: dict
+    provenance: dict
+    weights_label: str
+
+    @property
+    def dim(self) -> int:
+        return _width(self.net)
+
+    @property
+    def name(self) -> str:
+        return self.record["backbone"]["name"]
+
+
+def _width(net: EmbeddingNet) -> int:
+    spec = net.backbone.spec
+    return spec.embed_dim if hasattr(net.backbone, "forward_tokens") else spec.out_channels[-1]
+
+
+@dataclass
+class EncoderSource:
+    """Which encoder the user asked for: a bare ``backbone`` (+ ``weights``, ``size``) or a
+    registered ``model`` (``NAME@ALIAS``, or NAME with ``version``/``alias``)."""
+
+    backbone: str | None = None
+    weights: str | None = None  # a file, "random", or None: the official file in the weights dir
+    size: str | None = None
+    model: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    pool: str = "auto"
+    _loaded: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if bool(self.backbone) == bool(self.model):
+            raise EmbedError(
+                "name the encoder: --backbone NAME (e.g. clay_v1_5, with --weights FILE or "
+                "random) or --model NAME@ALIAS (a registered fine-tune), not both"
+            )
+        if self.model and (self.weights or self.size):
+            raise EmbedError("--weights and --size go with --backbone; a --model has its own")
+
+    def default_chip(self) -> int:
+        """A fine-tune's training patch; a bare backbone's pre-training chip."""
+        from .backbones import get_entry
+
+        if self.model:
+            return int(self._from_model().record["patch_size"])
+        return PRETRAINING_CHIP[get_entry(self.backbone).family]
+
+    def build(self, bands: list[str], gsd: float, frames: int, sensor: str | None, chip: int):
+        """The encoder for imagery with ``bands`` at ``gsd`` m with ``frames`` dates."""
+        if self.model:
+            return self._from_model()
+        return self._from_backbone(bands, gsd, frames, sensor, chip)
+
+    def _from_model(self) -> Encoder:
+        from .registry import load_model
+
+        if self._loaded is None:
+            self._loaded = load_model(self.model, version=self.version, alias=self.alias)
+        model = self._loaded
+        rec = model.record
+        task = rec.get("task", "segmentation")
+        if task == "change":
+            raise EmbedError(
+                f"{model.uri} is a change model (two dates at once); embed with a segmentation "
+                "or classification model, or with its backbone (--backbone)"
+            )
+        pool = rec["pool"] if self.pool == "auto" and task == "classification" else self.pool
+        net = EmbeddingNet(model.net.backbone, pool, gsd=model.net.gsd)
+        net.normalize = model.net.normalize  # the fine-tune's own (equal to the spec's)
+        digest = tensors_sha256(net)
+        provenance = {
+            "weights": {"model": model.uri, "tensors_sha256": digest,
+                        "pretrained_from": rec["backbone"]["weights"]},
+            "run_id": rec.get("run_id"), "dataset_id": rec.get("dataset_id"),
+        }  # fmt: skip
+        return Encoder(net, dict(rec), provenance, model.uri)
+
+    def _from_backbone(self, bands, gsd, frames, sensor, chip) -> Encoder:
+        from .backbones import build_backbone, get_entry, resolve_weights
+        from .backbones.adapt import backbone_arguments
+
+        family = get_entry(self.backbone).family
+        if family == "clay" and not sensor:
+            raise EmbedError(
+                "Clay normalises each sensor with its own statistics: name the imagery's sensor "
+                "with --sensor (e.g. sentinel-2-l2a, landsat-c2-l2, naip)"
+            )
+        path = resolve_weights(self.backbone, self.weights)  # None: random, asked for by name
+        # the arguments training gives a pretrained backbone (its bands and statistics), also
+        # for random weights, so both take the same path
+        b = {"name": self.backbone, "size": self.size, "normalization": "pretrained",
+             "out_indices": [4] if family == "resnet" else [-1]}  # fmt: skip
+        source = SimpleNamespace(
+            manifest={"sensor": sensor, "stats": {}}, bands=list(bands), images=[None] * frames
+        )
+        kwargs = backbone_arguments(b, source, chip)
+        backbone = build_backbone(self.backbone, str(path) if path else "random", **kwargs)
+        spec = backbone.spec
+        net = EmbeddingNet(backbone, self.pool, gsd=gsd)
+        digest = file_sha256(path) if path else None
+        record = {
+            "task": "embedding", "num_frames": frames, "bands": list(spec.bands),
+            "resolution": [gsd, gsd], "sensor": sensor, "patch_size": chip, "overlap": 0,
+            "num_classes": 1,
+            "backbone": {"name": self.backbone, "size": spec.size, "weights": spec.weights,
+                         "kwargs": kwargs, "spec": spec.to_dict()},
+        }  # fmt: skip
+        label = f"{path.name} sha256:{digest[:16]}" if path else "random"
+        return Encoder(net, record, {"weights": {"file": str(path) if path else "random",
+                                                 "file_sha256": digest}}, label)  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(net) -> str:
+    """A digest of a network's weights (names, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_chip(record: dict) -> int:
+    if record.get("task") == "embedding":
+        return PRETRAINING_CHIP[record["backbone"]["spec"]["family"]]
+    return int(record["patch_size"])
+
+
+class Embedder(Predictor):
+    """The predictor's reading, device, precision and metadata, on a chip grid with a stride;
+    each chip's output is its embedding."""
+
+    def __init__(self, encoder: Encoder, scenes, options: EmbedOptions, chip: int):
+        stride = options.stride or chip
+        if not 0 < stride <= chip:
+            raise EmbedError(f"stride must be between 1 and the chip size ({chip}); got {stride}")
+        if not 0 <= options.min_valid <= 1:
+            raise EmbedError(f"min_valid is a share of the chip (0..1); got {options.min_valid}")
+        opts = PredictOptions(
+            chip_size=chip, overlap=0, batch_size=options.batch_size,
+            precision=options.precision, device=options.device,
+        )  # fmt: skip
+        model = SimpleNamespace(record=encoder.record, net=encoder.net)
+        super().__init__(model, scenes, opts)
+        g = self.scenes[0].grid
+        self.stride, self.min_valid = stride, options.min_valid
+        self.rows = ChipGrid(g.height, chip, chip - stride)
+        self.cols = ChipGrid(g.width, chip, chip - stride)
+        self._row_index = {r: i for i, r in enumerate(self.rows.starts)}
+        self._col_index = {c: j for j, c in enumerate(self.cols.starts)}
+
+    def blocks(self, size: int) -> list[tuple[list[int], list[int]]]:
+        """Chip origins in blocks of about ``size`` px a side, row-major; each chip in one."""
+        return [
+            (rs, cs) for rs in _groups(self.rows.starts, size) for cs in _groups(self.cols.starts, size)
+        ]
+
+    def read_block(self, block) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        rs, cs = block
+        g = self.scenes[0].grid
+        r1, c1 = min(rs[-1] + self.chip, g.height), min(cs[-1] + self.chip, g.width)
+        x, valid = self.read(Window(cs[0], rs[0], c1 - cs[0], r1 - rs[0]))
+        return x, valid, (rs[0], cs[0])
+
+    def chip_id(self, r: int, c: int) -> int:
+        return self._row_index[r] * len(self.cols.starts) + self._col_index[c]
+
+    def embed_block(self, block, data) -> list[tuple[int, int, int, float, np.ndarray]]:
+        """``(chip_id, row, col, valid_fraction, vector)`` of the block's chips with data."""
+        x, valid, (r0, c0) = data
+        keep = []
+        for r in block[0]:
+            for c in block[1]:
+                v = valid[r - r0 : r - r0 + self.chip, c - c0 : c - c0 + self.chip]
+                frac = float(v.mean()) if v.size else 0.0
+                if frac >= self.min_valid and frac > 0:
+                    keep.append((r, c, frac))
+        out = []
+        for i in range(0, len(keep), self.batch_size):
+            batch = keep[i : i + self.batch_size]
+            origins = [(r, c) for r, c, _ in batch]
+            arr = np.stack([self._chip(x, (r0, c0), r, c) for r, c in origins])
+            vecs = self.run(arr, origins).cpu().numpy()
+            out += [(self.chip_id(r, c), r, c, f, v) for (r, c, f), v in zip(batch, vecs, strict=True)]
+        return out
+
+    def footprints(self, chips: list[tuple[int, int]]):
+        """The chips' footprints (cut to the scene) as CRS84 polygons."""
+        import shapely
+        from pyproj import Transformer
+
+        g = self.scenes[0].grid
+        rc = np.asarray(chips, dtype=np.float64).reshape(-1, 2)
+        r0, c0 = rc[:, 0], rc[:, 1]
+        r1, c1 = np.minimum(r0 + self.chip, g.height), np.minimum(c0 + self.chip, g.width)
+        cols = np.stack([c0, c1, c1, c0, c0], 1)
+        rows = np.stack([r0, r0, r1, r1, r0], 1)
+        t = g.transform
+        xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+        to84 = Transformer.from_crs(g.crs.to_wkt(), "OGC:CRS84", always_xy=True)
+        lon, lat = to84.transform(xs, ys)
+        # exterior rings counter-clockwise (RFC 7946), whatever the grid's orientation
+        return shapely.orient_polygons(shapely.polygons(np.stack([lon, lat], -1)))
+
+
+def _groups(starts: list[int], size: int) -> list[list[int]]:
+    """Consecutive chip origins whose span from the group's first origin is under ``size``."""
+    groups: list[list[int]] = []
+    for s in starts:
+        if groups and s - groups[-1][0] < size:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def embed_scene(
+    encoder: Encoder,
+    scenes,
+    out: str | Path,
+    *,
+    options: EmbedOptions | None = None,
+    progress: bool = True,
+    provenance: dict | None = None,
+) -> dict:
+    """Embed every chip of ``scenes`` (one scene, or one per date for multi-date encoders) into
+    the GeoParquet file ``out``; returns a summary (chips written and skipped, time, options)."""
+    from tqdm.auto import tqdm
+
+    from .embedfile import EmbeddingWriter
+
+    o = options or EmbedOptions()
+    t0 = time.time()
+    chip = o.chip_size or default_chip(encoder.record)
+    emb = Embedder(encoder, scenes, o, chip)
+    g = scenes[0].grid
+    dates = [s.date.isoformat() if s.date else None for s in scenes]
+    names = [Path(f).name for s in scenes for f in s.files]
+    source = (provenance or {}).get("source") or ", ".join(names)
+    constants = {"backbone": encoder.name, "pool": encoder.net.pool, "weights": encoder.weights_label,
+                 "source": source, "date": scenes[0].date}  # fmt: skip
+    spec = encoder.net.backbone.spec
+    meta = {
+        "geotune_embeddings": 1, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": encoder.name, "family": spec.family, "size": spec.size,
+        "pool": encoder.net.pool, "dim": encoder.dim, "dtype": o.dtype, **encoder.provenance,
+        "bands": list(encoder.record["bands"]),
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
+                          "statistics": spec.extra.get("statistics")},
+        "sensor": encoder.record.get("sensor"), "chip_size": chip, "stride": emb.stride,
+        "min_valid": o.min_valid, "precision": emb.precision, "device": str(emb.device),
+        "scene": {"inputs": names, "crs": g.crs.to_wkt(), "transform": list(g.transform)[:6],
+                  "shape": [g.height, g.width], "resolution": list(ground_resolution(g))},
+        "dates": dates, **{k: v for k, v in (provenance or {}).items() if k != "source"},
+    }  # fmt: skip
+    blocks = emb.blocks(max(o.block_size, chip))
+    writer = EmbeddingWriter(out, encoder.dim, o.dtype, constants, meta, o.group_rows)
+    n_chips = len(emb.rows.starts) * len(emb.cols.starts)
+    try:
+        with ThreadPoolExecutor(1) as reader:  # the next block is read while this one runs
+            nxt = reader.submit(emb.read_block, blocks[0])
+            for i, block in enumerate(tqdm(blocks, desc="embed", unit="block", disable=not progress)):
+                data = nxt.result()
+                if i + 1 < len(blocks):
+                    nxt = reader.submit(emb.read_block, blocks[i + 1])
+                rows = emb.embed_block(block, data)
+                if rows:
+                    geoms = emb.footprints([(r, c) for _, r, c, _, _ in rows])
+                    for (cid, r, c, frac, vec), geom in zip(rows, geoms, strict=True):
+                        writer.add(cid, r, c, frac, geom, vec)
+        written = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        emb.close()
+    return {
+        "out": str(out), "chips": written, "skipped": n_chips - written, "dim": encoder.dim,
+        "pool": encoder.net.pool, "chip_size": chip, "stride": emb.stride, "dtype": o.dtype,
+        "precision": emb.precision, "device": str(emb.device),
+        "seconds": round(time.time() - t0, 2),
+    }  # fmt: skip
+
+
+def open_checked(images, *, bands=None, sensor=None, dates=None):
+    """The scenes of ``images`` (as prediction opens them)."""
+    from datamodules.imagery import ImageryError, open_scenes
+
+    try:
+        return open_scenes(images, bands=bands, sensor=sensor, dates=dates)
+    except ImageryError as e:
+        raise EmbedError(str(e)) from None
+
+
+def embed_images(source: EncoderSource, images, out, *, bands=None, sensor=None, dates=None,
+                 options: EmbedOptions | None = None, progress=True, provenance=None) -> dict:  # fmt: skip
+    """``geotune embed --image ...``: open the scene(s), build the encoder for them, embed."""
+    o = options or EmbedOptions()
+    scenes = open_checked(images, bands=bands, sensor=sensor, dates=dates)
+    gsd = float(ground_resolution(scenes[0].grid)[0])
+    chip = o.chip_size or source.default_chip()
+    encoder = source.build(scenes[0].bands, gsd, len(scenes), sensor, chip)
+    o = replace(o, chip_size=chip)
+    return embed_scene(encoder, scenes, out, options=o, progress=progress, provenance=provenance)
+
+
+def encoder_for_area(source: EncoderSource, sensor: str | None, chip: int | None) -> Encoder:
+    """The encoder for imagery fetched by area and dates (its ``record`` is what
+    :func:`datamodules.composite.composite_for_model` reads): a model's own sensor, bands and
+    resolution; a bare backbone's bands for ``sensor``, at the finest of those bands."""
+    chip = chip or source.default_chip()
+    if source.model:
+        return source.build([], 0.0, 1, sensor, chip)
+    if not sensor:
+        raise EmbedError("fetching imagery for a bare backbone needs the sensor: --sensor ID")
+    from datamodules.sensors import get_sensor
+
+    sens = get_sensor(sensor)
+    encoder = source.build(sens.band_names, 0.0, 1, sensor, chip)
+    gsd = float(min(sens.band(b).gsd for b in encoder.record["bands"]))
+    encoder.net.gsd = gsd
+    encoder.record["resolution"] = [gsd, gsd]
+    return encoder
+
+
+__all__ = ["EmbedOptions", "EmbeddingNet", "EncoderSource", "embed_scene", "embed_images"]
