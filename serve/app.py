@@ -25,12 +25,14 @@ from .routes import (
     backbones,
     benchmarks,
     datasets,
+    embeddings,
     geospatial,
     job_metrics,
     jobs,
     models,
     predict,
     scenes,
+    suggestions,
     tiles,
 )
 from .settings import Settings, serve_dir
@@ -90,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_assets()), name="swagger-ui")
     routes = (datasets, jobs, job_metrics, models, backbones, predict, geospatial, scenes, tiles)
-    for module in (*routes, benchmarks):
+    for module in (*routes, embeddings, suggestions, benchmarks):
         app.include_router(module.router)
     app.openapi = lambda: file_arrays_as_binary(app)
     mount_lab(app, settings)

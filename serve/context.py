@@ -15,6 +15,7 @@ from fastapi import Request
 from datamodules.errors import UserError
 from datamodules.paths import home
 
+from .embeddings import EmbedKind
 from .ingestion import IngestKind
 from .jobs import JobStore, Scheduler
 from .keys import KeyStore
@@ -60,11 +61,13 @@ class Context:
                 "finetune": FinetuneKind(mlflow_client),
                 "predict": PredictKind(self.predictions),
                 "ingest": IngestKind(self.settings.ingest_timeout_s),
+                "embed": EmbedKind(),
             },
             limits={
                 "finetune": self.settings.max_training_jobs,
                 "predict": self.settings.max_predict_jobs,
                 "ingest": self.settings.max_ingest_jobs,
+                "embed": self.settings.max_predict_jobs,  # model runs over scenes, as predictions
             },
             poll_seconds=self.settings.poll_seconds,
             env=env,

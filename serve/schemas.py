@@ -154,7 +154,7 @@ class AoiPredictRequest(PredictParams):
     )
 
 
-JobKindName = Literal["finetune", "predict", "ingest"]
+JobKindName = Literal["finetune", "predict", "ingest", "embed"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -173,7 +173,8 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None = Field(
         None,
         description="finetune: the registered model and version; predict: the prediction; "
-        "ingest: the dataset (as GET /v1/datasets/{id}) and the ingest's warnings",
+        "ingest: the dataset (as GET /v1/datasets/{id}) and the ingest's warnings; embed: the "
+        "embedding set's id, chips and link",
     )
     resumes: int | None = Field(
         None, description="times the job was taken up again after a server stop or restart"

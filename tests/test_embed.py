@@ -46,10 +46,34 @@ def files(tmp_path_factory):
     torch.save(state, tmp / "clay-v1.5.ckpt")
     home = tmp / "home"
     out = tmp / "emb.parquet"
-    p = run(["embed", "--backbone", "clay_v1_5", "--size", "tiny", "--weights",
-             str(tmp / "clay-v1.5.ckpt"), "--sensor", "sentinel-2-l2a", "--image", str(scene),
-             "--date", "2024-06-01", "--chip-size", "64", "--stride", "48", "--dtype", "float16",
-             "--precision", "fp32", "--out", str(out)], home)  # fmt: skip
+    p = run(
+        [
+            "embed",
+            "--backbone",
+            "clay_v1_5",
+            "--size",
+            "tiny",
+            "--weights",
+            str(tmp / "clay-v1.5.ckpt"),
+            "--sensor",
+            "sentinel-2-l2a",
+            "--image",
+            str(scene),
+            "--date",
+            "2024-06-01",
+            "--chip-size",
+            "64",
+            "--stride",
+            "48",
+            "--dtype",
+            "float16",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+        ],
+        home,
+    )
     return {"tmp": tmp, "scene": scene, "out": out, "home": home, "stdout": p.stdout}
 
 
@@ -73,7 +97,9 @@ def test_geoparquet_for_geopandas_pyarrow_and_duckdb(files):
     cover = pq.read_table(out, columns=["bbox"]).column("bbox").to_pylist()
     bbox = np.array([[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in cover])
     assert np.allclose(bbox, df.geometry.bounds.to_numpy())
-    assert df.backbone.unique().tolist() == ["clay_v1_5"] and df["pool"].unique().tolist() == ["cls"]
+    assert df.backbone.unique().tolist() == ["clay_v1_5"] and df["pool"].unique().tolist() == [
+        "cls"
+    ]
     assert df.weights.iloc[0].startswith("clay-v1.5.ckpt sha256:")
     assert str(df.date.iloc[0]) == "2024-06-01"
 
@@ -82,7 +108,10 @@ def test_geoparquet_for_geopandas_pyarrow_and_duckdb(files):
     assert geo["version"] == "1.1.0"
     assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
     prov = json.loads(meta[b"geotune"])
-    assert prov["weights"]["file"].endswith("clay-v1.5.ckpt") and len(prov["weights"]["file_sha256"]) == 64
+    assert (
+        prov["weights"]["file"].endswith("clay-v1.5.ckpt")
+        and len(prov["weights"]["file_sha256"]) == 64
+    )
     assert prov["bands"] == ["blue", "green", "red", "nir08"] and prov["chip_size"] == 64
     assert prov["normalisation"]["statistics"].startswith("Clay metadata.yaml sentinel-2-l2a")
     assert pq.read_schema(out).field("embedding").type.value_type == "halffloat"
@@ -121,9 +150,13 @@ def test_embedding_is_the_encoder_on_the_chip(files):
     df = gpd.read_parquet(files["out"])
     row = df.iloc[len(df) // 2]
     bb = build_backbone(
-        "clay_v1_5", str(files["tmp"] / "clay-v1.5.ckpt"), size="tiny", sensor="sentinel-2-l2a",
-        bands=["blue", "green", "red", "nir08"], out_indices=[-1],
-    )  # fmt: skip
+        "clay_v1_5",
+        str(files["tmp"] / "clay-v1.5.ckpt"),
+        size="tiny",
+        sensor="sentinel-2-l2a",
+        bands=["blue", "green", "red", "nir08"],
+        out_indices=[-1],
+    )
     with rasterio.open(files["scene"]) as src:
         x = src.read(window=((row.row, row.row + 64), (row.col, row.col + 64))).astype(np.float32)
         cx, cy = src.transform @ (row.col + 32, row.row + 32)
@@ -148,36 +181,87 @@ def test_search_by_chip_place_area_and_vector(files, tmp_path):
     U = E / np.linalg.norm(E, axis=1, keepdims=True)
     ids = df.chip_id.to_numpy()
     q = 7 if 7 in ids else int(ids[0])
-    ans = json.loads(run(["embed", "search", "--index", out, "--like", str(q), "--k", "5"], home).stdout)
+    ans = json.loads(
+        run(["embed", "search", "--index", out, "--like", str(q), "--k", "5"], home).stdout
+    )
     got = [f["properties"]["chip_id"] for f in ans["features"]]
     sims = U @ U[list(ids).index(q)]
     want = [int(ids[i]) for i in np.argsort(-sims) if ids[i] != q][:5]
     assert got == want and q not in got
     scores = [f["properties"]["score"] for f in ans["features"]]
-    assert scores == sorted(scores, reverse=True) and abs(scores[0] - sims[list(ids).index(want[0])]) < 1e-4
+    assert (
+        scores == sorted(scores, reverse=True)
+        and abs(scores[0] - sims[list(ids).index(want[0])]) < 1e-4
+    )
     assert ans["query"]["method"] == "exact" and ans["features"][0]["properties"]["rank"] == 1
 
     pt = df.geometry.iloc[5].centroid  # inside chip 5's footprint (and maybe its neighbours')
-    near = json.loads(run(["embed", "search", "--index", out, "--near", f"{pt.x},{pt.y}", "--k", "3"], home).stdout)
+    near = json.loads(
+        run(
+            ["embed", "search", "--index", out, "--near", f"{pt.x},{pt.y}", "--k", "3"], home
+        ).stdout
+    )
     held = near["query"]["chip_id"]
-    assert df.set_index("chip_id").geometry[held].covers(pt) and held not in [f["id"] for f in near["features"]]
+    assert df.set_index("chip_id").geometry[held].covers(pt) and held not in [
+        f["id"] for f in near["features"]
+    ]
 
     # an area: the mean of its chips' unit vectors; the approximate index agrees on a small file
     poly = tmp_path / "area.geojson"
     area = df.geometry.iloc[10].buffer(-1e-4)
     poly.write_text(json.dumps(shapely.geometry.mapping(area)))
-    exact = json.loads(run(["embed", "search", "--index", out, "--polygon", str(poly), "--k", "4", "--method", "exact"], home).stdout)
-    approx = json.loads(run(["embed", "search", "--index", out, "--polygon", str(poly), "--k", "4", "--method", "approximate"], home).stdout)
+    exact = json.loads(
+        run(
+            [
+                "embed",
+                "search",
+                "--index",
+                out,
+                "--polygon",
+                str(poly),
+                "--k",
+                "4",
+                "--method",
+                "exact",
+            ],
+            home,
+        ).stdout
+    )
+    approx = json.loads(
+        run(
+            [
+                "embed",
+                "search",
+                "--index",
+                out,
+                "--polygon",
+                str(poly),
+                "--k",
+                "4",
+                "--method",
+                "approximate",
+            ],
+            home,
+        ).stdout
+    )
     assert [f["id"] for f in approx["features"]] == [f["id"] for f in exact["features"]]
-    assert Path(out + ".faiss").is_file() and json.loads(Path(out + ".faiss.json").read_text())["source"]["rows"] == len(df)
+    assert Path(out + ".faiss").is_file() and json.loads(Path(out + ".faiss.json").read_text())[
+        "source"
+    ]["rows"] == len(df)
 
     vec = tmp_path / "v.npy"
     np.save(vec, E[0])
-    by_vec = json.loads(run(["embed", "search", "--index", out, "--vector", str(vec), "--k", "1"], home).stdout)
+    by_vec = json.loads(
+        run(["embed", "search", "--index", out, "--vector", str(vec), "--k", "1"], home).stdout
+    )
     assert by_vec["features"][0]["id"] == int(ids[0])  # a vector excludes nothing
 
     bad = run(["embed", "search", "--index", out, "--near", "0,0"], home, check=False)
-    assert bad.returncode == 2 and "no embedded chip holds the point" in bad.stderr and "lon" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "no embedded chip holds the point" in bad.stderr
+        and "lon" in bad.stderr
+    )
     np.save(vec, E[0][:10])
     bad = run(["embed", "search", "--index", out, "--vector", str(vec)], home, check=False)
     assert bad.returncode == 2 and "10 values" in bad.stderr and "64" in bad.stderr
@@ -199,12 +283,37 @@ def test_exact_top_matches_a_full_sort():
 
 def test_weights_are_never_silently_random(files, tmp_path):
     home, scene = files["home"], str(files["scene"])
-    base = ["embed", "--backbone", "clay_v1_5", "--size", "tiny", "--image", scene,
-            "--sensor", "sentinel-2-l2a", "--chip-size", "64", "--out", str(tmp_path / "r.parquet")]  # fmt: skip
+    base = [
+        "embed",
+        "--backbone",
+        "clay_v1_5",
+        "--size",
+        "tiny",
+        "--image",
+        scene,
+        "--sensor",
+        "sentinel-2-l2a",
+        "--chip-size",
+        "64",
+        "--out",
+        str(tmp_path / "r.parquet"),
+    ]
     p = run(base, home, check=False)  # no --weights, and no file in the weights directory
     assert p.returncode == 2 and "clay-v1.5.ckpt" in p.stderr and "weights=random" in p.stderr
     assert not (tmp_path / "r.parquet").exists()
-    p = run([*base[:-6], "--chip-size", "64", "--weights", "random", "--out", str(tmp_path / "r.parquet")], home, check=False)
+    p = run(
+        [
+            *base[:-6],
+            "--chip-size",
+            "64",
+            "--weights",
+            "random",
+            "--out",
+            str(tmp_path / "r.parquet"),
+        ],
+        home,
+        check=False,
+    )
     assert p.returncode == 2 and "--sensor" in p.stderr  # Clay's statistics need the sensor
     run([*base, "--weights", "random"], home)
     prov = json.loads(pq.read_metadata(tmp_path / "r.parquet").metadata[b"geotune"])
@@ -221,13 +330,34 @@ def test_a_fine_tune_embeds_and_suggests_labels(home, tmp_path):
 
     scene, cmap = make_scene(tmp_path, size=192, seed=2)
     labels = make_labels(tmp_path, scene, cmap, keep=0.3)
-    ingest(name="fields", images=[scene], labels=labels, class_column="class_name",
-           block_size=32, progress=False)  # fmt: skip
-    train(compose("train", ["data.dataset=fields", "backbone.size=tiny", "backbone.weights=random",
-                            "data.patch_size=64", "data.num_workers=0", "data.chips_per_epoch=16",
-                            "trainer.max_epochs=1", "register.name=fields"]))  # fmt: skip
+    ingest(
+        name="fields",
+        images=[scene],
+        labels=labels,
+        class_column="class_name",
+        block_size=32,
+        progress=False,
+    )
+    train(
+        compose(
+            "train",
+            [
+                "data.dataset=fields",
+                "backbone.size=tiny",
+                "backbone.weights=random",
+                "data.patch_size=64",
+                "data.num_workers=0",
+                "data.chips_per_epoch=16",
+                "trainer.max_epochs=1",
+                "register.name=fields",
+            ],
+        )
+    )
     out = tmp_path / "ft.parquet"
-    run(["embed", "--model", "fields", "--version", "1", "--image", str(scene), "--out", str(out)], home)
+    run(
+        ["embed", "--model", "fields", "--version", "1", "--image", str(scene), "--out", str(out)],
+        home,
+    )
     df = gpd.read_parquet(out)
     prov = json.loads(pq.read_metadata(out).metadata[b"geotune"])
     assert len(df) == 9 and df["pool"].unique().tolist() == ["mean"]  # 64 px training patches

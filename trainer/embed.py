@@ -18,10 +18,9 @@ blocks of chips so memory is bounded by the block and not the scene. Chips with 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,23 +28,13 @@ from types import SimpleNamespace
 import numpy as np
 from rasterio.windows import Window
 
-from datamodules.errors import UserError
-
-from .heads import ClassificationNet
-from .predict import ChipGrid, Predictor, PredictOptions, ground_resolution
-
-# the chip a bare backbone was pre-trained on (Clay: 256 px; Prithvi: 224 px), and for CNNs
-# a chip of the same order
-PRETRAINING_CHIP = {"clay": 256, "prithvi": 224, "resnet": 256}
-
-
-class EmbedError(UserError):
-    pass
+from .encoder import EmbedError, Encoder, EncoderSource, default_chip
+from .predict import ChipGrid, PredictOptions, Predictor, ground_resolution
 
 
 @dataclass
 class EmbedOptions:
-    chip_size: int | None = None  # default: the fine-tune's patch, or the backbone's pretraining chip
+    chip_size: int | None = None  # default: a fine-tune's patch, a backbone's pretraining chip
     stride: int | None = None  # default: the chip size (chips side by side)
     dtype: str = "float32"  # of the stored vectors: float32 or float16
     min_valid: float = 0.5  # chips with a smaller share of pixels holding data are skipped
@@ -54,160 +43,6 @@ class EmbedOptions:
     precision: str = "auto"  # as for prediction: auto, fp32, bf16
     device: str = "auto"
     group_rows: int = 4096  # rows per Parquet row group
-
-
-class EmbeddingNet(ClassificationNet):
-    """An encoder pooled to one vector per chip: a classification network without its head
-    (same normalisation, metadata and pooling), ``forward`` → ``[B, D]``."""
-
-    def __init__(self, backbone, pool: str = "auto", gsd: float | None = None):
-        from torch import nn
-
-        super().__init__(backbone, num_classes=1, pool=pool, gsd=gsd)
-        self.head = nn.Identity()
-
-
-@dataclass
-class Encoder:
-    """A network that embeds chips, with what prediction needs to feed it (``record``) and what
-    the file records about it (``provenance``, ``weights_label``)."""
-
-    net: EmbeddingNet
-    record: dict
-    provenance: dict
-    weights_label: str
-
-    @property
-    def dim(self) -> int:
-        return _width(self.net)
-
-    @property
-    def name(self) -> str:
-        return self.record["backbone"]["name"]
-
-
-def _width(net: EmbeddingNet) -> int:
-    spec = net.backbone.spec
-    return spec.embed_dim if hasattr(net.backbone, "forward_tokens") else spec.out_channels[-1]
-
-
-@dataclass
-class EncoderSource:
-    """Which encoder the user asked for: a bare ``backbone`` (+ ``weights``, ``size``) or a
-    registered ``model`` (``NAME@ALIAS``, or NAME with ``version``/``alias``)."""
-
-    backbone: str | None = None
-    weights: str | None = None  # a file, "random", or None: the official file in the weights dir
-    size: str | None = None
-    model: str | None = None
-    version: str | None = None
-    alias: str | None = None
-    pool: str = "auto"
-    _loaded: object = field(default=None, repr=False)
-
-    def __post_init__(self):
-        if bool(self.backbone) == bool(self.model):
-            raise EmbedError(
-                "name the encoder: --backbone NAME (e.g. clay_v1_5, with --weights FILE or "
-                "random) or --model NAME@ALIAS (a registered fine-tune), not both"
-            )
-        if self.model and (self.weights or self.size):
-            raise EmbedError("--weights and --size go with --backbone; a --model has its own")
-
-    def default_chip(self) -> int:
-        """A fine-tune's training patch; a bare backbone's pre-training chip."""
-        from .backbones import get_entry
-
-        if self.model:
-            return int(self._from_model().record["patch_size"])
-        return PRETRAINING_CHIP[get_entry(self.backbone).family]
-
-    def build(self, bands: list[str], gsd: float, frames: int, sensor: str | None, chip: int):
-        """The encoder for imagery with ``bands`` at ``gsd`` m with ``frames`` dates."""
-        if self.model:
-            return self._from_model()
-        return self._from_backbone(bands, gsd, frames, sensor, chip)
-
-    def _from_model(self) -> Encoder:
-        from .registry import load_model
-
-        if self._loaded is None:
-            self._loaded = load_model(self.model, version=self.version, alias=self.alias)
-        model = self._loaded
-        rec = model.record
-        task = rec.get("task", "segmentation")
-        if task == "change":
-            raise EmbedError(
-                f"{model.uri} is a change model (two dates at once); embed with a segmentation "
-                "or classification model, or with its backbone (--backbone)"
-            )
-        pool = rec["pool"] if self.pool == "auto" and task == "classification" else self.pool
-        net = EmbeddingNet(model.net.backbone, pool, gsd=model.net.gsd)
-        net.normalize = model.net.normalize  # the fine-tune's own (equal to the spec's)
-        digest = tensors_sha256(net)
-        provenance = {
-            "weights": {"model": model.uri, "tensors_sha256": digest,
-                        "pretrained_from": rec["backbone"]["weights"]},
-            "run_id": rec.get("run_id"), "dataset_id": rec.get("dataset_id"),
-        }  # fmt: skip
-        return Encoder(net, dict(rec), provenance, model.uri)
-
-    def _from_backbone(self, bands, gsd, frames, sensor, chip) -> Encoder:
-        from .backbones import build_backbone, get_entry, resolve_weights
-        from .backbones.adapt import backbone_arguments
-
-        family = get_entry(self.backbone).family
-        if family == "clay" and not sensor:
-            raise EmbedError(
-                "Clay normalises each sensor with its own statistics: name the imagery's sensor "
-                "with --sensor (e.g. sentinel-2-l2a, landsat-c2-l2, naip)"
-            )
-        path = resolve_weights(self.backbone, self.weights)  # None: random, asked for by name
-        # the arguments training gives a pretrained backbone (its bands and statistics), also
-        # for random weights, so both take the same path
-        b = {"name": self.backbone, "size": self.size, "normalization": "pretrained",
-             "out_indices": [4] if family == "resnet" else [-1]}  # fmt: skip
-        source = SimpleNamespace(
-            manifest={"sensor": sensor, "stats": {}}, bands=list(bands), images=[None] * frames
-        )
-        kwargs = backbone_arguments(b, source, chip)
-        backbone = build_backbone(self.backbone, str(path) if path else "random", **kwargs)
-        spec = backbone.spec
-        net = EmbeddingNet(backbone, self.pool, gsd=gsd)
-        digest = file_sha256(path) if path else None
-        record = {
-            "task": "embedding", "num_frames": frames, "bands": list(spec.bands),
-            "resolution": [gsd, gsd], "sensor": sensor, "patch_size": chip, "overlap": 0,
-            "num_classes": 1,
-            "backbone": {"name": self.backbone, "size": spec.size, "weights": spec.weights,
-                         "kwargs": kwargs, "spec": spec.to_dict()},
-        }  # fmt: skip
-        label = f"{path.name} sha256:{digest[:16]}" if path else "random"
-        return Encoder(net, record, {"weights": {"file": str(path) if path else "random",
-                                                 "file_sha256": digest}}, label)  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tensors_sha256(net) -> str:
-    """A digest of a network's weights (names, shapes and bytes, in name order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(net.state_dict().items()):
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def default_chip(record: dict) -> int:
-    if record.get("task") == "embedding":
-        return PRETRAINING_CHIP[record["backbone"]["spec"]["family"]]
-    return int(record["patch_size"])
 
 
 class Embedder(Predictor):
@@ -221,9 +56,12 @@ class Embedder(Predictor):
         if not 0 <= options.min_valid <= 1:
             raise EmbedError(f"min_valid is a share of the chip (0..1); got {options.min_valid}")
         opts = PredictOptions(
-            chip_size=chip, overlap=0, batch_size=options.batch_size,
-            precision=options.precision, device=options.device,
-        )  # fmt: skip
+            chip_size=chip,
+            overlap=0,
+            batch_size=options.batch_size,
+            precision=options.precision,
+            device=options.device,
+        )
         model = SimpleNamespace(record=encoder.record, net=encoder.net)
         super().__init__(model, scenes, opts)
         g = self.scenes[0].grid
@@ -236,7 +74,9 @@ class Embedder(Predictor):
     def blocks(self, size: int) -> list[tuple[list[int], list[int]]]:
         """Chip origins in blocks of about ``size`` px a side, row-major; each chip in one."""
         return [
-            (rs, cs) for rs in _groups(self.rows.starts, size) for cs in _groups(self.cols.starts, size)
+            (rs, cs)
+            for rs in _groups(self.rows.starts, size)
+            for cs in _groups(self.cols.starts, size)
         ]
 
     def read_block(self, block) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -265,7 +105,9 @@ class Embedder(Predictor):
             origins = [(r, c) for r, c, _ in batch]
             arr = np.stack([self._chip(x, (r0, c0), r, c) for r, c in origins])
             vecs = self.run(arr, origins).cpu().numpy()
-            out += [(self.chip_id(r, c), r, c, f, v) for (r, c, f), v in zip(batch, vecs, strict=True)]
+            out += [
+                (self.chip_id(r, c), r, c, f, v) for (r, c, f), v in zip(batch, vecs, strict=True)
+            ]
         return out
 
     def footprints(self, chips: list[tuple[int, int]]):
@@ -321,29 +163,55 @@ def embed_scene(
     dates = [s.date.isoformat() if s.date else None for s in scenes]
     names = [Path(f).name for s in scenes for f in s.files]
     source = (provenance or {}).get("source") or ", ".join(names)
-    constants = {"backbone": encoder.name, "pool": encoder.net.pool, "weights": encoder.weights_label,
-                 "source": source, "date": scenes[0].date}  # fmt: skip
+    constants = {
+        "backbone": encoder.name,
+        "pool": encoder.net.pool,
+        "weights": encoder.weights_label,
+        "source": source,
+        "date": scenes[0].date,
+    }
     spec = encoder.net.backbone.spec
     meta = {
-        "geotune_embeddings": 1, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "backbone": encoder.name, "family": spec.family, "size": spec.size,
-        "pool": encoder.net.pool, "dim": encoder.dim, "dtype": o.dtype, **encoder.provenance,
+        "geotune_embeddings": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": encoder.name,
+        "family": spec.family,
+        "size": spec.size,
+        "pool": encoder.net.pool,
+        "dim": encoder.dim,
+        "dtype": o.dtype,
+        **encoder.provenance,
         "bands": list(encoder.record["bands"]),
-        "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
-                          "statistics": spec.extra.get("statistics")},
-        "sensor": encoder.record.get("sensor"), "chip_size": chip, "stride": emb.stride,
-        "min_valid": o.min_valid, "precision": emb.precision, "device": str(emb.device),
-        "scene": {"inputs": names, "crs": g.crs.to_wkt(), "transform": list(g.transform)[:6],
-                  "shape": [g.height, g.width], "resolution": list(ground_resolution(g))},
-        "dates": dates, **{k: v for k, v in (provenance or {}).items() if k != "source"},
-    }  # fmt: skip
+        "normalisation": {
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "statistics": spec.extra.get("statistics"),
+        },
+        "sensor": encoder.record.get("sensor"),
+        "chip_size": chip,
+        "stride": emb.stride,
+        "min_valid": o.min_valid,
+        "precision": emb.precision,
+        "device": str(emb.device),
+        "scene": {
+            "inputs": names,
+            "crs": g.crs.to_wkt(),
+            "transform": list(g.transform)[:6],
+            "shape": [g.height, g.width],
+            "resolution": list(ground_resolution(g)),
+        },
+        "dates": dates,
+        **{k: v for k, v in (provenance or {}).items() if k != "source"},
+    }
     blocks = emb.blocks(max(o.block_size, chip))
     writer = EmbeddingWriter(out, encoder.dim, o.dtype, constants, meta, o.group_rows)
     n_chips = len(emb.rows.starts) * len(emb.cols.starts)
     try:
         with ThreadPoolExecutor(1) as reader:  # the next block is read while this one runs
             nxt = reader.submit(emb.read_block, blocks[0])
-            for i, block in enumerate(tqdm(blocks, desc="embed", unit="block", disable=not progress)):
+            for i, block in enumerate(
+                tqdm(blocks, desc="embed", unit="block", disable=not progress)
+            ):
                 data = nxt.result()
                 if i + 1 < len(blocks):
                     nxt = reader.submit(emb.read_block, blocks[i + 1])
@@ -359,11 +227,18 @@ def embed_scene(
     finally:
         emb.close()
     return {
-        "out": str(out), "chips": written, "skipped": n_chips - written, "dim": encoder.dim,
-        "pool": encoder.net.pool, "chip_size": chip, "stride": emb.stride, "dtype": o.dtype,
-        "precision": emb.precision, "device": str(emb.device),
+        "out": str(out),
+        "chips": written,
+        "skipped": n_chips - written,
+        "dim": encoder.dim,
+        "pool": encoder.net.pool,
+        "chip_size": chip,
+        "stride": emb.stride,
+        "dtype": o.dtype,
+        "precision": emb.precision,
+        "device": str(emb.device),
         "seconds": round(time.time() - t0, 2),
-    }  # fmt: skip
+    }
 
 
 def open_checked(images, *, bands=None, sensor=None, dates=None):
@@ -376,8 +251,18 @@ def open_checked(images, *, bands=None, sensor=None, dates=None):
         raise EmbedError(str(e)) from None
 
 
-def embed_images(source: EncoderSource, images, out, *, bands=None, sensor=None, dates=None,
-                 options: EmbedOptions | None = None, progress=True, provenance=None) -> dict:  # fmt: skip
+def embed_images(
+    source: EncoderSource,
+    images,
+    out,
+    *,
+    bands=None,
+    sensor=None,
+    dates=None,
+    options: EmbedOptions | None = None,
+    progress=True,
+    provenance=None,
+) -> dict:
     """``geotune embed --image ...``: open the scene(s), build the encoder for them, embed."""
     o = options or EmbedOptions()
     scenes = open_checked(images, bands=bands, sensor=sensor, dates=dates)
@@ -407,4 +292,4 @@ def encoder_for_area(source: EncoderSource, sensor: str | None, chip: int | None
     return encoder
 
 
-__all__ = ["EmbedOptions", "EmbeddingNet", "EncoderSource", "embed_scene", "embed_images"]
+__all__ = ["EmbedOptions", "Embedder", "EncoderSource", "embed_images", "embed_scene"]

@@ -33,19 +33,22 @@ def add_embed_parser(sub) -> None:
     enc.add_argument("--version", help="model version (with --model NAME)")
     enc.add_argument("--alias", help="model alias (with --model NAME)")
     enc.add_argument(
-        "--pool", choices=["auto", "cls", "mean"], default="auto",
+        "--pool",
+        choices=["auto", "cls", "mean"],
+        default="auto",
         help="cls: the ViT class token; mean: the mean of patch tokens (CNNs: of the last feature "
         "map); auto: as classification pools per family",
-    )  # fmt: skip
+    )
     e.add_argument("--image", action="append", help="GeoTIFF/COG (repeat for band files or dates)")
     e.add_argument("--out", help="the GeoParquet file to write")
     e.add_argument("--bands", help="band names in file order when the file has none")
     e.add_argument("--sensor", help="sensor id (Clay's statistics depend on it)")
     e.add_argument("--date", action="append", help="acquisition date per --image date (YYYY-MM-DD)")
     e.add_argument(
-        "--chip-size", type=int,
+        "--chip-size",
+        type=int,
         help="chip edge in px (default: a fine-tune's training patch; Clay 256, Prithvi 224)",
-    )  # fmt: skip
+    )
     e.add_argument("--stride", type=int, help="px between chip origins (default: the chip size)")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     e.add_argument(
@@ -71,10 +74,12 @@ def add_embed_parser(sub) -> None:
     q.add_argument("--polygon", help="a GeoJSON polygon (lon, lat): the mean of its chips")
     s.add_argument("--k", type=int, default=20, help="how many chips to return")
     s.add_argument(
-        "--method", choices=["auto", "exact", "approximate"], default="auto",
+        "--method",
+        choices=["auto", "exact", "approximate"],
+        default="auto",
         help="exact: every vector; approximate: a FAISS index built once beside the file; "
         "auto: exact up to 2,000,000 chips",
-    )  # fmt: skip
+    )
     s.add_argument("--out", help="write the GeoJSON here (default: standard output)")
 
 
@@ -106,13 +111,23 @@ def run_embed(args) -> int:
     if not args.out:
         raise UserError("say where the embeddings go: --out embeddings.parquet")
     source = EncoderSource(
-        backbone=args.backbone, weights=args.weights, size=args.size, model=args.model,
-        version=args.version, alias=args.alias, pool=args.pool,
-    )  # fmt: skip
+        backbone=args.backbone,
+        weights=args.weights,
+        size=args.size,
+        model=args.model,
+        version=args.version,
+        alias=args.alias,
+        pool=args.pool,
+    )
     opts = EmbedOptions(
-        chip_size=args.chip_size, stride=args.stride, dtype=args.dtype, min_valid=args.min_valid,
-        batch_size=args.batch_size, precision=args.precision, device=args.device,
-    )  # fmt: skip
+        chip_size=args.chip_size,
+        stride=args.stride,
+        dtype=args.dtype,
+        min_valid=args.min_valid,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+    )
     if args.aoi:
         from datamodules.stac_cli import imagery_for_predict
 
@@ -137,14 +152,23 @@ def run_embed(args) -> int:
                 "(--aoi aoi.geojson --start YYYY-MM-DD --end YYYY-MM-DD --sensor ID)"
             )
         summary = embed_images(
-            source, args.image, args.out, bands=_csv(args.bands), sensor=args.sensor,
-            dates=args.date, options=opts,
-        )  # fmt: skip
+            source,
+            args.image,
+            args.out,
+            bands=_csv(args.bands),
+            sensor=args.sensor,
+            dates=args.date,
+            options=opts,
+        )
     print(
         f"{summary['chips']} chips embedded ({summary['dim']} values, {summary['pool']} pooled, "
         f"{summary['chip_size']} px chips every {summary['stride']} px, {summary['precision']}) "
         f"in {summary['seconds']} s → {args.out}"
-        + (f"; {summary['skipped']} chips with too little data skipped" if summary["skipped"] else "")
+        + (
+            f"; {summary['skipped']} chips with too little data skipped"
+            if summary["skipped"]
+            else ""
+        )
     )
     return 0
 
@@ -159,7 +183,9 @@ def run_search(args) -> int:
         try:
             lon, lat = (float(v) for v in args.near.split(","))
         except ValueError:
-            raise SearchError(f"--near takes LON,LAT in degrees, e.g. 12.49,41.89; got {args.near!r}") from None
+            raise SearchError(
+                f"--near takes LON,LAT in degrees, e.g. 12.49,41.89; got {args.near!r}"
+            ) from None
         q = idx.near(lon, lat)
     elif args.like is not None:
         q = idx.like(args.like)
@@ -188,9 +214,13 @@ def run_suggest(args) -> int:
     from .suggest import suggest
 
     answer = suggest(
-        args.name, n=args.n, model=args.model, chip_size=args.chip_size,
-        precision=args.precision, device=args.device,
-    )  # fmt: skip
+        args.name,
+        n=args.n,
+        model=args.model,
+        chip_size=args.chip_size,
+        precision=args.precision,
+        device=args.device,
+    )
     _write(answer, args.out)
     return 0
 

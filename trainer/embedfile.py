@@ -41,13 +41,22 @@ BBOX = pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")])
 
 
 def schema(dim: int, dtype: str) -> pa.Schema:
-    return pa.schema([
-        ("chip_id", pa.int64()), ("row", pa.int32()), ("col", pa.int32()),
-        ("valid_fraction", pa.float32()), ("geometry", pa.binary()), ("bbox", BBOX),
-        ("embedding", pa.list_(DTYPES[dtype], dim)), ("backbone", pa.string()),
-        ("pool", pa.string()), ("weights", pa.string()), ("source", pa.string()),
-        ("date", pa.date32()),
-    ])  # fmt: skip
+    return pa.schema(
+        [
+            ("chip_id", pa.int64()),
+            ("row", pa.int32()),
+            ("col", pa.int32()),
+            ("valid_fraction", pa.float32()),
+            ("geometry", pa.binary()),
+            ("bbox", BBOX),
+            ("embedding", pa.list_(DTYPES[dtype], dim)),
+            ("backbone", pa.string()),
+            ("pool", pa.string()),
+            ("weights", pa.string()),
+            ("source", pa.string()),
+            ("date", pa.date32()),
+        ]
+    )
 
 
 def geo_metadata() -> dict:
@@ -60,7 +69,11 @@ def geo_metadata() -> dict:
         # no "crs": GeoParquet's default, OGC:CRS84 (longitude, latitude)
         "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
     }
-    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": column},
+    }
 
 
 class EmbeddingWriter:
@@ -98,14 +111,17 @@ class EmbeddingWriter:
         flat = np.stack(vecs).astype(self.dtype).reshape(-1)
         n = len(ids)
         arrays = [
-            pa.array(ids, pa.int64()), pa.array(rows, pa.int32()), pa.array(cols, pa.int32()),
-            pa.array(valid, pa.float32()), pa.array(wkb, pa.binary()),
+            pa.array(ids, pa.int64()),
+            pa.array(rows, pa.int32()),
+            pa.array(cols, pa.int32()),
+            pa.array(valid, pa.float32()),
+            pa.array(wkb, pa.binary()),
             pa.StructArray.from_arrays([pa.array(b[:, i]) for i in range(4)], fields=list(BBOX)),
             pa.FixedSizeListArray.from_arrays(pa.array(flat, DTYPES[self.dtype]), self.dim),
         ] + [
             pa.array([self.constants.get(k)] * n, self.schema.field(k).type)
             for k in ("backbone", "pool", "weights", "source", "date")
-        ]  # fmt: skip
+        ]
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.n += n
         self.rows = []

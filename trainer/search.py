@@ -84,11 +84,16 @@ class EmbeddingIndex:
         import shapely
 
         b = self.bbox
-        cand = np.nonzero((b[:, 0] <= lon) & (lon <= b[:, 2]) & (b[:, 1] <= lat) & (lat <= b[:, 3]))[0]
+        cand = np.nonzero(
+            (b[:, 0] <= lon) & (lon <= b[:, 2]) & (b[:, 1] <= lat) & (lat <= b[:, 3])
+        )[0]
         point = shapely.Point(lon, lat)
         geoms = self.geometries(cand)
-        hits = [(shapely.distance(g.centroid, point), int(r)) for g, r in zip(geoms, cand, strict=True)
-                if g.covers(point)]  # fmt: skip
+        hits = [
+            (shapely.distance(g.centroid, point), int(r))
+            for g, r in zip(geoms, cand, strict=True)
+            if g.covers(point)
+        ]
         if not hits:
             w, s, e, n = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
             raise SearchError(
@@ -96,23 +101,32 @@ class EmbeddingIndex:
                 f"{self.path.name} lie within lon {w:.5f}..{e:.5f}, lat {s:.5f}..{n:.5f}"
             )
         row = min(hits)[1]
-        return Query(self.unit([row])[0], [row], {"near": [lon, lat], "chip_id": int(self.ids[row])})
+        return Query(
+            self.unit([row])[0], [row], {"near": [lon, lat], "chip_id": int(self.ids[row])}
+        )
 
     def polygon(self, geometry) -> Query:
         import shapely
         from shapely.geometry import shape
 
         try:
-            geom = shape(geometry.get("geometry", geometry) if isinstance(geometry, dict) else geometry)
+            geom = shape(
+                geometry.get("geometry", geometry) if isinstance(geometry, dict) else geometry
+            )
         except Exception:
-            raise SearchError("polygon must be a GeoJSON Polygon or MultiPolygon (lon, lat)") from None
+            raise SearchError(
+                "polygon must be a GeoJSON Polygon or MultiPolygon (lon, lat)"
+            ) from None
         if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
             raise SearchError(f"polygon must be a Polygon or MultiPolygon, not {geom.geom_type}")
         x0, y0, x1, y1 = geom.bounds
         b = self.bbox
         cand = np.nonzero((b[:, 0] <= x1) & (x0 <= b[:, 2]) & (b[:, 1] <= y1) & (y0 <= b[:, 3]))[0]
-        rows = [int(r) for r, g in zip(cand, self.geometries(cand), strict=True)
-                if shapely.intersects(g, geom)]  # fmt: skip
+        rows = [
+            int(r)
+            for r, g in zip(cand, self.geometries(cand), strict=True)
+            if shapely.intersects(g, geom)
+        ]
         if not rows:
             raise SearchError(f"the polygon touches no embedded chip of {self.path.name}")
         mean = self.unit(rows).mean(0)
@@ -122,7 +136,9 @@ class EmbeddingIndex:
     def vector(self, v) -> Query:
         v = np.asarray(v, dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
-            raise SearchError(f"the query vector has {v.shape[0]} values; this file's have {self.dim}")
+            raise SearchError(
+                f"the query vector has {v.shape[0]} values; this file's have {self.dim}"
+            )
         if not np.all(np.isfinite(v)) or not np.any(v):
             raise SearchError("the query vector must be finite and not all zeros")
         return Query(_unit(v), [], {"vector": f"{self.dim} values"})
@@ -142,7 +158,11 @@ class EmbeddingIndex:
             rows, scores = exact_top(self.vectors, self.inv_norm, q.vector, want)
         drop = set(q.rows)
         keep = [(r, s) for r, s in zip(rows, scores, strict=True) if r not in drop and r >= 0][:k]
-        return [r for r, _ in keep], [float(s) for _, s in keep], "approximate" if use_index else "exact"
+        return (
+            [r for r, _ in keep],
+            [float(s) for _, s in keep],
+            "approximate" if use_index else "exact",
+        )
 
     def index(self):
         if self._faiss is None:
@@ -166,10 +186,14 @@ class EmbeddingIndex:
 
         rows, scores, used = self.search(q, k, method)
         features = [
-            {"type": "Feature", "id": int(self.ids[r]), "geometry": shapely.geometry.mapping(g),
-             "properties": {"chip_id": int(self.ids[r]), "rank": i + 1, "score": round(s, 6)}}
+            {
+                "type": "Feature",
+                "id": int(self.ids[r]),
+                "geometry": shapely.geometry.mapping(g),
+                "properties": {"chip_id": int(self.ids[r]), "rank": i + 1, "score": round(s, 6)},
+            }
             for i, (r, s, g) in enumerate(zip(rows, scores, self.geometries(rows), strict=True))
-        ]  # fmt: skip
+        ]
         query = q.description | {"k": k, "method": used, "chips_searched": len(self)}
         return {"type": "FeatureCollection", "query": query, "features": features}
 
@@ -234,7 +258,9 @@ class ApproximateIndex:
         index = faiss.index_factory(d, f"IVF{cells},SQfp16", faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, min(n, cells * 64), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample].astype(np.float32) * inv_norm[sample, None]))
+        index.train(
+            np.ascontiguousarray(vectors[sample].astype(np.float32) * inv_norm[sample, None])
+        )
         for i in range(0, n, CHUNK):
             block = vectors[i : i + CHUNK].astype(np.float32) * inv_norm[i : i + CHUNK, None]
             index.add(np.ascontiguousarray(block))
@@ -258,6 +284,9 @@ class ApproximateIndex:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         faiss.write_index(built.index, str(tmp))
         os.replace(tmp, path)
-        meta_path.write_text(json.dumps({"source": source, "nprobe": built.nprobe,
-                                         "factory": f"IVF{built.cells},SQfp16"}))  # fmt: skip
+        meta_path.write_text(
+            json.dumps(
+                {"source": source, "nprobe": built.nprobe, "factory": f"IVF{built.cells},SQfp16"}
+            )
+        )
         return built

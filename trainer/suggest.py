@@ -7,7 +7,7 @@ the dataset's scene (the training patch, side by side). Each chip gets
   pixels; for classification, of the chip's probabilities), divided by its maximum so it runs
   from 0 (certain) to 1 (no idea);
 - the share of its pixels that are labelled already;
-- its embedding from the fine-tune's own encoder (:class:`trainer.embed.EmbeddingNet`).
+- its embedding from the fine-tune's own encoder (:class:`trainer.encoder.EmbeddingNet`).
 
 The score is entropy × (1 − labelled share). The ``n`` suggestions are picked greedily from the
 ``5n`` best-scored chips: the best first, then each time the chip maximising score × cosine
@@ -47,14 +47,21 @@ def latest_model(dataset_id: str, owner: str) -> str:
 
 
 def suggest(
-    dataset: str, n: int = 20, *, model: str | None = None, root=None, chip_size=None,
-    precision: str = "auto", device: str = "auto", progress: bool = False,
-) -> dict:  # fmt: skip
+    dataset: str,
+    n: int = 20,
+    *,
+    model: str | None = None,
+    root=None,
+    chip_size=None,
+    precision: str = "auto",
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
     """GeoJSON of the ``n`` chips of ``dataset`` where labels would help the fine-tune most."""
     from datamodules.manifest import load_dataset
 
-    from .embed import EmbedOptions, Embedder, EncoderSource, open_checked
-    from .predict import Predictor, PredictOptions
+    from .embed import Embedder, EmbedOptions, EncoderSource, open_checked
+    from .predict import PredictOptions, Predictor
 
     if n < 1:
         raise SuggestError(f"n must be at least 1; got {n}")
@@ -62,7 +69,9 @@ def suggest(
     m = ds.manifest
     task = m.get("task", "segmentation")
     if task == "change":
-        raise SuggestError("label suggestions are made for segmentation and classification datasets")
+        raise SuggestError(
+            "label suggestions are made for segmentation and classification datasets"
+        )
     uri = model or latest_model(ds.id, m.get("owner", "local"))
     source = EncoderSource(model=uri)
     chip = chip_size or source.default_chip()
@@ -70,7 +79,11 @@ def suggest(
     scenes = open_checked(ds.images, bands=ds.bands, dates=m.get("dates"))
     opts = EmbedOptions(chip_size=chip, precision=precision, device=device)
     emb = Embedder(encoder, scenes, opts, chip)
-    pred = Predictor(source._loaded, scenes, PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device))  # fmt: skip
+    pred = Predictor(
+        source._loaded,
+        scenes,
+        PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device),
+    )
     labelled = Labelled(ds)
     rows = []
     try:
@@ -86,7 +99,9 @@ def suggest(
                 for (r, c), v, p in zip(batch, vecs, probs, strict=True):
                     ok = valid[r - r0 : r - r0 + chip, c - c0 : c - c0 + chip]
                     h, cls, conf = _uncertainty(p, ok, bool(pred.record.get("multi_label")))
-                    rows.append((emb.chip_id(r, c), r, c, h, labelled.share(r, c, chip), cls, conf, v))
+                    rows.append(
+                        (emb.chip_id(r, c), r, c, h, labelled.share(r, c, chip), cls, conf, v)
+                    )
     finally:
         emb.close()
         labelled.close()
@@ -100,12 +115,30 @@ def suggest(
     features = []
     for rank, (i, g) in enumerate(zip(picked, geoms, strict=True), 1):
         cid, _, _, h, lab, cls, conf, _ = rows[i]
-        features.append({"type": "Feature", "id": int(cid), "geometry": shapely.geometry.mapping(g),
-                         "properties": {"rank": rank, "chip_id": int(cid), "score": round(float(score[i]), 4),
-                                        "entropy": round(h, 4), "labelled_fraction": round(lab, 4),
-                                        "predicted": names[cls], "confidence": round(conf, 4)}})  # fmt: skip
-    return {"type": "FeatureCollection", "dataset": ds.id, "model": uri, "chip_size": chip,
-            "chips_scored": len(rows), "features": features}  # fmt: skip
+        features.append(
+            {
+                "type": "Feature",
+                "id": int(cid),
+                "geometry": shapely.geometry.mapping(g),
+                "properties": {
+                    "rank": rank,
+                    "chip_id": int(cid),
+                    "score": round(float(score[i]), 4),
+                    "entropy": round(h, 4),
+                    "labelled_fraction": round(lab, 4),
+                    "predicted": names[cls],
+                    "confidence": round(conf, 4),
+                },
+            }
+        )
+    return {
+        "type": "FeatureCollection",
+        "dataset": ds.id,
+        "model": uri,
+        "chip_size": chip,
+        "chips_scored": len(rows),
+        "features": features,
+    }
 
 
 def pick(rows, n: int) -> tuple[list[int], np.ndarray]:
