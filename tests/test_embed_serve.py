@@ -28,22 +28,47 @@ def test_embeddings_over_http(home, servers, tmp_path):  # noqa: F811
     scene, cmap = make_scene(tmp_path, size=192, seed=4, nodata_corner=64)
     labels = make_labels(tmp_path, scene, cmap, keep=0.3)
     ingest(
-        name="fields", images=[scene], labels=labels, class_column="class_name", block_size=32,
-        owner="alice", root=datasets_root("alice"), progress=False,
+        name="fields",
+        images=[scene],
+        labels=labels,
+        class_column="class_name",
+        block_size=32,
+        owner="alice",
+        root=datasets_root("alice"),
+        progress=False,
     )
-    train(compose("train", [
-        f"data.dataset={datasets_root('alice') / 'fields'}", "backbone.size=tiny",
-        "backbone.weights=random", "data.patch_size=64", "data.num_workers=0",
-        "data.chips_per_epoch=16", "trainer.max_epochs=1", "register.name=alice.fields",
-        "register.alias=champion",
-    ]))
+    train(
+        compose(
+            "train",
+            [
+                f"data.dataset={datasets_root('alice') / 'fields'}",
+                "backbone.size=tiny",
+                "backbone.weights=random",
+                "data.patch_size=64",
+                "data.num_workers=0",
+                "data.chips_per_epoch=16",
+                "trainer.max_epochs=1",
+                "register.name=alice.fields",
+                "register.alias=champion",
+            ],
+        )
+    )
     alice_key, bob_key = create_key(home, "alice"), create_key(home, "bob")
     srv = servers()
     alice, bob = srv.client(alice_key), srv.client(bob_key)
 
     # a bare tiny Clay with random weights (asked for by name), on an upload
-    r = post_scene(alice, scene, backbone="clay_v1_5", size="tiny", weights="random",
-                   sensor="sentinel-2-l2a", chip_size="64", dates="2024-06-01", dtype="float16")
+    r = post_scene(
+        alice,
+        scene,
+        backbone="clay_v1_5",
+        size="tiny",
+        weights="random",
+        sensor="sentinel-2-l2a",
+        chip_size="64",
+        dates="2024-06-01",
+        dtype="float16",
+    )
     assert r.status_code == 202, r.text
     assert r.json()["kind"] == "embed" and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
     emb_id = r.json()["embeddings_id"]
@@ -77,7 +102,9 @@ def test_embeddings_over_http(home, servers, tmp_path):  # noqa: F811
     assert sorted(by_area["query"]["chips"]) == sorted(df.chip_id.iloc[:2])
     assert len(by_area["features"]) == 6
     assert_error(alice.post(meta["links"]["search"], json={"k": 3}), 422, "exactly one of")
-    assert_error(alice.post(meta["links"]["search"], json={"near": [0, 0]}), 422, "no embedded chip")
+    assert_error(
+        alice.post(meta["links"]["search"], json={"near": [0, 0]}), 422, "no embedded chip"
+    )
     assert_error(alice.post(meta["links"]["search"], json={"like": 1, "k": 5000}), 422, "k")
 
     # the fine-tune's encoder; suggestions from it
@@ -105,11 +132,17 @@ def test_embeddings_over_http(home, servers, tmp_path):  # noqa: F811
 
     # bad requests: JSON 4xx with what to do; nothing queued
     assert_error(post_scene(alice, scene, backbone="clay_v1_5", weights="random"), 422, "sensor")
-    assert_error(post_scene(alice, scene, backbone="clay_v1_5", sensor="sentinel-2-l2a"), 422,
-                 "clay-v1.5.ckpt", "random")
+    assert_error(
+        post_scene(alice, scene, backbone="clay_v1_5", sensor="sentinel-2-l2a"),
+        422,
+        "clay-v1.5.ckpt",
+        "random",
+    )
     assert_error(post_scene(alice, scene, backbone="clay_v1_5", model="fields"), 422, "not both")
     assert_error(post_scene(alice, scene, backbone="nope", weights="random"), 422, "clay_v1_5")
-    assert_error(post_scene(alice, scene, model="fields", chip_size="64", stride="65"), 422, "stride")
+    assert_error(
+        post_scene(alice, scene, model="fields", chip_size="64", stride="65"), 422, "stride"
+    )
     not_tif = tmp_path / "x.tif"
     not_tif.write_text("hello")
     assert_error(post_scene(alice, not_tif, model="fields"), 422, "GeoTIFF")
