@@ -42,6 +42,9 @@ class EmbedAoiRequest(EmbedParams):
     start_date: date
     end_date: date
     sensor: str = Field(description="sensor id, e.g. sentinel-2-l2a")
+    bands: list[str] | None = Field(
+        None, max_length=64, description="a bare backbone's bands to fetch (default: all it takes)"
+    )
 
 
 class SearchRequest(BaseModel):

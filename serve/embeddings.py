@@ -156,7 +156,7 @@ def run(folder: Path) -> dict:
     if req.get("aoi"):
         from datamodules.composite import composite_for_model
 
-        encoder = encoder_for_area(source, req.get("sensor"), o.get("chip_size"))
+        encoder = encoder_for_area(source, req.get("sensor"), o.get("chip_size"), req.get("bands"))
         comp = composite_for_model(
             req["aoi"],
             req["start_date"],

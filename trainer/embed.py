@@ -273,10 +273,13 @@ def embed_images(
     return embed_scene(encoder, scenes, out, options=o, progress=progress, provenance=provenance)
 
 
-def encoder_for_area(source: EncoderSource, sensor: str | None, chip: int | None) -> Encoder:
+def encoder_for_area(
+    source: EncoderSource, sensor: str | None, chip: int | None, bands: list[str] | None = None
+) -> Encoder:
     """The encoder for imagery fetched by area and dates (its ``record`` is what
     :func:`datamodules.composite.composite_for_model` reads): a model's own sensor, bands and
-    resolution; a bare backbone's bands for ``sensor``, at the finest of those bands."""
+    resolution; a bare backbone's bands among ``bands`` (default all) of ``sensor``, at the
+    finest of those bands."""
     chip = chip or source.default_chip()
     if source.model:
         return source.build([], 0.0, 1, sensor, chip)
@@ -285,7 +288,12 @@ def encoder_for_area(source: EncoderSource, sensor: str | None, chip: int | None
     from datamodules.sensors import get_sensor
 
     sens = get_sensor(sensor)
-    encoder = source.build(sens.band_names, 0.0, 1, sensor, chip)
+    unknown = [b for b in bands or [] if b not in sens.band_names]
+    if unknown:
+        raise EmbedError(
+            f"{sensor} has no band(s) {', '.join(unknown)}; its bands: {', '.join(sens.band_names)}"
+        )
+    encoder = source.build(bands or sens.band_names, 0.0, 1, sensor, chip)
     gsd = float(min(sens.band(b).gsd for b in encoder.record["bands"]))
     encoder.net.gsd = gsd
     encoder.record["resolution"] = [gsd, gsd]

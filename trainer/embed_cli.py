@@ -133,7 +133,7 @@ def run_embed(args) -> int:
 
         from .embed import open_checked
 
-        encoder = encoder_for_area(source, args.sensor, args.chip_size)
+        encoder = encoder_for_area(source, args.sensor, args.chip_size, _csv(args.bands))
         if not args.imagery_dir:
             args.imagery_dir = str(Path(args.out).with_suffix("")) + "-imagery"
         images, prov = imagery_for_predict(args, encoder.record)

@@ -182,6 +182,7 @@ def _create_aoi(ctx, owner, req: EmbedAoiRequest):
                 "start_date": req.start_date.isoformat(),
                 "end_date": req.end_date.isoformat(),
                 "sensor": req.sensor,
+                "bands": req.bands,
                 "inputs": [],
                 "input_names": [],
             },
