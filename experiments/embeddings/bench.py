@@ -53,8 +53,11 @@ def save(key: str, value) -> None:
 
 
 def machine() -> dict:
-    return {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "when": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def perf_make_scene():
@@ -66,8 +69,10 @@ def perf_make_scene():
 
 # -- 1. throughput ----------------------------------------------------------------------------------
 CASES = [  # backbone, size, scene side (px): full sizes on small scenes (a ViT-L chip is seconds)
-    ("clay_v1_5", "tiny", 2048), ("clay_v1_5", "large", 512),
-    ("prithvi_eo_v2_300", "tiny", 2048), ("prithvi_eo_v2_300", "300m", 672),
+    ("clay_v1_5", "tiny", 2048),
+    ("clay_v1_5", "large", 512),
+    ("prithvi_eo_v2_300", "tiny", 2048),
+    ("prithvi_eo_v2_300", "300m", 672),
 ]
 
 
@@ -97,12 +102,17 @@ def chips_of(emb, path) -> list:
     out = []
     for block in emb.blocks(1024):
         x, _, origin = emb.read_block(block)
-        out += [((r, c), emb._chip(x, origin, r, c)) for r in block[0] for c in block[1] if (r, c) in want]
+        out += [
+            ((r, c), emb._chip(x, origin, r, c))
+            for r in block[0]
+            for c in block[1]
+            if (r, c) in want
+        ]
     return out
 
 
 def throughput(work: Path, cases=CASES) -> None:
-    from trainer.embed import EmbedOptions, Embedder, EncoderSource, embed_scene, open_checked
+    from trainer.embed import Embedder, EmbedOptions, EncoderSource, embed_scene, open_checked
 
     make_scene = perf_make_scene()
     rows = []
@@ -125,16 +135,31 @@ def throughput(work: Path, cases=CASES) -> None:
                 t_embed.append(time.perf_counter() - t0)
             best = min(t_embed)
             f16 = work / f"{name}-{size}-f16.parquet"
-            embed_scene(encoder, scenes, f16, options=EmbedOptions(chip_size=chip, precision=precision, dtype="float16"), progress=False)
+            embed_scene(
+                encoder,
+                scenes,
+                f16,
+                options=EmbedOptions(chip_size=chip, precision=precision, dtype="float16"),
+                progress=False,
+            )
             km2 = side * side * 100 / 1e6
-            row = {"backbone": name, "size": size, "precision": s["precision"], "chip": chip,
-                   "scene_px": side, "chips": s["chips"], "dim": s["dim"],
-                   "embed_s": round(best, 3), "bare_forward_s": round(bare, 3),
-                   "ratio_bare_over_embed": round(bare / best, 3),
-                   "chips_per_s": round(s["chips"] / best, 3),
-                   "mpx_per_s": round(side * side / best / 1e6, 4),
-                   "bytes_per_km2_float32": round(out.stat().st_size / km2),
-                   "bytes_per_km2_float16": round(f16.stat().st_size / km2), **machine()}
+            row = {
+                "backbone": name,
+                "size": size,
+                "precision": s["precision"],
+                "chip": chip,
+                "scene_px": side,
+                "chips": s["chips"],
+                "dim": s["dim"],
+                "embed_s": round(best, 3),
+                "bare_forward_s": round(bare, 3),
+                "ratio_bare_over_embed": round(bare / best, 3),
+                "chips_per_s": round(s["chips"] / best, 3),
+                "mpx_per_s": round(side * side / best / 1e6, 4),
+                "bytes_per_km2_float32": round(out.stat().st_size / km2),
+                "bytes_per_km2_float16": round(f16.stat().st_size / km2),
+                **machine(),
+            }
             print(row, flush=True)
             rows.append(row)
             emb.close()
@@ -149,7 +174,9 @@ def synthetic(n: int, d: int = 1024, seed: int = 0, latent: int = 32, clusters: 
     out = np.empty((n, d), dtype=np.float16)
     for i in range(0, n, 50_000):
         m = min(50_000, n - i)
-        z = centres[rng.integers(0, clusters, m)] + rng.normal(0, 0.35, (m, latent)).astype(np.float32)
+        z = centres[rng.integers(0, clusters, m)] + rng.normal(0, 0.35, (m, latent)).astype(
+            np.float32
+        )
         out[i : i + m] = z @ proj + rng.normal(0, 0.05, (m, d)).astype(np.float32)
     return out
 
@@ -177,11 +204,21 @@ def search(sizes=(100_000, 1_000_000), queries: int = 20) -> None:
         approx = [index.search(x, 20)[0] for x in qs]
         t_approx = (time.perf_counter() - t0) / queries
         recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact, strict=True)])
-        row = {"n": n, "dim": 1024, "stored": "float16", "exact_ms": round(t_exact * 1e3, 2),
-               "approx_ms": round(t_approx * 1e3, 3), "speedup": round(t_exact / t_approx, 1),
-               "recall_at_20": round(float(recall), 4), "cells": index.cells, "nprobe": index.nprobe,
-               "build_s": round(t_build, 1), "index_mb": round(size / 2**20, 1),
-               "vectors_mb": round(v.nbytes / 2**20, 1), **machine()}
+        row = {
+            "n": n,
+            "dim": 1024,
+            "stored": "float16",
+            "exact_ms": round(t_exact * 1e3, 2),
+            "approx_ms": round(t_approx * 1e3, 3),
+            "speedup": round(t_exact / t_approx, 1),
+            "recall_at_20": round(float(recall), 4),
+            "cells": index.cells,
+            "nprobe": index.nprobe,
+            "build_s": round(t_build, 1),
+            "index_mb": round(size / 2**20, 1),
+            "vectors_mb": round(v.nbytes / 2**20, 1),
+            **machine(),
+        }
         print(row, flush=True)
         rows.append(row)
         del v, index
@@ -225,8 +262,7 @@ def fewshot(work: Path, encoders, chip: int = 32, stride: int = 16, seeds: int =
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
-    from datamodules.manifest import load_dataset
-    from trainer.embed import EmbedOptions, EncoderSource, embed_images
+    from trainer.embed import EmbedOptions, embed_images
 
     os.environ["GEOTUNE_HOME"] = str(work / "home")
     ds, preds = demo_model(work)
@@ -234,8 +270,14 @@ def fewshot(work: Path, encoders, chip: int = 32, stride: int = 16, seeds: int =
     result = {"chip": chip, "stride": stride, "seeds": seeds, "probes": {}, **machine()}
     for label, source in encoders.items():
         out = work / f"fs-{label}.parquet"
-        embed_images(source, [image], out, sensor="sentinel-2-l1c",
-                     options=EmbedOptions(chip_size=chip, stride=stride), progress=False)
+        embed_images(
+            source,
+            [image],
+            out,
+            sensor="sentinel-2-l1c",
+            options=EmbedOptions(chip_size=chip, stride=stride),
+            progress=False,
+        )
         df = gpd.read_parquet(out)
         labels = chip_labels(ds, df.row, df.col, chip)
         keep = [i for i, v in enumerate(labels) if v is not None]
@@ -248,19 +290,32 @@ def fewshot(work: Path, encoders, chip: int = 32, stride: int = 16, seeds: int =
             f1s = []
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
-                idx = np.concatenate([rng.permutation(np.nonzero(train & (y == c))[0])[:k]
-                                      for c in np.unique(y[train])])
+                idx = np.concatenate(
+                    [
+                        rng.permutation(np.nonzero(train & (y == c))[0])[:k]
+                        for c in np.unique(y[train])
+                    ]
+                )
                 scaler = StandardScaler().fit(x[idx])
                 clf = LogisticRegression(max_iter=5000).fit(scaler.transform(x[idx]), y[idx])
-                f1s.append(f1_score(y[test], clf.predict(scaler.transform(x[test])), average="macro"))
-            scores[k] = {"macro_f1_mean": round(float(np.mean(f1s)), 4), "macro_f1_std": round(float(np.std(f1s)), 4)}
+                f1s.append(
+                    f1_score(y[test], clf.predict(scaler.transform(x[test])), average="macro")
+                )
+            scores[k] = {
+                "macro_f1_mean": round(float(np.mean(f1s)), 4),
+                "macro_f1_std": round(float(np.std(f1s)), 4),
+            }
         result["probes"][label] = scores
         result["test_chips"] = int(test.sum())
         result["classes"] = ds.class_names
         with rasterio.open(preds) as src:
             cls = src.read(1)
-        resnet = [np.bincount(cls[r : r + chip, c : c + chip].ravel(), minlength=256)[: ds.num_classes].argmax()
-                  for r, c in zip(df.row.iloc[keep][test], df.col.iloc[keep][test], strict=True)]
+        resnet = [
+            np.bincount(cls[r : r + chip, c : c + chip].ravel(), minlength=256)[
+                : ds.num_classes
+            ].argmax()
+            for r, c in zip(df.row.iloc[keep][test], df.col.iloc[keep][test], strict=True)
+        ]
         result["resnet_macro_f1"] = round(float(f1_score(y[test], resnet, average="macro")), 4)
         print(label, scores, result["resnet_macro_f1"], flush=True)
     save("fewshot", result)
@@ -281,8 +336,15 @@ def demo_model(work: Path):
     if not preds.is_file():
         image = sample_image()
         labels = make_demo_labels(image, work / "labels.geojson")
-        ingest(name="fs", images=[image], labels=labels, class_column="class_name",
-               sensor="sentinel-2-l1c", block_size=128, progress=False)
+        ingest(
+            name="fs",
+            images=[image],
+            labels=labels,
+            class_column="class_name",
+            sensor="sentinel-2-l1c",
+            block_size=128,
+            progress=False,
+        )
         train(compose("train", demo_overrides("fs", 12)))
         predict_scene(load_model("fs@champion"), [image], work / "resnet", progress=False)
     return load_dataset("fs"), preds
@@ -292,13 +354,25 @@ def fewshot_encoders(args) -> dict:
     from trainer.embed import EncoderSource
 
     if args.backbone:
-        return {f"{args.backbone} ({args.size or 'official'})": EncoderSource(backbone=args.backbone, weights=args.weights, size=args.size)}
-    return {"clay_v1_5 tiny, random": EncoderSource(backbone="clay_v1_5", weights="random", size="tiny"),
-            "prithvi_eo_v2_300 tiny, random": EncoderSource(backbone="prithvi_eo_v2_300", weights="random", size="tiny")}
+        return {
+            f"{args.backbone} ({args.size or 'official'})": EncoderSource(
+                backbone=args.backbone, weights=args.weights, size=args.size
+            )
+        }
+    return {
+        "clay_v1_5 tiny, random": EncoderSource(
+            backbone="clay_v1_5", weights="random", size="tiny"
+        ),
+        "prithvi_eo_v2_300 tiny, random": EncoderSource(
+            backbone="prithvi_eo_v2_300", weights="random", size="tiny"
+        ),
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("parts", nargs="+", choices=["throughput", "search", "fewshot", "report"])
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--backbone", help="fewshot: one encoder instead of the random tiny ones")

@@ -22,19 +22,38 @@ def write_report(data: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    md = ["# Embeddings: throughput, search, few-shot value\n",
-          "Made by `experiments/embeddings/bench.py` (see its docstring for what each part "
-          "measures); figures from one run per section on 2 shared CPU cores, with the load "
-          "average when the section ran. Ratios compare figures taken in the same process.\n"]
+    md = [
+        "# Embeddings: throughput, search, few-shot value\n",
+        "Made by `experiments/embeddings/bench.py` (see its docstring for what each part "
+        "measures); figures from one run per section on 2 shared CPU cores, with the load "
+        "average when the section ran. Ratios compare figures taken in the same process.\n",
+    ]
     tp = data.get("throughput")
     if tp:
-        md += ["## Throughput: `embed_scene` vs the bare forward over the same chips\n",
-               "Random weights (speed does not depend on them); chips side by side (Clay 256 px, "
-               "Prithvi 224 px); float32 vectors. `ratio` = bare forward time / embed time "
-               "(target >= 0.9). Bytes per km² at 10 m pixels, the whole file.\n",
-               table(tp, ["backbone", "size", "precision", "chips", "dim", "embed_s", "bare_forward_s",
-                          "ratio_bare_over_embed", "chips_per_s", "mpx_per_s",
-                          "bytes_per_km2_float32", "bytes_per_km2_float16", "load_avg_1_5_15"])]
+        md += [
+            "## Throughput: `embed_scene` vs the bare forward over the same chips\n",
+            "Random weights (speed does not depend on them); chips side by side (Clay 256 px, "
+            "Prithvi 224 px); float32 vectors. `ratio` = bare forward time / embed time "
+            "(target >= 0.9). Bytes per km² at 10 m pixels, the whole file.\n",
+            table(
+                tp,
+                [
+                    "backbone",
+                    "size",
+                    "precision",
+                    "chips",
+                    "dim",
+                    "embed_s",
+                    "bare_forward_s",
+                    "ratio_bare_over_embed",
+                    "chips_per_s",
+                    "mpx_per_s",
+                    "bytes_per_km2_float32",
+                    "bytes_per_km2_float16",
+                    "load_avg_1_5_15",
+                ],
+            ),
+        ]
         fig, ax = plt.subplots(figsize=(8, 3.5))
         labels = [f"{r['backbone'].split('_')[0]} {r['size']}\n{r['precision']}" for r in tp]
         ax.bar(range(len(tp)), [r["ratio_bare_over_embed"] for r in tp], color="#4c72b0")
@@ -49,34 +68,70 @@ def write_report(data: dict, out: Path) -> None:
         md.append("\n![throughput](throughput.png)\n")
     se = data.get("search")
     if se:
-        md += ["## Search: exact vs approximate (FAISS IVF, float16 vectors)\n",
-               "Synthetic 1024-d vectors with low intrinsic dimension (see bench.py), stored as "
-               "float16; 20 queries; latency per query; recall@20 of the approximate index "
-               "against exact (target >= 0.95).\n",
-               table(se, ["n", "exact_ms", "approx_ms", "speedup", "recall_at_20", "cells", "nprobe",
-                          "build_s", "index_mb", "vectors_mb", "load_avg_1_5_15"])]
+        md += [
+            "## Search: exact vs approximate (FAISS IVF, float16 vectors)\n",
+            "Synthetic 1024-d vectors with low intrinsic dimension (see bench.py), stored as "
+            "float16; 20 queries; latency per query; recall@20 of the approximate index "
+            "against exact (target >= 0.95).\n",
+            table(
+                se,
+                [
+                    "n",
+                    "exact_ms",
+                    "approx_ms",
+                    "speedup",
+                    "recall_at_20",
+                    "cells",
+                    "nprobe",
+                    "build_s",
+                    "index_mb",
+                    "vectors_mb",
+                    "load_avg_1_5_15",
+                ],
+            ),
+        ]
     fs = data.get("fewshot")
     if fs:
-        md += ["## Few-shot value on the demo scene\n",
-               "**Random tiny encoders say nothing about the real models**: this run only shows the "
-               "path works end to end and gives the baseline a random projection reaches. The real "
-               f"test is the official weights on a GPU:\n\n    {GPU_COMMAND}\n\n",
-               f"Chips of {fs['chip']} px every {fs['stride']} px on the demo's Sentinel-2 scene; a "
-               "chip's label is the class of >= 80 % of its labelled pixels (>= 25 % labelled), its "
-               "split that of the dataset's spatial blocks; a logistic regression on standardised "
-               f"embeddings of k train chips per class, {fs['seeds']} draws; macro-F1 on the "
-               f"{fs['test_chips']} test chips. The ResNet-18 UNet is the demo's fine-tune on all "
-               "labels (random init, 12 epochs), scored on the same chips by its majority class.\n"]
-        rows = [{"encoder": name, **{f"k={k}": f"{v['macro_f1_mean']:.3f} ± {v['macro_f1_std']:.3f}"
-                                     for k, v in probe.items()}} for name, probe in fs["probes"].items()]
-        rows.append({"encoder": "ResNet-18 UNet fine-tune (all labels)", "k=1": fs["resnet_macro_f1"]})
+        md += [
+            "## Few-shot value on the demo scene\n",
+            "**Random tiny encoders say nothing about the real models**: this run only shows the "
+            "path works end to end and gives the baseline a random projection reaches. The real "
+            f"test is the official weights on a GPU:\n\n    {GPU_COMMAND}\n\n",
+            f"Chips of {fs['chip']} px every {fs['stride']} px on the demo's Sentinel-2 scene; a "
+            "chip's label is the class of >= 80 % of its labelled pixels (>= 25 % labelled), its "
+            "split that of the dataset's spatial blocks; a logistic regression on standardised "
+            f"embeddings of k train chips per class, {fs['seeds']} draws; macro-F1 on the "
+            f"{fs['test_chips']} test chips. The ResNet-18 UNet is the demo's fine-tune on all "
+            "labels (random init, 12 epochs), scored on the same chips by its majority class.\n",
+        ]
+        rows = [
+            {
+                "encoder": name,
+                **{
+                    f"k={k}": f"{v['macro_f1_mean']:.3f} ± {v['macro_f1_std']:.3f}"
+                    for k, v in probe.items()
+                },
+            }
+            for name, probe in fs["probes"].items()
+        ]
+        rows.append(
+            {"encoder": "ResNet-18 UNet fine-tune (all labels)", "k=1": fs["resnet_macro_f1"]}
+        )
         md.append(table(rows, ["encoder", "k=1", "k=5", "k=20"]))
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, probe in fs["probes"].items():
             ks = [int(k) for k in probe]
-            ax.errorbar(ks, [probe[k]["macro_f1_mean"] for k in probe],
-                        yerr=[probe[k]["macro_f1_std"] for k in probe], marker="o", capsize=3, label=f"probe: {name}")
-        ax.axhline(fs["resnet_macro_f1"], color="k", ls="--", label="ResNet-18 UNet fine-tune, all labels")
+            ax.errorbar(
+                ks,
+                [probe[k]["macro_f1_mean"] for k in probe],
+                yerr=[probe[k]["macro_f1_std"] for k in probe],
+                marker="o",
+                capsize=3,
+                label=f"probe: {name}",
+            )
+        ax.axhline(
+            fs["resnet_macro_f1"], color="k", ls="--", label="ResNet-18 UNet fine-tune, all labels"
+        )
         ax.set_xscale("log")
         ax.set_xticks([1, 5, 20], ["1", "5", "20"])
         ax.set_xlabel("labelled chips per class")
