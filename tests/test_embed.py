@@ -174,97 +174,60 @@ def test_embedding_is_the_encoder_on_the_chip(files):
     assert np.allclose(got, want, atol=2e-3 * np.abs(want).max())
 
 
-def test_search_by_chip_place_area_and_vector(files, tmp_path):
+def search(capsys, *args) -> tuple[int, dict | str]:
+    """``geotune embed search ...`` in this process (the command's own code, no start-up)."""
+    from trainer.cli import main
+
+    capsys.readouterr()
+    code = main(["embed", "search", *map(str, args)])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if code == 0 else out.err)
+
+
+def test_search_by_chip_place_area_and_vector(files, tmp_path, capsys):
     out, home = str(files["out"]), files["home"]
     df = gpd.read_parquet(out)
     E = np.stack(df.embedding.map(lambda v: np.asarray(v, np.float32)))
     U = E / np.linalg.norm(E, axis=1, keepdims=True)
-    ids = df.chip_id.to_numpy()
-    q = 7 if 7 in ids else int(ids[0])
-    ans = json.loads(
-        run(["embed", "search", "--index", out, "--like", str(q), "--k", "5"], home).stdout
-    )
-    got = [f["properties"]["chip_id"] for f in ans["features"]]
-    sims = U @ U[list(ids).index(q)]
+    ids = list(df.chip_id)
+    q = ids[len(ids) // 2]
+    p = run(["embed", "search", "--index", out, "--like", str(q), "--k", "5"], home)
+    ans = json.loads(p.stdout)
+    sims = U @ U[ids.index(q)]
     want = [int(ids[i]) for i in np.argsort(-sims) if ids[i] != q][:5]
-    assert got == want and q not in got
+    assert [f["properties"]["chip_id"] for f in ans["features"]] == want  # the query left out
     scores = [f["properties"]["score"] for f in ans["features"]]
-    assert (
-        scores == sorted(scores, reverse=True)
-        and abs(scores[0] - sims[list(ids).index(want[0])]) < 1e-4
-    )
+    assert scores == sorted(scores, reverse=True)
+    assert abs(scores[0] - sims[ids.index(want[0])]) < 1e-4
     assert ans["query"]["method"] == "exact" and ans["features"][0]["properties"]["rank"] == 1
 
     pt = df.geometry.iloc[5].centroid  # inside chip 5's footprint (and maybe its neighbours')
-    near = json.loads(
-        run(
-            ["embed", "search", "--index", out, "--near", f"{pt.x},{pt.y}", "--k", "3"], home
-        ).stdout
-    )
+    _, near = search(capsys, "--index", out, "--near", f"{pt.x},{pt.y}", "--k", "3")
     held = near["query"]["chip_id"]
-    assert df.set_index("chip_id").geometry[held].covers(pt) and held not in [
-        f["id"] for f in near["features"]
-    ]
+    assert df.set_index("chip_id").geometry[held].covers(pt)
+    assert held not in [f["id"] for f in near["features"]]
 
     # an area: the mean of its chips' unit vectors; the approximate index agrees on a small file
     poly = tmp_path / "area.geojson"
-    area = df.geometry.iloc[10].buffer(-1e-4)
-    poly.write_text(json.dumps(shapely.geometry.mapping(area)))
-    exact = json.loads(
-        run(
-            [
-                "embed",
-                "search",
-                "--index",
-                out,
-                "--polygon",
-                str(poly),
-                "--k",
-                "4",
-                "--method",
-                "exact",
-            ],
-            home,
-        ).stdout
-    )
-    approx = json.loads(
-        run(
-            [
-                "embed",
-                "search",
-                "--index",
-                out,
-                "--polygon",
-                str(poly),
-                "--k",
-                "4",
-                "--method",
-                "approximate",
-            ],
-            home,
-        ).stdout
+    poly.write_text(json.dumps(shapely.geometry.mapping(df.geometry.iloc[10].buffer(-1e-4))))
+    _, exact = search(capsys, "--index", out, "--polygon", poly, "--k", "4", "--method", "exact")
+    _, approx = search(
+        capsys, "--index", out, "--polygon", poly, "--k", "4", "--method", "approximate"
     )
     assert [f["id"] for f in approx["features"]] == [f["id"] for f in exact["features"]]
-    assert Path(out + ".faiss").is_file() and json.loads(Path(out + ".faiss.json").read_text())[
-        "source"
-    ]["rows"] == len(df)
+    built = json.loads(Path(out + ".faiss.json").read_text())
+    assert Path(out + ".faiss").is_file() and built["source"]["rows"] == len(df)
 
     vec = tmp_path / "v.npy"
     np.save(vec, E[0])
-    by_vec = json.loads(
-        run(["embed", "search", "--index", out, "--vector", str(vec), "--k", "1"], home).stdout
-    )
-    assert by_vec["features"][0]["id"] == int(ids[0])  # a vector excludes nothing
+    _, by_vec = search(capsys, "--index", out, "--vector", vec, "--k", "1")
+    assert by_vec["features"][0]["id"] == ids[0]  # a vector leaves nothing out
 
-    bad = run(["embed", "search", "--index", out, "--near", "0,0"], home, check=False)
-    assert (
-        bad.returncode == 2
-        and "no embedded chip holds the point" in bad.stderr
-        and "lon" in bad.stderr
-    )
+    code, err = search(capsys, "--index", out, "--near", "0,0")
+    assert code == 2 and "no embedded chip holds the point" in err and "lon" in err
     np.save(vec, E[0][:10])
-    bad = run(["embed", "search", "--index", out, "--vector", str(vec)], home, check=False)
-    assert bad.returncode == 2 and "10 values" in bad.stderr and "64" in bad.stderr
+    code, err = search(capsys, "--index", out, "--vector", vec)
+    assert code == 2 and "10 values" in err and "64" in err
 
 
 def test_exact_top_matches_a_full_sort():
@@ -281,8 +244,18 @@ def test_exact_top_matches_a_full_sort():
     assert np.allclose(scores, full[rows])
 
 
-def test_weights_are_never_silently_random(files, tmp_path):
-    home, scene = files["home"], str(files["scene"])
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The geotune command in this process: exit code, standard output and error."""
+    from trainer.cli import main
+
+    capsys.readouterr()  # what the test printed before
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_weights_are_never_silently_random(home, files, tmp_path, capsys):
+    out = tmp_path / "r.parquet"
     base = [
         "embed",
         "--backbone",
@@ -290,38 +263,26 @@ def test_weights_are_never_silently_random(files, tmp_path):
         "--size",
         "tiny",
         "--image",
-        scene,
-        "--sensor",
-        "sentinel-2-l2a",
+        files["scene"],
         "--chip-size",
         "64",
         "--out",
-        str(tmp_path / "r.parquet"),
+        out,
     ]
-    p = run(base, home, check=False)  # no --weights, and no file in the weights directory
-    assert p.returncode == 2 and "clay-v1.5.ckpt" in p.stderr and "weights=random" in p.stderr
-    assert not (tmp_path / "r.parquet").exists()
-    p = run(
-        [
-            *base[:-6],
-            "--chip-size",
-            "64",
-            "--weights",
-            "random",
-            "--out",
-            str(tmp_path / "r.parquet"),
-        ],
-        home,
-        check=False,
-    )
-    assert p.returncode == 2 and "--sensor" in p.stderr  # Clay's statistics need the sensor
-    run([*base, "--weights", "random"], home)
-    prov = json.loads(pq.read_metadata(tmp_path / "r.parquet").metadata[b"geotune"])
+    # no --weights, and no file in the (empty) weights directory
+    code, _, err = cli(capsys, *base, "--sensor", "sentinel-2-l2a")
+    assert code == 2 and "clay-v1.5.ckpt" in err and "weights=random" in err
+    code, _, err = cli(capsys, *base, "--weights", "random")
+    assert code == 2 and "--sensor" in err  # Clay's statistics need the sensor
+    assert not out.exists()
+    code, _, err = cli(capsys, *base, "--weights", "random", "--sensor", "sentinel-2-l2a")
+    assert code == 0, err
+    prov = json.loads(pq.read_metadata(out).metadata[b"geotune"])
     assert prov["weights"] == {"file": "random", "file_sha256": None}
-    assert gpd.read_parquet(tmp_path / "r.parquet").weights.unique().tolist() == ["random"]
+    assert gpd.read_parquet(out).weights.unique().tolist() == ["random"]
 
 
-def test_a_fine_tune_embeds_and_suggests_labels(home, tmp_path):
+def test_a_fine_tune_embeds_and_suggests_labels(home, tmp_path, capsys):
     """A registered ResNet fine-tune: its encoder embeds a scene (mean-pooled last feature map),
     and `data suggest` proposes distinct, uncertain chips of its dataset."""
     from datamodules.ingest import ingest
@@ -364,14 +325,26 @@ def test_a_fine_tune_embeds_and_suggests_labels(home, tmp_path):
     assert prov["weights"]["model"] == "models:/fields/1" and prov["dataset_id"] == "fields"
     assert len(df.embedding.iloc[0]) == prov["dim"]
 
-    p = run(["data", "suggest", "fields", "--n", "4"], home)
-    sug = json.loads(p.stdout)
+    code, stdout, err = cli(capsys, "data", "suggest", "fields", "--n", "4")
+    assert code == 0, err
+    sug = json.loads(stdout)
     feats = sug["features"]
     assert sug["model"] == "models:/fields/1" and sug["chips_scored"] == 9 and len(feats) == 4
     assert [f["properties"]["rank"] for f in feats] == [1, 2, 3, 4]
     assert len({f["id"] for f in feats}) == 4
     props = [f["properties"] for f in feats]
-    assert all(0 <= p["entropy"] <= 1 and 0 <= p["labelled_fraction"] <= 1 for p in props)
-    assert props[0]["score"] == max(p["score"] for p in props)
-    p = run(["data", "suggest", "nothing"], home, check=False)
-    assert p.returncode == 2 and "nothing" in p.stderr
+    assert all(0 <= q["entropy"] <= 1 and 0 <= q["labelled_fraction"] <= 1 for q in props)
+    assert props[0]["score"] == max(q["score"] for q in props)
+    code, _, err = cli(capsys, "data", "suggest", "nothing")
+    assert code == 2 and "nothing" in err
+
+
+def test_embed_help_imports_nothing_heavy(tmp_path):
+    code = (
+        "import sys\nfrom trainer import cli\n"
+        "for argv in (['embed', '--help'], ['embed', 'search', '--help'], ['data', 'suggest', '--help']):\n"
+        "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'mlflow', 'faiss') if m in sys.modules))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in p.stdout and "--near" in p.stdout and "--stride" in p.stdout

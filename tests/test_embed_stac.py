@@ -16,12 +16,30 @@ def test_embed_an_area_from_the_cli_and_over_http(world, tmp_path, monkeypatch):
     area.write_text(json.dumps(aoi()))
     out = tmp_path / "area.parquet"
     p = geotune(
-        ["embed", "--backbone", "clay_v1_5", "--size", "tiny", "--weights", "random",
-         "--aoi", str(area), *DATES, "--sensor", "sentinel-2-l2a",
-         "--bands", "blue,green,red,nir08", "--catalog-url", world["api"], "--chip-size", "64",
-         "--out", str(out)],
+        [
+            "embed",
+            "--backbone",
+            "clay_v1_5",
+            "--size",
+            "tiny",
+            "--weights",
+            "random",
+            "--aoi",
+            str(area),
+            *DATES,
+            "--sensor",
+            "sentinel-2-l2a",
+            "--bands",
+            "blue,green,red,nir08",
+            "--catalog-url",
+            world["api"],
+            "--chip-size",
+            "64",
+            "--out",
+            str(out),
+        ],
         world["home"],
-    )  # fmt: skip
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "imagery: 4 sentinel-2-l2a scene(s)" in p.stderr
     assert (tmp_path / "area-imagery" / "composite.tif").is_file()
@@ -36,9 +54,17 @@ def test_embed_an_area_from_the_cli_and_over_http(world, tmp_path, monkeypatch):
     srv = Server(world["home"], "--dev").start()
     try:
         client = srv.client()
-        body = {"aoi": aoi(), "start_date": "2021-01-01", "end_date": "2023-12-31",
-                "sensor": "sentinel-2-l2a", "bands": ["blue", "green", "red", "nir08"],
-                "backbone": "clay_v1_5", "size": "tiny", "weights": "random", "chip_size": 64}  # fmt: skip
+        body = {
+            "aoi": aoi(),
+            "start_date": "2021-01-01",
+            "end_date": "2023-12-31",
+            "sensor": "sentinel-2-l2a",
+            "bands": ["blue", "green", "red", "nir08"],
+            "backbone": "clay_v1_5",
+            "size": "tiny",
+            "weights": "random",
+            "chip_size": 64,
+        }
         r = client.post("/v1/embeddings", json=body)
         assert r.status_code == 202, r.text
         job = wait_job(client, r.json()["id"])

@@ -12,11 +12,15 @@ from pathlib import Path
 from datamodules.errors import UserError
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def add_embed_parser(sub) -> None:
     e = sub.add_parser(
         "embed",
         help="embed every chip of a scene or area → GeoParquet; `embed search` finds similar chips",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         description="geotune embed --backbone clay_v1_5 --weights clay-v1.5.ckpt --sensor "
         "sentinel-2-l2a --image scene.tif --out embeddings.parquet\n"
         "geotune embed search --index embeddings.parquet --near LON,LAT --k 20",

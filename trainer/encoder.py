@@ -37,6 +37,7 @@ class EmbeddingNet(ClassificationNet):
         from torch import nn
 
         super().__init__(backbone, num_classes=1, pool=pool, gsd=gsd)
+        self.dim = self.head[-1].in_features  # the linear head's input: the pooled width
         self.head = nn.Identity()
 
 
@@ -52,16 +53,11 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return _width(self.net)
+        return self.net.dim
 
     @property
     def name(self) -> str:
         return self.record["backbone"]["name"]
-
-
-def _width(net: EmbeddingNet) -> int:
-    spec = net.backbone.spec
-    return spec.embed_dim if hasattr(net.backbone, "forward_tokens") else spec.out_channels[-1]
 
 
 @dataclass
@@ -93,7 +89,7 @@ class EncoderSource:
         from .backbones import get_entry
 
         if self.model:
-            return int(self._from_model().record["patch_size"])
+            return int(self.registered().record["patch_size"])
         return PRETRAINING_CHIP[get_entry(self.backbone).family]
 
     def build(self, bands: list[str], gsd: float, frames: int, sensor: str | None, chip: int):
@@ -102,12 +98,16 @@ class EncoderSource:
             return self._from_model()
         return self._from_backbone(bands, gsd, frames, sensor, chip)
 
-    def _from_model(self) -> Encoder:
+    def registered(self):
+        """The registered model (loaded once), for ``model`` sources."""
         from .registry import load_model
 
         if self._loaded is None:
             self._loaded = load_model(self.model, version=self.version, alias=self.alias)
-        model = self._loaded
+        return self._loaded
+
+    def _from_model(self) -> Encoder:
+        model = self.registered()
         rec = model.record
         task = rec.get("task", "segmentation")
         if task == "change":

@@ -80,7 +80,7 @@ def suggest(
     opts = EmbedOptions(chip_size=chip, precision=precision, device=device)
     emb = Embedder(encoder, scenes, opts, chip)
     pred = Predictor(
-        source._loaded,
+        source.registered(),
         scenes,
         PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device),
     )
