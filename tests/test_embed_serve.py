@@ -107,6 +107,12 @@ def test_embeddings_over_http(home, servers, tmp_path):  # noqa: F811
     )
     assert_error(alice.post(meta["links"]["search"], json={"like": 1, "k": 5000}), 422, "k")
 
+    view = alice.get(meta["links"]["projection"]).json()
+    assert (
+        sorted(c["chip_id"] for c in view["chips"]) == ids and len(view["explained_variance"]) == 2
+    )
+    assert sum(view["explained_variance"]) <= 1.0 + 1e-6
+
     # the fine-tune's encoder; suggestions from it
     r = post_scene(alice, scene, model="fields")
     job = wait_job(alice, r.json()["id"])
@@ -123,6 +129,7 @@ def test_embeddings_over_http(home, servers, tmp_path):  # noqa: F811
         bob.get(f"/v1/embeddings/{emb_id}"),
         bob.get(meta["links"]["file"]),
         bob.post(meta["links"]["search"], json={"like": ids[0]}),
+        bob.get(meta["links"]["projection"]),
         bob.delete(f"/v1/embeddings/{emb_id}"),
         bob.post("/v1/datasets/fields/suggestions", json={}),
         post_scene(bob, scene, model="fields"),

@@ -180,6 +180,36 @@ class EmbeddingIndex:
             self._wkb = pq.read_table(self.path, columns=["geometry"]).column("geometry").to_numpy()
         return list(shapely.from_wkb(self._wkb[rows]))
 
+    def projection(self, max_points: int = 5000, seed: int = 0) -> dict:
+        """A 2-D view of the embedding space: the chips (all, or a random ``max_points``) on the
+        first two principal components of their unit vectors, with each chip's centre."""
+        rng = np.random.default_rng(seed)
+        rows = np.arange(len(self))
+        if len(rows) > max_points:
+            rows = np.sort(rng.choice(rows, max_points, replace=False))
+        u = self.unit(rows)
+        u -= u.mean(0)
+        _, s, vt = np.linalg.svd(u, full_matrices=False)
+        xy = u @ vt[:2].T
+        var = s**2 / max(float((s**2).sum()), 1e-12)
+        b = self.bbox[rows]
+        return {
+            "chips": [
+                {
+                    "chip_id": int(self.ids[r]),
+                    "x": round(float(x), 5),
+                    "y": round(float(y), 5),
+                    "lon": round(float(lon), 7),
+                    "lat": round(float(lat), 7),
+                }
+                for r, (x, y), lon, lat in zip(
+                    rows, xy, (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, strict=True
+                )
+            ],
+            "explained_variance": [round(float(v), 4) for v in var[:2]],
+            "chips_total": len(self),
+        }
+
     def answer(self, q: Query, k: int = 20, method: str = "auto") -> dict:
         """The GeoJSON FeatureCollection of the best ``k`` chips, with scores."""
         import shapely

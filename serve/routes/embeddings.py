@@ -3,7 +3,7 @@ owned by the caller; its metadata, its GeoParquet file, and similarity search ov
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
@@ -275,7 +275,11 @@ def view(ctx: Context, folder) -> dict:
             "seconds": summary["seconds"],
             "provenance": {k: prov[k] for k in keep if k in prov},
         }
-        out["links"] |= {"file": f"{base}/{FILE}", "search": f"{base}/search"}
+        out["links"] |= {
+            "file": f"{base}/{FILE}",
+            "search": f"{base}/search",
+            "projection": f"{base}/projection",
+        }
     return out
 
 
@@ -357,3 +361,18 @@ def search(
         return idx.answer(q, req.k, req.method)
     except SearchError as e:
         raise ApiError(422, "invalid_request", str(e)) from None
+
+
+@router.get(
+    "/embeddings/{emb_id}/projection",
+    summary="A 2-D view of the set's embedding space (PCA), with each chip's centre",
+)
+def projection(
+    emb_id: str,
+    max_points: int = Query(5000, ge=2, le=20000, description="a random sample past this"),
+    owner: str = Depends(current_owner),
+) -> dict:
+    folder = _owned(owner, emb_id)
+    if not (folder / SUMMARY).is_file():
+        raise ApiError(409, "conflict", f"set {emb_id} is {state(folder)}; wait for its job")
+    return index(folder).projection(max_points)
