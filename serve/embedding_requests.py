@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import ApiError
 from .models import resolve
 
-MAX_CHIPS = 500_000  # chips per set: its vectors are loaded whole to be searched
+# chips per set: a set's vectors are loaded whole to be searched (200,000 x 1024 float32 is
+# 800 MB; the server keeps the two most recently searched); at 256 px chips of 10 m pixels
+# that is 13,000 km², more than the largest AOI a server takes by default
+MAX_CHIPS = 200_000
 
 
 class EmbedParams(BaseModel):

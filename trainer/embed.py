@@ -168,7 +168,7 @@ def embed_scene(
         "pool": encoder.net.pool,
         "weights": encoder.weights_label,
         "source": source,
-        "date": scenes[0].date,
+        "date": _day(scenes[0].date),
     }
     spec = encoder.net.backbone.spec
     meta = {
@@ -239,6 +239,11 @@ def embed_scene(
         "device": str(emb.device),
         "seconds": round(time.time() - t0, 2),
     }
+
+
+def _day(d):
+    """The calendar day of a date or datetime (the file's ``date`` column is date32)."""
+    return d.date() if isinstance(d, datetime) else d
 
 
 def open_checked(images, *, bands=None, sensor=None, dates=None):
