@@ -26,6 +26,7 @@ from ..schemas import ERRORS
 from ..settings import serve_dir
 from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
+from .datasets import _csv
 from .predict import _validate, check_aoi
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS)
@@ -136,7 +137,6 @@ def _create_upload(ctx, owner, images, fields, params):
             names[path] = shown
             info = inspect_raster(path, shown, ctx.limits)
             check_chips(info.width, info.height, params)
-        split = lambda key: [t.strip() for t in fields[key].split(",")] if fields.get(key) else None  # noqa: E731
         return _queue(
             ctx,
             owner,
@@ -147,9 +147,9 @@ def _create_upload(ctx, owner, images, fields, params):
                 "options": _options(params),
                 "inputs": [p.name for p in names],
                 "input_names": list(names.values()),
-                "bands": split("bands"),
+                "bands": _csv(fields.get("bands")),
                 "sensor": sensor,
-                "dates": split("dates"),
+                "dates": _csv(fields.get("dates")),
             },
         )
     except TooManyPixels as e:
