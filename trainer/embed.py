@@ -220,6 +220,11 @@ def embed_scene(
                     geoms = emb.footprints([(r, c) for _, r, c, _, _ in rows])
                     for (cid, r, c, frac, vec), geom in zip(rows, geoms, strict=True):
                         writer.add(cid, r, c, frac, geom, vec)
+        if not writer.n and not writer.rows:
+            raise EmbedError(
+                f"no chip of the scene has {o.min_valid:.0%} of its pixels holding data (nodata "
+                f"{scenes[0].nodata}); check the scene, or lower --min-valid"
+            )
         written = writer.close()
     except BaseException:
         writer.abort()

@@ -53,6 +53,8 @@ class EmbeddingIndex:
         self.provenance = read_provenance(self.path)
         cols, self.vectors = read_vectors(self.path, ("chip_id", "bbox"))
         self.ids, self.bbox = cols["chip_id"], cols["bbox"]
+        if not len(self.ids):
+            raise SearchError(f"{self.path.name} holds no chips")
         self.row_of = {int(c): i for i, c in enumerate(self.ids)}
         self.inv_norm = np.empty(len(self.ids), dtype=np.float32)
         for i in range(0, len(self.ids), CHUNK):
