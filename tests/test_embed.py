@@ -256,26 +256,21 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_weights_are_never_silently_random(home, files, tmp_path, capsys):
     out = tmp_path / "r.parquet"
-    base = [
-        "embed",
-        "--backbone",
-        "clay_v1_5",
-        "--size",
-        "tiny",
-        "--image",
-        files["scene"],
-        "--chip-size",
-        "64",
-        "--out",
-        out,
-    ]
+    empty, _ = make_scene(tmp_path, size=64, nodata_corner=64, name="empty.tif")
+
+    def embed(*extra, image=files["scene"]):
+        tiny = ["--backbone", "clay_v1_5", "--size", "tiny", "--chip-size", "64"]
+        return cli(capsys, "embed", *tiny, "--image", image, "--out", out, *extra)
+
     # no --weights, and no file in the (empty) weights directory
-    code, _, err = cli(capsys, *base, "--sensor", "sentinel-2-l2a")
+    code, _, err = embed("--sensor", "sentinel-2-l2a")
     assert code == 2 and "clay-v1.5.ckpt" in err and "weights=random" in err
-    code, _, err = cli(capsys, *base, "--weights", "random")
+    code, _, err = embed("--weights", "random")
     assert code == 2 and "--sensor" in err  # Clay's statistics need the sensor
+    code, _, err = embed("--weights", "random", "--sensor", "sentinel-2-l2a", image=empty)
+    assert code == 2 and "no chip of the scene has 50%" in err
     assert not out.exists()
-    code, _, err = cli(capsys, *base, "--weights", "random", "--sensor", "sentinel-2-l2a")
+    code, _, err = embed("--weights", "random", "--sensor", "sentinel-2-l2a")
     assert code == 0, err
     prov = json.loads(pq.read_metadata(out).metadata[b"geotune"])
     assert prov["weights"] == {"file": "random", "file_sha256": None}
