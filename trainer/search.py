@@ -7,8 +7,8 @@ make the query are left out of the answer. The answer is a GeoJSON FeatureCollec
 chips' footprints with ``chip_id``, ``rank`` and ``score`` (cosine similarity, 1 = same
 direction), plus a ``query`` member saying what was searched.
 
-Exact search is a float32 matrix-vector product over the (unit-normalised) vectors, in chunks
-so a float16 file is never converted whole. Past ``exact_max`` chips (``method="auto"``) an
+Exact search scores every vector with one matrix-vector product (torch) in the file's own
+type, so a float16 file is never converted whole, and ranks the best again in float32. Past ``exact_max`` chips (``method="auto"``) an
 approximate FAISS index (``faiss-cpu``, the ``search`` extra) is used: inverted lists over
 k-means cells with float16 vectors (``IVF<n>,SQfp16``, inner product), built once and stored
 beside the file as ``<file>.faiss`` with ``<file>.faiss.json`` (the file's size, time and row
@@ -235,21 +235,20 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def exact_top(vectors: np.ndarray, inv_norm: np.ndarray, q: np.ndarray, k: int):
-    """The ``k`` rows of largest cosine similarity to the unit vector ``q`` (chunked float32)."""
-    best_rows = np.empty(0, dtype=np.int64)
-    best = np.empty(0, dtype=np.float32)
-    for i in range(0, len(vectors), CHUNK):
-        block = vectors[i : i + CHUNK]
-        s = (block if block.dtype == np.float32 else block.astype(np.float32)) @ q
-        s *= inv_norm[i : i + CHUNK]
-        top = np.argpartition(-s, min(k, len(s)) - 1)[:k] if len(s) > k else np.arange(len(s))
-        best = np.concatenate([best, s[top]])
-        best_rows = np.concatenate([best_rows, top + i])
-        if len(best) > k:
-            keep = np.argpartition(-best, k - 1)[:k]
-            best, best_rows = best[keep], best_rows[keep]
-    order = np.argsort(-best, kind="stable")
-    return best_rows[order], best[order]
+    """The ``k`` rows of largest cosine similarity to the unit vector ``q``: every vector is
+    scored by one matrix-vector product in its stored type (float16 products are summed in
+    float32 and rounded to float16 once), then the best ``4k + 64`` are scored again in float32,
+    so the ranking is float32's (ties: the lower row first)."""
+    import torch
+
+    v = torch.from_numpy(vectors)
+    with torch.inference_mode():
+        scores = (v @ torch.from_numpy(q).to(v.dtype)).float() * torch.from_numpy(inv_norm)
+        m = min(len(scores), k if v.dtype == torch.float32 else 4 * k + 64)
+        cand = np.sort(torch.topk(scores, m).indices.numpy())
+    exact = (vectors[cand].astype(np.float32) @ q) * inv_norm[cand]
+    order = np.argsort(-exact, kind="stable")[:k]
+    return cand[order], exact[order]
 
 
 class ApproximateIndex:
