@@ -131,7 +131,6 @@ def run(folder: Path) -> dict:
         embed_images,
         embed_scene,
         encoder_for_area,
-        open_checked,
     )
 
     req = read_json(folder / REQUEST)
@@ -172,8 +171,9 @@ def run(folder: Path) -> dict:
             "source": f"{comp.provenance['catalog']}: {', '.join(items)}",
         }
         opts.chip_size = opts.chip_size or encoder.record["patch_size"]
-        scenes = open_checked(comp.images, sensor=comp.sensor)
-        summary = embed_scene(encoder, scenes, out, options=opts, provenance=prov)
+        summary = embed_scene(
+            encoder, comp.images, out, sensor=comp.sensor, options=opts, provenance=prov
+        )
     else:
         images = [folder / INPUTS / f for f in req["inputs"]]
         prov = {"source": ", ".join(req["input_names"])}

@@ -141,37 +141,44 @@ def test_geoparquet_for_geopandas_pyarrow_and_duckdb(files):
 
 
 def test_embedding_is_the_encoder_on_the_chip(files):
-    """One chip by hand: raw values → Clay's S2 statistics → encoder with the chip's date and
-    centre → class token; the file holds it (float16)."""
-    from datamodules.imagery import open_scenes
+    """One chip by hand, as training would feed it: the scene's stored values, Clay's Sentinel-2
+    statistics converted to them (``fit_statistics``, what training does for a dataset of this
+    sensor), the encoder with the chip's date and centre, the class token; the file holds it
+    (float16)."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    from pyproj import Transformer
+
     from trainer.backbones import build_backbone
+    from trainer.backbones.adapt import fit_statistics
     from trainer.heads import Normalize
 
     df = gpd.read_parquet(files["out"])
     row = df.iloc[len(df) // 2]
+    bands = ["blue", "green", "red", "nir08"]
     bb = build_backbone(
         "clay_v1_5",
         str(files["tmp"] / "clay-v1.5.ckpt"),
         size="tiny",
         sensor="sentinel-2-l2a",
-        bands=["blue", "green", "red", "nir08"],
+        bands=bands,
         out_indices=[-1],
     )
+    ds = SimpleNamespace(id="s", manifest={"sensor": "sentinel-2-l2a"}, bands=bands)
+    assert fit_statistics(bb, ds) and bb.spec.normalization["conversion"].startswith("exact")
     with rasterio.open(files["scene"]) as src:
         x = src.read(window=((row.row, row.row + 64), (row.col, row.col + 64))).astype(np.float32)
         cx, cy = src.transform @ (row.col + 32, row.row + 32)
-        from pyproj import Transformer
-
         lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    assert open_scenes([files["scene"]])[0].bands == ["blue", "green", "red", "nir08"]
-    from datetime import date
-
     md = bb.make_metadata(dates=[[date(2024, 6, 1)]], lonlat=torch.tensor([[lon, lat]]), gsd=10.0)
     t = Normalize(bb.spec.mean, bb.spec.std)(torch.from_numpy(x)[None])
     with torch.no_grad():
         want = bb.forward_tokens(t, **md)[0][-1][0, 0].numpy()
     got = np.asarray(row.embedding, dtype=np.float32)
     assert np.allclose(got, want, atol=2e-3 * np.abs(want).max())
+    prov = json.loads(pq.read_metadata(files["out"]).metadata[b"geotune"])
+    assert prov["normalisation"]["mean"] == pytest.approx(list(bb.spec.mean))
 
 
 def search(capsys, *args) -> tuple[int, dict | str]:

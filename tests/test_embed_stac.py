@@ -48,7 +48,9 @@ def test_embed_an_area_from_the_cli_and_over_http(world, tmp_path, monkeypatch):
     # a 192² px area on whole pixels: 3 or 4 chips of 64 px a side, the last flush with the edge
     assert 9 <= len(df) <= 16 and prov["bands"] == ["blue", "green", "red", "nir08"]
     assert len(prov["imagery"]["items"]) == 4 and prov["imagery"]["url"] == world["api"]
-    assert df.source.iloc[0].startswith("earth_search: ") and prov["dates"] == ["2022-06-15"]
+    assert df.source.iloc[0].startswith("earth_search: ") and prov["dates"][0].startswith(
+        "2022-06-15"
+    )
 
     monkeypatch.setenv("GEOTUNE_STAC_URL", world["api"])  # the server's catalogue
     srv = Server(world["home"], "--dev").start()

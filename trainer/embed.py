@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 from rasterio.windows import Window
 
-from .encoder import EmbedError, Encoder, EncoderSource, default_chip
+from .encoder import EmbedError, Encoder, EncoderSource, Imagery, default_chip
 from .predict import ChipGrid, PredictOptions, Predictor, ground_resolution
 
 
@@ -49,7 +49,7 @@ class Embedder(Predictor):
     """The predictor's reading, device, precision and metadata, on a chip grid with a stride;
     each chip's output is its embedding."""
 
-    def __init__(self, encoder: Encoder, scenes, options: EmbedOptions, chip: int):
+    def __init__(self, encoder: Encoder, scenes, options: EmbedOptions, chip: int, conversion=None):
         stride = options.stride or chip
         if not 0 < stride <= chip:
             raise EmbedError(f"stride must be between 1 and the chip size ({chip}); got {stride}")
@@ -63,7 +63,7 @@ class Embedder(Predictor):
             device=options.device,
         )
         model = SimpleNamespace(record=encoder.record, net=encoder.net)
-        super().__init__(model, scenes, opts)
+        super().__init__(model, scenes, opts, conversion)
         g = self.scenes[0].grid
         self.stride, self.min_valid = stride, options.min_valid
         self.rows = ChipGrid(g.height, chip, chip - stride)
@@ -142,23 +142,33 @@ def _groups(starts: list[int], size: int) -> list[list[int]]:
 
 def embed_scene(
     encoder: Encoder,
-    scenes,
+    images,
     out: str | Path,
     *,
+    bands: list[str] | None = None,
+    sensor: str | None = None,
+    dates: list | None = None,
     options: EmbedOptions | None = None,
     progress: bool = True,
     provenance: dict | None = None,
 ) -> dict:
-    """Embed every chip of ``scenes`` (one scene, or one per date for multi-date encoders) into
-    the GeoParquet file ``out``; returns a summary (chips written and skipped, time, options)."""
+    """Embed every chip of ``images`` (one scene, or one per date for multi-date encoders) into
+    the GeoParquet file ``out``; returns a summary (chips written and skipped, time, options).
+
+    The scenes are opened as prediction opens them (:func:`trainer.inputs.prepare_inputs`:
+    sensor, nodata, the exact conversion of stored values into the encoder's units, date order).
+    """
     from tqdm.auto import tqdm
 
     from .embedfile import EmbeddingWriter
+    from .inputs import prepare_inputs
 
     o = options or EmbedOptions()
     t0 = time.time()
     chip = o.chip_size or default_chip(encoder.record)
-    emb = Embedder(encoder, scenes, o, chip)
+    inputs = prepare_inputs(encoder.record, list(images), bands, sensor, dates)
+    scenes = inputs.scenes
+    emb = Embedder(encoder, scenes, o, chip, inputs.conversion)
     g = scenes[0].grid
     dates = [s.date.isoformat() if s.date else None for s in scenes]
     names = [Path(f).name for s in scenes for f in s.files]
@@ -201,6 +211,7 @@ def embed_scene(
             "resolution": list(ground_resolution(g)),
         },
         "dates": dates,
+        "input": inputs.summary(),
         **{k: v for k, v in (provenance or {}).items() if k != "source"},
     }
     blocks = emb.blocks(max(o.block_size, chip))
@@ -273,14 +284,24 @@ def embed_images(
     progress=True,
     provenance=None,
 ) -> dict:
-    """``geotune embed --image ...``: open the scene(s), build the encoder for them, embed."""
+    """``geotune embed --image ...``: the encoder for the scene(s), then :func:`embed_scene`."""
     o = options or EmbedOptions()
-    scenes = open_checked(images, bands=bands, sensor=sensor, dates=dates)
-    gsd = float(ground_resolution(scenes[0].grid)[0])
     chip = o.chip_size or source.default_chip()
-    encoder = source.build(scenes[0].bands, gsd, len(scenes), sensor, chip)
-    o = replace(o, chip_size=chip)
-    return embed_scene(encoder, scenes, out, options=o, progress=progress, provenance=provenance)
+    imagery = None
+    if not source.model:
+        imagery = Imagery.of(open_checked(images, bands=bands, sensor=sensor, dates=dates), sensor)
+    encoder = source.build(imagery, chip)
+    return embed_scene(
+        encoder,
+        images,
+        out,
+        bands=bands,
+        sensor=sensor,
+        dates=dates,
+        options=replace(o, chip_size=chip),
+        progress=progress,
+        provenance=provenance,
+    )
 
 
 def encoder_for_area(
@@ -292,7 +313,7 @@ def encoder_for_area(
     finest of those bands."""
     chip = chip or source.default_chip()
     if source.model:
-        return source.build([], 0.0, 1, sensor, chip)
+        return source.build(None, chip)
     if not sensor:
         raise EmbedError("fetching imagery for a bare backbone needs the sensor: --sensor ID")
     from datamodules.sensors import get_sensor
@@ -303,7 +324,7 @@ def encoder_for_area(
         raise EmbedError(
             f"{sensor} has no band(s) {', '.join(unknown)}; its bands: {', '.join(sens.band_names)}"
         )
-    encoder = source.build(bands or sens.band_names, 0.0, 1, sensor, chip)
+    encoder = source.build(Imagery(bands or sens.band_names, sensor, 0.0), chip)
     gsd = float(min(sens.band(b).gsd for b in encoder.record["bands"]))
     encoder.net.gsd = gsd
     encoder.record["resolution"] = [gsd, gsd]

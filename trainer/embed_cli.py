@@ -135,18 +135,17 @@ def run_embed(args) -> int:
     if args.aoi:
         from datamodules.stac_cli import imagery_for_predict
 
-        from .embed import open_checked
-
         encoder = encoder_for_area(source, args.sensor, args.chip_size, _csv(args.bands))
         if not args.imagery_dir:
             args.imagery_dir = str(Path(args.out).with_suffix("")) + "-imagery"
         images, prov = imagery_for_predict(args, encoder.record)
         items = [i["id"] for i in prov["imagery"]["items"]]
         prov["source"] = f"{prov['imagery']['catalog']}: {', '.join(items)}"
-        scenes = open_checked(images, sensor=args.sensor)
         chip = args.chip_size or encoder.record["patch_size"]
         opts.chip_size = chip
-        summary = embed_scene(encoder, scenes, args.out, options=opts, provenance=prov)
+        summary = embed_scene(
+            encoder, images, args.out, sensor=args.sensor, options=opts, provenance=prov
+        )
     else:
         if args.start or args.end:
             raise UserError("--start/--end fetch imagery for an --aoi; give --aoi aoi.geojson too")

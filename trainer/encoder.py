@@ -61,6 +61,27 @@ class Encoder:
 
 
 @dataclass
+class Imagery:
+    """What a bare backbone is fitted to: the imagery's bands, sensor (whose units the
+    backbone's statistics are converted from), declared scale/offset, pixel size and dates."""
+
+    bands: list[str]
+    sensor: str | None
+    gsd: float
+    frames: int = 1
+    scales: list[float] | None = None
+    offsets: list[float] | None = None
+
+    @classmethod
+    def of(cls, scenes, sensor: str | None) -> Imagery:
+        from .predict import ground_resolution
+
+        s = scenes[0]
+        gsd = float(ground_resolution(s.grid)[0])
+        return cls(list(s.bands), sensor, gsd, len(scenes), s.scales, s.offsets)
+
+
+@dataclass
 class EncoderSource:
     """Which encoder the user asked for: a bare ``backbone`` (+ ``weights``, ``size``) or a
     registered ``model`` (``NAME@ALIAS``, or NAME with ``version``/``alias``)."""
@@ -92,11 +113,11 @@ class EncoderSource:
             return int(self.registered().record["patch_size"])
         return PRETRAINING_CHIP[get_entry(self.backbone).family]
 
-    def build(self, bands: list[str], gsd: float, frames: int, sensor: str | None, chip: int):
-        """The encoder for imagery with ``bands`` at ``gsd`` m with ``frames`` dates."""
+    def build(self, imagery: Imagery | None, chip: int) -> Encoder:
+        """The encoder for ``imagery`` (a registered model needs none: it has its own)."""
         if self.model:
             return self._from_model()
-        return self._from_backbone(bands, gsd, frames, sensor, chip)
+        return self._from_backbone(imagery, chip)
 
     def registered(self):
         """The registered model (loaded once), for ``model`` sources."""
@@ -130,39 +151,47 @@ class EncoderSource:
         }
         return Encoder(net, dict(rec), provenance, model.uri)
 
-    def _from_backbone(self, bands, gsd, frames, sensor, chip) -> Encoder:
+    def _from_backbone(self, im: Imagery, chip: int) -> Encoder:
+        """The backbone as training builds a pretrained one for this imagery: its bands (Clay:
+        those it publishes statistics for), its statistics converted exactly from the sensor's
+        stored values (:func:`trainer.backbones.adapt.fit_statistics`). Random weights, asked
+        for by name, take the same path."""
         from .backbones import build_backbone, get_entry, resolve_weights
-        from .backbones.adapt import backbone_arguments
+        from .backbones.adapt import backbone_arguments, fit_statistics
 
-        family = get_entry(self.backbone).family
-        if family == "clay" and not sensor:
+        if not im.sensor:
             raise EmbedError(
-                "Clay normalises each sensor with its own statistics: name the imagery's sensor "
-                "with --sensor (e.g. sentinel-2-l2a, landsat-c2-l2, naip)"
+                f"{self.backbone}'s statistics are in physical units, converted from your stored "
+                "values by their sensor's scale and offset: name the imagery's sensor with "
+                "--sensor (e.g. sentinel-2-l2a, landsat-c2-l2, hls, naip)"
             )
+        family = get_entry(self.backbone).family
         path = resolve_weights(self.backbone, self.weights)  # None: random, asked for by name
-        # the arguments training gives a pretrained backbone (its bands and statistics), also
-        # for random weights, so both take the same path
         b = {
             "name": self.backbone,
             "size": self.size,
             "normalization": "pretrained",
             "out_indices": [4] if family == "resnet" else [-1],
         }
-        source = SimpleNamespace(
-            manifest={"sensor": sensor, "stats": {}}, bands=list(bands), images=[None] * frames
+        scene = SimpleNamespace(
+            id="the imagery",
+            manifest={"sensor": im.sensor, "stats": {}, "scales": im.scales, "offsets": im.offsets},
+            bands=list(im.bands),
+            images=[None] * im.frames,
         )
-        kwargs = backbone_arguments(b, source, chip)
+        kwargs = backbone_arguments(b, scene, chip)
         backbone = build_backbone(self.backbone, str(path) if path else "random", **kwargs)
+        fit_statistics(backbone, scene)
         spec = backbone.spec
-        net = EmbeddingNet(backbone, self.pool, gsd=gsd)
+        net = EmbeddingNet(backbone, self.pool, gsd=im.gsd)
         digest = file_sha256(path) if path else None
         record = {
             "task": "embedding",
-            "num_frames": frames,
+            "num_frames": im.frames,
             "bands": list(spec.bands),
-            "resolution": [gsd, gsd],
-            "sensor": sensor,
+            "resolution": [im.gsd, im.gsd],
+            "sensor": im.sensor,
+            "normalization": spec.normalization,
             "patch_size": chip,
             "overlap": 0,
             "num_classes": 1,

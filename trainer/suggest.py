@@ -60,7 +60,8 @@ def suggest(
     """GeoJSON of the ``n`` chips of ``dataset`` where labels would help the fine-tune most."""
     from datamodules.manifest import load_dataset
 
-    from .embed import Embedder, EmbedOptions, EncoderSource, open_checked
+    from .embed import Embedder, EmbedOptions, EncoderSource
+    from .inputs import prepare_inputs
     from .predict import PredictOptions, Predictor
 
     if n < 1:
@@ -75,15 +76,14 @@ def suggest(
     uri = model or latest_model(ds.id, m.get("owner", "local"))
     source = EncoderSource(model=uri)
     chip = chip_size or source.default_chip()
-    encoder = source.build([], 0.0, 1, None, chip)
-    scenes = open_checked(ds.images, bands=ds.bands, dates=m.get("dates"))
+    encoder = source.build(None, chip)
+    # the dataset's image as the model's prediction would read it (units, nodata)
+    inputs = prepare_inputs(encoder.record, ds.images, ds.bands, m.get("sensor"), m.get("dates"))
+    scenes, conversion = inputs.scenes, inputs.conversion
     opts = EmbedOptions(chip_size=chip, precision=precision, device=device)
-    emb = Embedder(encoder, scenes, opts, chip)
-    pred = Predictor(
-        source.registered(),
-        scenes,
-        PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device),
-    )
+    emb = Embedder(encoder, scenes, opts, chip, conversion)
+    popts = PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device)
+    pred = Predictor(source.registered(), scenes, popts, conversion)
     labelled = Labelled(ds)
     rows = []
     try:

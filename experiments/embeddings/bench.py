@@ -112,36 +112,40 @@ def chips_of(emb, path) -> list:
 
 
 def throughput(work: Path, cases=CASES) -> None:
-    from trainer.embed import Embedder, EmbedOptions, EncoderSource, embed_scene, open_checked
+    from trainer.embed import (
+        Embedder,
+        EmbedOptions,
+        EncoderSource,
+        Imagery,
+        embed_scene,
+        open_checked,
+    )
 
     make_scene = perf_make_scene()
     rows = []
     for name, size, side in cases:
-        scenes = open_checked([make_scene(work / f"s{side}.tif", side)], sensor="sentinel-2-l1c")
+        image = make_scene(work / f"s{side}.tif", side)
         source = EncoderSource(backbone=name, weights="random", size=size)
         chip = source.default_chip()
-        encoder = source.build(scenes[0].bands, 10.0, 1, "sentinel-2-l1c", chip)
+        scenes = open_checked([image], sensor="sentinel-2-l1c")
+        encoder = source.build(Imagery.of(scenes, "sentinel-2-l1c"), chip)
+        run = dict(sensor="sentinel-2-l1c", progress=False)
         for precision in ("bf16", "fp32"):
             opts = EmbedOptions(chip_size=chip, precision=precision)
             out = work / f"{name}-{size}-{precision}.parquet"
             emb = Embedder(encoder, scenes, opts, chip)
-            embed_scene(encoder, scenes, out, options=opts, progress=False)  # warm-up + chips
+            embed_scene(encoder, [image], out, options=opts, **run)  # warm-up + chips
             chips = chips_of(emb, out)
             bare = min(bare_forward(emb, chips, precision) for _ in range(2))
             t_embed = []
             for _ in range(2):
                 t0 = time.perf_counter()
-                s = embed_scene(encoder, scenes, out, options=opts, progress=False)
+                s = embed_scene(encoder, [image], out, options=opts, **run)
                 t_embed.append(time.perf_counter() - t0)
             best = min(t_embed)
             f16 = work / f"{name}-{size}-f16.parquet"
-            embed_scene(
-                encoder,
-                scenes,
-                f16,
-                options=EmbedOptions(chip_size=chip, precision=precision, dtype="float16"),
-                progress=False,
-            )
+            f16_opts = EmbedOptions(chip_size=chip, precision=precision, dtype="float16")
+            embed_scene(encoder, [image], f16, options=f16_opts, **run)
             km2 = side * side * 100 / 1e6
             row = {
                 "backbone": name,
