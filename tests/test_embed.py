@@ -82,7 +82,10 @@ def test_geoparquet_for_geopandas_pyarrow_and_duckdb(files):
     df = gpd.read_parquet(out)
     assert df.crs.equals("OGC:CRS84") and (df.geom_type == "Polygon").all()
     # chips every 48 px, the last flush with the edge: 5 x 5 grid origins 0,48,96,144,192
-    assert len(df) + int(files["stdout"].split("; ")[1].split()[0]) == 25
+    lines = files["stdout"].splitlines()
+    assert lines[0].startswith(f"{len(df)} chips embedded (64 values, cls pooled, 64 px chips")
+    assert lines[1] == f"  {25 - len(df)} chips with less than 50% of their pixels valid: skipped"
+    assert lines[2].startswith("  input: sentinel-2-l2a (given)")
     assert set(df.row) | set(df.col) <= {0, 48, 96, 144, 192}
     assert (df.valid_fraction >= 0.5).all()
     assert not ((df.row < 48) & (df.col < 48)).any()  # the nodata corner: not embedded

@@ -209,12 +209,9 @@ def cmd_predict(args) -> int:
     )
     what = f" in {summary['n_chips']} chips" if "n_chips" in summary else ""
     print(f"{summary['n_pixels']} pixels predicted{what} in {summary['seconds']} s → {args.out}")
-    inp = summary["input"]
-    converted = ", converted exactly to the model's units" if inp["conversion"] else ""
-    print(
-        f"  input: {inp['sensor'] or 'sensor unknown'} ({inp['sensor_source']}){converted}; "
-        f"nodata {inp['nodata']} ({inp['nodata_source']}); dates {inp['date_order']}"
-    )
+    from .inputs import describe
+
+    print(f"  {describe(summary['input'])}")
     for row in summary["class_histogram"]:
         print(
             f"  {row['name']:20s} {row['pixels']:>10d} px  {row['area_m2'] / 1e6:10.3f} km²  {row['fraction']:7.2%}"

@@ -253,6 +253,7 @@ def embed_scene(
         "dtype": o.dtype,
         "precision": emb.precision,
         "device": str(emb.device),
+        "input": inputs.summary(),
         "seconds": round(time.time() - t0, 2),
     }
 

@@ -163,16 +163,19 @@ def run_embed(args) -> int:
             dates=args.date,
             options=opts,
         )
+    from .inputs import describe
+
+    skipped = summary["skipped"]
     print(
         f"{summary['chips']} chips embedded ({summary['dim']} values, {summary['pool']} pooled, "
         f"{summary['chip_size']} px chips every {summary['stride']} px, {summary['precision']}) "
         f"in {summary['seconds']} s → {args.out}"
-        + (
-            f"; {summary['skipped']} chips with too little data skipped"
-            if summary["skipped"]
-            else ""
-        )
     )
+    if skipped:
+        print(
+            f"  {skipped} chips with less than {args.min_valid:.0%} of their pixels valid: skipped"
+        )
+    print(f"  {describe(summary['input'])}")
     return 0
 
 

@@ -63,6 +63,15 @@ class Inputs:
         return out
 
 
+def describe(summary: dict) -> str:
+    """One line of what was decided about the input (an :meth:`Inputs.summary`)."""
+    converted = ", converted exactly to the model's units" if summary["conversion"] else ""
+    return (
+        f"input: {summary['sensor'] or 'sensor unknown'} ({summary['sensor_source']}){converted}; "
+        f"nodata {summary['nodata']} ({summary['nodata_source']}); dates {summary['date_order']}"
+    )
+
+
 def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
     """Open the scenes for a model and decide sensor, bands, units and date order."""
     model_sensor = rec.get("sensor")
@@ -178,4 +187,4 @@ def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:
     out.notes.append(msg)
 
 
-__all__ = ["Inputs", "prepare_inputs"]
+__all__ = ["Inputs", "describe", "prepare_inputs"]
