@@ -50,6 +50,13 @@ class EmbedAoiRequest(EmbedParams):
     )
 
 
+class EmbedSceneRequest(EmbedParams):
+    scene: str = Field(description="one of your scenes (POST /v1/scenes, the Lab's uploads)")
+    sensor: str | None = Field(None, description="sensor id (default: the scene's)")
+    bands: list[str] | None = Field(None, max_length=64, description="band names in file order")
+    dates: list[str] | None = Field(None, max_length=16, description="acquisition date(s)")
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     near: list[float] | None = Field(None, min_length=2, max_length=2, description="[lon, lat]")

@@ -3,6 +3,9 @@ owned by the caller; its metadata, its GeoParquet file, and similarity search ov
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -15,6 +18,7 @@ from ..context import Context, get_ctx
 from ..embedding_requests import (
     EmbedAoiRequest,
     EmbedParams,
+    EmbedSceneRequest,
     SearchRequest,
     check_chips,
     check_encoder,
@@ -43,7 +47,8 @@ def store() -> EmbeddingStore:
 @router.post(
     "/embeddings",
     status_code=202,
-    summary="Embed a GeoTIFF upload (multipart) or an AOI + dates (JSON): a job makes the set",
+    summary="Embed a GeoTIFF upload (multipart), an AOI + dates or one of your scenes (JSON): a "
+    "job makes the set",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -64,7 +69,14 @@ def store() -> EmbeddingStore:
                         | EmbedParams.model_json_schema()["properties"],
                     }
                 },
-                "application/json": {"schema": EmbedAoiRequest.model_json_schema()},
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            EmbedAoiRequest.model_json_schema(),
+                            EmbedSceneRequest.model_json_schema(),
+                        ]
+                    }
+                },
             },
         }
     },
@@ -78,7 +90,11 @@ async def create_embeddings(
             body = await request.json()
         except ValueError:
             raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-        req = _validate(EmbedAoiRequest, body if isinstance(body, dict) else {})
+        body = body if isinstance(body, dict) else {}
+        if "scene" in body:  # one of the caller's scenes (the Lab's)
+            scene = _validate(EmbedSceneRequest, body)
+            return await run_in_threadpool(_create_from_scene, ctx, owner, scene)
+        req = _validate(EmbedAoiRequest, body)
         return await run_in_threadpool(_create_aoi, ctx, owner, req)
     if not ctype.startswith("multipart/form-data"):
         raise ApiError(
@@ -163,6 +179,45 @@ def _create_upload(ctx, owner, images, fields, params):
         raise
 
 
+def _create_from_scene(ctx, owner, req: EmbedSceneRequest):
+    """A scene the caller uploaded (POST /v1/scenes; checked then): the job reads a link to
+    it, with the same isolation as an upload."""
+    from .scenes import owned, scene_store
+
+    rec = owned(owner, req.scene)
+    sensor = req.sensor or rec.get("sensor")
+    encoder = check_encoder(ctx, owner, req, sensor)
+    check_chips(rec["shape"][1], rec["shape"][0], req)
+    emb_id, folder = store().new()
+    try:
+        (folder / INPUTS).mkdir()
+        link = folder / INPUTS / "image1-scene.tif"
+        try:
+            os.link(scene_store().path(req.scene), link)
+        except OSError:  # another file system
+            shutil.copyfile(scene_store().path(req.scene), link)
+        named = rec.get("bands_named", True)
+        return _queue(
+            ctx,
+            owner,
+            emb_id,
+            folder,
+            {
+                "encoder": encoder,
+                "options": _options(req),
+                "scene": req.scene,
+                "inputs": [link.name],
+                "input_names": [rec["name"]],
+                "bands": req.bands or (rec.get("bands") if named else None),
+                "sensor": sensor,
+                "dates": req.dates,
+            },
+        )
+    except BaseException:
+        store().delete(emb_id)
+        raise
+
+
 def _create_aoi(ctx, owner, req: EmbedAoiRequest):
     km2 = check_aoi(req, ctx.settings.max_aoi_km2)
     encoder = check_encoder(ctx, owner, req, req.sensor)
@@ -237,6 +292,7 @@ def view(ctx: Context, folder) -> dict:
         "options": req["options"],
         "sensor": req.get("sensor"),
         "inputs": req.get("input_names") or None,
+        "scene": req.get("scene"),
         "aoi": req.get("aoi"),
         "start_date": req.get("start_date"),
         "end_date": req.get("end_date"),
