@@ -72,6 +72,9 @@ def test_find_more_like_this_in_the_lab(home, servers, tmp_path):  # noqa: F811
         )
         counts = json.loads(el("#sim-pca").get_attribute("data-classes"))
         assert counts.get("water", 0) >= 2 and sum(counts.values()) == 9
+        driver.execute_script(
+            "document.querySelector('#sim-pca').scrollIntoView({block: 'center'})"
+        )
         screenshot(driver, tmp_path, "similar", keep="lab-similar")
         el("#tab-label").click()
         wait(

@@ -184,7 +184,8 @@ class EmbeddingIndex:
 
     def projection(self, max_points: int = 5000, seed: int = 0) -> dict:
         """A 2-D view of the embedding space: the chips (all, or a random ``max_points``) on the
-        first two principal components of their unit vectors, with each chip's centre."""
+        first two principal components of their unit vectors (scaled to [-1, 1]), with each
+        chip's centre."""
         rng = np.random.default_rng(seed)
         rows = np.arange(len(self))
         if len(rows) > max_points:
@@ -193,6 +194,7 @@ class EmbeddingIndex:
         u -= u.mean(0)
         _, s, vt = np.linalg.svd(u, full_matrices=False)
         xy = u @ vt[:2].T
+        xy /= max(float(np.abs(xy).max()), 1e-30)  # in [-1, 1]: near-identical vectors spread too
         var = s**2 / max(float((s**2).sum()), 1e-12)
         b = self.bbox[rows]
         return {

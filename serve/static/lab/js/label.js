@@ -40,6 +40,21 @@ function renderClasses() {
     h('span', {}, c.name),
     h('span', { class: 'hint' }, `${drawn.getLayers().filter((l) => l.feature.properties.class === c.name).length} polygon(s)`))));
   say($('#label-count'), `${drawn.getLayers().length} polygon(s) drawn`);
+  changed.forEach((fn) => fn());
+}
+
+// for the Similar panel: whether a class exists, each class's colour, a hook on every change
+export function hasClass(name) {
+  return classes.some((c) => c.name === name);
+}
+
+export function classColours() {
+  return Object.fromEntries(classes.map((c) => [c.name, c.color]));
+}
+
+const changed = [];
+export function onLabelsChanged(fn) {
+  changed.push(fn);
 }
 
 export function setActive(i) {

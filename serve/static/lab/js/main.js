@@ -7,10 +7,11 @@ import { initImagery, refreshBases } from './imagery.js';
 import * as label from './label.js';
 import { map, restoreView } from './map.js';
 import { aoiCreated, initPredict, refreshModels, startAoi } from './predict.js';
+import { areaCreated, initSimilar, refreshSimilar } from './similar.js';
 import { param, setKey, setParam, state } from './state.js';
 import { $, $$, h, showError } from './ui.js';
 
-const TABS = ['imagery', 'label', 'finetune', 'predict', 'compare'];
+const TABS = ['imagery', 'label', 'finetune', 'predict', 'similar', 'compare'];
 
 function showTab(name) {
   if (!TABS.includes(name)) name = 'imagery';
@@ -21,7 +22,7 @@ function showTab(name) {
   }
   setParam('tab', name);
   // the drawn labels belong to labelling; a prediction is seen without them
-  if (['label', 'finetune'].includes(name)) label.drawn.addTo(map);
+  if (['label', 'finetune', 'similar'].includes(name)) label.drawn.addTo(map);
   else label.drawn.remove();
 }
 
@@ -80,7 +81,9 @@ async function start() {
   showTab(param('tab'));
   const restored = restoreView();
   map.on('pm:create', (e) => {
-    if (map.getContainer().dataset.purpose === 'aoi') aoiCreated(e.layer);
+    const purpose = map.getContainer().dataset.purpose;
+    if (purpose === 'aoi') aoiCreated(e.layer);
+    else if (purpose === 'similar') areaCreated(e.layer);
     else label.labelCreated(e.layer);
   });
   document.addEventListener('keydown', shortcuts);
@@ -88,8 +91,11 @@ async function start() {
     await Promise.all([refreshDatasets(m.id), refreshBases()]);
     $('#ft-name').value ||= m.id;
   });
-  onModelRegistered((r) => refreshModels(`${r.model}@${r.alias || 'champion'}`));
-  await Promise.all([initImagery(config, { fit: !restored }), label.initLabel(), initFinetune(), initPredict(), initCompare()]);
+  onModelRegistered((r) => {
+    refreshModels(`${r.model}@${r.alias || 'champion'}`);
+    refreshSimilar();
+  });
+  await Promise.all([initImagery(config, { fit: !restored }), label.initLabel(), initFinetune(), initPredict(), initSimilar(), initCompare()]);
   window.geotuneLab = { map }; // for people poking at the page, and the browser tests
   document.body.dataset.ready = 'true';
 }

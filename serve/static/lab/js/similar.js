@@ -29,24 +29,33 @@ function setId() {
 
 function hitStyle(f) {
   const s = f.properties.score;
-  return { color: f.chosen ? '#d62728' : '#0b6bcb', weight: f.chosen ? 3 : 2, fillOpacity: 0.15 + 0.45 * Math.max(0, s) };
+  return { color: f.chosen ? '#d62728' : '#ff7f0e', weight: f.chosen ? 3 : 2, fillOpacity: 0.15 + 0.45 * Math.max(0, s) };
 }
 
+// the map's chips and the list, made anew for each answer
 function renderHits() {
   hitsLayer.clearLayers();
-  for (const f of hits) {
-    hitsLayer.addData(f);
-  }
+  for (const f of hits) hitsLayer.addData(f);
   hitsLayer.eachLayer((layer) => {
     const f = hits.find((x) => x.id === layer.feature.id);
-    layer.setStyle(hitStyle(f));
+    f.layer = layer;
     layer.bindTooltip(`chip ${f.id}: score ${fmt.num(f.properties.score)}`);
-    layer.on('click', (e) => { L.DomEvent.stop(e); f.chosen = !f.chosen; renderHits(); });
+    layer.on('click', (e) => { L.DomEvent.stop(e); f.chosen = !f.chosen; restyle(); });
   });
   $('#sim-hits').replaceChildren(...hits.map((f) => h('li', {},
-    h('label', {}, h('input', { type: 'checkbox', checked: f.chosen || undefined, 'data-chip': f.id,
-      onchange: (e) => { f.chosen = e.target.checked; renderHits(); } }),
-    `#${f.properties.rank} chip ${f.id}`, h('span', { class: 'hint' }, `score ${fmt.num(f.properties.score)}`)))));
+    h('label', {}, h('input', { type: 'checkbox', 'data-chip': f.id,
+      onchange: (e) => { f.chosen = e.target.checked; restyle(); } }),
+    `#${f.properties.rank} chip ${f.id}`, h('span', { class: 'hint' }, `score ${fmt.num(f.properties.score, 4)}`)))));
+  restyle();
+}
+
+// what is chosen, shown on the map, in the list and in the PCA view (the list keeps focus)
+function restyle() {
+  for (const f of hits) {
+    f.layer?.setStyle(hitStyle(f));
+    const box = $(`#sim-hits input[data-chip="${f.id}"]`);
+    if (box) box.checked = Boolean(f.chosen);
+  }
   $('#sim-label').disabled = !hits.some((f) => f.chosen);
   drawProjection();
 }
