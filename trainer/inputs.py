@@ -24,10 +24,9 @@ import rasterio
 
 from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
 from datamodules.sensors import stored_units
-from datamodules.units import UnitError, affine
+from datamodules.units import Unit, UnitError, affine
 
 from .predict import PredictError
-from .registry import input_units
 
 
 @dataclass
@@ -144,6 +143,12 @@ def _order(out: Inputs) -> None:
     msg = f"the dates were given as {dates}; predicting them oldest first (before, after)"
     out.notes.append(msg)
     warnings.warn(msg, stacklevel=3)
+
+
+def input_units(record: dict) -> list[Unit] | None:
+    """The units of the stored values a model record's statistics apply to (None: unknown)."""
+    units = (record.get("normalization") or {}).get("input_units")
+    return [Unit.from_dict(u) for u in units] if units else None
 
 
 def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:

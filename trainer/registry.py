@@ -26,6 +26,8 @@ from mlflow.pyfunc import PythonModel
 from datamodules.errors import UserError
 from datamodules.paths import artifacts_dir, tracking_uri
 
+from .inputs import input_units
+
 EXPERIMENT = "geotune"
 RECORD_VERSION = 2  # model.json's "geotune_model"; 2: normalization (units) recorded
 
@@ -128,14 +130,6 @@ def upgrade_record(record: dict) -> dict:
         }
     rec["geotune_model"] = RECORD_VERSION
     return rec
-
-
-def input_units(record: dict):
-    """The units of the stored values the model's statistics apply to (None: unknown)."""
-    from datamodules.units import Unit
-
-    units = (record.get("normalization") or {}).get("input_units")
-    return [Unit.from_dict(u) for u in units] if units else None
 
 
 class GeotuneModel(PythonModel):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,7 +244,9 @@ def exact_top(vectors: np.ndarray, inv_norm: np.ndarray, q: np.ndarray, k: int):
     so the ranking is float32's (ties: the lower row first)."""
     import torch
 
-    v = torch.from_numpy(vectors)
+    with warnings.catch_warnings():  # a read-only array straight from the file: only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        v = torch.from_numpy(vectors)
     with torch.inference_mode():
         scores = (v @ torch.from_numpy(q).to(v.dtype)).float() * torch.from_numpy(inv_norm)
         m = min(len(scores), k if v.dtype == torch.float32 else 4 * k + 64)
