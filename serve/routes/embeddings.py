@@ -31,7 +31,7 @@ from ..settings import serve_dir
 from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
 from .datasets import _csv
-from .predict import _validate, check_aoi
+from .predict import _validate, check_aoi, json_object
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS)
 HINT = "List your embedding sets with GET /v1/embeddings."
@@ -86,11 +86,7 @@ async def create_embeddings(
 ):
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-        body = body if isinstance(body, dict) else {}
+        body = await json_object(request)
         if "scene" in body:  # one of the caller's scenes (the Lab's)
             scene = _validate(EmbedSceneRequest, body)
             return await run_in_threadpool(_create_from_scene, ctx, owner, scene)
@@ -125,17 +121,26 @@ async def create_embeddings(
         await form.close()
 
 
-def _queue(ctx: Context, owner: str, emb_id: str, folder, request: dict) -> JSONResponse:
-    write_json(
-        folder / REQUEST, request | {"owner": owner, "created": _now(), "limits": _limits(ctx)}
-    )
-    encoder = request["encoder"]
-    rec = ctx.jobs.create(
-        "embed",
-        owner,
-        {"embeddings_id": emb_id, "encoder": encoder.get("backbone") or encoder.get("model")},
-        lambda _job: embed_argv(folder),
-    )
+def _queue(ctx: Context, owner: str, request: dict, prepare=None) -> JSONResponse:
+    """Make a set, let ``prepare(folder)`` put its inputs there (it returns more request
+    fields), write its request and queue its job. Any failure removes the set."""
+    emb_id, folder = store().new()
+    try:
+        if prepare is not None:
+            request = request | prepare(folder)
+        write_json(
+            folder / REQUEST, request | {"owner": owner, "created": _now(), "limits": _limits(ctx)}
+        )
+        encoder = request["encoder"]
+        rec = ctx.jobs.create(
+            "embed",
+            owner,
+            {"embeddings_id": emb_id, "encoder": encoder.get("backbone") or encoder.get("model")},
+            lambda _job: embed_argv(folder),
+        )
+    except BaseException:
+        store().delete(emb_id)
+        raise
     view = job_view(rec) | {"embeddings_id": emb_id}
     view["links"]["embeddings"] = f"/v1/embeddings/{emb_id}"
     return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
@@ -144,39 +149,30 @@ def _queue(ctx: Context, owner: str, emb_id: str, folder, request: dict) -> JSON
 def _create_upload(ctx, owner, images, fields, params):
     sensor = fields.get("sensor")
     encoder = check_encoder(ctx, owner, params, sensor)
-    emb_id, folder = store().new()
-    names = {}
-    try:
+
+    def save(folder) -> dict:
+        names = {}
         (folder / INPUTS).mkdir()
-        for i, up in enumerate(images, 1):
-            path, shown = save_upload(up, folder / INPUTS, f"image{i}", RASTER, "image")
-            names[path] = shown
-            info = inspect_raster(path, shown, ctx.limits)
-            check_chips(info.width, info.height, params)
-        return _queue(
-            ctx,
-            owner,
-            emb_id,
-            folder,
-            {
-                "encoder": encoder,
-                "options": _options(params),
-                "inputs": [p.name for p in names],
-                "input_names": list(names.values()),
-                "bands": _csv(fields.get("bands")),
-                "sensor": sensor,
-                "dates": _csv(fields.get("dates")),
-            },
-        )
-    except TooManyPixels as e:
-        store().delete(emb_id)
-        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
-    except UserError as e:
-        store().delete(emb_id)
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
-    except BaseException:
-        store().delete(emb_id)
-        raise
+        try:
+            for i, up in enumerate(images, 1):
+                path, shown = save_upload(up, folder / INPUTS, f"image{i}", RASTER, "image")
+                names[path] = shown
+                info = inspect_raster(path, shown, ctx.limits)
+                check_chips(info.width, info.height, params)
+        except TooManyPixels as e:
+            raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
+        except UserError as e:
+            raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
+        return {"inputs": [p.name for p in names], "input_names": list(names.values())}
+
+    request = {
+        "encoder": encoder,
+        "options": _options(params),
+        "bands": _csv(fields.get("bands")),
+        "sensor": sensor,
+        "dates": _csv(fields.get("dates")),
+    }
+    return _queue(ctx, owner, request, save)
 
 
 def _create_from_scene(ctx, owner, req: EmbedSceneRequest):
@@ -188,34 +184,26 @@ def _create_from_scene(ctx, owner, req: EmbedSceneRequest):
     sensor = req.sensor or rec.get("sensor")
     encoder = check_encoder(ctx, owner, req, sensor)
     check_chips(rec["shape"][1], rec["shape"][0], req)
-    emb_id, folder = store().new()
-    try:
+
+    def link(folder) -> dict:
         (folder / INPUTS).mkdir()
-        link = folder / INPUTS / "image1-scene.tif"
+        path = folder / INPUTS / "image1-scene.tif"
         try:
-            os.link(scene_store().path(req.scene), link)
+            os.link(scene_store().path(req.scene), path)
         except OSError:  # another file system
-            shutil.copyfile(scene_store().path(req.scene), link)
-        named = rec.get("bands_named", True)
-        return _queue(
-            ctx,
-            owner,
-            emb_id,
-            folder,
-            {
-                "encoder": encoder,
-                "options": _options(req),
-                "scene": req.scene,
-                "inputs": [link.name],
-                "input_names": [rec["name"]],
-                "bands": req.bands or (rec.get("bands") if named else None),
-                "sensor": sensor,
-                "dates": req.dates,
-            },
-        )
-    except BaseException:
-        store().delete(emb_id)
-        raise
+            shutil.copyfile(scene_store().path(req.scene), path)
+        return {"inputs": [path.name], "input_names": [rec["name"]]}
+
+    named = rec.get("bands_named", True)
+    request = {
+        "encoder": encoder,
+        "options": _options(req),
+        "scene": req.scene,
+        "bands": req.bands or (rec.get("bands") if named else None),
+        "sensor": sensor,
+        "dates": req.dates,
+    }
+    return _queue(ctx, owner, request, link)
 
 
 def _create_aoi(ctx, owner, req: EmbedAoiRequest):
@@ -223,28 +211,18 @@ def _create_aoi(ctx, owner, req: EmbedAoiRequest):
     encoder = check_encoder(ctx, owner, req, req.sensor)
     side = (km2 * 1e6) ** 0.5 / 10.0  # px at 10 m, the finest any preset sensor has
     check_chips(int(side) + 1, int(side) + 1, req)
-    emb_id, folder = store().new()
-    try:
-        return _queue(
-            ctx,
-            owner,
-            emb_id,
-            folder,
-            {
-                "encoder": encoder,
-                "options": _options(req),
-                "aoi": req.aoi,
-                "start_date": req.start_date.isoformat(),
-                "end_date": req.end_date.isoformat(),
-                "sensor": req.sensor,
-                "bands": req.bands,
-                "inputs": [],
-                "input_names": [],
-            },
-        )
-    except BaseException:
-        store().delete(emb_id)
-        raise
+    request = {
+        "encoder": encoder,
+        "options": _options(req),
+        "aoi": req.aoi,
+        "start_date": req.start_date.isoformat(),
+        "end_date": req.end_date.isoformat(),
+        "sensor": req.sensor,
+        "bands": req.bands,
+        "inputs": [],
+        "input_names": [],
+    }
+    return _queue(ctx, owner, request)
 
 
 def _options(p: EmbedParams) -> dict:

@@ -55,6 +55,16 @@ PREDICT_BODY = {
 }
 
 
+async def json_object(request: Request) -> dict:
+    """The request's JSON body as an object (``{}`` for another JSON value: the schema then says
+    what is missing); 400 when the body is not JSON."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    return body if isinstance(body, dict) else {}
+
+
 def _validate(model, data: dict):
     try:
         return model.model_validate(data)
@@ -95,11 +105,7 @@ async def predict(
     registered, v = await run_in_threadpool(resolve, ctx.client(), owner, name, alias, version)
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-        req = _validate(AoiPredictRequest, body if isinstance(body, dict) else {})
+        req = _validate(AoiPredictRequest, await json_object(request))
         req.output_set()
         km2 = check_aoi(req, ctx.settings.max_aoi_km2)
         alias_used = None if version is not None else (alias or "champion")
