@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import sys
-from importlib.resources import files
 from pathlib import Path
+
+from trainer.config import group_options as config_choices  # the groups' options, by Hydra
 
 from .errors import ApiError
 from .jobs import JobFailed, JobKind, read_json
@@ -19,14 +20,6 @@ from .owners import LOCAL, NAME_RE, NAME_RULE, mlflow_name, owns
 from .schemas import FinetuneRequest
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def config_choices(group: str) -> list[str]:
-    """The options of a Hydra config group, from the shipped ``conf`` package."""
-    return sorted(
-        p.name[: -len(".yaml")] for p in files("conf").joinpath(group).iterdir()
-        if p.name.endswith(".yaml")
-    )  # fmt: skip
 
 
 def check_alias(alias: str) -> str:

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import time
-from importlib import resources
 from itertools import product
 from pathlib import Path
 
@@ -50,18 +49,15 @@ def git_commit() -> str:
 
 
 def backbone_config(name: str, overrides: dict) -> DictConfig:
-    """``conf/backbone/<name>.yaml`` with the benchmark's non-null ``backbone.*`` values on top."""
-    path = resources.files("conf") / "backbone" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(
-            p.name[:-5]
-            for p in (resources.files("conf") / "backbone").iterdir()
-            if p.name.endswith(".yaml")
-        )
+    """The ``backbone=<name>`` config with the benchmark's non-null ``backbone.*`` values on top."""
+    from .config import compose, group_options
+
+    known = group_options("backbone")
+    if name not in known:
         raise BenchmarkError(
             f"unknown backbone {name!r} in backbones=[...]; choose from {', '.join(known)}"
         )
-    base = OmegaConf.load(str(path))
+    base = compose(f"backbone/{name}").backbone
     return OmegaConf.merge(base, {k: v for k, v in overrides.items() if v is not None})
 
 

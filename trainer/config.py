@@ -6,10 +6,14 @@ geotune was installed from a wheel or an editable checkout.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_MODULE = "conf"
 CONFIG_PATH = "pkg://conf"
+_HYDRA_LOCK = threading.RLock()
 
 
 def register_resolvers() -> None:
@@ -22,16 +26,38 @@ def register_resolvers() -> None:
     )
 
 
-def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose a config outside a Hydra app (tests, the demo, the benchmark grid)."""
-    from hydra import compose as hydra_compose
+@contextmanager
+def _hydra():
+    """Hydra initialised on the shipped ``conf`` package; a Hydra app already running (the
+    benchmark inside ``geotune benchmark``) gets its own state back afterwards."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+    with _HYDRA_LOCK:  # Hydra's state is global: one composition at a time (server threads)
+        backup = get_gh_backup()
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+                yield GlobalHydra.instance()
+        finally:
+            restore_gh_from_backup(backup)
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config outside a Hydra app (tests, the demo, the benchmark grid), or a group's
+    option alone: ``compose("backbone/resnet18").backbone``."""
+    from hydra import compose as hydra_compose
+
+    with _hydra():
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``backbone``, ``task``, ...), as Hydra finds them."""
+    with _hydra() as gh:
+        return sorted(gh.config_loader().get_group_options(group))
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """``train(cfg)``: dataset → backbone + task → Lightning fit/test → MLflow run → registry.
 
-The Hydra shell (``main``) is thin; tests, the demo and the benchmark call ``train`` directly.
+``geotune train`` runs it as a Hydra app (:func:`trainer.cli.run_hydra`); tests, the demo, the
+benchmark and the service's fine-tune jobs (through ``geotune train``) call the same ``train``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def train(
     callbacks = make_callbacks(cfg.callbacks, monitor=held_out["val"])
     if "checkpoint" in callbacks:
         callbacks["checkpoint"].dirpath = str(out_dir / "checkpoints")
-    trainer = instantiate(
+    trainer = build_trainer(
         cfg.trainer,
         logger=logger,
         callbacks=list(callbacks.values()),
@@ -225,6 +226,20 @@ def train(
         logger.finalize("success")
         mlflow.end_run()
     return result
+
+
+def build_trainer(trainer_cfg: DictConfig, **kwargs):
+    """The Lightning Trainer ``trainer_cfg`` describes, always with
+    ``use_distributed_sampler=False``: geotune's samplers shard by rank themselves (no padded
+    duplicates, so every held-out chip counts once); Lightning's sampler would replace them."""
+    from hydra.utils import instantiate
+
+    if trainer_cfg.get("use_distributed_sampler"):
+        raise UserError(
+            "trainer.use_distributed_sampler=true would replace geotune's samplers, which shard "
+            "the chips by rank themselves; remove the override"
+        )
+    return instantiate(trainer_cfg, **kwargs, use_distributed_sampler=False)
 
 
 def evaluation_plan(held_out: dict[str, bool], epochs: int) -> dict:
