@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,18 @@ ERRORS_AS_JSON: dict[int | str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Train:
+    """The ``geotune train`` override a fine-tune field becomes, ``key=value`` (``quoted``: a
+    value the user typed, passed as a string); a value in ``omit`` (and None) sets nothing, so
+    the config's default stands. Fine-tune jobs make their command from these
+    (:func:`serve.training.train_argv`)."""
+
+    key: str
+    quoted: bool = False
+    omit: tuple = (None,)
+
+
 class FinetuneRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -52,30 +65,38 @@ class FinetuneRequest(BaseModel):
         },
     )  # fmt: skip
 
-    dataset: str = Field(
+    # the dataset's folder, the size the request resolves to and the model's registered name
+    # are the service's (train_argv); the other overrides are the fields' own
+    dataset: Annotated[str, Train("data.dataset", quoted=True)] = Field(
         description="id of one of your datasets (GET /v1/datasets)", examples=["coast"]
     )
-    model_name: str = Field(
+    model_name: Annotated[str, Train("register.name", quoted=True)] = Field(
         description="registered model name to create (letters, digits, '-', '_')",
         examples=["coast"],
     )
-    backbone: str = Field("resnet18", description="backbone config, e.g. resnet18, clay_v1_5")
-    size: str | None = Field(
+    backbone: Annotated[str, Train("backbone")] = Field(
+        "resnet18", description="backbone config, e.g. resnet18, clay_v1_5"
+    )
+    size: Annotated[str | None, Train("backbone.size", quoted=True)] = Field(
         None,
         description="size variant; default the official size (pretrained weights exist for it "
         "alone); 'tiny' for trials, with weights 'random'",
     )
-    weights: Literal["pretrained", "random"] = Field(
+    weights: Annotated[
+        Literal["pretrained", "random"], Train("backbone.weights", omit=(None, "pretrained"))
+    ] = Field(
         "pretrained",
         description="pretrained: the official file from the server's weights directory; random: explicit opt-in",
     )
-    task: str = Field("segmentation", description="a task config: segmentation, ...")
-    alias: str | None = Field(
+    task: Annotated[str, Train("task")] = Field(
+        "segmentation", description="a task config: segmentation, ..."
+    )
+    alias: Annotated[str | None, Train("register.alias", quoted=True)] = Field(
         "champion", description="point this alias at the new version (null: none)"
     )
     new_version: bool = Field(False, description="add a version to an existing model of this name")
-    epochs: int = Field(10, ge=1, le=1000)
-    patch_size: int | None = Field(
+    epochs: Annotated[int, Train("trainer.max_epochs")] = Field(10, ge=1, le=1000)
+    patch_size: Annotated[int | None, Train("data.patch_size")] = Field(
         None,
         ge=16,
         le=2048,
@@ -83,19 +104,25 @@ class FinetuneRequest(BaseModel):
         "(classification), else from the labels",
         examples=[64],
     )
-    batch_size: int = Field(8, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    chips_per_epoch: int | None = Field(
+    batch_size: Annotated[int, Train("data.batch_size")] = Field(8, ge=1, le=1024)
+    learning_rate: Annotated[float, Train("task.optimizer.lr")] = Field(1e-3, gt=0, le=1)
+    chips_per_epoch: Annotated[int | None, Train("data.chips_per_epoch")] = Field(
         None, ge=1, le=1_000_000, description="training chips per epoch (default: from the labels)"
     )
-    finetune: Literal["full", "frozen", "last_n"] | None = Field(
-        None, description="which backbone weights train; default the backbone's recommendation"
+    finetune: Annotated[Literal["full", "frozen", "last_n"] | None, Train("backbone.finetune")] = (
+        Field(
+            None, description="which backbone weights train; default the backbone's recommendation"
+        )
     )
-    last_n: int | None = Field(
+    last_n: Annotated[int | None, Train("backbone.last_n")] = Field(
         None, ge=0, le=100, description="blocks trained with finetune=last_n"
     )
-    num_workers: int = Field(2, ge=0, le=16, description="data loader processes")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds sampling, initialisation, order")
+    num_workers: Annotated[int, Train("data.num_workers")] = Field(
+        2, ge=0, le=16, description="data loader processes"
+    )
+    seed: Annotated[int, Train("seed")] = Field(
+        0, ge=0, le=MAX_SEED, description="seeds sampling, initialisation, order"
+    )
 
 
 class AliasRequest(BaseModel):

@@ -17,7 +17,7 @@ from trainer.config import group_options as config_choices  # the groups' option
 from .errors import ApiError
 from .jobs import JobFailed, JobKind, read_json
 from .owners import LOCAL, NAME_RE, NAME_RULE, mlflow_name, owns
-from .schemas import FinetuneRequest
+from .schemas import FinetuneRequest, Train
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -60,27 +60,30 @@ def check_backbone(req: FinetuneRequest) -> str:
     known = sizes(req.backbone)
     if size not in known:
         raise ApiError(
-            422, "invalid_request",
+            422,
+            "invalid_request",
             f"backbone {req.backbone!r} has no size {size!r}; its sizes are: {', '.join(known)}",
-        )  # fmt: skip
+        )
     if req.weights == "pretrained":
         if size != entry.default_size:
             raise ApiError(
-                422, "invalid_request",
+                422,
+                "invalid_request",
                 f"pretrained weights of {req.backbone!r} exist only for its official size "
-                f"{entry.default_size!r}; for size {size!r} ask for \"weights\": \"random\"",
-            )  # fmt: skip
+                f'{entry.default_size!r}; for size {size!r} ask for "weights": "random"',
+            )
         try:
             resolve_weights(req.backbone, None)
         except WeightsError:
             raise ApiError(
-                422, "weights_missing",
+                422,
+                "weights_missing",
                 f"backbone {req.backbone!r} needs its pretrained weights file "
                 f"{entry.weights_file!r}, which is not in this server's weights directory. Ask the "
                 f"operator to put {entry.weights_file} there (geotune backbones list shows the "
-                "directory), or ask for \"weights\": \"random\" to train from random initialisation.",
+                'directory), or ask for "weights": "random" to train from random initialisation.',
                 expected_file=entry.weights_file,
-            ) from None  # fmt: skip
+            ) from None
     return size
 
 
@@ -99,20 +102,25 @@ def check_name_free(client, store, owner: str, req: FinetuneRequest) -> str:
         )
     if rm is not None and not req.new_version:
         raise ApiError(
-            409, "conflict",
+            409,
+            "conflict",
             f"you already have a model {req.model_name!r}; to add a new version of it send "
-            "\"new_version\": true, or choose another model_name",
-        )  # fmt: skip
+            '"new_version": true, or choose another model_name',
+        )
     for job in store.all():
         if (
-            job["owner"] == owner and job["kind"] == "finetune" and job["state"] in ("queued", "running")
-            and job["params"]["model_name"] == req.model_name and not req.new_version
-        ):  # fmt: skip
+            job["owner"] == owner
+            and job["kind"] == "finetune"
+            and job["state"] in ("queued", "running")
+            and job["params"]["model_name"] == req.model_name
+            and not req.new_version
+        ):
             raise ApiError(
-                409, "conflict",
+                409,
+                "conflict",
                 f"job {job['id']} ({job['state']}) is already training model {req.model_name!r}; "
-                "wait for it, cancel it, or send \"new_version\": true",
-            )  # fmt: skip
+                'wait for it, cancel it, or send "new_version": true',
+            )
     return name
 
 
@@ -130,35 +138,29 @@ def geotune_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "trainer.cli"]
 
 
+def train_overrides(req: FinetuneRequest, **given) -> list[str]:
+    """``key=value`` for every request field with a :class:`serve.schemas.Train` override
+    (``given`` replaces a field's value: the dataset's folder, the size, the registered name)."""
+    out = []
+    for field, info in type(req).model_fields.items():
+        train = next((m for m in info.metadata if isinstance(m, Train)), None)
+        value = given.get(field, getattr(req, field))
+        if train is None or value in train.omit:
+            continue
+        out.append(f"{train.key}={_q(value) if train.quoted else value}")
+    return out
+
+
 def train_argv(req: FinetuneRequest, size: str, dataset_path: Path, name: str, folder: Path):
-    """``geotune train`` with the request as Hydra overrides."""
+    """``geotune train`` with the request as Hydra overrides (:class:`serve.schemas.Train`),
+    the run's name and folder, and the progress callback."""
     o = [
-        f"data.dataset={_q(dataset_path)}",
-        f"backbone={req.backbone}",
-        f"backbone.size={_q(size)}",
-        f"task={req.task}",
-        f"trainer.max_epochs={req.epochs}",
-        f"data.batch_size={req.batch_size}",
-        f"data.num_workers={req.num_workers}",
-        f"task.optimizer.lr={req.learning_rate}",
-        f"seed={req.seed}",
-        f"register.name={_q(name)}",
-        f"register.alias={_q(req.alias) if req.alias else 'null'}",
+        *train_overrides(req, dataset=dataset_path, size=size, model_name=name),
         f"run_name={_q(f'{req.model_name}-{folder.name}')}",
         f"hydra.run.dir={_q(folder / 'run')}",
         "+callbacks.job_progress._target_=serve.progress.JobProgress",
         f"+callbacks.job_progress.path={_q(folder / 'progress.json')}",
     ]
-    if req.patch_size is not None:
-        o.append(f"data.patch_size={req.patch_size}")
-    if req.chips_per_epoch is not None:
-        o.append(f"data.chips_per_epoch={req.chips_per_epoch}")
-    if req.weights == "random":
-        o.append("backbone.weights=random")
-    if req.finetune:
-        o.append(f"backbone.finetune={req.finetune}")
-    if req.last_n is not None:
-        o.append(f"backbone.last_n={req.last_n}")
     return [*geotune_command(), "train", *o]
 
 

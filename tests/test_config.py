@@ -98,3 +98,44 @@ def test_benchmark_composes_each_backbone_with_its_overrides_on_top():
         ).backbone
     )
     assert cell.finetune == "frozen"  # null keeps the backbone's own (recommended) value
+
+
+def test_a_finetune_request_becomes_the_train_overrides_its_fields_declare(tmp_path):
+    """serve/schemas.py says once which `geotune train` key each fine-tune field sets; the
+    job's command composes to a config holding every value the request gave."""
+    from serve.schemas import FinetuneRequest, Train
+    from serve.training import train_argv
+
+    req = FinetuneRequest(
+        dataset="d",
+        model_name="m",
+        backbone="clay_v1_5",
+        size="tiny",
+        weights="random",
+        task="classification",
+        alias=None,
+        epochs=3,
+        patch_size=64,
+        batch_size=4,
+        learning_rate=5e-4,
+        chips_per_epoch=100,
+        finetune="last_n",
+        last_n=2,
+        num_workers=0,
+        seed=7,
+    )
+    argv = train_argv(req, "tiny", tmp_path / "ds", "owner__m", tmp_path / "job-1")
+    overrides = argv[argv.index("train") + 1 :]
+    cfg = compose("train", [o for o in overrides if not o.startswith("hydra.")])
+    given = {"dataset": str(tmp_path / "ds"), "model_name": "owner__m"}
+    groups = {"backbone": cfg.backbone.name, "task": cfg.task._target_.rsplit(".", 1)[1]}
+    assert groups == {"backbone": "clay_v1_5", "task": "ClassificationTask"}
+    for field, info in FinetuneRequest.model_fields.items():
+        train = next((m for m in info.metadata if isinstance(m, Train)), None)
+        if train is None or train.key in groups:
+            continue
+        assert OmegaConf.select(cfg, train.key) == given.get(field, getattr(req, field)), field
+    assert cfg.run_name == "m-job-1" and cfg.callbacks.job_progress.path.endswith("progress.json")
+    default = FinetuneRequest(dataset="d", model_name="m")
+    argv = train_argv(default, "18", tmp_path / "ds", "owner__m", tmp_path / "job-2")
+    assert not [o for o in argv if o.startswith(("backbone.weights", "register.alias=null"))]
