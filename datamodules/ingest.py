@@ -24,25 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 from .chips import build_chips
-from .imagery import Grid, ImageryError, date_order, open_scenes, warp_to_grid
+from .imagery import Grid, ImageryError, date_order, open_scenes
+from .label_sources import CHANGE_CLASSES, mask_source, vector_source
 from .label_units import split_units
-from .labels import RASTER_SUFFIXES, ClassTable, LabelError, read_vector
+from .labels import RASTER_SUFFIXES, ClassTable, LabelError
 from .manifest import Dataset, DatasetWriter, check_name
-from .rasterize import IGNORE_INDEX, MaskLabels, PolygonLabels, write_rasters
+from .rasterize import IGNORE_INDEX, PolygonLabels, write_rasters
 
 TASKS = ("segmentation", "classification", "change")
-CHANGE_CLASSES = ("binary", "transitions")
-NO_CHANGE = "no_change"
-
-
-def _extent_text(bounds, crs) -> str:
-    from rasterio.warp import transform_bounds
-
-    ll = transform_bounds(crs, "EPSG:4326", *bounds)
-    return f"lon {ll[0]:.4f}..{ll[2]:.4f}, lat {ll[1]:.4f}..{ll[3]:.4f}"
 
 
 def check_options(
@@ -135,168 +126,6 @@ def _check_dates(scenes, labels_after: bool) -> None:
         )
 
 
-def _prepare_vector(
-    labels: Path,
-    class_column,
-    grid: Grid,
-    classes_file,
-    *,
-    task,
-    split_column,
-    multi_label,
-    background,
-    labels_after: Path | None = None,
-    change_classes: str = "binary",
-    vector_check=None,
-):
-    gdf = read_vector(
-        labels,
-        class_column,
-        points=task == "classification",
-        split_column=split_column,
-        multi_label=multi_label,
-    )
-    if vector_check is not None:
-        vector_check(gdf, labels)
-    gdf = gdf.to_crs(grid.crs)
-    first = None
-    if labels_after is not None:
-        after = read_vector(labels_after, class_column)
-        if vector_check is not None:
-            vector_check(after, labels_after)
-        after = after.to_crs(grid.crs)
-        gdf = change_labels(gdf, after, change_classes, grid, labels.name, labels_after.name)
-        first = [NO_CHANGE]
-    lb = gdf.total_bounds
-    ib = grid.bounds
-    if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
-        raise LabelError(
-            f"the labels lie entirely outside the imagery: labels cover {_extent_text(lb, grid.crs)}, "
-            f"the imagery covers {_extent_text(ib, grid.crs)}. Check that they are of the same place "
-            "and that the labels' CRS is right."
-        )
-    from shapely.geometry import box
-
-    inside = gdf.intersects(box(*ib))
-    if not inside.all():
-        warnings.warn(
-            f"{int((~inside).sum())} label(s) outside the imagery were dropped", stacklevel=3
-        )
-        gdf = gdf[inside].reset_index(drop=True)
-    values = [v for val in gdf["value"] for v in (val if multi_label else (val,))]
-    table = _class_table(classes_file, values, background, first)
-    if task != "classification":
-        gdf["class_id"] = gdf["value"].map(table.lookup)
-        gdf["unit_id"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
-        gdf["area"] = gdf.geometry.area
-    return gdf, table
-
-
-def _class_table(classes_file, values, background, first=None) -> ClassTable:
-    if classes_file:
-        return ClassTable.from_file(classes_file, values, background)
-    return ClassTable.infer(values, background, first=first)
-
-
-def change_labels(before, after, mode: str, grid: Grid, before_name: str, after_name: str):
-    """Change labels from the class polygons of two dates (in ``grid``'s CRS): their
-    intersections, each labelled ``no_change`` where the two classes agree and, where they
-    differ, ``change`` (``mode="binary"``) or ``<before>→<after>`` (``"transitions"``). Only
-    places labelled on both dates get a change label. Slivers where the two dates' boundaries
-    nearly coincide cover no pixel centre and are dropped (so no class is left without pixels).
-    A ``split`` column comes from the before labels."""
-    import geopandas as gpd
-
-    if mode not in CHANGE_CLASSES:
-        raise LabelError(
-            f"--change-classes must be one of {', '.join(CHANGE_CLASSES)}, not {mode!r}"
-        )
-    b = before.rename(columns={"value": "before"})
-    a = after[["value", after.geometry.name]].rename(columns={"value": "after"})
-    pieces = gpd.overlay(b, a, how="intersection", keep_geom_type=True)
-    pieces = pieces[~pieces.geometry.is_empty].reset_index(drop=True)
-    n_pieces = len(pieces)
-    pieces = pieces[_pixels_per_polygon(pieces, grid) > 0]
-    if pieces.empty:
-        raise LabelError(
-            f"the before labels ({before_name}) and after labels ({after_name}) do not overlap "
-            "anywhere; change is known only where both dates are labelled. Check that both "
-            "files cover the same place."
-        )
-    b_name, a_name = pieces["before"].astype(str), pieces["after"].astype(str)
-    same = b_name == a_name
-    changed = "change" if mode == "binary" else b_name + "→" + a_name
-    pieces["value"] = np.where(same, NO_CHANGE, changed)
-    keep = ["value", *(["split"] if "split" in pieces else []), pieces.geometry.name]
-    out = pieces[keep].reset_index(drop=True)
-    out.attrs = {"n_invalid_repaired": before.attrs.get("n_invalid_repaired", 0)
-                 + after.attrs.get("n_invalid_repaired", 0),
-                 "n_before": len(before), "n_after": len(after),
-                 "n_slivers_dropped": n_pieces - len(out)}  # fmt: skip
-    return out
-
-
-def _pixels_per_polygon(gdf, grid: Grid, size: int = 2048) -> np.ndarray:
-    """How many pixel centres of ``grid`` each polygon covers (window by window)."""
-    from rasterio.features import rasterize
-    from shapely.geometry import box
-
-    from .rasterize import windows
-
-    counts = np.zeros(len(gdf) + 1, dtype=np.int64)
-    geoms = gdf.geometry.to_numpy()
-    tree = gdf.sindex
-    for _, win in windows(grid, size):
-        hit = tree.query(box(*rasterio.windows.bounds(win, grid.transform)), predicate="intersects")
-        if len(hit):
-            ids = rasterize(
-                zip(geoms[hit], hit + 1, strict=True),
-                out_shape=(win.height, win.width),
-                transform=rasterio.windows.transform(win, grid.transform),
-                fill=0,
-                dtype="int32",
-            )
-            counts += np.bincount(ids.ravel(), minlength=len(counts))
-    return counts[1:]
-
-
-def _mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, background):
-    """The mask warped onto the image grid (nearest), its class table and value lookup."""
-    from rasterio.enums import Resampling
-
-    from .rasterize import windows
-
-    try:
-        src = rasterio.open(mask_path)
-    except rasterio.errors.RasterioIOError as e:
-        raise LabelError(f"cannot read label raster {mask_path.name}: {e}") from None
-    if src.crs is None:
-        raise LabelError(
-            f"label raster {mask_path.name} has no CRS; georeference it like the imagery"
-        )
-    if src.nodata is not None:
-        ignore_values = ignore_values | {src.nodata}
-    vrt = warp_to_grid(src, grid, Resampling.nearest, nodata=src.nodata)
-    values: set = set()
-    for _, w in windows(grid, 1024):
-        values |= set(np.unique(vrt.read(1, window=w)).tolist())
-    values -= ignore_values
-    if not values:
-        raise LabelError(f"label raster {mask_path.name} has no labelled pixels over the imagery")
-    values = sorted(int(v) for v in values)
-    if min(values) < 0:
-        raise LabelError(
-            f"label raster {mask_path.name} has negative class values {values[:5]}; "
-            "list them with --ignore-values or remap them to 0..254"
-        )
-    table = _class_table(classes_file, values, background)
-    lut = np.full(max(values) + 1, IGNORE_INDEX, dtype=np.uint8)
-    for c in table.classes:
-        if not c.get("background"):
-            lut[int(c["value"])] = c["id"]
-    return MaskLabels(vrt, lut, len(table.classes)), table
-
-
 def ingest(
     *,
     name: str,
@@ -358,11 +187,11 @@ def ingest(
     grid = scenes[0].grid
     gdf = None
     if is_mask:
-        source, table = _mask_source(
+        source, table = mask_source(
             labels, grid, set(mask_ignore_values or []), classes_file, background
         )
     else:
-        gdf, table = _prepare_vector(
+        gdf, table = vector_source(
             labels,
             class_column,
             grid,
@@ -390,82 +219,38 @@ def ingest(
                 "the imagery is all nodata: every pixel equals the nodata value "
                 f"({scenes[0].nodata}). Check the file, or its nodata value."
             )
-        if task == "classification":
-            part = build_chips(
-                writer.tmp,
-                gdf,
-                table,
-                grid,
-                chip_size=chip_size or 64,
-                nodata=scenes[0].nodata,
-                block_size=block_size,
-                fractions=fractions,
-                seed=seed,
-                multi_label=multi_label,
-            )
-        else:
-            user_split = None
-            if gdf is not None and "split" in gdf:
-                user_split = np.array([""] * (len(gdf) + 1), dtype=object)
-                user_split[1:] = gdf["split"].to_numpy()
-            part = _units_part(
-                writer.tmp,
-                result.unit_stats,
-                table,
-                grid,
-                block_size,
-                fractions,
-                seed,
-                min_class_pixels,
-                user_split,
-                "regions" if is_mask else "polygons",
-            )
-        classes = part.pop("classes")
-        split_counts = part.pop("split_counts")
-        split_units = part.pop("split_units")
-        reach = {k: part.pop(f"split_{k}") for k in ("reach", "notes") if f"split_{k}" in part}
+        part, split_counts = _labels_part(
+            writer.tmp,
+            task,
+            gdf,
+            table,
+            grid,
+            result,
+            scenes[0].nodata,
+            is_mask,
+            chip_size=chip_size,
+            block_size=block_size,
+            fractions=fractions,
+            seed=seed,
+            multi_label=multi_label,
+            min_class_pixels=min_class_pixels,
+        )
         manifest = {
             "id": dataset_id,
             "name": name,
             "owner": owner,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "task": task,
-            "classes": classes,
+            "classes": part.pop("classes"),
             "num_classes": k,
             "ignore_index": IGNORE_INDEX,
             "output_nodata": IGNORE_INDEX,
             "background": background,
             "sensor": sensor,
-            "bands": scenes[0].bands,
-            "dtype": scenes[0].dtype,
-            "nodata": scenes[0].nodata,
-            "nodata_source": scenes[0].nodata_source,
-            "scales": scenes[0].scales,
-            "offsets": scenes[0].offsets,
-            "images": [
-                {"path": n, "date": s.date.isoformat() if s.date else None}
-                for n, s in zip(result.image_names, scenes, strict=True)
-            ],
-            "dates": [s.date.isoformat() if s.date else None for s in scenes],
-            **part,
-            "crs": grid.crs.to_string(),
-            "crs_wkt": grid.crs.to_wkt(),
-            "resolution": list(grid.res),
-            "transform": list(grid.transform)[:6],
-            "shape": [grid.height, grid.width],
-            "bounds": list(grid.bounds),
-            "stats": {
-                "mean": result.moments.mean.round(4).tolist(),
-                "std": result.moments.std.round(4).tolist(),
-                "valid_pixels": result.valid_pixels,
-            },
-            "label_kind": "mask"
-            if is_mask
-            else (
-                "points"
-                if task == "classification"
-                else ("before/after class polygons" if labels_after else "polygons")
-            ),
+            **_imagery_part(scenes, result),
+            **part,  # the label files and the split's: guard_pixels also under splits
+            **_grid_part(grid, result),
+            "label_kind": _label_kind(task, is_mask, labels_after is not None),
             "splits": {
                 "method": "column" if split_column else "blocks",
                 "split_column": split_column,
@@ -473,32 +258,140 @@ def ingest(
                 "seed": seed,
                 "fractions": fractions,
                 "min_class_pixels": min_class_pixels,
-                "guard_pixels": part.pop("guard_pixels", 0),
-                "units": split_units,
-                ("chips" if task == "classification" else "pixels"): split_counts,
-                **reach,
+                "guard_pixels": part.get("guard_pixels", 0),
+                **split_counts,
             },
-            "source": {
-                "images": [str(Path(p).name) for p in images],
-                "labels": labels.name,
-                "class_column": class_column,
-            },
+            "source": _source_part(
+                images, labels, class_column, gdf, labels_after, change_classes, imagery
+            ),
         }
-        if labels_after is not None:
-            manifest["source"] |= {
-                "labels_after": labels_after.name, "change_classes": change_classes,
-                "n_labels_before": gdf.attrs["n_before"], "n_labels_after": gdf.attrs["n_after"],
-                "n_slivers_dropped": gdf.attrs["n_slivers_dropped"],
-            }  # fmt: skip
-        if imagery is not None:
-            manifest["source"]["imagery"] = imagery
-        if gdf is not None:
-            manifest["source"]["n_labels"] = len(gdf)
-            manifest["source"]["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))
         return writer.commit(manifest)
     except BaseException:
         writer.abort()
         raise
+
+
+def _labels_part(
+    folder: Path,
+    task: str,
+    gdf,
+    table: ClassTable,
+    grid: Grid,
+    result,
+    nodata,
+    is_mask: bool,
+    *,
+    chip_size,
+    block_size,
+    fractions,
+    seed,
+    multi_label,
+    min_class_pixels,
+) -> tuple[dict, dict]:
+    """The manifest's part about the labels: classification chips (``chips.csv``) or label
+    units and their split, ``classes`` with counts; and the split's counts (and what the split
+    could reach) for the manifest's ``splits``."""
+    if task == "classification":
+        part = build_chips(
+            folder,
+            gdf,
+            table,
+            grid,
+            chip_size=chip_size or 64,
+            nodata=nodata,
+            block_size=block_size,
+            fractions=fractions,
+            seed=seed,
+            multi_label=multi_label,
+        )
+    else:
+        user_split = None
+        if gdf is not None and "split" in gdf:
+            user_split = np.array([""] * (len(gdf) + 1), dtype=object)
+            user_split[1:] = gdf["split"].to_numpy()
+        part = _units_part(
+            folder,
+            result.unit_stats,
+            table,
+            grid,
+            block_size,
+            fractions,
+            seed,
+            min_class_pixels,
+            user_split,
+            "regions" if is_mask else "polygons",
+        )
+    split_counts = part.pop("split_counts")
+    splits = {"units": part.pop("split_units")}
+    splits["chips" if task == "classification" else "pixels"] = split_counts
+    splits |= {k: part.pop(f"split_{k}") for k in ("reach", "notes") if f"split_{k}" in part}
+    return part, splits
+
+
+def _imagery_part(scenes, result) -> dict:
+    """The manifest's part about the imagery as stored: bands, type, nodata, units, dates."""
+    first = scenes[0]
+    return {
+        "bands": first.bands,
+        "dtype": first.dtype,
+        "nodata": first.nodata,
+        "nodata_source": first.nodata_source,
+        "scales": first.scales,
+        "offsets": first.offsets,
+        "images": [
+            {"path": n, "date": s.date.isoformat() if s.date else None}
+            for n, s in zip(result.image_names, scenes, strict=True)
+        ],
+        "dates": [s.date.isoformat() if s.date else None for s in scenes],
+    }
+
+
+def _grid_part(grid: Grid, result) -> dict:
+    """The manifest's part about the pixel grid and the per-band statistics."""
+    return {
+        "crs": grid.crs.to_string(),
+        "crs_wkt": grid.crs.to_wkt(),
+        "resolution": list(grid.res),
+        "transform": list(grid.transform)[:6],
+        "shape": [grid.height, grid.width],
+        "bounds": list(grid.bounds),
+        "stats": {
+            "mean": result.moments.mean.round(4).tolist(),
+            "std": result.moments.std.round(4).tolist(),
+            "valid_pixels": result.valid_pixels,
+        },
+    }
+
+
+def _label_kind(task: str, is_mask: bool, two_dates: bool) -> str:
+    if is_mask:
+        return "mask"
+    if task == "classification":
+        return "points"
+    return "before/after class polygons" if two_dates else "polygons"
+
+
+def _source_part(images, labels: Path, class_column, gdf, labels_after, change_classes, imagery):
+    """The manifest's ``source``: the files given, and what reading the labels found."""
+    source = {
+        "images": [str(Path(p).name) for p in images],
+        "labels": labels.name,
+        "class_column": class_column,
+    }
+    if labels_after is not None:
+        source |= {
+            "labels_after": labels_after.name,
+            "change_classes": change_classes,
+            "n_labels_before": gdf.attrs["n_before"],
+            "n_labels_after": gdf.attrs["n_after"],
+            "n_slivers_dropped": gdf.attrs["n_slivers_dropped"],
+        }
+    if imagery is not None:
+        source["imagery"] = imagery
+    if gdf is not None:
+        source["n_labels"] = len(gdf)
+        source["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))
+    return source
 
 
 def _units_part(
