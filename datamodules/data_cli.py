@@ -11,10 +11,7 @@ import warnings
 
 from .errors import UserError
 from .manifest import Dataset, delete_dataset, list_datasets, load_dataset
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+from .options import csv_list as _csv
 
 
 def _fractions(text: str | None) -> dict[str, float] | None:
@@ -38,14 +35,16 @@ def _ints(text: str | None, flag: str) -> list[int]:
         raise UserError(f"{flag} takes integers separated by commas, e.g. 0,255") from None
 
 
-def add(args) -> Dataset:
+def add(args, images: list[str], imagery: dict | None = None) -> Dataset:
+    """Ingest ``images`` with the labels and options of ``args``; ``imagery``: the provenance of
+    images fetched by area and dates (:func:`datamodules.stac_cli.imagery_for_labels`)."""
     from .ingest import ingest
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = ingest(
             name=args.name,
-            images=args.image,
+            images=images,
             labels=args.labels,
             class_column=args.class_column,
             sensor=args.sensor,
@@ -64,7 +63,7 @@ def add(args) -> Dataset:
             split_column=args.split_column,
             labels_after=args.labels_after,
             change_classes=args.change_classes,
-            imagery=getattr(args, "imagery", None),
+            imagery=imagery,
         )
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -72,9 +71,10 @@ def add(args) -> Dataset:
     return ds
 
 
-def run(args) -> int:
+def run(args, images: list[str] | None = None, imagery: dict | None = None) -> int:
+    """``geotune data ACTION``; ``add`` ingests ``images`` (see :func:`add`)."""
     if args.data_cmd == "add":
-        ds = add(args)
+        ds = add(args, images, imagery)
         print(f"dataset {ds.id!r} created at {ds.path}")
         print(describe(ds))
         print(

@@ -166,17 +166,17 @@ def imagery_for_predict(args, record: dict) -> tuple[list[str], dict | None]:
 
 @contextmanager
 def imagery_for_labels(args):
-    """``geotune data add`` without ``--image``: check everything that can be checked without
-    imagery (:func:`datamodules.stac_labels.check_dataset`), fetch a composite for the labels'
-    extent (plus a margin), put its file(s) in ``args.image`` and its provenance in
-    ``args.imagery``, and run the body (the ingestion). When the body fails the fetched imagery is
-    removed. Does nothing when ``--image`` is given."""
+    """The imagery of ``geotune data add`` for the body (the ingestion): ``(images, imagery)``,
+    the ``--image`` files as given (``imagery`` None), or without ``--image`` the file(s) of a
+    composite fetched for the labels' extent (plus a margin) and its provenance, after checking
+    everything that can be checked without imagery (:func:`datamodules.stac_labels.check_dataset`).
+    When the body fails the fetched imagery is removed."""
     if args.image:
         if _dates_given(args):
             raise UserError(
                 "--start/--end fetch imagery for the labels' extent; drop them when you give --image"
             )
-        yield
+        yield args.image, None
         return
     if not _dates_given(args):
         raise UserError(
@@ -211,9 +211,7 @@ def imagery_for_labels(args):
     )
     try:
         report_unusable_labels(labels, result)
-        args.image = [str(p) for p in result.images]
-        args.imagery = result.provenance
-        yield
+        yield [str(p) for p in result.images], result.provenance
     except BaseException:
         if made:
             shutil.rmtree(out, ignore_errors=True)

@@ -267,7 +267,7 @@ def predict_argv(folder: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from datamodules.errors import UserError
-    from trainer.cli import plain_warnings
+    from trainer.console import plain_warnings
 
     plain_warnings()
     folder = Path((argv or sys.argv[1:])[0])

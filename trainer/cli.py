@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
-import warnings
 
 from datamodules.errors import UserError
+from datamodules.options import csv_list as _csv
+
+from .console import plain_warnings
 
 DESCRIPTION = """geotune: fine-tune Clay, Prithvi-EO and ResNet on your labels, track and register
 models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
@@ -30,29 +30,6 @@ models in MLflow, predict scenes to COGs and polygons, serve models over HTTP.
 """
 
 
-ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def plain_warnings() -> None:
-    """Warnings without ANSI colour codes (MLflow colours some) when ``NO_COLOR`` is set
-    (https://no-color.org) or stderr is not a terminal."""
-    if not os.environ.get("NO_COLOR") and sys.stderr.isatty():
-        return
-    show = warnings.formatwarning
-    if getattr(show, "plain", False):
-        return
-
-    def formatwarning(message, category, filename, lineno, line=None):
-        return ANSI_CODE.sub("", show(message, category, filename, lineno, line))
-
-    formatwarning.plain = True
-    warnings.formatwarning = formatwarning
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
 # -- data -----------------------------------------------------------------------------------------
 def cmd_data(args) -> int:
     from datamodules.data_cli import run
@@ -64,8 +41,8 @@ def cmd_data(args) -> int:
     if args.data_cmd == "add":  # without --image: imagery by the labels' extent and dates (STAC)
         from datamodules.stac_cli import imagery_for_labels
 
-        with imagery_for_labels(args):  # fetched imagery is removed if the ingestion fails
-            return run(args)
+        with imagery_for_labels(args) as (images, imagery):  # removed if the ingestion fails
+            return run(args, images, imagery)
     return run(args)
 
 
