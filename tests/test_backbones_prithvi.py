@@ -13,7 +13,7 @@ import torch
 from trainer.backbones import BACKBONES, build_backbone, prithvi, sizes
 from trainer.backbones.base import BackboneError
 
-NAMES = list(prithvi.VERSIONS)
+NAMES = [n for n, e in BACKBONES.items() if e.family == "prithvi"]
 TL = ["prithvi_eo_v2_300_tl", "prithvi_eo_v2_600_tl"]
 
 

@@ -18,11 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.backbones import build_backbone, checkpoints, clay, prithvi
+from trainer.backbones import BACKBONES, build_backbone, checkpoints, clay, prithvi
 from trainer.backbones.base import WeightsError, check_state_dict
 
 MANIFESTS = Path(__file__).parent / "data" / "backbone_manifests"
-ALL_VIT = ["clay_v1_base", "clay_v1_5", *prithvi.VERSIONS]
+PRITHVI = [n for n, e in BACKBONES.items() if e.family == "prithvi"]
+ALL_VIT = ["clay_v1_base", "clay_v1_5", *PRITHVI]
 
 
 def family(name):
@@ -184,19 +185,19 @@ class _TinyMAEDecoder(nn.Module):
 
 def _official_prithvi_file(name: str, path: Path) -> dict[str, torch.Tensor]:
     """Save a tiny model in its official layout, pretrained at 224 px and 3 (v1) or 4 (v2) frames."""
-    version = prithvi.VERSIONS[name]
-    encoder = prithvi.build(name, weights=None, size="tiny", num_frames=version.pretrain_frames)
+    version = BACKBONES[name].params
+    encoder = prithvi.build(name, weights=None, size="tiny", num_frames=version["pretrain_frames"])
     patch = encoder.spec.patch_size
-    tokens = 1 + version.pretrain_frames * (224 // patch) ** 2
+    tokens = 1 + version["pretrain_frames"] * (224 // patch) ** 2
     state = {
         **encoder.state_dict(),
-        "pos_embed": prithvi.sincos_3d(64, version.pretrain_frames, 224 // patch, 224 // patch)[
+        "pos_embed": prithvi.sincos_3d(64, version["pretrain_frames"], 224 // patch, 224 // patch)[
             None
         ],
     }
     state["pos_embed"] = torch.cat((torch.zeros(1, 1, 64), state["pos_embed"]), dim=1)
     assert state["pos_embed"].shape == (1, tokens, 64)
-    decoder = _TinyMAEDecoder(version.temporal_location, tokens, patch).state_dict()
+    decoder = _TinyMAEDecoder(version["temporal_location"], tokens, patch).state_dict()
     if name == "prithvi_eo_v1_100":  # flat, decoder keys beside the encoder's
         official = {**state, **decoder}
     else:
@@ -208,7 +209,7 @@ def _official_prithvi_file(name: str, path: Path) -> dict[str, torch.Tensor]:
     return encoder.state_dict()
 
 
-@pytest.mark.parametrize("name", list(prithvi.VERSIONS))
+@pytest.mark.parametrize("name", PRITHVI)
 def test_prithvi_official_layouts_load_strictly_at_other_sizes_and_frames(name, tmp_path):
     path = tmp_path / f"{name}.pt"
     encoder_state = _official_prithvi_file(name, path)

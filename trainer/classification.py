@@ -57,9 +57,9 @@ class ClassificationTask(GeoTask):
         self.criterion = ClassificationLoss(self.k, multi_label, ignore_index, **(loss or {}))
 
     @classmethod
-    def backbone_overrides(cls, task_cfg: dict, family: str) -> dict:
+    def backbone_overrides(cls, task_cfg: dict, entry) -> dict:
         # only the deepest features are pooled: do not run or return the others
-        return {"out_indices": [4] if family == "resnet" else [-1]}
+        return {"out_indices": [entry.last_feature]}
 
     def confusion_matrix(self):
         if self.multi_label:

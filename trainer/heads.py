@@ -28,6 +28,8 @@ from torch import nn
 from datamodules.errors import UserError
 from datamodules.imagery import from_day_number
 
+from .backbones.variants import get_entry
+
 
 class Normalize(nn.Module):
     def __init__(self, mean, std):
@@ -108,7 +110,7 @@ class SegmentationNet(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         if decoder == "auto":
-            decoder = "unet" if spec.family == "resnet" else "upernet"
+            decoder = get_entry(spec.name).decoder
         self.decoder_name, self.decoder_channels = decoder, decoder_channels
         strides = list(spec.out_strides)
         if len(set(strides)) == 1:  # ViT: single-stride tokens → multi-scale neck
@@ -228,7 +230,7 @@ class ChangeNet(SegmentationNet):
         if fusion not in FUSIONS:
             raise UserError(f"task.fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
         if temporal == "frames":
-            if spec.family != "prithvi" or spec.num_frames != 2:
+            if not get_entry(spec.name).frames or spec.num_frames != 2:
                 raise UserError(
                     f"task.temporal=frames feeds both dates to the encoder as T=2 frames, which only "
                     f"Prithvi backbones take ({spec.name} is {spec.family}, {spec.num_frames} frame(s)); "

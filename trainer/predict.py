@@ -31,6 +31,7 @@ from datamodules.errors import UserError
 from datamodules.imagery import Grid, Scene, SceneReader, day_number
 
 from .areas import areal_scale, class_histogram, pixel_area_rows
+from .backbones.variants import get_entry
 from .polygons import PolygonCollector
 
 
@@ -175,12 +176,13 @@ class Predictor:
                     f"{need:g} m; resample the scene to {need:g} m (e.g. {how}) first"
                 )
         spec = rec["backbone"]["spec"]
+        convolutional = get_entry(rec["backbone"]["name"]).convolutional
         if self.task == "classification":
             self.chip = options.chip_size or rec["patch_size"]
             self.overlap = 0
         else:
             self.chip = options.chip_size or (
-                options.max_chip if spec["family"] == "resnet" else rec["patch_size"]
+                options.max_chip if convolutional else rec["patch_size"]
             )
             self.overlap = (
                 options.overlap if options.overlap is not None else rec.get("overlap", 32)
@@ -191,7 +193,7 @@ class Predictor:
             )
         # chip height and width: as given, or (convolutional nets) fitted to the scene
         self.chip_h = self.chip_w = self.chip
-        if self.task != "classification" and not options.chip_size and spec["family"] == "resnet":
+        if self.task != "classification" and not options.chip_size and convolutional:
             multiple = max(spec.get("out_strides") or [32])
             self.chip_h = fit_chip(g.height, self.chip, self.overlap, multiple)
             self.chip_w = fit_chip(g.width, self.chip, self.overlap, multiple)

@@ -101,8 +101,9 @@ class GeoTask(L.LightningModule):
         self._apply_finetune(finetune, last_n)
 
     @classmethod
-    def backbone_overrides(cls, task_cfg: dict, family: str) -> dict:
-        """Backbone build arguments this task needs (e.g. the number of frames)."""
+    def backbone_overrides(cls, task_cfg: dict, entry) -> dict:
+        """Backbone build arguments this task needs (e.g. the number of frames) from a backbone
+        of the table (``entry``: :class:`trainer.backbones.BackboneEntry`)."""
         return {}
 
     def confusion_matrix(self):
@@ -362,7 +363,7 @@ class ChangeTask(DenseTask):
         self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
 
     @classmethod
-    def backbone_overrides(cls, task_cfg: dict, family: str) -> dict:
+    def backbone_overrides(cls, task_cfg: dict, entry) -> dict:
         return {"num_frames": 2 if task_cfg.get("temporal") == "frames" else 1}
 
     def logits(self, batch: dict) -> torch.Tensor:

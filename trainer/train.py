@@ -80,7 +80,7 @@ def train(
     check_task(cls, ds)
     b_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    for key, value in cls.backbone_overrides(task_cfg, get_entry(b_cfg["name"]).family).items():
+    for key, value in cls.backbone_overrides(task_cfg, get_entry(b_cfg["name"])).items():
         if b_cfg.get(key) is None:
             b_cfg[key] = value
     backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, dm.patch_size)

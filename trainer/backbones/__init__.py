@@ -1,4 +1,4 @@
-"""Backbone registry: one plain dict, names → where the family lives and its official file.
+"""Backbones by name: the table (:mod:`.variants`), weights files, building.
 
 ``build_backbone(name, checkpoint=None, **overrides)`` returns an ``nn.Module`` with a ``.spec``
 (:class:`BackboneSpec`) and ``forward(x, **metadata) -> list[Tensor]``.
@@ -11,70 +11,12 @@ Nothing is ever downloaded.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from datamodules.paths import weights_dir
 
 from .base import BackboneError, BackboneSpec, WeightsError, check_state_dict
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    family: str  # module in trainer.backbones
-    default_size: str  # the official size
-    weights_file: str  # the official file name looked for in the weights directory
-    description: str
-
-
-BACKBONES: dict[str, BackboneEntry] = {
-    "clay_v1_base": BackboneEntry(
-        "clay", "base", "clay-v1-base.ckpt", "Clay v1 ViT-B/8 (Apache-2.0)"
-    ),
-    "clay_v1_5": BackboneEntry("clay", "large", "clay-v1.5.ckpt", "Clay v1.5 ViT-L/8 (Apache-2.0)"),
-    "prithvi_eo_v1_100": BackboneEntry(
-        "prithvi", "100m", "Prithvi_EO_V1_100M.pt", "Prithvi-EO 1.0 100M ViT-B/16, 6 HLS bands"
-    ),
-    "prithvi_eo_v2_300": BackboneEntry(
-        "prithvi", "300m", "Prithvi_EO_V2_300M.pt", "Prithvi-EO 2.0 300M ViT-L/16"
-    ),
-    "prithvi_eo_v2_300_tl": BackboneEntry(
-        "prithvi",
-        "300m",
-        "Prithvi_EO_V2_300M_TL.pt",
-        "Prithvi-EO 2.0 300M-TL (temporal + location)",
-    ),
-    "prithvi_eo_v2_600": BackboneEntry(
-        "prithvi", "600m", "Prithvi_EO_V2_600M.pt", "Prithvi-EO 2.0 600M ViT-H/14"
-    ),
-    "prithvi_eo_v2_600_tl": BackboneEntry(
-        "prithvi",
-        "600m",
-        "Prithvi_EO_V2_600M_TL.pt",
-        "Prithvi-EO 2.0 600M-TL (temporal + location)",
-    ),
-    "resnet18": BackboneEntry(
-        "resnet",
-        "18",
-        "resnet18_sentinel2_all_moco-59bfdff9.pth",
-        "ResNet-18 (timm), TorchGeo SSL4EO-S12 weights",
-    ),
-    "resnet50": BackboneEntry(
-        "resnet",
-        "50",
-        "resnet50_sentinel2_all_moco-df8b932e.pth",
-        "ResNet-50 (timm), TorchGeo SSL4EO-S12 weights",
-    ),
-}
-
-
-def get_entry(name: str) -> BackboneEntry:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise BackboneError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}"
-        ) from None
+from .variants import BACKBONES, BackboneEntry, get_entry
 
 
 def family_module(name: str):
@@ -82,7 +24,7 @@ def family_module(name: str):
 
 
 def sizes(name: str) -> list[str]:
-    return list(family_module(name).sizes(name))
+    return list(get_entry(name).sizes)
 
 
 def resolve_weights(name: str, checkpoint: str | Path | None) -> Path | None:
@@ -140,6 +82,7 @@ __all__ = [
     "BackboneSpec",
     "WeightsError",
     "build_backbone",
+    "get_entry",
     "check_state_dict",
     "resolve_weights",
     "sizes",

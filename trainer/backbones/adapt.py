@@ -34,7 +34,7 @@ CONFIG_ONLY = ("name", "weights", "normalization", "finetune", "last_n", "new_ba
 
 def backbone_arguments(b: dict, ds, patch_size: int) -> dict:
     """Keyword arguments for ``build_backbone`` from the backbone config and the dataset."""
-    family = get_entry(b["name"]).family
+    entry = get_entry(b["name"])
     kwargs = {k: v for k, v in b.items() if k not in CONFIG_ONLY and v is not None}
     random = str(b.get("weights")) == "random"
     norm = b.get("normalization") or "auto"
@@ -50,7 +50,7 @@ def backbone_arguments(b: dict, ds, patch_size: int) -> dict:
         kwargs["bands"] = ds.bands
         kwargs["mean"] = stats["mean"]
         kwargs["std"] = [max(s, 1e-6) for s in stats["std"]]
-    elif family == "clay":
+    elif entry.any_bands:  # statistics per sensor, for the bands it publishes them for
         published = family_module(b["name"]).published_bands(sensor)
         kept = [band for band in ds.bands if band in published]
         dropped = [band for band in ds.bands if band not in published]
@@ -68,9 +68,9 @@ def backbone_arguments(b: dict, ds, patch_size: int) -> dict:
         kwargs["bands"] = kept
     elif random:
         kwargs["bands"] = ds.bands
-    if family != "resnet":
+    if not entry.convolutional:  # position tables built for the training patch
         kwargs.setdefault("img_size", patch_size)
-    if family == "prithvi" and len(ds.images) > 1:
+    if entry.frames and len(ds.images) > 1:
         kwargs.setdefault("num_frames", len(ds.images))
     return kwargs
 

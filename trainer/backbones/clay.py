@@ -37,26 +37,12 @@ from datamodules.units import Unit
 
 from .base import BackboneError, BackboneSpec
 from .checkpoints import CheckpointLayout, load_encoder_weights
+from .variants import ClaySize, family_entry, get_entry
 from .vit_utils import checked_dates_lonlat, pick_size, resolve_out_indices
 
 WAVE_DIM = 128  # official DynamicEmbedding(wave_dim=128, num_latent_tokens=128)
 NUM_LATENT_TOKENS = 128
 PATCH_SIZE = 8
-
-
-@dataclass(frozen=True)
-class ClaySize:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    dim_head: int
-    mlp_ratio: float = 4.0
-
-
-SIZES = {  # official: clay_mae_base (v1) and clay_mae_large (v1.5) in Clay's model.py
-    "clay_v1_base": {"base": ClaySize(768, 12, 12, 64), "tiny": ClaySize(64, 4, 2, 32)},
-    "clay_v1_5": {"large": ClaySize(1024, 24, 16, 64), "tiny": ClaySize(64, 4, 2, 32)},
-}
 
 
 @dataclass(frozen=True)
@@ -137,10 +123,6 @@ CHECKPOINT_LAYOUTS = {
     "lightning_state_dict": CheckpointLayout("Clay Lightning state dict saved alone", "plain", "model.encoder.", _CLAY_DROP),
     "encoder": CheckpointLayout("encoder-only state dict (geotune backbones extract)", "plain"),
 }  # fmt: skip
-
-
-def sizes(name: str) -> list[str]:
-    return list(SIZES[name])
 
 
 class FCBlock(nn.Module):
@@ -352,7 +334,8 @@ def band_table(name: str, sensor: str | None, bands, mean, std) -> tuple:
     sensor = sensor or "sentinel-2-l2a"
     platform_name, note = SENSOR_PLATFORMS.get(sensor, (None, ""))
     platform = PLATFORMS.get(platform_name)
-    if name == "clay_v1_base" and platform_name == "sentinel-1-rtc":
+    linear_s1 = get_entry(name).params.get("sentinel_1") == "linear power"  # Clay v1
+    if linear_s1 and platform_name == "sentinel-1-rtc":
         platform = V1_SENTINEL_1
         if mean is None:
             raise BackboneError(
@@ -415,10 +398,9 @@ def build(
 
     ``img_size`` is accepted but has no effect: positions are computed for each input size.
     """
-    if name not in SIZES:
-        raise BackboneError(f"{name!r} is not a Clay backbone; Clay backbones: {', '.join(SIZES)}")
+    entry = family_entry(name, "clay")
     size, dims = pick_size(
-        name, SIZES[name], size, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        name, entry.sizes, size, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     )
     if num_frames not in (None, 1):
         raise BackboneError(f"Clay takes one date per sample (num_frames=1), not {num_frames}.")
@@ -449,7 +431,13 @@ def build(
         weights=str(weights) if weights is not None else "random",
         stats_unit=unit,
         stats_source=stats_source,
-        extra={"sensor": sensor or "sentinel-2-l2a", "statistics": stats_source, "out_indices": list(out_indices),
-               "depth": dims.depth, "num_heads": dims.num_heads, "img_size": img_size},
-    )  # fmt: skip
+        extra={
+            "sensor": sensor or "sentinel-2-l2a",
+            "statistics": stats_source,
+            "out_indices": list(out_indices),
+            "depth": dims.depth,
+            "num_heads": dims.num_heads,
+            "img_size": img_size,
+        },
+    )
     return model

@@ -25,7 +25,6 @@ Blocks after the last of ``out_indices`` are not run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,50 +37,11 @@ from datamodules.sensors import wavelengths as sensor_wavelengths
 
 from .base import BackboneError, BackboneSpec
 from .checkpoints import CheckpointLayout, load_encoder_weights
+from .variants import VitSize, family_entry
 from .vit_utils import checked_dates_lonlat, pick_size, resolve_out_indices
 
 # HLS B02, B03, B04, B8A (L30: B05), B11 (B06), B12 (B07)
 BANDS = ("blue", "green", "red", "nir08", "swir16", "swir22")
-# the unit of Prithvi's statistics (v1 and v2): HLS surface reflectance x 10000, i.e. HLS's
-# stored values (physical = value * 1e-4)
-STATS_UNIT = get_sensor("hls").unit("blue")
-
-
-@dataclass(frozen=True)
-class VitSize:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_size: int
-    mlp_ratio: float = 4.0
-
-
-@dataclass(frozen=True)
-class PrithviVersion:
-    sizes: dict[str, VitSize]  # official size first
-    mean: tuple[float, ...]  # HLS reflectance x 10000, band order BANDS
-    std: tuple[float, ...]
-    temporal_location: bool
-    pretrain_frames: int
-
-
-_V1_STATS = (  # Prithvi-EO-1.0-100M config.yaml
-    (775.2290211032589, 1080.992780391705, 1228.5855250417867, 2497.2022620507532, 2204.2139147975554, 1610.8324823273745),
-    (1281.526139861424, 1270.0297974547493, 1399.4802505642526, 1368.3446143747644, 1291.6764008585435, 1154.505683480695),
-)  # fmt: skip
-_V2_STATS = (  # Prithvi-EO-2.0 config.json
-    (1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0),
-    (2248.0, 2179.0, 2178.0, 1850.0, 1242.0, 1049.0),
-)
-_300M = {"300m": VitSize(1024, 24, 16, 16), "tiny": VitSize(64, 4, 2, 16)}
-_600M = {"600m": VitSize(1280, 32, 16, 14), "tiny": VitSize(64, 4, 2, 14)}
-VERSIONS = {
-    "prithvi_eo_v1_100": PrithviVersion({"100m": VitSize(768, 12, 12, 16), "tiny": VitSize(64, 4, 2, 16)}, *_V1_STATS, False, 3),
-    "prithvi_eo_v2_300": PrithviVersion(_300M, *_V2_STATS, False, 4),
-    "prithvi_eo_v2_300_tl": PrithviVersion(_300M, *_V2_STATS, True, 4),
-    "prithvi_eo_v2_600": PrithviVersion(_600M, *_V2_STATS, False, 4),
-    "prithvi_eo_v2_600_tl": PrithviVersion(_600M, *_V2_STATS, True, 4),
-}  # fmt: skip
 
 CHECKPOINT_LAYOUTS = {
     "v2": CheckpointLayout(
@@ -93,10 +53,6 @@ CHECKPOINT_LAYOUTS = {
         (r"pos_embed", r"mask_token", r"decoder_.*"),
     ),
 }  # fmt: skip
-
-
-def sizes(name: str) -> list[str]:
-    return list(VERSIONS[name].sizes)
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -329,6 +285,30 @@ def input_conv(model: PrithviEncoder) -> tuple[nn.Module, str]:
     return model.patch_embed, "proj"
 
 
+def _statistics(version: dict, band_names: tuple[str, ...], mean, std) -> tuple[list, list, list]:
+    """Mean, std and wavelength per band: the variant's published statistics (``mean`` and
+    ``std`` None) or the given ones; an error names what is missing."""
+    if (mean is None) != (std is None):
+        raise BackboneError("pass both mean and std, or neither.")
+    if mean is None:
+        unknown = [b for b in band_names if b not in BANDS]
+        if unknown:
+            raise BackboneError(
+                f"Prithvi has no statistics for band(s) {', '.join(unknown)}; pass mean=/std= for all bands."
+            )
+        mean = [version["mean"][BANDS.index(b)] for b in band_names]
+        std = [version["std"][BANDS.index(b)] for b in band_names]
+    if not len(mean) == len(std) == len(band_names):
+        raise BackboneError(
+            f"mean/std need one value per band ({len(band_names)}: {', '.join(band_names)})."
+        )
+    try:
+        waves = [sensor_wavelengths([b], "hls" if b in BANDS else None)[0] for b in band_names]
+    except (KeyError, ValueError) as exc:
+        raise BackboneError(f"unknown band name: {exc}") from None
+    return mean, std, waves
+
+
 def build(
     name: str,
     *,
@@ -355,13 +335,10 @@ def build(
     ``img_size``: the input size the position table is built for (official default 224); other
     input sizes get it interpolated, as officially.
     """
-    if name not in VERSIONS:
-        raise BackboneError(
-            f"{name!r} is not a Prithvi backbone; Prithvi backbones: {', '.join(VERSIONS)}"
-        )
-    version = VERSIONS[name]
+    entry = family_entry(name, "prithvi")
+    version = entry.params  # published mean/std (HLS reflectance x 10000, band order BANDS), TL
     size, dims = pick_size(
-        name, version.sizes, size, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        name, entry.sizes, size, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     )
     if dims.embed_dim % 16 or dims.embed_dim % dims.num_heads:
         raise BackboneError(
@@ -375,29 +352,16 @@ def build(
             f"{name} weights take the bands {', '.join(BANDS)} in this order; got {', '.join(band_names)}. "
             "Map your bands onto these by name (the data module does this) instead of changing the backbone's bands."
         )
-    if (mean is None) != (std is None):
-        raise BackboneError("pass both mean and std, or neither.")
-    published = mean is None
-    if published:
-        unknown = [b for b in band_names if b not in BANDS]
-        if unknown:
-            raise BackboneError(
-                f"Prithvi has no statistics for band(s) {', '.join(unknown)}; pass mean=/std= for all bands."
-            )
-        mean = [version.mean[BANDS.index(b)] for b in band_names]
-        std = [version.std[BANDS.index(b)] for b in band_names]
-    if not len(mean) == len(std) == len(band_names):
-        raise BackboneError(
-            f"mean/std need one value per band ({len(band_names)}: {', '.join(band_names)})."
-        )
-    try:
-        waves = [sensor_wavelengths([b], "hls" if b in BANDS else None)[0] for b in band_names]
-    except (KeyError, ValueError) as exc:
-        raise BackboneError(f"unknown band name: {exc}") from None
+    published = mean is None and std is None
+    mean, std, waves = _statistics(version, band_names, mean, std)
     model = PrithviEncoder(
-        dims, len(band_names), num_frames, version.temporal_location, out_indices,
+        dims,
+        len(band_names),
+        num_frames,
+        version["temporal_location"],
+        out_indices,
         img_size=int(img_size or 224),
-    )  # fmt: skip
+    )
     if weights is not None:
         load_encoder_weights(model, weights, CHECKPOINT_LAYOUTS)
     model.spec = BackboneSpec(
@@ -415,9 +379,17 @@ def build(
         num_frames=num_frames,
         gsd=30.0,
         weights=str(weights) if weights is not None else "random",
-        stats_unit=STATS_UNIT if published else None,
-        stats_source=f"{name} published statistics (HLS surface reflectance x 10000)" if published else "given",
-        extra={"temporal_location": version.temporal_location, "out_indices": list(out_indices), "depth": dims.depth,
-               "num_heads": dims.num_heads, "pretrain_frames": version.pretrain_frames, "img_size": img_size},
-    )  # fmt: skip
+        stats_unit=get_sensor(entry.stats_sensor).unit(BANDS[0]) if published else None,
+        stats_source=f"{name} published statistics (HLS surface reflectance x 10000)"
+        if published
+        else "given",
+        extra={
+            "temporal_location": version["temporal_location"],
+            "out_indices": list(out_indices),
+            "depth": dims.depth,
+            "num_heads": dims.num_heads,
+            "pretrain_frames": version["pretrain_frames"],
+            "img_size": img_size,
+        },
+    )
     return model

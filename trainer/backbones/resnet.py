@@ -9,7 +9,6 @@ statistics are on Sentinel-2 L1C stored values (top-of-atmosphere reflectance x 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,24 +17,7 @@ from torch import nn
 from datamodules.sensors import get_sensor, wavelengths
 
 from .base import BackboneError, BackboneSpec, check_state_dict
-
-
-@dataclass(frozen=True)
-class ResNetSize:
-    block: str  # basic | bottleneck
-    layers: tuple[int, int, int, int]
-
-
-SIZES = {
-    "resnet18": {
-        "18": ResNetSize("basic", (2, 2, 2, 2)),
-        "tiny": ResNetSize("basic", (1, 1, 1, 1)),
-    },
-    "resnet50": {
-        "50": ResNetSize("bottleneck", (3, 4, 6, 3)),
-        "tiny": ResNetSize("bottleneck", (1, 1, 1, 1)),
-    },
-}
+from .variants import ResNetSize, family_entry
 
 _S2_ALL = (
     "coastal", "blue", "green", "red", "rededge071", "rededge075", "rededge078",
@@ -54,19 +36,14 @@ KNOWN_FILES = {
 DROP_KEYS = ("fc.weight", "fc.bias")
 
 
-def sizes(name: str) -> list[str]:
-    return list(SIZES[name])
-
-
 class ResNetBackbone(nn.Module):
     """timm ResNet returning the feature maps at strides 2, 4, 8, 16, 32 (``out_indices``)."""
 
-    def __init__(self, name: str, size: str, in_chans: int, out_indices: tuple[int, ...]):
+    def __init__(self, cfg: ResNetSize, in_chans: int, out_indices: tuple[int, ...]):
         super().__init__()
         import timm
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-        cfg = SIZES[name][size]
         block = BasicBlock if cfg.block == "basic" else Bottleneck
         net = ResNet(block=block, layers=cfg.layers, in_chans=in_chans, num_classes=0)
         self.model = timm.models.FeatureListNet(net, out_indices=out_indices)
@@ -93,9 +70,10 @@ def build(
     out_indices: tuple[int, ...] | list[int] = (0, 1, 2, 3, 4),
     **unused,
 ) -> ResNetBackbone:
-    size = size or ("18" if name == "resnet18" else "50")
-    if size not in SIZES[name]:
-        raise BackboneError(f"{name} has sizes {', '.join(SIZES[name])}, not {size!r}")
+    entry = family_entry(name, "resnet")
+    size = size or entry.default_size
+    if size not in entry.sizes:
+        raise BackboneError(f"{name} has sizes {', '.join(entry.sizes)}, not {size!r}")
     out_indices = tuple(out_indices)
     if weights is not None:
         if weights.name not in KNOWN_FILES:
@@ -123,7 +101,7 @@ def build(
             mean = [s.band(b).mean for b in band_names]
             std = [s.band(b).std for b in band_names]
             stats_source = f"{s.id} default statistics of stored values"
-    model = ResNetBackbone(name, size, len(band_names), out_indices)
+    model = ResNetBackbone(entry.sizes[size], len(band_names), out_indices)
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
         state = {k: v for k, v in state.items() if k not in DROP_KEYS}
