@@ -90,12 +90,12 @@ def run(args, images: list[str] | None = None, imagery: dict | None = None) -> i
         for ds in rows:
             m = ds.manifest
             print(
-                f"{ds.id:24s} {m.get('task', 'segmentation'):14s} {m['num_classes']} classes  "
+                f"{ds.id:24s} {m.task:14s} {m['num_classes']} classes  "
                 f"{len(m['bands'])} bands  {m['shape'][1]}x{m['shape'][0]} px  {m['crs']}  {m['created']}"
             )
     elif args.data_cmd == "show":
         ds = load_dataset(args.id)
-        print(json.dumps(ds.manifest, indent=2) if args.json else describe(ds))
+        print(json.dumps(ds.manifest.to_dict(), indent=2) if args.json else describe(ds))
     elif args.data_cmd == "delete":
         delete_dataset(args.id)
         print(f"deleted dataset {args.id!r}")
@@ -105,7 +105,7 @@ def run(args, images: list[str] | None = None, imagery: dict | None = None) -> i
 def describe(ds: Dataset) -> str:
     """Classes, counts, bands, dates, CRS and splits of a dataset, as text."""
     m = ds.manifest
-    task = m.get("task", "segmentation")
+    task = m.task
     lines = [f"id: {m['id']}  name: {m['name']}  owner: {m['owner']}  task: {task}"]
     dates = ", ".join(d or "unknown" for d in m["dates"])
     lines.append(f"sensor: {m['sensor'] or '-'}  bands: {', '.join(m['bands'])}  dates: {dates}")
@@ -123,9 +123,7 @@ def describe(ds: Dataset) -> str:
     if src.get("n_invalid_repaired"):
         labels += f", {src['n_invalid_repaired']} invalid geometries repaired"
     if task == "classification":
-        labels += f"; chips of {m['chip_size']} px" + (
-            ", multi-label" if m.get("multi_label") else ""
-        )
+        labels += f"; chips of {m['chip_size']} px" + (", multi-label" if m.multi_label else "")
     if m.get("background"):
         labels += f"; background class {m['background']!r} = every valid unlabelled pixel"
     lines.append(labels)

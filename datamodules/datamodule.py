@@ -70,7 +70,7 @@ class GeotuneDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.ds = load_dataset(dataset)
-        self.task = self.ds.manifest.get("task", "segmentation")
+        self.task = self.ds.manifest.task
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.chips_per_epoch = chips_per_epoch
@@ -138,9 +138,7 @@ class GeotuneDataModule(L.LightningDataModule):
         if sampler != "auto":
             return sampler
         labelled = int(self._train_table()["pixels"].sum())
-        valid = self.ds.manifest["stats"].get("valid_pixels") or math.prod(
-            self.ds.manifest["shape"]
-        )
+        valid = self.ds.manifest.stats.get("valid_pixels") or math.prod(self.ds.manifest.shape)
         return "random" if labelled >= DENSE_FRACTION * valid else "labels"
 
     def _default_patch(self) -> int:
@@ -207,7 +205,7 @@ class GeotuneDataModule(L.LightningDataModule):
         return self._loaders[split]
 
     def _chip_split(self, split: str):
-        chip = int(self.ds.manifest["chip_size"])
+        chip = int(self.ds.manifest.chip_size)
         if chip != self.patch_size and not self._loaders:
             warnings.warn(
                 f"data.patch_size={self.patch_size} differs from the dataset's chip size {chip}: "
@@ -219,8 +217,10 @@ class GeotuneDataModule(L.LightningDataModule):
         if split == "train" and self.budget is not None:
             sel &= np.isin(chips["chip_id"], self.kept_units())
         rows = np.nonzero(sel)[0]
-        subset = {k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows])
-                  for k, v in chips.items()}  # fmt: skip
+        subset = {
+            k: (v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows])
+            for k, v in chips.items()
+        }
         dataset = ClassificationChips(self.ds, subset, self.band_indices, self.patch_size)
         rank, world = self._rank_world()
         items = list(range(len(rows)))
@@ -231,7 +231,7 @@ class GeotuneDataModule(L.LightningDataModule):
         return dataset, ShardedSampler(items, rank, world)
 
     def _patch_split(self, split: str):
-        h, w = self.ds.manifest["shape"]
+        h, w = self.ds.manifest.shape
         if min(h, w) < self.patch_size:
             raise UserError(
                 f"data.patch_size={self.patch_size} is larger than the scene ({h}x{w} px); lower it"
@@ -262,7 +262,7 @@ class GeotuneDataModule(L.LightningDataModule):
             roi = cov.roi(self.patch_size * res * 0.75)
             if roi is None:
                 raise UserError(f"split {split!r} has no labelled pixels")
-            roi = roi & shapely.box(*self.ds.manifest["bounds"])
+            roi = roi & shapely.box(*self.ds.manifest.bounds)
             inner = RandomPatchSampler(
                 dataset, size=self.patch_size, length=self.chips_per_epoch, roi=roi
             )

@@ -114,7 +114,7 @@ def _unbatch(batch: dict) -> dict:
 def _date_ordinals(ds: Dataset) -> torch.Tensor:
     """Each date as :func:`datamodules.imagery.day_number` (with its time of day, if known)."""
     return torch.tensor(
-        [day_number(parse_when(d)) if d else 0.0 for d in ds.manifest["dates"]],
+        [day_number(parse_when(d)) if d else 0.0 for d in ds.manifest.dates],
         dtype=torch.float64,
     )
 
@@ -135,7 +135,7 @@ class _Reader:
             self.files = {"images": [rasterio.open(p) for p in self.ds.images]}
             self.files |= {k: rasterio.open(self.ds.file(k)) for k in self.keys}
             self.files["lonlat"] = Transformer.from_crs(
-                self.ds.manifest["crs_wkt"], "EPSG:4326", always_xy=True
+                self.ds.manifest.crs_wkt, "EPSG:4326", always_xy=True
             )
             self.pid = os.getpid()
         return self.files
@@ -247,7 +247,7 @@ class ClassificationChips(TorchDataset):
     def __init__(self, ds: Dataset, chips: dict, band_indices: list[int], patch_size: int):
         self.band_indexes = [i + 1 for i in band_indices]
         self.patch_size = patch_size
-        self.multi_label = bool(ds.manifest.get("multi_label"))
+        self.multi_label = bool(ds.manifest.multi_label)
         self.k = ds.num_classes
         self.rows, self.cols = chips["row"] + chips["size"] // 2, chips["col"] + chips["size"] // 2
         self.class_ids = chips["class_ids"]

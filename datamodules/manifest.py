@@ -15,11 +15,12 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
 from .paths import datasets_dir
+from .records import FileRecord
 
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
@@ -56,20 +57,71 @@ def slugify(text: str) -> str:
     return slug or "class"
 
 
+@dataclass(frozen=True)
+class DatasetManifest(FileRecord):
+    """``dataset.json``, typed: what the code reads, with the defaults of keys older files lack.
+
+    :meth:`from_dict` checks the format version (``geotune_dataset``; a newer one is refused)
+    and the keys every version has. The mapping view (``m["key"]``, ``to_dict()``) is the file
+    as written, for JSON answers and the keys that only ingestion and the data module read
+    (``mask``, ``units``, ``chips``, ...).
+    """
+
+    id: str
+    classes: list[dict]
+    ignore_index: int
+    bands: list[str]
+    images: list[dict]
+    resolution: list[float]
+    crs_wkt: str
+    bounds: list[float]
+    shape: list[int]
+    stats: dict
+    splits: dict
+    geotune_dataset: int = FORMAT_VERSION
+    name: str | None = None
+    owner: str = "local"
+    task: str = "segmentation"
+    output_nodata: int = 255
+    sensor: str | None = None
+    scales: list[float] | None = None
+    offsets: list[float] | None = None
+    dates: list[str | None] = field(default_factory=list)
+    chip_size: int | None = None  # classification: the chips' edge
+    multi_label: bool = False  # classification: several classes per chip
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "dataset.json") -> DatasetManifest:
+        version = int(data.get("geotune_dataset", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise DatasetError(
+                f"{where} is dataset format {version}; this geotune reads up to "
+                f"{FORMAT_VERSION}. Upgrade geotune to use it."
+            )
+        values, missing = cls.typed_values(data)
+        if missing:
+            raise DatasetError(
+                f"{where} lacks {', '.join(missing)}: it is not a dataset manifest geotune wrote. "
+                "Add the dataset again with geotune data add."
+            )
+        return cls(**values | {"geotune_dataset": version}, raw=dict(data))
+
+
 @dataclass
 class Dataset:
-    """A dataset folder and its manifest (a plain dict, as written)."""
+    """A dataset folder and its manifest."""
 
     path: Path
-    manifest: dict
+    manifest: DatasetManifest
 
     @property
     def id(self) -> str:
-        return self.manifest["id"]
+        return self.manifest.id
 
     @property
     def classes(self) -> list[dict]:
-        return self.manifest["classes"]
+        return self.manifest.classes
 
     @property
     def class_names(self) -> list[str]:
@@ -81,24 +133,24 @@ class Dataset:
 
     @property
     def ignore_index(self) -> int:
-        return int(self.manifest["ignore_index"])
+        return int(self.manifest.ignore_index)
 
     @property
     def bands(self) -> list[str]:
-        return list(self.manifest["bands"])
+        return list(self.manifest.bands)
 
     @property
     def images(self) -> list[Path]:
-        return [self.path / im["path"] for im in self.manifest["images"]]
+        return [self.path / im["path"] for im in self.manifest.images]
 
     def file(self, key: str) -> Path:
         return self.path / self.manifest[key]
 
 
-def read_manifest(folder: str | Path) -> dict:
+def read_manifest(folder: str | Path) -> DatasetManifest:
     path = Path(folder) / MANIFEST
     with open(path) as f:
-        return json.load(f)
+        return DatasetManifest.from_dict(json.load(f), str(path))
 
 
 def load_dataset(ref: str | Path, root: Path | None = None) -> Dataset:
@@ -166,6 +218,7 @@ class DatasetWriter:
 
     def commit(self, manifest: dict) -> Dataset:
         manifest = {"geotune_dataset": FORMAT_VERSION, **manifest}
+        typed = DatasetManifest.from_dict(manifest)  # what is written reads back
         tmp_json = self.tmp / (MANIFEST + ".part")
         with open(tmp_json, "w") as f:
             json.dump(manifest, f, indent=2)
@@ -175,7 +228,7 @@ class DatasetWriter:
         if self.final.exists():
             raise DatasetError(f"dataset {self.final.name!r} was created by someone else meanwhile")
         os.rename(self.tmp, self.final)
-        return Dataset(self.final, manifest)
+        return Dataset(self.final, typed)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -52,7 +52,7 @@ class IngestKind(JobKind):
         return job_env()
 
     def finalize(self, record: dict, folder: Path) -> dict:
-        from .routes.datasets import detail, get_dataset
+        from .datasets import detail, get_dataset
 
         result = read_json(folder / RESULT)
         shutil.rmtree(folder / INPUTS, ignore_errors=True)

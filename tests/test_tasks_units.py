@@ -10,7 +10,8 @@ from trainer.backbones import build_backbone
 from trainer.heads import ChangeNet, ClassificationNet, SegmentationNet
 from trainer.losses import ClassificationLoss, DenseLoss
 from trainer.metrics import classification_metric_dict, metric_dict
-from trainer.registry import build_net, net_fields
+from trainer.record import ModelRecord
+from trainer.registry import net_from_record
 from trainer.tasks import warmup_cosine
 
 BANDS = ["blue", "green", "red", "nir08", "swir16", "swir22"]
@@ -111,15 +112,23 @@ def test_warmup_cosine_rises_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
 
 
-def _record(task: str, net, kw: dict, name: str, frames: int = 1) -> dict:
-    return {
-        "task": task,
-        "backbone": {"name": name, "kwargs": kw},
-        **net_fields(net),
-        "num_classes": net.num_classes,
-        "resolution": [10.0, 10.0],
-        "num_frames": frames,
-    }
+def _record(task: str, net, kw: dict, name: str, frames: int = 1) -> ModelRecord:
+    spec = net.backbone.spec
+    return ModelRecord.from_dict(
+        {
+            "task": task,
+            "backbone": {"name": name, "kwargs": kw},
+            **net.config(),
+            "num_classes": net.num_classes,
+            "classes": [],
+            "bands": list(spec.bands),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resolution": [10.0, 10.0],
+            "patch_size": 32,
+            "num_frames": frames,
+        }
+    )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -150,7 +159,7 @@ def test_every_task_net_runs_and_rebuilds_from_its_record(name):
         with torch.no_grad():
             y = net(inp)
         assert tuple(y.shape) == shape, (task, y.shape)
-        rebuilt = build_net(_record(task, net, kw, name, frames))
+        rebuilt = net_from_record(_record(task, net, kw, name, frames))
         rebuilt.load_state_dict(net.state_dict(), strict=True)
         rebuilt.eval()
         with torch.no_grad():

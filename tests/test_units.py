@@ -20,7 +20,8 @@ from datamodules.units import Unit, UnitError, fold
 from trainer.backbones.adapt import backbone_for_dataset
 from trainer.config import compose
 from trainer.heads import SegmentationNet
-from trainer.registry import ModelRefError, mlm_item, upgrade_record
+from trainer.mlm import mlm_item
+from trainer.record import ModelRefError, upgrade_record
 from trainer.tasks import SegmentationTask
 from trainer.train import model_record
 

@@ -46,13 +46,29 @@ class ClassificationTask(GeoTask):
         overlay_chips: int = 8,
     ):
         """``ignore_index``: a single-label chip whose label is this value counts nowhere."""
-        from .heads import ClassificationNet
+        from .heads import build_net
 
         self.multi_label = multi_label
-        net = ClassificationNet(
-            backbone, len(classes), pool, head, hidden, dropout, multi_label, gsd=gsd
+        config = {
+            "pool": pool,
+            "head": head,
+            "hidden": hidden,
+            "dropout": dropout,
+            "multi_label": multi_label,
+        }
+        net = build_net("classification", backbone, len(classes), gsd, config)
+        super().__init__(
+            net,
+            classes,
+            ignore_index,
+            bands,
+            optimizer,
+            scheduler,
+            finetune,
+            last_n,
+            augment,
+            overlay_chips,
         )
-        super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.criterion = ClassificationLoss(self.k, multi_label, ignore_index, **(loss or {}))
 
@@ -84,7 +100,9 @@ class ClassificationTask(GeoTask):
 
     def predict_classes(self, logits: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
-            return (logits.sigmoid() > 0.5).long()
+            from .heads import postprocess
+
+            return postprocess(logits, multi_label=True)[1]
         return logits.argmax(1)
 
     def augment_batch(self, batch: dict) -> None:

@@ -88,7 +88,25 @@ def _unknown_metadata(backbone: nn.Module, x: torch.Tensor, gsd: float) -> dict:
     return _metadata(backbone, [[None] * frames] * x.shape[0], None, gsd)
 
 
-class SegmentationNet(nn.Module):
+class Configured:
+    """A network that describes itself: ``config()`` (the keys in ``CONFIG``) and
+    ``from_config()``, which builds the same network on a backbone."""
+
+    CONFIG: tuple[str, ...] = ()
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, num_classes: int, gsd: float, config: dict):
+        """The network :meth:`config` describes, on ``backbone``, with random head weights."""
+        kwargs = {k: config[k] for k in cls.CONFIG if k in config}
+        return cls(backbone, num_classes, gsd=gsd, **kwargs)
+
+
+class SegmentationNet(Configured, nn.Module):
+    CONFIG = ("decoder", "decoder_channels")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -149,6 +167,10 @@ class SegmentationNet(nn.Module):
             raise UserError(f"unknown decoder {decoder!r}; choose auto, unet or upernet")
         self.head = nn.Conv2d(head_in, num_classes, kernel_size=3, padding=1)
         self.multiple = max(2**self._depth, spec.patch_size)
+
+    def config(self) -> dict:
+        """This network's own configuration (the model record stores it; decoder resolved)."""
+        return {"decoder": self.decoder_name, "decoder_channels": self.decoder_channels}
 
     def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
         """Keyword arguments of ``forward`` for a batch's ``date_ord`` ``[B, T]`` and ``lonlat``."""
@@ -216,6 +238,8 @@ def resolve_fusion(fusion: str, classes: list[dict]) -> str:
 class ChangeNet(SegmentationNet):
     """Two dates ``[B, C, 2, H, W]`` → change logits ``[B, K, H, W]`` (see the module docstring)."""
 
+    CONFIG = (*SegmentationNet.CONFIG, "fusion", "temporal")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -247,6 +271,9 @@ class ChangeNet(SegmentationNet):
         factor = 2 if (temporal == "siamese" and fusion == "concat") else 1
         super().__init__(backbone, num_classes, decoder, decoder_channels, gsd, factor)
         self.fusion, self.temporal = fusion, temporal
+
+    def config(self) -> dict:
+        return super().config() | {"fusion": self.fusion, "temporal": self.temporal}
 
     def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
         if self.temporal == "frames":
@@ -281,8 +308,10 @@ class ChangeNet(SegmentationNet):
         return self._decode(fused, x.shape[-2:], h, w)
 
 
-class ClassificationNet(nn.Module):
+class ClassificationNet(Configured, nn.Module):
     """One embedding per chip (class token or mean of tokens) → linear or MLP head → ``[B, K]``."""
+
+    CONFIG = ("pool", "head", "hidden", "dropout", "multi_label")
 
     def __init__(
         self,
@@ -325,6 +354,16 @@ class ClassificationNet(nn.Module):
         self.head_name, self.hidden, self.dropout = head, hidden, dropout
         self.multi_label = multi_label
 
+    def config(self) -> dict:
+        """This network's own configuration (the model record stores it; pool resolved)."""
+        return {
+            "pool": self.pool,
+            "head": self.head_name,
+            "hidden": self.hidden,
+            "dropout": self.dropout,
+            "multi_label": bool(self.multi_label),
+        }
+
     def metadata_for(self, date_ord: torch.Tensor, lonlat: torch.Tensor) -> dict:
         return _metadata(self.backbone, _dates(date_ord), lonlat, self.gsd)
 
@@ -340,6 +379,30 @@ class ClassificationNet(nn.Module):
     def forward(self, x: torch.Tensor, **metadata) -> torch.Tensor:
         """Raw values ``[B, C, H, W]`` (or ``[B, C, T, H, W]``) → logits ``[B, K]``."""
         return self.head(self.embed(x, **metadata))
+
+
+NETS = {"segmentation": SegmentationNet, "change": ChangeNet, "classification": ClassificationNet}
+
+
+def build_net(task: str, backbone: nn.Module, num_classes: int, gsd: float, config: dict):
+    """The network of ``task`` on ``backbone``: what training builds from the task config and
+    the registry rebuilds from a model record (``config``: the network's ``config()``)."""
+    if task not in NETS:
+        raise UserError(f"unknown task {task!r}; geotune's tasks: {', '.join(NETS)}")
+    return NETS[task].from_config(backbone, num_classes, gsd, config)
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """Logits ``[B, K, ...]`` → probabilities: a softmax over the classes, or (``multi_label``)
+    one sigmoid per class."""
+    return torch.sigmoid(logits) if multi_label else logits.softmax(1)
+
+
+def postprocess(logits: torch.Tensor, multi_label: bool = False):
+    """Logits ``[B, K, ...]`` → ``(probabilities, classes)``: the most probable class, or
+    (``multi_label``) 0/1 per class at probability 0.5."""
+    prob = probabilities(logits, multi_label)
+    return prob, ((prob > 0.5).to(torch.int64) if multi_label else prob.argmax(1))
 
 
 def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:

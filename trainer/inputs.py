@@ -22,11 +22,14 @@ from pathlib import Path
 
 import rasterio
 
+from datamodules.errors import UserError
 from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
 from datamodules.sensors import stored_units
 from datamodules.units import Unit, UnitError, affine
 
-from .predict import PredictError
+
+class PredictError(UserError):
+    """A scene, option or model that prediction cannot take, with what to do instead."""
 
 
 @dataclass

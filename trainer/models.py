@@ -12,8 +12,12 @@ import difflib
 import json
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from datamodules.errors import UserError
+
+if TYPE_CHECKING:
+    from .record import ModelRecord
 
 
 class ModelNotFoundError(UserError):
@@ -98,17 +102,16 @@ def list_models(client, filter_string: str | None = None, visible=None) -> list[
 
 
 @lru_cache(maxsize=256)
-def _record(download_uri: str) -> dict:
+def _record(download_uri: str) -> ModelRecord:
     import mlflow
 
-    from .registry import upgrade_record
+    from .record import ModelRecord
 
-    return upgrade_record(
-        json.loads(mlflow.artifacts.load_text(f"{download_uri}/artifacts/model.json"))
-    )
+    text = mlflow.artifacts.load_text(f"{download_uri}/artifacts/model.json")
+    return ModelRecord.from_dict(json.loads(text))
 
 
-def record(client, registered: str, version: int) -> dict:
+def record(client, registered: str, version: int) -> ModelRecord:
     """The model record (upgraded to today's version) of one version; versions never change."""
     return _record(client.get_model_version_download_uri(registered, str(version)))
 
@@ -117,18 +120,19 @@ def detail(client, rm) -> dict:
     """:func:`summary` plus what the ``champion`` (else the latest) version predicts."""
     out = summary(client, rm)
     shown = out["aliases"].get("champion") or out["latest_version"]
-    rec = record(client, rm.name, shown) if shown else {}
-    norm = rec.get("normalization") or {}
+    rec = record(client, rm.name, shown) if shown else None
+    norm = (rec.normalization if rec else None) or {}
     return out | {
         "described_version": shown,
-        "task": rec.get("task"),
-        "backbone": rec.get("backbone", {}).get("name"),
+        "task": rec.task if rec else None,
+        "backbone": rec.backbone["name"] if rec else None,
         "classes": [
-            {k: c.get(k) for k in ("id", "name", "color", "value")} for c in rec.get("classes", [])
+            {k: c.get(k) for k in ("id", "name", "color", "value")}
+            for c in (rec.classes if rec else [])
         ],
-        "bands": rec.get("bands", []),
-        "sensor": rec.get("sensor"),
-        "resolution": rec.get("resolution"),
+        "bands": rec.bands if rec else [],
+        "sensor": rec.sensor if rec else None,
+        "resolution": rec.resolution if rec else None,
         "normalization": {k: norm.get(k) for k in ("statistics", "source", "sensor", "conversion")},
     }
 

@@ -27,16 +27,12 @@ from rasterio import Affine
 from rasterio.windows import Window
 
 from datamodules.bands import map_bands
-from datamodules.errors import UserError
 from datamodules.imagery import Grid, Scene, SceneReader, day_number
 
 from .areas import areal_scale, class_histogram, pixel_area_rows
 from .backbones.variants import get_entry
+from .inputs import PredictError
 from .polygons import PolygonCollector
-
-
-class PredictError(UserError):
-    pass
 
 
 @dataclass
@@ -277,9 +273,11 @@ class Predictor:
         """Probabilities for a batch of chips: ``[B, K, h, w]`` (dense) or ``[B, K]`` (classification)."""
         import torch
 
+        from .heads import probabilities
+
         with torch.inference_mode():
             logits = self.run(x, origins)
-            probs = torch.sigmoid(logits) if self.record.get("multi_label") else logits.softmax(1)
+            probs = probabilities(logits, bool(self.record.get("multi_label")))
             return probs.cpu().numpy()
 
     def run(self, x: np.ndarray, origins: list[tuple[int, int]]):

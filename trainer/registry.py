@@ -1,20 +1,20 @@
 """MLflow: the model record, the pyfunc model, registration, aliases, loading by URI.
 
 A registered version carries everything needed to predict without the training config:
-``weights.pt`` (the whole network's state dict), ``model.json`` (the model record: backbone
+``weights.pt`` (the whole network's state dict), ``model.json`` (the model record,
+:mod:`trainer.record`: backbone
 name/size/build arguments, band names, normalisation and the units of the values it expects,
 class table, patch defaults, resolution, run and dataset ids), ``config.yaml`` (the resolved
-Hydra config) and ``mlm-item.json`` (a STAC MLM v1.4 item whose ``value_scaling`` is the
+Hydra config) and ``mlm-item.json`` (a STAC MLM v1.4 item, :mod:`trainer.mlm`, whose ``value_scaling`` is the
 model's z-score per band on stored values). ``mlflow.pyfunc.load_model("models:/<name>@<alias>")``
 rebuilds the network from these in any Python session where geotune is installed; ``predict``
 takes stored values as float32 ``[B, C, H, W]``. Records of older versions are upgraded when
-read (:func:`upgrade_record`).
+read (:func:`trainer.record.upgrade_record`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 
@@ -23,17 +23,12 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
 
-from datamodules.errors import UserError
 from datamodules.paths import artifacts_dir, tracking_uri
 
-from .inputs import input_units
+from .mlm import mlm_item, output_shapes
+from .record import ModelRecord, ModelRefError, as_record
 
 EXPERIMENT = "geotune"
-RECORD_VERSION = 2  # model.json's "geotune_model"; 2: normalization (units) recorded
-
-
-class ModelRefError(UserError):
-    pass
 
 
 def setup_mlflow() -> MlflowClient:
@@ -48,88 +43,15 @@ def setup_mlflow() -> MlflowClient:
     return client
 
 
-def net_fields(net) -> dict:
-    """The model record's description of a task network's head (what :func:`build_net` reads)."""
-    from .heads import ChangeNet, ClassificationNet
-
-    if isinstance(net, ClassificationNet):
-        return {
-            "pool": net.pool,
-            "head": net.head_name,
-            "hidden": net.hidden,
-            "dropout": net.dropout,
-            "multi_label": bool(net.multi_label),
-        }
-    fields = {"decoder": net.decoder_name, "decoder_channels": net.decoder_channels}
-    if isinstance(net, ChangeNet):
-        fields |= {"fusion": net.fusion, "temporal": net.temporal}
-    return fields
-
-
-def build_net(record: dict):
-    """The network described by a model record, with random weights (load the state next).
-
-    ``record["task"]``: ``segmentation`` → ``SegmentationNet`` (logits ``[B, K, H, W]``),
-    ``change`` → ``ChangeNet`` (input ``[B, C, 2, H, W]``, logits ``[B, K, H, W]``),
-    ``classification`` → ``ClassificationNet`` (logits ``[B, K]``).
-    """
+def net_from_record(record: ModelRecord):
+    """The network a model record describes, with random weights (load the state next):
+    ``segmentation`` → logits ``[B, K, H, W]``, ``change`` → input ``[B, C, 2, H, W]``, logits
+    ``[B, K, H, W]``, ``classification`` → logits ``[B, K]`` (:func:`trainer.heads.build_net`)."""
     from .backbones import build_backbone
-    from .heads import ChangeNet, ClassificationNet, SegmentationNet
+    from .heads import build_net
 
-    kwargs = dict(record["backbone"]["kwargs"])
-    backbone = build_backbone(record["backbone"]["name"], "random", **kwargs)
-    task, k, gsd = (
-        record.get("task", "segmentation"),
-        record["num_classes"],
-        record["resolution"][0],
-    )
-    if task == "classification":
-        return ClassificationNet(
-            backbone, k, record["pool"], record["head"], record["hidden"], record["dropout"],
-            bool(record.get("multi_label")), gsd=gsd,
-        )  # fmt: skip
-    if task == "change":
-        return ChangeNet(
-            backbone, k, record["decoder"], record["decoder_channels"], gsd,
-            record["fusion"], record["temporal"],
-        )  # fmt: skip
-    if task != "segmentation":
-        raise ModelRefError(f"unknown task {task!r} in the model record")
-    return SegmentationNet(backbone, k, record["decoder"], record["decoder_channels"], gsd=gsd)
-
-
-def input_shape(record: dict) -> tuple[int, ...]:
-    """The raw input the network takes: ``(-1, C, -1, -1)``, or ``(-1, C, T, -1, -1)`` for several dates."""
-    c, t = len(record["bands"]), int(record.get("num_frames", 1))
-    return (-1, c, t, -1, -1) if t > 1 else (-1, c, -1, -1)
-
-
-def upgrade_record(record: dict) -> dict:
-    """A model record of any version in today's shape (the stored file is never rewritten).
-
-    Version 1 (before units were recorded): its ``mean``/``std`` were applied to the stored
-    values of its ``sensor`` as they came, and that is what the upgraded record says."""
-    from datamodules.sensors import stored_units
-
-    rec = dict(record)
-    version = int(rec.get("geotune_model", 1))
-    if version > RECORD_VERSION:
-        raise ModelRefError(
-            f"this model record is version {version}; this geotune reads up to "
-            f"{RECORD_VERSION}. Upgrade geotune to load it."
-        )
-    if version < 2:
-        units = stored_units(rec.get("sensor"), list(rec["bands"]))
-        rec["normalization"] = {
-            "statistics": "recorded",
-            "source": "model record version 1: mean/std applied to the stored values as given "
-            "(units were not recorded then)",
-            "sensor": rec.get("sensor"),
-            "input_units": [u.to_dict() for u in units] if units else None,
-            "conversion": "none",
-        }
-    rec["geotune_model"] = RECORD_VERSION
-    return rec
+    backbone = build_backbone(record.backbone["name"], "random", **record.backbone["kwargs"])
+    return build_net(record.task, backbone, record.num_classes, record.resolution[0], record.net)
 
 
 class GeotuneModel(PythonModel):
@@ -143,8 +65,10 @@ class GeotuneModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        self.record = upgrade_record(json.loads(Path(context.artifacts["record"]).read_text()))
-        self.net = build_net(self.record)
+        self.record = ModelRecord.from_dict(
+            json.loads(Path(context.artifacts["record"]).read_text())
+        )
+        self.net = net_from_record(self.record)
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state, strict=True)
         self.net.eval()
@@ -152,159 +76,29 @@ class GeotuneModel(PythonModel):
     def predict(self, context, model_input, params=None) -> dict:
         import torch
 
+        from .heads import postprocess
+
         x = np.asarray(model_input, dtype=np.float32)
-        want = input_shape(self.record)
+        want = self.record.input_shape()
         if x.ndim != len(want) or any(w > 0 and w != g for w, g in zip(want, x.shape, strict=True)):
             dims = ", ".join(["B", *[str(w) for w in want[1:-2]], "H", "W"])
             raise ModelRefError(
-                f"expected float32 [{dims}] with bands {self.record['bands']}; got shape {x.shape}"
+                f"expected float32 [{dims}] with bands {self.record.bands}; got shape {x.shape}"
             )
         with torch.inference_mode():
-            logits = self.net(torch.from_numpy(x))
-        if self.record.get("multi_label"):
-            prob = torch.sigmoid(logits)
-            classes = (prob > 0.5).to(torch.int64)
-        else:
-            prob = torch.softmax(logits, dim=1)
-            classes = prob.argmax(1)
+            prob, classes = postprocess(self.net(torch.from_numpy(x)), self.record.multi_label)
         return {"classes": classes.numpy().astype(np.int64), "probabilities": prob.numpy()}
 
 
-MLM_TASKS = {
-    "segmentation": ["semantic-segmentation"],
-    "change": ["semantic-segmentation"],
-    "classification": ["scene-classification"],
-}
-
-
-def output_shapes(record: dict) -> dict[str, tuple[int, ...]]:
-    """Shapes of the pyfunc outputs (``-1`` = any) for the record's task."""
-    k = record["num_classes"]
-    if record.get("task") == "classification":
-        return {
-            "classes": (-1, k) if record.get("multi_label") else (-1,),
-            "probabilities": (-1, k),
-        }
-    return {"classes": (-1, -1, -1), "probabilities": (-1, k, -1, -1)}
-
-
-def mlm_name(name: str | None) -> str:
-    """The model's name as MLM's ``mlm:name`` pattern takes it (a letter first, letters, digits,
-    ``_.-`` and spaces, a letter or digit last, three characters at least)."""
-    text = re.sub(r"[^a-zA-Z0-9_.\-\s]", "-", f"geotune {name or 'model'}").rstrip("_.- ")
-    return text if re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", text) else "geotune model"
-
-
-def mlm_item(record: dict, n_params: int) -> dict:
-    """A STAC item with the Machine Learning Model (MLM) v1.4 extension describing the model.
-
-    ``mlm:input`` takes the stored values of the record's bands; its ``value_scaling`` holds one
-    z-score per band, the model's own (statistics folded onto the stored values), so applying
-    the card to stored values gives exactly what the encoder sees."""
-    task = record.get("task", "segmentation")
-    shape = list(input_shape(record))
-    shape[-2:] = [record["patch_size"], record["patch_size"]]
-    dim_order = (
-        ["batch", "bands", "time", "height", "width"]
-        if len(shape) == 5
-        else ["batch", "bands", "height", "width"]
-    )
-    head = record.get("decoder") or f"{record['pool']}-{record['head']}"
-    out_shape = list(output_shapes(record)["probabilities"])
-    out_order = ["batch", "channel", "height", "width"][: len(out_shape)]
-    left, bottom, right, top = record.get("bounds_lonlat") or [-180, -90, 180, 90]
-    units = input_units(record)
-    sensor = record.get("sensor")
-    norm = record.get("normalization") or {}
-    what = f"{sensor or 'unknown sensor'} stored values"
-    described = (
-        [f"{what}: {u.describe()}" for u in units] if units else [what] * len(record["bands"])
-    )
-    bands = [{"name": b, "description": d} for b, d in zip(record["bands"], described, strict=True)]
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": ["https://stac-extensions.github.io/mlm/v1.4.0/schema.json"],
-        "id": record.get("name") or record["run_id"],
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [
-                [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
-            ],
-        },
-        "bbox": [left, bottom, right, top],
-        "properties": {
-            "datetime": None,
-            "start_datetime": "1970-01-01T00:00:00Z",
-            "end_datetime": "9999-12-31T23:59:59Z",
-            "bands": bands,
-            "mlm:name": mlm_name(record.get("name")),
-            "mlm:architecture": f"{record['backbone']['name']}+{head}"
-            + (" (change detection)" if task == "change" else ""),
-            "mlm:tasks": MLM_TASKS[task],
-            "mlm:framework": "pytorch",
-            "mlm:total_parameters": n_params,
-            "mlm:pretrained": record["backbone"]["weights"] != "random",
-            "mlm:pretrained_source": record["backbone"]["weights"],
-            "mlm:input": [
-                {
-                    "name": "image",
-                    "bands": record["bands"],
-                    "description": f"stored values of {sensor or 'the training imagery'}; "
-                    f"normalisation: {norm.get('source', 'recorded statistics')}",
-                    "input": {
-                        "shape": shape,
-                        "dim_order": dim_order,
-                        "data_type": "float32",
-                    },
-                    "value_scaling": [
-                        {"type": "z-score", "mean": m, "stddev": s}
-                        for m, s in zip(record["mean"], record["std"], strict=True)
-                    ],
-                    "resize_type": None,
-                    "pre_processing_function": None,
-                }
-            ],
-            "mlm:output": [
-                {
-                    "name": "classes",
-                    "tasks": MLM_TASKS[task],
-                    "result": {
-                        "shape": out_shape,
-                        "dim_order": out_order,
-                        "data_type": "float32",
-                    },
-                    "classification:classes": [
-                        {
-                            "value": cl["id"],
-                            "name": cl["name"],
-                            "color_hint": cl["color"].lstrip("#"),
-                        }
-                        for cl in record["classes"]
-                    ],
-                    "post_processing_function": None,
-                }
-            ],
-        },
-        "links": [],
-        "assets": {
-            "weights": {
-                "href": "weights.pt",
-                "type": "application/octet-stream",
-                "roles": ["mlm:model", "mlm:weights"],
-                "mlm:artifact_type": "torch.save",
-            }
-        },
-    }
-
-
 def log_model(run_id: str, net, record: dict, config_yaml: str):
-    """Log the network as a pyfunc model under ``run_id``; returns MLflow's ModelInfo."""
+    """Log the network as a pyfunc model under ``run_id``; returns MLflow's ModelInfo.
+    ``record`` is written as ``model.json`` as given (read back as a :class:`ModelRecord`)."""
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    shape, out = input_shape(record), output_shapes(record)
+    typed = as_record(record)
+    shape, out = typed.input_shape(), output_shapes(typed)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
         outputs=Schema(
@@ -314,7 +108,7 @@ def log_model(run_id: str, net, record: dict, config_yaml: str):
             ]
         ),
     )
-    mean = np.asarray(record["mean"], dtype=np.float32)
+    mean = np.asarray(typed.mean, dtype=np.float32)
     example = np.broadcast_to(
         mean.reshape((1, -1) + (1,) * (len(shape) - 2)),
         [1, len(mean), *[abs(d) if d > 0 else 32 for d in shape[2:]]],
@@ -323,9 +117,9 @@ def log_model(run_id: str, net, record: dict, config_yaml: str):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.save(net.state_dict(), tmp / "weights.pt")
-        (tmp / "model.json").write_text(json.dumps(record, indent=2))
+        (tmp / "model.json").write_text(json.dumps(dict(record), indent=2))
         (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / "mlm-item.json").write_text(json.dumps(mlm_item(record, n_params), indent=2))
+        (tmp / "mlm-item.json").write_text(json.dumps(mlm_item(typed, n_params), indent=2))
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="model",
@@ -343,9 +137,9 @@ def log_model(run_id: str, net, record: dict, config_yaml: str):
                 input_example=example,
                 pip_requirements=["geotune", "torch", "segmentation-models-pytorch", "timm"],
                 metadata={
-                    "geotune_task": record["task"],
-                    "backbone": record["backbone"]["name"],
-                    "classes": [c["name"] for c in record["classes"]],
+                    "geotune_task": typed.task,
+                    "backbone": typed.backbone["name"],
+                    "classes": [c["name"] for c in typed.classes],
                 },
             )
 

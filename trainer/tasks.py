@@ -289,10 +289,15 @@ class DenseTask(GeoTask):
 
             im, m, p = self._overlay
             figs["overlay"] = overlay_figure(
-                im, m, p, self.bands, [c["color"] for c in self.classes],
-                [c["name"] for c in self.classes], self.ignore_index,
+                im,
+                m,
+                p,
+                self.bands,
+                [c["color"] for c in self.classes],
+                [c["name"] for c in self.classes],
+                self.ignore_index,
                 f"val chips, epoch {self.current_epoch}",
-            )  # fmt: skip
+            )
         return figs
 
 
@@ -316,10 +321,22 @@ class SegmentationTask(DenseTask):
         augment: bool = True,
         overlay_chips: int = 4,
     ):
-        from .heads import SegmentationNet
+        from .heads import build_net
 
-        net = SegmentationNet(backbone, len(classes), decoder, decoder_channels, gsd=gsd)
-        super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
+        config = {"decoder": decoder, "decoder_channels": decoder_channels}
+        net = build_net("segmentation", backbone, len(classes), gsd, config)
+        super().__init__(
+            net,
+            classes,
+            ignore_index,
+            bands,
+            optimizer,
+            scheduler,
+            finetune,
+            last_n,
+            augment,
+            overlay_chips,
+        )
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
 
@@ -354,11 +371,27 @@ class ChangeTask(DenseTask):
         augment: bool = True,
         overlay_chips: int = 4,
     ):
-        from .heads import ChangeNet, resolve_fusion
+        from .heads import build_net, resolve_fusion
 
-        fusion = resolve_fusion(fusion, classes)
-        net = ChangeNet(backbone, len(classes), decoder, decoder_channels, gsd, fusion, temporal)
-        super().__init__(net, classes, ignore_index, bands, optimizer, scheduler, finetune, last_n, augment, overlay_chips)  # fmt: skip
+        config = {
+            "decoder": decoder,
+            "decoder_channels": decoder_channels,
+            "fusion": resolve_fusion(fusion, classes),
+            "temporal": temporal,
+        }
+        net = build_net("change", backbone, len(classes), gsd, config)
+        super().__init__(
+            net,
+            classes,
+            ignore_index,
+            bands,
+            optimizer,
+            scheduler,
+            finetune,
+            last_n,
+            augment,
+            overlay_chips,
+        )
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
 

@@ -45,7 +45,7 @@ def task_class(cfg: DictConfig):
 
 
 def check_task(cls, ds) -> None:
-    have = ds.manifest.get("task", "segmentation")
+    have = ds.manifest.task
     if have != cls.kind:
         raise UserError(
             f"dataset {ds.id!r} holds {have} labels but task={cls.kind} was asked for; "
@@ -85,7 +85,7 @@ def train(
             b_cfg[key] = value
     backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, dm.patch_size)
     bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
-    gsd = float(ds.manifest["resolution"][0])
+    gsd = float(ds.manifest.resolution[0])
     task = instantiate(
         cfg.task,
         backbone=backbone,
@@ -102,7 +102,7 @@ def train(
         "dataset_id": ds.id,
         "backbone": cfg.backbone.name,
         "task": cls.kind,
-        "owner": ds.manifest.get("owner", "local"),
+        "owner": ds.manifest.owner,
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -151,7 +151,9 @@ def train(
         logger.log_hyperparams({f"resolved.data.{k}": v for k, v in resolved.items()})
         client = logger.experiment
         client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        client.log_text(logger.run_id, json.dumps(ds.manifest, indent=2), "dataset/dataset.json")
+        client.log_text(
+            logger.run_id, json.dumps(ds.manifest.to_dict(), indent=2), "dataset/dataset.json"
+        )
         client.set_tag(logger.run_id, "weights", backbone.spec.weights)
         _log_dataset_input(logger.run_id, ds)
 
@@ -218,7 +220,7 @@ def train(
                     "dataset_id": ds.id,
                     "backbone": cfg.backbone.name,
                     "task": cls.kind,
-                    "owner": ds.manifest.get("owner", "local"),
+                    "owner": ds.manifest.owner,
                 },
             )
             result["model_version"] = int(mv.version)
@@ -283,10 +285,10 @@ def make_callbacks(configs, monitor: bool) -> dict:
 def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: int) -> dict:
     from rasterio.warp import transform_bounds
 
-    from .registry import RECORD_VERSION, net_fields
+    from .record import RECORD_VERSION
 
     spec = backbone.spec
-    lonlat = transform_bounds(ds.manifest["crs_wkt"], "EPSG:4326", *ds.manifest["bounds"])
+    lonlat = transform_bounds(ds.manifest.crs_wkt, "EPSG:4326", *ds.manifest.bounds)
     return {
         "geotune_model": RECORD_VERSION,
         "name": cfg.register.name,
@@ -298,19 +300,19 @@ def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: i
             "kwargs": b_kwargs,
             "spec": spec.to_dict(),
         },
-        **net_fields(task.net),
+        **task.net.config(),
         "num_classes": ds.num_classes,
         "classes": [
             {k: c[k] for k in ("id", "name", "slug", "color", "value")} for c in ds.classes
         ],
         "ignore_index": ds.ignore_index,
-        "output_nodata": ds.manifest.get("output_nodata", 255),
+        "output_nodata": ds.manifest.output_nodata,
         "bands": bands,
         "mean": list(spec.mean),
         "std": list(spec.std),
         "normalization": spec.normalization,
-        "sensor": ds.manifest.get("sensor"),
-        "resolution": ds.manifest["resolution"],
+        "sensor": ds.manifest.sensor,
+        "resolution": ds.manifest.resolution,
         "num_frames": len(ds.images),
         "patch_size": int(patch_size),
         "overlap": max(16, int(patch_size) // 8),
@@ -333,7 +335,8 @@ def _log_dataset_input(run_id: str, ds) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(ds.path))
-    digest = hashlib.sha1(json.dumps(ds.manifest, sort_keys=True).encode()).hexdigest()[:10]
+    manifest = json.dumps(ds.manifest.to_dict(), sort_keys=True)
+    digest = hashlib.sha1(manifest.encode()).hexdigest()[:10]
     entity = MetaDataset(source=source, name=ds.id, digest=digest)._to_mlflow_entity()
     tags = [
         InputTag("mlflow.data.context", "training"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import shutil
 from typing import Annotated, Literal
@@ -12,18 +11,14 @@ from fastapi.responses import JSONResponse
 
 from datamodules.errors import UserError
 from datamodules.ingest import check_options
-from datamodules.manifest import (
-    DatasetError,
-    check_name,
-    delete_dataset,
-    list_datasets,
-    load_dataset,
-)
+from datamodules.manifest import check_name, delete_dataset, list_datasets
+from datamodules.options import csv_list as _csv
 from datamodules.sensors import get_sensor
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
-from ..errors import ApiError, not_found
+from ..datasets import detail, get_dataset, summary
+from ..errors import ApiError
 from ..ingestion import ingest_argv, write_request
 from ..jobs import ACTIVE, job_view
 from ..owners import datasets_root
@@ -33,46 +28,6 @@ from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, VECTOR, rename_in_message, save_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-ID_RE = re.compile(r"^[a-z0-9_]{1,100}$")
-HINT = "List your datasets with GET /v1/datasets."
-
-
-def summary(ds) -> dict:
-    m = ds.manifest
-    return {
-        "id": m["id"],
-        "name": m["name"],
-        "created": m.get("created"),
-        "task": m.get("task", "segmentation"),
-        "classes": [c["name"] for c in m.get("classes", [])],
-        "bands": m.get("bands"),
-        "sensor": m.get("sensor"),
-        "shape": m.get("shape"),
-        "crs": m.get("crs"),
-        "resolution": m.get("resolution"),
-        "links": {"self": f"/v1/datasets/{m['id']}"},
-    }
-
-
-def detail(ds) -> dict:
-    m = {k: v for k, v in ds.manifest.items() if k not in ("crs_wkt",)}
-    return m | {"links": {"self": f"/v1/datasets/{m['id']}"}}
-
-
-def get_dataset(owner: str, dataset_id: str):
-    if not ID_RE.match(dataset_id or ""):
-        raise not_found("dataset", dataset_id, HINT)
-    try:
-        ds = load_dataset(dataset_id, root=datasets_root(owner))
-    except DatasetError:
-        raise not_found("dataset", dataset_id, HINT) from None
-    if ds.manifest.get("owner", "local") != owner:
-        raise not_found("dataset", dataset_id, HINT)
-    return ds
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def _numbers(text: str | None, field: str, kind=float) -> list | None:
@@ -240,11 +195,7 @@ def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
 
 @router.get("", responses=ERRORS, summary="List your datasets")
 def list_owned(owner: str = Depends(current_owner)) -> dict:
-    rows = [
-        ds
-        for ds in list_datasets(datasets_root(owner))
-        if ds.manifest.get("owner", "local") == owner
-    ]
+    rows = [ds for ds in list_datasets(datasets_root(owner)) if ds.manifest.owner == owner]
     return {"datasets": [summary(ds) for ds in rows]}
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from datamodules.errors import UserError
+from datamodules.options import csv_list as _csv
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
@@ -30,7 +31,6 @@ from ..schemas import ERRORS
 from ..settings import serve_dir
 from ..untrusted import TooManyPixels, inspect_raster
 from ..uploads import RASTER, rename_in_message, save_upload
-from .datasets import _csv
 from .predict import _validate, check_aoi, json_object
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS)

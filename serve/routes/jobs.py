@@ -7,12 +7,12 @@ from fastapi.responses import PlainTextResponse
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..datasets import get_dataset
 from ..errors import ApiError, not_found
 from ..jobs import FINISHED, clean_log, job_view
 from ..predictions import result as prediction_result
 from ..schemas import ERRORS, ERRORS_AS_JSON, FinetuneRequest, JobKindName, JobOut, JobState
 from ..training import check_alias, check_backbone, check_name_free, train_argv
-from .datasets import get_dataset
 
 router = APIRouter(prefix="/v1")
 HINT = "List your jobs with GET /v1/jobs."

@@ -211,7 +211,7 @@ def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
     same predictor; large areas (pixels at the model's resolution) run as a job."""
     from datamodules.aoi import extent_km2, parse_aoi
 
-    res = float(ctx.models.get(registered, v).record["resolution"][0])
+    res = float(ctx.models.get(registered, v).record.resolution[0])
     pixels = int(max(km2, extent_km2(parse_aoi(req.aoi))) * 1e6 / (res * res))  # the grid's
     pred_id, folder = ctx.predictions.new()
     write_json(folder / "request.json", {

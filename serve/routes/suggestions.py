@@ -11,11 +11,11 @@ from datamodules.errors import UserError
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..datasets import get_dataset
 from ..errors import ApiError
 from ..models import resolve
 from ..owners import api_name, datasets_root
 from ..schemas import ERRORS
-from .datasets import get_dataset
 
 router = APIRouter(prefix="/v1", tags=["datasets"], responses=ERRORS)
 

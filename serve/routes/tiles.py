@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..datasets import get_dataset
 from ..errors import ApiError, not_found
 from ..jobs import read_json
 from ..schemas import ERRORS, ERRORS_AS_JSON
@@ -35,7 +36,6 @@ from ..tiles import (
     rgb_bands,
     tilejson,
 )
-from .datasets import get_dataset
 from .scenes import scene_store
 
 router = APIRouter(prefix="/v1", tags=["tiles"])
