@@ -39,10 +39,20 @@ def git_commit() -> str:
     """The commit of the geotune checkout running this (``-dirty`` with local changes)."""
     repo = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=20, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20, check=True).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + ("-dirty" if dirty else "")
@@ -77,7 +87,7 @@ def check_single_process(trainer: DictConfig) -> None:
 
 def check_test_labels(ds) -> None:
     """A benchmark compares test scores: refuse a dataset without test labels up front."""
-    if not ds.manifest["splits"].get("units", {}).get("test"):
+    if not ds.manifest.splits.get("units", {}).get("test"):
         raise BenchmarkError(
             f"dataset {ds.id!r} has no test labels, and a benchmark compares backbones on its "
             "test split (geotune data show shows the splits). Label more places in the scene and "
@@ -110,8 +120,11 @@ def plan_budgets(cfg: DictConfig, budgets: list[int | None]) -> list[tuple[int |
         dm = GeotuneDataModule(cfg.data.dataset, seed=int(cfg.seeds[0]), budget=b)
         units = dm.train_units()
         if units in seen:
-            warnings.warn(f"budget {b or 'all'} keeps the same {units} training units as budget "
-                          f"{seen[units] or 'all'}; it is run once", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"budget {b or 'all'} keeps the same {units} training units as budget "
+                f"{seen[units] or 'all'}; it is run once",
+                stacklevel=2,
+            )
             if b is None:
                 seen[units] = None
             continue
@@ -170,8 +183,10 @@ def benchmark(cfg: DictConfig) -> dict:
     for k, v in flat_params(cfg).items():
         client.log_param(pid, k, v)
     work = _output_dir()
-    print(f"geotune benchmark {name}: {len(backbones)} backbones x {len(plan)} budgets x "
-          f"{len(seeds)} seeds = {len(cells)} runs on dataset {ds.id} ({kind}); MLflow parent run {pid}")  # fmt: skip
+    print(
+        f"geotune benchmark {name}: {len(backbones)} backbones x {len(plan)} budgets x "
+        f"{len(seeds)} seeds = {len(cells)} runs on dataset {ds.id} ({kind}); MLflow parent run {pid}"
+    )
     rows = []
     try:
         for i, (b, (budget, units), seed) in enumerate(cells, 1):
@@ -199,8 +214,10 @@ def benchmark(cfg: DictConfig) -> dict:
         client.set_terminated(pid, "FINISHED")
     except BaseException:
         client.set_terminated(pid, "FAILED")
-        print(f"benchmark {name} stopped after {len(rows)} of {len(cells)} runs; nothing written to {out}. "
-              f"The finished runs are children of MLflow run {pid}.")  # fmt: skip
+        print(
+            f"benchmark {name} stopped after {len(rows)} of {len(cells)} runs; nothing written to {out}. "
+            f"The finished runs are children of MLflow run {pid}."
+        )
         raise
     return {"dir": out, "rows": rows, "parent_run_id": pid, "name": name}
 
@@ -290,14 +307,13 @@ def write_results(
 def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) -> str:
     import platform
 
-    import numpy as np
     import torch
 
     units = sorted({r["units"] for r in rows})
     label = {r["units"]: r["budget"] for r in rows}
     early = (
         "early stopping on val/mIoU, best epoch restored"
-        if ds.manifest["splits"].get("units", {}).get("val")
+        if ds.manifest.splits.get("units", {}).get("val")
         else "no validation labels: every epoch trained, the last one tested"
     )
     first = {}
@@ -307,13 +323,13 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
         f"# Benchmark `{cfg.name or ds.id + '-' + kind}`",
         "",
         f"Dataset `{ds.id}`: {kind}, {ds.num_classes} classes ({', '.join(ds.class_names)}), "
-        f"sensor {ds.manifest.get('sensor') or '-'}, bands {', '.join(ds.bands)}; fixed spatial splits, "
+        f"sensor {ds.manifest.sensor or '-'}, bands {', '.join(ds.bands)}; fixed spatial splits, "
         "validation and test never subsampled. Budgets keep that many training label units "
         "(stratified per class, nested across budgets; each seed draws its own subset).",
         "",
         f"Same for every backbone: task `{cfg.task._target_.rsplit('.', 1)[1]}`, "
         f"max_epochs={cfg.trainer.max_epochs} ({early}), "
-        f"patch {cfg.data.patch_size or ds.manifest.get('chip_size') or 'size from the labels'}, batch {cfg.data.batch_size}, "
+        f"patch {cfg.data.patch_size or ds.manifest.chip_size or 'size from the labels'}, batch {cfg.data.batch_size}, "
         f"chips/epoch {cfg.data.chips_per_epoch or 'from the labels'}, "
         f"lr {cfg.task.optimizer.lr}, precision {cfg.trainer.precision}. Each backbone: its own "
         "normalisation and recommended fine-tune mode.",
@@ -323,8 +339,11 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
         "",
     ]
     if any(r["weights"] == "random" for r in rows):
-        lines += ["**Random initialisation** (`backbone.weights=random`): these runs compare the "
-                  "architectures and fine-tune recipes trained from scratch, not the pretrained models.", ""]  # fmt: skip
+        lines += [
+            "**Random initialisation** (`backbone.weights=random`): these runs compare the "
+            "architectures and fine-tune recipes trained from scratch, not the pretrained models.",
+            "",
+        ]
     lines += ["## Test mIoU, mean ± std over seeds", ""]
     head = ["backbone (size, weights, fine-tune)"] + [
         f"{label[u]} ({u} units)" if label[u] == "all" else f"{u} units" for u in units
@@ -338,34 +357,42 @@ def report_markdown(rows, stats, ds, kind: str, cfg: DictConfig, commit: str) ->
         lines.append(
             f"| {b} ({r['size']}, {r['weights']}, {r['finetune']}) | " + " | ".join(cells) + " |"
         )
+    lines += ["", "## Per cell: means over seeds", "", *_cell_table(rows, list(first), units)]
+    lines += ["", "`results.csv` has every run (with its MLflow run id); `plot.png` the curve.", ""]
+    return "\n".join(lines)
+
+
+def _cell_table(rows: list[dict], backbones: list[str], units: list[int]) -> list[str]:
+    """Markdown rows: per backbone and number of units, the means over seeds."""
+    import numpy as np
+
     per_class = [k for k in rows[0] if k.startswith("test_IoU_")]
-    lines += ["", "## Per cell: means over seeds", ""]
-    head = ["backbone", "units", "test mIoU", *[k[len("test_IoU_"):] + " IoU" for k in per_class],
-            "epochs", "train s", "inference chips/s", "parameters", "trainable"]  # fmt: skip
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b in first:
+    head = [
+        "backbone",
+        "units",
+        "test mIoU",
+        *[k[len("test_IoU_") :] + " IoU" for k in per_class],
+        "epochs",
+        "train s",
+        "inference chips/s",
+        "parameters",
+        "trainable",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = ["test_mIoU", *per_class, "epochs", "train_seconds", "inference_chips_per_s"]
+    for b in backbones:
         for u in units:
             sel = [r for r in rows if r["backbone"] == b and r["units"] == u]
             if not sel:
                 continue
-            mean = {
-                k: float(np.nanmean([float(r[k]) for r in sel]))
-                for k in [
-                    "test_mIoU",
-                    *per_class,
-                    "epochs",
-                    "train_seconds",
-                    "inference_chips_per_s",
-                ]
-            }
+            mean = {k: float(np.nanmean([float(r[k]) for r in sel])) for k in keys}
             lines.append(
                 f"| {b} | {u} | {mean['test_mIoU']:.3f} | "
                 + " | ".join(f"{mean[k]:.3f}" for k in per_class)
                 + f" | {mean['epochs']:.1f} | {mean['train_seconds']:.1f} | {mean['inference_chips_per_s']:.1f}"
                 + f" | {sel[0]['parameters']:,} | {sel[0]['trainable_parameters']:,} |"
             )
-    lines += ["", "`results.csv` has every run (with its MLflow run id); `plot.png` the curve.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def print_summary(result: dict) -> None:

@@ -52,13 +52,47 @@ def majority_baseline(confusion, train_counts) -> float:
     return float(scores(__import__("torch").from_numpy(base))["mIoU"])
 
 
+def _report(name: str, ds, labels: Path, image: Path, out: Path, result: dict, baseline: float):
+    """The demo's last words: held-out scores, where the files are, what to run next."""
+    from datamodules.paths import tracking_uri
+
+    test = result["test"]
+    width = 28
+    print("\nheld-out test blocks (spatially separate from training):")
+    print(f"  {'test/mIoU'.ljust(width)} {test['test/mIoU']:.3f}")
+    print(f"  {'majority-class baseline mIoU'.ljust(width)} {baseline:.3f}")
+    print(f"  {'test/OA'.ljust(width)} {test['test/OA']:.3f}")
+    for c in ds.classes:
+        key = f"test/IoU/{c['slug']}"
+        if key in test:
+            print(f"  {key.ljust(width)} {test[key]:.3f}")
+    print(
+        f"  {'val/mIoU (best epoch)'.ljust(width)} {result['val'].get('val/mIoU', float('nan')):.3f}"
+    )
+    print("\nwhere things are:")
+    print(f"  dataset        {ds.path}")
+    print(f"  labels         {labels}")
+    print(f"  class COG      {out / 'classes.tif'}")
+    print(f"  polygons       {out / 'polygons.geojson'}")
+    print(f"  summary        {out / 'summary.json'}")
+    print(f"  MLflow store   {tracking_uri()}")
+    print("\nnext:")
+    print(
+        f"  mlflow ui --backend-store-uri {tracking_uri()}        # browse runs, figures, registered models"
+    )
+    print(f"  geotune predict --model {name}@champion --image {image} --out results/")
+    print(
+        "  geotune serve --dev                                   # the HTTP API; OpenAPI page at http://127.0.0.1:8000/docs"
+    )
+
+
 def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "demo") -> dict:
     import numpy as np
 
     from datamodules.demo_labels import make_demo_labels
     from datamodules.ingest import ingest
     from datamodules.manifest import DatasetError, delete_dataset
-    from datamodules.paths import home, tracking_uri
+    from datamodules.paths import home
 
     from .config import compose
     from .predict import predict_scene
@@ -90,7 +124,7 @@ def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "d
         progress=False,
     )
     print(
-        f"      {ds.num_classes} classes ({', '.join(ds.class_names)}), {sum(c['units'] for c in ds.classes)} polygons, splits by 128 px blocks: {ds.manifest['splits']['units']}"
+        f"      {ds.num_classes} classes ({', '.join(ds.class_names)}), {sum(c['units'] for c in ds.classes)} polygons, splits by 128 px blocks: {ds.manifest.splits['units']}"
     )
 
     overrides = demo_overrides(name, epochs)
@@ -100,7 +134,7 @@ def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "d
     )
     result = train(compose("train", overrides))
     test = result["test"]
-    train_counts = [ds.manifest["splits"]["pixels"]["train"][c["slug"]] for c in ds.classes]
+    train_counts = [ds.manifest.splits["pixels"]["train"][c["slug"]] for c in ds.classes]
     baseline = majority_baseline(result["confusion"]["test"], train_counts)
 
     print(
@@ -115,33 +149,7 @@ def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "d
         f"[5/5] predicted models:/{name}@champion on {image.name}: {summary['n_pixels']} px, {summary.get('n_polygons', 0)} polygons"
     )
 
-    width = 28
-    print("\nheld-out test blocks (spatially separate from training):")
-    print(f"  {'test/mIoU'.ljust(width)} {test['test/mIoU']:.3f}")
-    print(f"  {'majority-class baseline mIoU'.ljust(width)} {baseline:.3f}")
-    print(f"  {'test/OA'.ljust(width)} {test['test/OA']:.3f}")
-    for c in ds.classes:
-        key = f"test/IoU/{c['slug']}"
-        if key in test:
-            print(f"  {key.ljust(width)} {test[key]:.3f}")
-    print(
-        f"  {'val/mIoU (best epoch)'.ljust(width)} {result['val'].get('val/mIoU', float('nan')):.3f}"
-    )
-    print("\nwhere things are:")
-    print(f"  dataset        {ds.path}")
-    print(f"  labels         {labels}")
-    print(f"  class COG      {out / 'classes.tif'}")
-    print(f"  polygons       {out / 'polygons.geojson'}")
-    print(f"  summary        {out / 'summary.json'}")
-    print(f"  MLflow store   {tracking_uri()}")
-    print("\nnext:")
-    print(
-        f"  mlflow ui --backend-store-uri {tracking_uri()}        # browse runs, figures, registered models"
-    )
-    print(f"  geotune predict --model {name}@champion --image {image} --out results/")
-    print(
-        "  geotune serve --dev                                   # the HTTP API; OpenAPI page at http://127.0.0.1:8000/docs"
-    )
+    _report(name, ds, labels, image, out, result, baseline)
     return {
         "test": test,
         "baseline_mIoU": baseline,

@@ -10,6 +10,7 @@ import json
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -53,28 +54,26 @@ def check_task(cls, ds) -> None:
         )
 
 
-def train(
-    cfg: DictConfig, parent_run_id: str | None = None, output_dir: str | Path | None = None
-) -> dict:
-    """Fine-tune as configured; returns run id, metrics, checkpoint and registered version.
+@dataclass
+class Built:
+    """What a run trains: the data module, its dataset, the backbone (and the arguments that
+    rebuild it), the model's bands and the Lightning task."""
 
-    ``parent_run_id``: make the MLflow run a child of this run (the benchmark's parent run);
-    ``output_dir``: where checkpoints go (default: the Hydra run folder, or a new one).
-    """
-    import lightning as L
-    import mlflow
+    dm: object
+    ds: object
+    backbone: object
+    b_kwargs: dict
+    bands: list[str]
+    task: object
+
+
+def build(cfg: DictConfig, cls) -> Built:
+    """The data module and the task ``cfg`` describes, the backbone fitted to the dataset."""
     from hydra.utils import instantiate
 
     from .backbones import get_entry
-    from .backbones.adapt import backbone_for_dataset, describe_normalization, normalization_params
-    from .registry import log_model, register, setup_mlflow
+    from .backbones.adapt import backbone_for_dataset
 
-    register_resolvers()
-    L.seed_everything(cfg.seed, workers=True)
-    setup_mlflow()
-    cls = task_class(cfg)
-    out_dir = Path(output_dir) if output_dir else _output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     dm = instantiate(cfg.data, seed=cfg.seed)
     ds = dm.ds
     check_task(cls, ds)
@@ -85,30 +84,45 @@ def train(
             b_cfg[key] = value
     backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, dm.patch_size)
     bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
-    gsd = float(ds.manifest.resolution[0])
     task = instantiate(
         cfg.task,
         backbone=backbone,
         classes=ds.classes,
         ignore_index=ds.ignore_index,
         bands=bands,
-        gsd=gsd,
+        gsd=float(ds.manifest.resolution[0]),
         finetune=cfg.backbone.finetune,
         last_n=cfg.backbone.last_n,
         _convert_="all",
     )
-    run_name = cfg.run_name or f"{cfg.backbone.name}-{ds.id}"
-    tags = {
-        "dataset_id": ds.id,
-        "backbone": cfg.backbone.name,
-        "task": cls.kind,
-        "owner": ds.manifest.owner,
-    }
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    return Built(dm, ds, backbone, b_kwargs, bands, task)
+
+
+def train(
+    cfg: DictConfig, parent_run_id: str | None = None, output_dir: str | Path | None = None
+) -> dict:
+    """Fine-tune as configured; returns run id, metrics, checkpoint and registered version.
+
+    ``parent_run_id``: make the MLflow run a child of this run (the benchmark's parent run);
+    ``output_dir``: where checkpoints go (default: the Hydra run folder, or a new one).
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from .registry import setup_mlflow
+
+    register_resolvers()
+    L.seed_everything(cfg.seed, workers=True)
+    setup_mlflow()
+    cls = task_class(cfg)
+    out_dir = Path(output_dir) if output_dir else _output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = build(cfg, cls)
+    dm, ds = built.dm, built.ds
     held_out = {s: dm.has_labels(s) for s in ("val", "test")}
     evaluation = evaluation_plan(held_out, int(cfg.trainer.max_epochs))
-    tags["geotune.held_out"] = ",".join(s for s, v in held_out.items() if v) or "none"
+    tags = run_tags(cfg, ds, cls.kind, parent_run_id, held_out)
+    run_name = cfg.run_name or f"{cfg.backbone.name}-{ds.id}"
     logger = instantiate(cfg.logger, run_name=run_name, tags=tags)
     callbacks = make_callbacks(cfg.callbacks, monitor=held_out["val"])
     if "checkpoint" in callbacks:
@@ -120,48 +134,90 @@ def train(
         default_root_dir=str(out_dir),
         **({} if held_out["val"] else {"limit_val_batches": 0}),
     )
+    if trainer.is_global_zero:
+        announce(cfg, cls.kind, built, evaluation, logger)
+    fitted, seconds = fit_and_test(
+        trainer, built, cfg.resume, callbacks.get("checkpoint"), held_out
+    )
+    result = {
+        "run_id": logger.run_id,
+        "dataset_id": ds.id,
+        "task": cls.kind,
+        **fitted,
+        "classes": [c["name"] for c in ds.classes],
+        "evaluation": evaluation,
+        "model_version": None,
+        "output_dir": str(out_dir),
+    }
+    if trainer.is_global_zero:
+        result |= log_and_register(cfg, built, logger, result, seconds)
+    return result
+
+
+def run_tags(cfg, ds, kind: str, parent_run_id: str | None, held_out: dict) -> dict:
+    """The MLflow run's tags: dataset, backbone, task, owner, parent run, held-out splits."""
+    tags = {
+        "dataset_id": ds.id,
+        "backbone": cfg.backbone.name,
+        "task": kind,
+        "owner": ds.manifest.owner,
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    tags["geotune.held_out"] = ",".join(s for s, v in held_out.items() if v) or "none"
+    return tags
+
+
+def announce(cfg, kind: str, built: Built, evaluation: dict, logger) -> None:
+    """Rank 0: say what is trained on what, and log the config, dataset and normalisation."""
+    from .backbones.adapt import describe_normalization, normalization_params
+
+    dm, ds, spec = built.dm, built.ds, built.backbone.spec
     weights_note = (
         "random initialisation (backbone.weights=random)"
-        if backbone.spec.weights == "random"
-        else f"pretrained weights from {backbone.spec.weights}"
+        if spec.weights == "random"
+        else f"pretrained weights from {spec.weights}"
     )
-    if trainer.is_global_zero:
-        if backbone.spec.weights == "random" and cfg.backbone.finetune == "frozen":
-            warnings.warn(
-                "backbone.finetune=frozen with random weights: only the head learns, on a random "
-                "encoder (set backbone.finetune=full to train the encoder too)",
-                stacklevel=2,
-            )
-        print(
-            f"geotune: {cls.kind} with {cfg.backbone.name} ({backbone.spec.size}) from {weights_note}, "
-            f"fine-tune {cfg.backbone.finetune}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(bands)}"
+    if spec.weights == "random" and cfg.backbone.finetune == "frozen":
+        warnings.warn(
+            "backbone.finetune=frozen with random weights: only the head learns, on a random "
+            "encoder (set backbone.finetune=full to train the encoder too)",
+            stacklevel=3,
         )
-        spec = backbone.spec
-        print(f"geotune: {describe_normalization(spec.normalization)}")
-        print(f"geotune: {dm.sampling()}")
-        if evaluation["note"]:
-            print(f"geotune: {evaluation['note']}")
-        logger.log_hyperparams(flat_params(cfg))
-        logger.log_hyperparams(normalization_params(spec.normalization, spec.mean, spec.std))
-        resolved = {
-            "patch_size": dm.patch_size,
-            "chips_per_epoch": dm.chips_per_epoch,
-            "sampler": dm.sampler,
-        }
-        logger.log_hyperparams({f"resolved.data.{k}": v for k, v in resolved.items()})
-        client = logger.experiment
-        client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        client.log_text(
-            logger.run_id, json.dumps(ds.manifest.to_dict(), indent=2), "dataset/dataset.json"
-        )
-        client.set_tag(logger.run_id, "weights", backbone.spec.weights)
-        _log_dataset_input(logger.run_id, ds)
+    print(
+        f"geotune: {kind} with {cfg.backbone.name} ({spec.size}) from {weights_note}, "
+        f"fine-tune {cfg.backbone.finetune}; dataset {ds.id}: {ds.num_classes} classes, bands {','.join(built.bands)}"
+    )
+    print(f"geotune: {describe_normalization(spec.normalization)}")
+    print(f"geotune: {dm.sampling()}")
+    if evaluation["note"]:
+        print(f"geotune: {evaluation['note']}")
+    logger.log_hyperparams(flat_params(cfg))
+    logger.log_hyperparams(normalization_params(spec.normalization, spec.mean, spec.std))
+    resolved = {
+        "patch_size": dm.patch_size,
+        "chips_per_epoch": dm.chips_per_epoch,
+        "sampler": dm.sampler,
+    }
+    logger.log_hyperparams({f"resolved.data.{k}": v for k, v in resolved.items()})
+    client = logger.experiment
+    client.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    client.log_text(
+        logger.run_id, json.dumps(ds.manifest.to_dict(), indent=2), "dataset/dataset.json"
+    )
+    client.set_tag(logger.run_id, "weights", spec.weights)
+    _log_dataset_input(logger.run_id, ds)
 
+
+def fit_and_test(trainer, built: Built, resume, ckpt, held_out: dict) -> tuple[dict, float]:
+    """Fit (from ``resume``, a checkpoint, if given), restore the best validation epoch, test;
+    the result's metrics, checkpoint, epochs, timing, parameter counts and confusion, and the
+    seconds the fit took."""
+    task, dm = built.task, built.dm
     t0 = time.time()
-    trainer.fit(task, datamodule=dm, ckpt_path=cfg.resume)
+    trainer.fit(task, datamodule=dm, ckpt_path=resume)
     train_seconds = time.time() - t0
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    ckpt = callbacks.get("checkpoint")
     best = None
     if held_out["val"] and ckpt is not None and ckpt.monitor and ckpt.best_model_path:
         best = ckpt.best_model_path
@@ -177,14 +233,9 @@ def train(
         if held_out["test"]
         else []
     )
-    params = sum(p.numel() for p in task.net.parameters())
-    trainable = sum(p.numel() for p in task.net.parameters() if p.requires_grad)
-    result = {
-        "run_id": logger.run_id,
-        "dataset_id": ds.id,
-        "task": cls.kind,
-        "parameters": params,
-        "trainable_parameters": trainable,
+    return {
+        "parameters": sum(p.numel() for p in task.net.parameters()),
+        "trainable_parameters": sum(p.numel() for p in task.net.parameters() if p.requires_grad),
         "best_checkpoint": best,
         "epochs": int(trainer.current_epoch),
         "global_rank": int(trainer.global_rank),
@@ -192,42 +243,49 @@ def train(
         "val": val,
         "test": test_metrics[0] if test_metrics else {},
         "confusion": {k: v.tolist() for k, v in task.last_confusion.items()},
-        "classes": [c["name"] for c in ds.classes],
-        "evaluation": evaluation,
-        "model_version": None,
-        "output_dir": str(out_dir),
-    }
-    if trainer.is_global_zero:
-        for key, value in (
-            ("train/seconds", train_seconds),
-            ("model/parameters", params),
-            ("model/trainable_parameters", trainable),
-        ):
-            logger.experiment.log_metric(logger.run_id, key, value)
-        record = model_record(
-            cfg, ds, backbone, b_kwargs, task, bands, logger.run_id, dm.patch_size
-        )
-        record["evaluation"] = evaluation
-        info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
-        result["model_uri"] = info.model_uri
-        if cfg.register.name:
-            mv = register(
-                info.model_uri,
-                cfg.register.name,
-                cfg.register.alias,
-                {
-                    "run_id": logger.run_id,
-                    "dataset_id": ds.id,
-                    "backbone": cfg.backbone.name,
-                    "task": cls.kind,
-                    "owner": ds.manifest.owner,
-                },
-            )
-            result["model_version"] = int(mv.version)
-            result["registered_name"] = cfg.register.name
-        logger.finalize("success")
-        mlflow.end_run()
-    return result
+    }, train_seconds
+
+
+def log_and_register(cfg, built: Built, logger, result: dict, train_seconds: float) -> dict:
+    """Rank 0: the run's last metrics, the model logged to MLflow and, with register.name,
+    registered; ends the run. Returns the result's model URI and registered version."""
+    import mlflow
+
+    from .registry import log_model, register
+
+    for key, value in (
+        ("train/seconds", train_seconds),
+        ("model/parameters", result["parameters"]),
+        ("model/trainable_parameters", result["trainable_parameters"]),
+    ):
+        logger.experiment.log_metric(logger.run_id, key, value)
+    ds, task = built.ds, built.task
+    record = model_record(
+        cfg,
+        ds,
+        built.backbone,
+        built.b_kwargs,
+        task,
+        built.bands,
+        logger.run_id,
+        built.dm.patch_size,
+    )
+    record["evaluation"] = result["evaluation"]
+    info = log_model(logger.run_id, task.net, record, OmegaConf.to_yaml(cfg, resolve=True))
+    out = {"model_uri": info.model_uri}
+    if cfg.register.name:
+        tags = {
+            "run_id": logger.run_id,
+            "dataset_id": ds.id,
+            "backbone": cfg.backbone.name,
+            "task": task.kind,
+            "owner": ds.manifest.owner,
+        }
+        mv = register(info.model_uri, cfg.register.name, cfg.register.alias, tags)
+        out |= {"model_version": int(mv.version), "registered_name": cfg.register.name}
+    logger.finalize("success")
+    mlflow.end_run()
+    return out
 
 
 def build_trainer(trainer_cfg: DictConfig, **kwargs):
