@@ -97,7 +97,7 @@ def check_encoder(ctx, owner: str, p: EmbedParams, sensor: str | None) -> dict:
             "invalid_request",
             f"backbone {p.backbone!r} has sizes {', '.join(sizes(p.backbone))}, not {size!r}",
         )
-    if entry.family == "clay" and not sensor:
+    if entry.any_bands and not sensor:  # statistics per sensor
         raise ApiError(
             422,
             "invalid_request",

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from trainer import models as registry
 
 from .errors import ApiError, not_found
 from .owners import LOCAL, SEP, api_name, mlflow_name, owns
+
+if TYPE_CHECKING:
+    from trainer.record import ModelRecord
 
 LIST_HINT = "List your models with GET /v1/models."
 
@@ -39,7 +43,7 @@ def list_models(client, owner: str) -> list[dict]:
     return [{"name": api_name(owner, m["registered_name"])} | m for m in found]
 
 
-def model_record(client, registered: str, version: int) -> dict:
+def model_record(client, registered: str, version: int) -> ModelRecord:
     """The model record (backbone, bands, classes, ...) of one version; versions never change."""
     return registry.record(client, registered, version)
 

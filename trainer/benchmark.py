@@ -38,21 +38,16 @@ class BenchmarkError(UserError):
 def git_commit() -> str:
     """The commit of the geotune checkout running this (``-dirty`` with local changes)."""
     repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        run = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20, check=True
+        )
+        return run.stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + ("-dirty" if dirty else "")
@@ -176,7 +171,7 @@ def benchmark(cfg: DictConfig) -> dict:
             "dataset_id": ds.id,
             "task": kind,
             "git_commit": commit,
-            "owner": ds.manifest.get("owner", "local"),
+            "owner": ds.manifest.owner,
         },
     )
     pid = parent.info.run_id

@@ -20,10 +20,6 @@ from datamodules.errors import UserError
 
 from .heads import ClassificationNet
 
-# the chip a bare backbone was pre-trained on (Clay: 256 px; Prithvi: 224 px), and for CNNs
-# a chip of the same order
-PRETRAINING_CHIP = {"clay": 256, "prithvi": 224, "resnet": 256}
-
 
 class EmbedError(UserError):
     pass
@@ -111,7 +107,7 @@ class EncoderSource:
 
         if self.model:
             return int(self.registered().record["patch_size"])
-        return PRETRAINING_CHIP[get_entry(self.backbone).family]
+        return get_entry(self.backbone).pretrain_chip
 
     def build(self, imagery: Imagery | None, chip: int) -> Encoder:
         """The encoder for ``imagery`` (a registered model needs none: it has its own)."""
@@ -130,7 +126,7 @@ class EncoderSource:
     def _from_model(self) -> Encoder:
         model = self.registered()
         rec = model.record
-        task = rec.get("task", "segmentation")
+        task = rec.task
         if task == "change":
             raise EmbedError(
                 f"{model.uri} is a change model (two dates at once); embed with a segmentation "
@@ -165,13 +161,12 @@ class EncoderSource:
                 "values by their sensor's scale and offset: name the imagery's sensor with "
                 "--sensor (e.g. sentinel-2-l2a, landsat-c2-l2, hls, naip)"
             )
-        family = get_entry(self.backbone).family
         path = resolve_weights(self.backbone, self.weights)  # None: random, asked for by name
         b = {
             "name": self.backbone,
             "size": self.size,
             "normalization": "pretrained",
-            "out_indices": [4] if family == "resnet" else [-1],
+            "out_indices": [get_entry(self.backbone).last_feature],
         }
         scene = SimpleNamespace(
             id="the imagery",
@@ -227,5 +222,7 @@ def tensors_sha256(net) -> str:
 
 def default_chip(record: dict) -> int:
     if record.get("task") == "embedding":
-        return PRETRAINING_CHIP[record["backbone"]["spec"]["family"]]
+        from .backbones import get_entry
+
+        return get_entry(record["backbone"]["name"]).pretrain_chip
     return int(record["patch_size"])

@@ -68,17 +68,16 @@ def suggest(
         raise SuggestError(f"n must be at least 1; got {n}")
     ds = load_dataset(dataset, root)
     m = ds.manifest
-    task = m.get("task", "segmentation")
-    if task == "change":
+    if m.task == "change":
         raise SuggestError(
             "label suggestions are made for segmentation and classification datasets"
         )
-    uri = model or latest_model(ds.id, m.get("owner", "local"))
+    uri = model or latest_model(ds.id, m.owner)
     source = EncoderSource(model=uri)
     chip = chip_size or source.default_chip()
     encoder = source.build(None, chip)
     # the dataset's image as the model's prediction would read it (units, nodata)
-    inputs = prepare_inputs(encoder.record, ds.images, ds.bands, m.get("sensor"), m.get("dates"))
+    inputs = prepare_inputs(encoder.record, ds.images, ds.bands, m.sensor, m.dates)
     scenes, conversion = inputs.scenes, inputs.conversion
     opts = EmbedOptions(chip_size=chip, precision=precision, device=device)
     emb = Embedder(encoder, scenes, opts, chip, conversion)
@@ -190,7 +189,7 @@ class Labelled:
         from datamodules.chips import read_chips
 
         self.mask = self.boxes = None
-        if ds.manifest.get("task") == "classification":
+        if ds.manifest.task == "classification":
             c = read_chips(ds.file("chips"))
             self.boxes = np.stack([c["row"], c["col"], c["size"]], 1)
         else:

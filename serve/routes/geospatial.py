@@ -71,7 +71,7 @@ def geospatial(
     client = ctx.client()
     registered, version = resolve(client, owner, name, alias, None)
     rec = model_record(client, registered, version)
-    kind = rec.get("task", "segmentation")
+    kind = rec.task
     if kind != TASKS[task]:
         raise ApiError(
             422,

@@ -44,7 +44,7 @@ def suggestions(
 
     req = req or SuggestRequest()
     ds = get_dataset(owner, dataset_id)
-    h, w = ds.manifest["shape"]
+    h, w = ds.manifest.shape
     if h * w > ctx.settings.sync_pixels:
         raise ApiError(
             422,

@@ -90,8 +90,8 @@ def scene_layer(owner: str, scene_id: str, file: str) -> Layer:
 def dataset_layer(owner: str, dataset_id: str, file: str) -> Layer:
     ds = get_dataset(owner, dataset_id)
     m = ds.manifest
-    stems = {"image": "image_t0" if m.get("task") == "change" else "image", "mask": "mask"}
-    if m.get("task") == "change":
+    stems = {"image": "image_t0" if m.task == "change" else "image", "mask": "mask"}
+    if m.task == "change":
         stems["image_t1"] = "image_t1"
     files = {k: ds.path / f"{v}.tif" for k, v in stems.items() if (ds.path / f"{v}.tif").is_file()}
     if file not in files:

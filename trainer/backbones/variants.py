@@ -50,6 +50,7 @@ class BackboneEntry:
     convolutional: bool  # a CNN: any input size; prediction fits large chips to the scene
     decoder: str  # what decoder=auto builds: unet (CNN feature pyramid) | upernet (ViT)
     last_feature: int  # out_indices of the deepest feature map (what classification pools)
+    pretrain_chip: int  # chip edge a bare backbone embeds: its pre-training chip (CNNs: alike)
     frames: bool = False  # takes several dates as frames (num_frames; task.temporal=frames)
     metadata: bool = False  # takes acquisition date and place (make_metadata)
     any_bands: bool = False  # any band subset, by wavelength (statistics per sensor)
@@ -68,6 +69,7 @@ _CLAY = dict(
     convolutional=False,
     decoder="upernet",
     last_feature=-1,
+    pretrain_chip=256,
     metadata=True,
     any_bands=True,
 )
@@ -77,6 +79,7 @@ _PRITHVI = dict(
     convolutional=False,
     decoder="upernet",
     last_feature=-1,
+    pretrain_chip=224,
     frames=True,
     stats_sensor="hls",
 )
@@ -86,6 +89,7 @@ _RESNET = dict(
     convolutional=True,
     decoder="unet",
     last_feature=4,
+    pretrain_chip=256,
     stats_sensor="sentinel-2-l1c",
 )
 
