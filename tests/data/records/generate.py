@@ -2,7 +2,9 @@
 
 The files here were written by geotune at commit 7493a75 (dataset format 1, model record
 version 2), before the typed readers existed; ``tests/test_records.py`` checks that today's
-readers load them. Regenerate only to add files of a *new* format version (keep the old ones):
+readers load them. Run today, it writes the same files but for the datasets' ``created`` time
+(the records and every tensor shape alike). Regenerate only to add files of a *new* format
+version (keep the old ones):
 
     GEOTUNE_HOME=$(mktemp -d) PYTHONPATH=$PWD python tests/data/records/generate.py
 
@@ -69,12 +71,8 @@ def datasets(tmp: Path) -> dict:
 
 
 def record(task: str, ds, overrides: list[str]) -> dict:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from trainer.backbones.adapt import backbone_for_dataset
     from trainer.config import compose
-    from trainer.train import evaluation_plan, model_record, task_class
+    from trainer.train import build, evaluation_plan, model_record, task_class
 
     cfg = compose(
         "train",
@@ -88,32 +86,13 @@ def record(task: str, ds, overrides: list[str]) -> dict:
             *overrides,
         ],
     )
-    dm = instantiate(cfg.data, seed=0)
-    b_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
-    cls = task_class(cfg)
-    from trainer.backbones import get_entry
-
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    for key, value in cls.backbone_overrides(task_cfg, get_entry(b_cfg["name"]).family).items():
-        if b_cfg.get(key) is None:
-            b_cfg[key] = value
-    backbone, b_kwargs = backbone_for_dataset(b_cfg, ds, dm.patch_size)
-    bands = dm.configure_bands(list(backbone.spec.bands), backbone.spec.any_bands)
-    net_task = instantiate(
-        cfg.task,
-        backbone=backbone,
-        classes=ds.classes,
-        ignore_index=ds.ignore_index,
-        bands=bands,
-        gsd=float(ds.manifest["resolution"][0]),
-        finetune=cfg.backbone.finetune,
-        last_n=cfg.backbone.last_n,
-        _convert_="all",
+    b = build(cfg, task_class(cfg))  # what train() fits, without the fitting
+    rec = model_record(
+        cfg, b.ds, b.backbone, b.b_kwargs, b.task, b.bands, "0" * 32, b.dm.patch_size
     )
-    rec = model_record(cfg, ds, backbone, b_kwargs, net_task, bands, "0" * 32, dm.patch_size)
     rec["evaluation"] = evaluation_plan({"val": True, "test": True}, cfg.trainer.max_epochs)
     rec = json.loads(json.dumps(rec))  # as model.json holds it
-    state = {k: list(v.shape) for k, v in net_task.net.state_dict().items()}
+    state = {k: list(v.shape) for k, v in b.task.net.state_dict().items()}
     return rec, state
 
 
