@@ -106,11 +106,13 @@ def run_serve(args) -> int:
     import uvicorn
 
     from .app import create_app
-    from .context import lock_home
+    from .context import HomeLock
 
     settings = settings_from(args)
     serve_dir().mkdir(parents=True, exist_ok=True)
-    lock_home(serve_dir()).close()  # a clear message now if another server holds this home
+    probe = HomeLock(serve_dir())
+    shared = not probe.alone
+    probe.close()
     url = f"http://{args.host}:{args.port}"
     if settings.dev:
         mode = "dev mode: single user 'local', no API keys"
@@ -126,6 +128,12 @@ def run_serve(args) -> int:
         f"state in {serve_dir()}",
         flush=True,
     )
+    if shared:
+        print(
+            "  another geotune serve uses this GEOTUNE_HOME: the servers share its job queue "
+            "(each job runs once, on one of them)",
+            flush=True,
+        )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from fastapi import Request
 
-from datamodules.errors import UserError
 from datamodules.paths import home
 
 from .embeddings import EmbedKind
@@ -45,10 +44,12 @@ class Context:
         self._last_clean = -float("inf")
         root = serve_dir()
         root.mkdir(parents=True, exist_ok=True)
-        self.lock = lock_home(root)
-        shutil.rmtree(root / "uploads", ignore_errors=True)  # left by a crash mid-upload
+        self.lock = HomeLock(root)
+        if self.lock.alone:  # no other server receives uploads: those there were left by a crash
+            shutil.rmtree(root / "uploads", ignore_errors=True)
+        self.lock.downgrade()
         self.keys = KeyStore(root / "keys.db")
-        self.jobs = JobStore(root / "jobs")
+        self.jobs = JobStore(root / "jobs", db=root / "jobs.db")
         self.predictions = PredictionStore(
             root / "predictions", keep_hours=self.settings.keep_predictions_hours
         )
@@ -101,24 +102,26 @@ class Context:
         return self.predictions.clean(set(self.prediction_jobs()))
 
 
-def lock_home(root: Path):
-    """One server per GEOTUNE_HOME: job recovery at start assumes no other server runs jobs."""
-    f = open(root / "server.lock", "a+")  # noqa: SIM115 (held for the server's lifetime)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise UserError(
-            f"another geotune serve (pid {pid}) is using {home()}; stop it first, or give this "
-            "one its own GEOTUNE_HOME"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+class HomeLock:
+    """Held by every server on a GEOTUNE_HOME while it runs: a ``flock`` on
+    ``serve/server.lock``, exclusive at first when no other server holds it (then ``alone`` is
+    true), shared after :meth:`downgrade`. Several servers may share a home and its job queue;
+    they must run on one machine, as SQLite's WAL mode needs."""
+
+    def __init__(self, root: Path):
+        self.file = open(root / "server.lock", "a+")  # noqa: SIM115 (held for the lifetime)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.alone = True
+        except BlockingIOError:
+            fcntl.flock(self.file, fcntl.LOCK_SH)
+            self.alone = False
+
+    def downgrade(self) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def get_ctx(request: Request) -> Context:

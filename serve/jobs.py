@@ -1,143 +1,53 @@
-"""Jobs: persisted records and a scheduler that runs each job as its own process.
+"""Jobs: a scheduler that runs each job as its own process, and the kinds of jobs.
 
-A job is a folder ``$GEOTUNE_HOME/serve/jobs/<id>/`` with ``job.json`` (the record, rewritten
-atomically on every change), ``log.txt`` (the process's output) and ``progress.json`` (written
-by the process: epoch/step and latest metrics for training, tiles for prediction). Jobs run as
-separate processes (``geotune train ...``, ``python -m serve.predictions ...``,
-``python -m serve.ingestion ...``), in their own session so that a cancel stops the process and
-everything it started; a kind may add to the process's environment and bound its run time.
+A job is a record in the job store (:mod:`serve.jobstore`, SQLite, shared by every server on a
+GEOTUNE_HOME) and a folder ``$GEOTUNE_HOME/serve/jobs/<id>/`` with ``log.txt`` (the process's
+output) and ``progress.json`` (written by the process: epoch/step and latest metrics for
+training, tiles for prediction). Jobs run as separate processes (``geotune train ...``,
+``python -m serve.predictions ...``, ``python -m serve.ingestion ...``), in their own session so
+that a cancel stops the process and everything it started; a kind may add to the process's
+environment and bound its run time.
 
 States: queued → running → succeeded | failed | cancelled. At most ``limits[kind]`` jobs of a
-kind run at once; the rest wait in FIFO order. After a restart queued jobs still run; a job
-that was running when the server went away has its left-over process (if still alive and still
-the same process) stopped and is queued again where its kind can resume it (at most
-``MAX_RESUMES`` times), else failed with the reason.
+kind run at once (counted over every server of the store); the rest wait in FIFO order. After a
+restart queued jobs still run; a job that was running when its server went away has its
+left-over process (if still alive and still the same process) stopped and is queued again where
+its kind can resume it (at most ``MAX_RESUMES`` times), else failed with the reason; if its work
+had finished it is marked succeeded and not run again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from .jobstore import (  # noqa: F401 (the store's helpers are part of this module's interface)
+    JobStore,
+    new_server_id,
+    now,
+    proc_start_time,
+    read_json,
+    server_alive,
+    write_json,
+)
 
 log = logging.getLogger("geotune.serve")
 
 ACTIVE = ("queued", "running")
 MAX_RESUMES = 3  # an interrupted job is taken up again at most this many times
 FINISHED = ("succeeded", "failed", "cancelled")
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{12}$")
 
 
 class JobFailed(Exception):
     """Raised by a job kind's ``finalize`` when a process exited 0 but produced no result."""
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-class JobStore:
-    """Job records on disk. Every change goes through ``update`` under one lock."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
-
-    def dir(self, job_id: str) -> Path:
-        if not JOB_ID_RE.match(job_id):
-            raise ValueError(f"not a job id: {job_id!r}")
-        return self.root / job_id
-
-    def create(
-        self,
-        kind: str,
-        owner: str,
-        params: dict,
-        build_argv: Callable[[Path], list[str]],
-        prepare: Callable[[Path], None] | None = None,
-    ) -> dict:
-        """A queued job; ``prepare(folder)`` fills its folder before the record exists (the
-        scheduler sees only folders with a record)."""
-        job_id = f"job-{secrets.token_hex(6)}"
-        folder = self.root / job_id
-        folder.mkdir()
-        if prepare is not None:
-            try:
-                prepare(folder)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-        record = {
-            "id": job_id,
-            "kind": kind,
-            "owner": owner,
-            "state": "queued",
-            "created": now(),
-            "seq": time.time_ns(),  # queue order (created has whole seconds only)
-            "started": None,
-            "finished": None,
-            "params": params,
-            "argv": build_argv(folder),
-            "pid": None,
-            "pid_start": None,
-            "exit_code": None,
-            "progress": {},
-            "error": None,
-            "result": None,
-            "cancel_requested": False,
-        }
-        with self.lock:
-            write_json(folder / "job.json", record)
-        return record
-
-    def get(self, job_id: str) -> dict | None:
-        if not JOB_ID_RE.match(job_id or ""):
-            return None
-        return read_json(self.root / job_id / "job.json")
-
-    def update(self, job_id: str, **changes) -> dict:
-        with self.lock:
-            record = self.get(job_id)
-            if record is None:
-                raise KeyError(job_id)
-            record.update(changes)
-            write_json(self.dir(job_id) / "job.json", record)
-            return record
-
-    def all(self) -> list[dict]:
-        records = []
-        for folder in self.root.iterdir():
-            if JOB_ID_RE.match(folder.name):
-                rec = read_json(folder / "job.json")
-                if rec is not None:
-                    records.append(rec)
-        return sorted(records, key=lambda r: (r.get("seq", 0), r["created"], r["id"]))
 
 
 class JobKind:
@@ -162,17 +72,6 @@ class JobKind:
         """The command that takes an interrupted job up again and how it does (e.g. "from its
         last checkpoint"), or None when it cannot be: then it fails."""
         return None
-
-
-def proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of a live ``pid`` (to tell a left-over process from a reused
-    pid); None when there is no such process or only its zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -244,7 +143,12 @@ def redact_paths(text: str, folder: Path) -> str:
 
 
 class Scheduler:
-    """Starts queued jobs up to the limits, follows running ones, records how they end."""
+    """Starts queued jobs up to the limits, follows running ones, records how they end.
+
+    Several schedulers (one per server process) may share one store: each claims queued jobs
+    atomically, follows the jobs it started, and takes up the running jobs of a server that is
+    gone (:func:`serve.jobstore.server_alive`), never those of one that still runs. The limits
+    count the jobs running on every server of the store."""
 
     def __init__(
         self,
@@ -259,11 +163,12 @@ class Scheduler:
         self.procs: dict[str, subprocess.Popen] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.server = new_server_id(self)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        self.recover()
         self._thread = threading.Thread(target=self._loop, name="geotune-jobs", daemon=True)
+        self.recover()
         self._thread.start()
 
     def alive(self) -> bool:
@@ -281,14 +186,21 @@ class Scheduler:
             self.procs.pop(job_id, None)
             self._interrupted(rec, "the server was stopped while this job was running")
 
-    def recover(self) -> None:
-        """At start: jobs recorded as running belong to a server that is gone."""
-        for rec in self.store.all():
-            if rec["state"] != "running":
+    def recover(self, why: str = "the server restarted while this job was running") -> None:
+        """Take up the running jobs whose server is gone (each by one scheduler only): stop
+        what is left of their processes, then queue them again to resume, or fail them."""
+        for rec in self.store.all("running"):
+            ours = rec["server"] == self.server
+            if ours or rec["kind"] not in self.kinds or server_alive(rec["server"]):
+                continue
+            rec = self.store.update_if(
+                rec["id"], {"state": "running", "server": rec["server"]}, server=self.server
+            )
+            if rec is None:  # another server took it up first
                 continue
             if rec.get("pid") and _alive(rec["pid"], rec.get("pid_start")):
                 stop_process_group(rec["pid"], rec.get("pid_start"))
-            self._interrupted(rec, "the server restarted while this job was running")
+            self._interrupted(rec, why)
 
     def _interrupted(self, rec: dict, why: str) -> None:
         """A running job lost its server: queue it again where its kind can resume it (at most
@@ -345,25 +257,13 @@ class Scheduler:
             code = proc.poll()
             if code is not None and self.procs.pop(job_id, None) is not None:
                 self._finish(job_id, code)
-        records = self.store.all()
-        running = [r for r in records if r["state"] == "running"]
-        for rec in records:
-            if rec["state"] != "queued":
-                continue
-            n = sum(1 for r in running if r["kind"] == rec["kind"])
-            if n < self.limits.get(rec["kind"], 1):
-                launched = self._launch(rec["id"])
-                if launched is not None and launched["state"] == "running":
-                    running.append(launched)
-
-    def _launch(self, job_id: str) -> dict | None:
-        with self.store.lock:  # a cancel may have come in since the listing
-            rec = self.store.get(job_id)
-            if rec is None or rec["state"] != "queued":
-                return None
-            return self._popen(rec)
+        self.recover("the server running this job went away")
+        limits = {kind: self.limits.get(kind, 1) for kind in self.kinds}
+        while not self._stop.is_set() and (rec := self.store.claim(self.server, limits)):
+            self._popen(rec)
 
     def _popen(self, rec: dict) -> dict:
+        """Start the process of a job this scheduler has claimed."""
         folder = self.store.dir(rec["id"])
         try:
             with open(folder / "log.txt", "ab") as out:
@@ -377,18 +277,15 @@ class Scheduler:
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
-        except OSError as e:
+        except (OSError, ValueError, TypeError) as e:  # no such program, a bad command
             return self.store.update(
                 rec["id"], state="failed", finished=now(), error=f"cannot start the job: {e}"
             )
         self.procs[rec["id"]] = proc
-        return self.store.update(
-            rec["id"],
-            state="running",
-            started=now(),
-            pid=proc.pid,
-            pid_start=proc_start_time(proc.pid),
-        )
+        rec = self.store.update(rec["id"], pid=proc.pid, pid_start=proc_start_time(proc.pid))
+        if rec.get("cancel_requested"):  # cancelled between the claim and now
+            stop_process_group(rec["pid"], rec["pid_start"])
+        return rec
 
     def _env(self, kind: str) -> dict | None:
         extra = self.kinds[kind].env
@@ -454,17 +351,18 @@ class Scheduler:
 
     # -- requests ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> dict:
-        """Cancel a queued or running job; returns the record once it is cancelled."""
-        with self.store.lock:
-            rec = self.store.get(job_id)
-            if rec["state"] == "queued":
-                self._abandon(rec, "cancelled")
-                return self.store.update(job_id, state="cancelled", finished=now())
-            if rec["state"] != "running":
-                return rec
-            self.store.update(job_id, cancel_requested=True)
+        """Cancel a queued or running job (on any server of the store); returns the record once
+        it is cancelled."""
+        rec = self.store.update_if(job_id, {"state": "queued"}, state="cancelled", finished=now())
+        if rec is not None:
+            self._abandon(rec, "cancelled")
+            return rec
+        rec = self.store.update_if(job_id, {"state": "running"}, cancel_requested=True)
+        if rec is None:
+            return self.store.get(job_id)
         proc = self.procs.get(job_id)
-        stop_process_group(rec["pid"], rec.get("pid_start"))
+        if rec.get("pid"):  # else its server is starting it and stops it once started
+            stop_process_group(rec["pid"], rec.get("pid_start"))
         if proc is not None:
             code = proc.wait(timeout=30)
             if self.procs.pop(job_id, None) is not None:

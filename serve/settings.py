@@ -1,9 +1,9 @@
 """The server's settings (``geotune serve`` flags) and where it keeps things.
 
-``$GEOTUNE_HOME/serve/`` holds ``keys.db`` (hashed API keys), ``jobs/<id>/`` (job record,
-log, progress, the training run folder), ``predictions/<id>/`` (uploaded scene, outputs) and
-``datasets/<owner>/`` (datasets of keyed owners; the single local user's datasets are the
-CLI's, in ``$GEOTUNE_HOME/datasets``).
+``$GEOTUNE_HOME/serve/`` holds ``keys.db`` (hashed API keys), ``jobs.db`` (job records, shared
+by every server on the home), ``jobs/<id>/`` (job log, progress, the training run folder),
+``predictions/<id>/`` (uploaded scene, outputs) and ``datasets/<owner>/`` (datasets of keyed
+owners; the single local user's datasets are the CLI's, in ``$GEOTUNE_HOME/datasets``).
 """
 
 from __future__ import annotations

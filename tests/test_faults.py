@@ -3,7 +3,6 @@ and after a fine-tune registered but before the server recorded it; then a resta
 half-listed, no job is left running, no temporary folder is left behind, and one fine-tune
 request gives at most one registered version."""
 
-import json
 import signal
 import threading
 import time
@@ -12,6 +11,8 @@ import httpx
 import mlflow
 from synth import make_labels, make_scene
 from test_serve import TINY, post_dataset, servers, upload_dataset, wait_job  # noqa: F401
+
+from serve.jobs import JobStore
 
 
 def wait_state(client: httpx.Client, job_id: str, state: str, timeout: float = 120) -> dict:
@@ -82,9 +83,8 @@ def test_kill_during_upload_ingest_and_prediction_then_restart(home, servers, tm
     tune = wait_job(c, r.json()["id"])
     assert tune["state"] == "succeeded", c.get(f"/v1/jobs/{tune['id']}/logs").text[-3000:]
     srv.stop(signal.SIGKILL)
-    record = home / "serve" / "jobs" / tune["id"] / "job.json"
-    rec = json.loads(record.read_text()) | {"state": "running", "result": None, "finished": None}
-    record.write_text(json.dumps(rec))
+    store = JobStore(home / "serve" / "jobs", db=home / "serve" / "jobs.db")
+    store.update(tune["id"], state="running", result=None, finished=None)
     srv = servers("--dev", "--sync-pixels", "5000")
     c = srv.client()
     job = c.get(f"/v1/jobs/{tune['id']}").json()

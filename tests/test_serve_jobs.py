@@ -8,7 +8,7 @@ import time
 import pytest
 from test_serve import TINY, assert_error, servers, upload_dataset, wait_job  # noqa: F401 (fixture)
 
-from serve.jobs import proc_start_time
+from serve.jobs import JobStore, proc_start_time
 
 LONG = {**TINY, "epochs": 500, "chips_per_epoch": 64}
 
@@ -28,10 +28,13 @@ def wait_progress(client, job_id: str, timeout: float = 180) -> dict:
     raise AssertionError(f"job {job_id} made no progress: {job}")
 
 
-def pid_of(home, job_id: str) -> int:
-    import json
+def job_record(home, job_id: str) -> dict:
+    """The job's record as the servers keep it (their shared job store)."""
+    return JobStore(home / "serve" / "jobs", db=home / "serve" / "jobs.db").get(job_id)
 
-    return json.loads((home / "serve" / "jobs" / job_id / "job.json").read_text())["pid"]
+
+def pid_of(home, job_id: str) -> int:
+    return job_record(home, job_id)["pid"]
 
 
 def test_restart_mid_job_records_the_state(home, scene, servers):  # noqa: F811
@@ -60,12 +63,6 @@ def test_restart_mid_job_records_the_state(home, scene, servers):  # noqa: F811
     assert c2.get(f"/v1/jobs/{second['id']}").json()["state"] == "queued"
     for j in (first, second):
         assert c2.delete(f"/v1/jobs/{j['id']}").json()["state"] == "cancelled"
-
-
-def job_record(home, job_id: str) -> dict:
-    import json
-
-    return json.loads((home / "serve" / "jobs" / job_id / "job.json").read_text())
 
 
 @pytest.mark.slow
