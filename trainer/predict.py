@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +60,10 @@ class PredictOptions:
     precision: str = "auto"
     # "auto": the first CUDA GPU when torch sees one, else the CPU; or "cpu", "cuda", "cuda:N"
     device: str = "auto"
+    # torch threads of the forward pass; default: torch's own (all cores) in one process, the
+    # worker's share of its machine's cores on a cluster. CPU kernels may sum in another order
+    # with another count, so results are bit-identical across runs with the same count
+    threads: int | None = None
 
 
 @dataclass
@@ -305,6 +310,26 @@ class Predictor:
             for c in self.cols.touching(tile.col_off, tile.col_off + tile.width)
         ]
 
+    def batches(self, chips: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """The batches that compute ``chips``. A chip runs in a batch of its owner, the first
+        output tile (``tile_size``, row-major) it touches: the owner's chips in order,
+        ``batch_size`` at a time. So its probabilities depend on (model, chip) only, not on
+        which tile or worker asks, nor on what is cached (a convolution may round differently
+        in another batch)."""
+        t, b = self.o.tile_size, self.batch_size
+        out, seen = [], set()
+        for r, c in chips:
+            owned = [
+                (rr, cc)
+                for rr in self.rows.starts if rr // t == r // t
+                for cc in self.cols.starts if cc // t == c // t
+            ]  # fmt: skip
+            key = (r // t, c // t, owned.index((r, c)) // b)
+            if key not in seen:
+                seen.add(key)
+                out.append(owned[key[2] * b : (key[2] + 1) * b])
+        return out
+
     def predict_window(self, tile: Window, data=None, cache: ChipCache | None = None) -> dict:
         """Probabilities for one output tile; ``data`` is what :meth:`read_for` returned.
 
@@ -317,12 +342,12 @@ class Predictor:
         ch, cw = self.chip_h, self.chip_w
         chips = self.chips_of(tile)
         probs = {} if cache is None else {rc: cache.get(rc) for rc in chips if rc in cache}
-        todo = [rc for rc in chips if rc not in probs]
-        for i in range(0, len(todo), self.batch_size):
-            batch = todo[i : i + self.batch_size]
+        todo = {rc for rc in chips if rc not in probs}
+        for batch in self.batches([rc for rc in chips if rc in todo]):
             arr = np.stack([self._chip(x, (r0, c0), r, c) for r, c in batch])
             for rc, p in zip(batch, self.forward(arr, batch), strict=True):
-                probs[rc] = p
+                if rc in todo:
+                    probs[rc] = p
                 if cache is not None:
                     cache.put(rc, p)
         acc = np.zeros((self.k, tile.height, tile.width), dtype=np.float32)
@@ -409,14 +434,19 @@ class ChipCache:
     across the scene, and past ``max_bytes`` chips are not kept (later tiles run them again).
     """
 
-    def __init__(self, pred: Predictor, tile_size: int, max_bytes: int):
+    def __init__(
+        self, pred: Predictor, tile_size: int, max_bytes: int, first: Window | None = None
+    ):
+        """``first``: the pass's first tile, when it does not start at the top (a strip)."""
         g = pred.scenes[0].grid
         self.pred, self.t, self.max_bytes = pred, tile_size, max_bytes
         self.ncols = -(-g.width // tile_size)
         self.size = (g.height, g.width)
         self.items: dict[tuple[int, int], np.ndarray] = {}
         self.bytes = 0
-        self.current = 0
+        self.start = self.current = (
+            0 if first is None else self._index(first.row_off, first.col_off)
+        )
 
     def _index(self, r: int, c: int) -> int:
         return (r // self.t) * self.ncols + c // self.t
@@ -428,7 +458,7 @@ class ChipCache:
 
     def expects(self, rc, tile: Window) -> bool:
         """Whether the chip ran for an earlier tile than ``tile`` (then it is here, if it fit)."""
-        return self._index(*rc) < self._index(tile.row_off, tile.col_off) and (
+        return self.start <= self._index(*rc) < self._index(tile.row_off, tile.col_off) and (
             self.bytes < self.max_bytes or rc in self.items
         )
 
@@ -439,6 +469,8 @@ class ChipCache:
         return self.items[rc]
 
     def put(self, rc, prob: np.ndarray) -> None:
+        if rc in self.items:
+            return
         if self.last(rc) > self.current and self.bytes + prob.nbytes <= self.max_bytes:
             self.items[rc] = prob
             self.bytes += prob.nbytes
@@ -563,6 +595,99 @@ def _hex_to_rgba(color: str) -> tuple[int, int, int, int]:
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
 
 
+def open_predictor(model, images, *, bands=None, sensor=None, dates=None, options):
+    """The scene's files prepared for the model (:mod:`trainer.inputs`: sensor, nodata, units,
+    date order) and bound to it: the :class:`Predictor` and what was decided about the input."""
+    from .inputs import prepare_inputs
+
+    inputs = prepare_inputs(model.record, list(images), bands, sensor, dates)
+    return Predictor(model, inputs.scenes, options, inputs.conversion), inputs
+
+
+def tile_outcome(pred: Predictor, res: dict) -> dict:
+    """What the outputs need of a predicted tile: ``classes`` (uint8, the output nodata where
+    not valid), ``conf`` (the top probability, float32), ``valid``; for classification also
+    ``pixels`` and ``area`` per chip."""
+    o, nod = pred.o, int(pred.record.get("output_nodata", 255))
+    prob, valid = res["prob"], res["valid"]
+    classes = prob.argmax(0).astype(np.uint8)
+    conf = prob.max(0)
+    if o.confidence_threshold is not None:
+        valid = valid & (conf >= o.confidence_threshold)
+    classes[~valid] = nod
+    return {"classes": classes, "conf": conf, "valid": valid} | {
+        k: res[k] for k in ("pixels", "area") if k in res
+    }
+
+
+def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None):
+    """``(window, tile_outcome)`` for each window, in order; reading the next window overlaps
+    running the model on this one. ``cache``: a :class:`ChipCache` (dense tasks) or None."""
+    with torch_threads(threads), ThreadPoolExecutor(1) as reader:
+        nxt = reader.submit(pred.read_for, windows[0], cache)
+        for i, win in enumerate(windows):
+            data = nxt.result()
+            if i + 1 < len(windows):
+                nxt = reader.submit(pred.read_for, windows[i + 1], cache)
+            if pred.task == "classification":
+                res = pred.classify_window(win, data)
+            else:
+                res = pred.predict_window(win, data, cache)
+                cache.done(win)
+            del data
+            out = tile_outcome(pred, res)
+            if bar is not None:
+                bar.update(1)
+            yield win, out
+
+
+class Progress:
+    """Tiles predicted: a tqdm bar (when ``show``) and ``report(done, total)`` (at most twice a
+    second, and at the end)."""
+
+    def __init__(self, total: int, show: bool, report=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="predict", unit="tile", disable=not show)
+        self.total, self.done, self.report, self._last = total, 0, report, 0.0
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            self.bar.update(n)
+            if self.report is not None and time.monotonic() - self._last > 0.5:
+                self._last = time.monotonic()
+                self.report(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.report is not None:
+            self.report(self.done, self.total)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (nothing changes for None)."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def predict_scene(
     model,
     images: list[str | Path],
@@ -574,6 +699,8 @@ def predict_scene(
     options: PredictOptions | None = None,
     progress: bool = True,
     provenance: dict | None = None,
+    cluster=None,
+    report=None,
 ) -> dict:
     """Predict a scene to ``out_dir``: classes.tif, confidence.tif (COGs), polygons.geojson, summary.json.
 
@@ -581,19 +708,18 @@ def predict_scene(
     models; put oldest first when their dates are known). ``sensor`` defaults to the model's;
     what was decided about sensor, nodata, units and date order is the summary's ``input``
     (:mod:`trainer.inputs`). Classification models give a coarse raster, one pixel per chip.
+    ``cluster``: a Dask cluster (:mod:`trainer.cluster`) whose workers predict strips of tile
+    rows (:mod:`trainer.strips`); the outputs are the same. ``report(tiles_done, tiles_total)``
+    is called as tiles are predicted.
     """
-    from tqdm.auto import tqdm
-
-    from .inputs import prepare_inputs
-
     o = options or PredictOptions()
     rec = model.record
     t0 = time.time()
-    inputs = prepare_inputs(rec, list(images), bands, sensor, dates)
+    given = list(images)  # as the caller gave them: a cluster's workers prepare them the same way
+    pred, inputs = open_predictor(model, given, bands=bands, sensor=sensor, dates=dates, options=o)
     scenes, images = inputs.scenes, inputs.images
     if provenance and "inputs" in provenance:  # the caller's names of the files, per date
         provenance = provenance | {"inputs": inputs.reordered(list(provenance["inputs"]))}
-    pred = Predictor(model, scenes, o, inputs.conversion)
     classify = pred.task == "classification"
     grid = scenes[0].grid
     out_grid = coarse_grid(grid, pred.chip) if classify else grid
@@ -632,22 +758,14 @@ def predict_scene(
         cache = None if classify else ChipCache(pred, tile, int(o.cache_mb * 2**20))
 
         def finish(win: Window, res: dict) -> None:
-            """Classes, confidence, counts, areas and polygons of one predicted tile."""
+            """Write and count one predicted tile (see :func:`tile_outcome`), add its polygons."""
+            classes, conf, valid = res["classes"], res["conf"], res["valid"]
             if classify:
                 owin = Window(
-                    win.col_off // pred.chip,
-                    win.row_off // pred.chip,
-                    res["prob"].shape[2],
-                    res["prob"].shape[1],
+                    win.col_off // pred.chip, win.row_off // pred.chip, *classes.shape[::-1]
                 )
             else:
                 owin = win
-            prob, valid = res["prob"], res["valid"]
-            classes = prob.argmax(0).astype(np.uint8)
-            conf = prob.max(0)
-            if o.confidence_threshold is not None:
-                valid = valid & (conf >= o.confidence_threshold)
-            classes[~valid] = nod
             cls_tmp.write(classes, 1, window=owin)
             if conf_tmp is not None:
                 c8 = np.round(conf * 100).astype(np.uint8)
@@ -667,28 +785,25 @@ def predict_scene(
             if collector is not None:
                 collector.add(owin, classes, conf, valid, nod)
 
-        # three stages overlap: reading the next tile, running the model on this one, and
-        # finishing the previous one (one worker each, in tile order; at most one tile waits)
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as finisher:
-            nxt = reader.submit(pred.read_for, windows[0], cache)
+        bar = Progress(len(windows), progress, report)
+        if cluster is None:
+            source = predicted_tiles(pred, windows, cache, bar, threads=o.threads)
+        else:
+            from .strips import StripRun
+
+            scene = {"bands": bands, "sensor": sensor, "dates": dates}
+            strips = StripRun(cluster, model, given, scene, pred, windows, tile, tmp)
+            source = strips.tiles(bar)
+        # finishing a tile (writing, counting, polygons) overlaps predicting the next ones
+        with ThreadPoolExecutor(1) as finisher:
             done = None
-            for i, win in enumerate(
-                tqdm(windows, desc="predict", unit="tile", disable=not progress)
-            ):
-                data = nxt.result()
-                if i + 1 < len(windows):
-                    nxt = reader.submit(pred.read_for, windows[i + 1], cache)
-                if classify:
-                    res = pred.classify_window(win, data)
-                else:
-                    res = pred.predict_window(win, data, cache)
-                    cache.done(win)
-                del data
+            for win, res in source:
                 if done is not None:
                     done.result()
                 done = finisher.submit(finish, win, res)
             if done is not None:
                 done.result()
+        bar.close()
         cls_tmp.close()
         if conf_tmp is not None:
             conf_tmp.close()
@@ -725,6 +840,7 @@ def predict_scene(
             "batch_size": pred.batch_size,
             "precision": pred.precision,
             "device": str(pred.device),
+            "threads": o.threads or _torch_threads() if cluster is None else strips.threads,
         },  # fmt: skip
         "provenance": {
             "model": getattr(model, "uri", None),
@@ -739,6 +855,8 @@ def predict_scene(
     }
     if classify:
         summary["n_chips"] = int(n_chips.sum())
+    if cluster is not None:
+        summary["cluster"] = strips.summary()
     if collector is not None:
         summary["n_polygons"] = n_polygons
         summary["outputs"]["polygons"] = "polygons.geojson"

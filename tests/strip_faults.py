@@ -1,0 +1,30 @@
+"""Faults for the workers of a Dask cluster, installed with ``client.run(install, ...)``: the
+strip whose first tile row starts at ``row`` raises, or hangs (its worker is then killed by the
+test), the first ``times`` times it runs on any worker."""
+
+import os
+import time
+from pathlib import Path
+
+import trainer.strips as strips
+
+REAL = strips.predicted_tiles
+
+
+def install(kind: str, row: int, marker: str, times: int = 1) -> None:
+    def faulty(pred, windows, cache, bar=None, threads=None):
+        m = Path(marker)
+        n = int(m.read_text()) if m.exists() else 0
+        if windows[0].row_off == row and n < times:
+            m.write_text(str(n + 1))
+            if kind == "raise":
+                raise RuntimeError("injected fault")
+            Path(f"{marker}.pid").write_text(str(os.getpid()))
+            time.sleep(300)  # until the test kills this worker
+        return REAL(pred, windows, cache, bar, threads)
+
+    strips.predicted_tiles = faulty
+
+
+def remove() -> None:
+    strips.predicted_tiles = REAL
