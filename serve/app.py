@@ -72,12 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         ctx = Context(settings)
         app.state.ctx = ctx
-        ctx.scheduler.start()
+        await run_in_threadpool(ctx.start)
         await run_in_threadpool(ctx.clean_predictions)
         try:
             yield
         finally:
-            await run_in_threadpool(ctx.scheduler.stop)
+            await run_in_threadpool(ctx.stop)
 
     app = FastAPI(
         title="geotune",

@@ -80,6 +80,10 @@ def settings_from(args) -> Settings:
     basemap = getattr(args, "basemap_url", None)
     if basemap is not None:
         check_basemap(basemap)
+    if args.cluster:
+        from trainer.cluster import check_spec
+
+        check_spec(args.cluster)
     return Settings(
         basemap_url=basemap,
         dev=args.dev,
@@ -99,6 +103,7 @@ def settings_from(args) -> Settings:
         job_memory_mb=args.job_memory_mb,
         max_queued_predictions=args.max_queued_predictions,
         public_url=public_url(args.public_url),
+        cluster=args.cluster or "",
     )
 
 

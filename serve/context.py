@@ -42,6 +42,7 @@ class Context:
 
     def __post_init__(self):
         self._last_clean = -float("inf")
+        self._cluster = None
         root = serve_dir()
         root.mkdir(parents=True, exist_ok=True)
         self.lock = HomeLock(root)
@@ -73,6 +74,21 @@ class Context:
             poll_seconds=self.settings.poll_seconds,
             env=env,
         )
+
+    def start(self) -> None:
+        """Start what runs beside the requests: the cluster (local:N), then the job scheduler."""
+        if self.settings.cluster:
+            from trainer.cluster import connect
+
+            self._cluster = connect(self.settings.cluster)
+            cluster = self._cluster.__enter__()
+            self.scheduler.kinds["predict"].cluster = cluster.address
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        if self._cluster is not None:
+            self._cluster.__exit__(None, None, None)
 
     @property
     def limits(self):

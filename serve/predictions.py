@@ -172,8 +172,12 @@ def options_from(params: dict):
     )
 
 
-def run_prediction(folder: Path, model=None, progress: bool = False) -> dict:
-    """Predict the request in ``folder`` into ``folder/outputs``; returns the summary."""
+def run_prediction(
+    folder: Path, model=None, progress: bool = False, cluster: str | None = None, report=None
+) -> dict:
+    """Predict the request in ``folder`` into ``folder/outputs``; returns the summary.
+    ``cluster``: a Dask cluster's address to predict on; ``report(tiles_done, tiles_total)``."""
+    from trainer.cluster import connect_or_none
     from trainer.predict import predict_scene
     from trainer.registry import load_model
 
@@ -192,17 +196,20 @@ def run_prediction(folder: Path, model=None, progress: bool = False) -> dict:
         )  # fmt: skip
         images, sensor = list(comp.images), comp.sensor
         provenance |= {"inputs": [Path(p).name for p in comp.images], "imagery": comp.provenance}
-    summary = predict_scene(
-        model,
-        images,
-        folder / "outputs",
-        bands=req.get("bands"),
-        sensor=sensor,
-        dates=None if req.get("aoi") else req.get("dates"),
-        options=options_from(req["params"]),
-        progress=progress,
-        provenance=provenance,
-    )
+    with connect_or_none(cluster) as on:
+        summary = predict_scene(
+            model,
+            images,
+            folder / "outputs",
+            bands=req.get("bands"),
+            sensor=sensor,
+            dates=None if req.get("aoi") else req.get("dates"),
+            options=options_from(req["params"]),
+            progress=progress,
+            provenance=provenance,
+            cluster=on,
+            report=report,
+        )
     write_json(folder / "done.json", {"finished": now()})
     return summary
 
@@ -237,8 +244,15 @@ def result(folder: Path, base_url: str) -> dict:
 
 
 class PredictKind(JobKind):
-    def __init__(self, store: PredictionStore):
-        self.store = store
+    """Prediction jobs; with ``cluster`` (a Dask scheduler's address) their processes predict
+    on that cluster (the server that runs the job decides, through ``GEOTUNE_CLUSTER``)."""
+
+    def __init__(self, store: PredictionStore, cluster: str = ""):
+        self.store, self.cluster = store, cluster
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"GEOTUNE_CLUSTER": self.cluster} if self.cluster else {}
 
     def finalize(self, record: dict, folder: Path) -> dict:
         pred_id = record["params"]["prediction_id"]
@@ -261,18 +275,38 @@ class PredictKind(JobKind):
         return record["argv"], "from the start"
 
 
-def predict_argv(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "serve.predictions", str(folder)]
+def predict_argv(folder: Path, job_folder: Path | None = None) -> list[str]:
+    """The job's command: the prediction in ``folder``, its progress in ``job_folder``."""
+    argv = [sys.executable, "-m", "serve.predictions", str(folder)]
+    return argv + (["--progress", str(job_folder / "progress.json")] if job_folder else [])
+
+
+def progress_writer(path: Path):
+    """``report(done, total)`` that writes a prediction job's progress for the scheduler."""
+
+    def report(done: int, total: int) -> None:
+        progress = {"stage": "predict", "tiles_done": done, "tiles_total": total}
+        write_json(path, progress | {"updated": now()})
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
     from datamodules.errors import UserError
     from trainer.console import plain_warnings
 
     plain_warnings()
-    folder = Path((argv or sys.argv[1:])[0])
+    parser = argparse.ArgumentParser(prog="python -m serve.predictions")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--progress", type=Path, default=None)
+    args = parser.parse_args(argv)
+    report = progress_writer(args.progress) if args.progress else None
+    cluster = os.environ.get("GEOTUNE_CLUSTER") or None
     try:
-        summary = run_prediction(folder, progress=True)
+        summary = run_prediction(args.folder, progress=True, cluster=cluster, report=report)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

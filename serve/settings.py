@@ -41,6 +41,7 @@ class Settings:
     max_unpacked_mb: float = 1024.0  # a zipped shapefile's members, unpacked
     job_memory_mb: int = 8192  # address space of a process that reads uploaded files
     basemap_url: str | None = None  # the Lab's online basemap ({z}/{x}/{y} template); off: None
+    cluster: str = ""  # prediction jobs on this Dask cluster (local:N or an address); "": none
 
     @property
     def limits(self) -> Limits:

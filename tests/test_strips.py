@@ -5,7 +5,9 @@ prediction and leaves no output."""
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -146,3 +148,46 @@ def test_cluster_specs():
     for bad in ("local:0", "local", "10.0.0.5:8786", "http://x"):
         with pytest.raises(ClusterError, match="local:N"):
             check_spec(bad)
+
+
+def test_a_prediction_job_runs_on_the_servers_cluster(cluster, model_home, tmp_path):
+    """The job process of an asynchronous prediction (``python -m serve.predictions``) predicts
+    on the cluster its server names (GEOTUNE_CLUSTER) and writes its progress for the job."""
+    from serve.jobs import write_json
+    from serve.predictions import PredictKind, predict_argv
+
+    folder = tmp_path / "pred-0123456789ab"
+    folder.mkdir()
+    shutil.copy(sample_image(), folder / "input1.tif")
+    write_json(folder / "request.json", {
+        "owner": "local", "model": "p", "alias": "champion", "registered_name": "p",
+        "version": 1, "inputs": ["input1.tif"], "input_names": ["demo.tif"], "bands": None,
+        "sensor": None, "dates": None, "pixels": 768 * 768,
+        "params": {"outputs": ["classes", "confidence", "polygons"], "min_area_m2": 0.0,
+                   "simplify": 0.0, "sieve_pixels": 0, "confidence_threshold": None},
+    })  # fmt: skip
+    env = os.environ | PredictKind(None, cluster.scheduler_address).env
+    p = subprocess.run(
+        predict_argv(folder, tmp_path), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((folder / "outputs" / "summary.json").read_text())
+    assert summary["cluster"]["address"] == cluster.scheduler_address
+    assert summary["cluster"]["strips"] == 1 and summary["n_pixels"] > 0
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["tiles_done"] == progress["tiles_total"] == 1
+
+
+def test_cluster_flags():
+    from datamodules.errors import UserError
+    from serve.cli import settings_from
+    from trainer.cli import build_parser
+
+    assert settings_from(build_parser().parse_args(["serve", "--cluster", "local:2"])).cluster
+    with pytest.raises(UserError, match="local:N"):
+        settings_from(build_parser().parse_args(["serve", "--cluster", "8786"]))
+    args = build_parser().parse_args(["predict", "--model", "m@c", "--out", "o", "--cluster", "x"])
+    from trainer.cli import cmd_predict
+
+    with pytest.raises(ClusterError, match="is not a cluster"):
+        cmd_predict(args)

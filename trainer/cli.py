@@ -154,8 +154,12 @@ def print_result(result: dict) -> None:
 
 # -- predict --------------------------------------------------------------------------------------
 def cmd_predict(args) -> int:
+    from .cluster import check_spec, connect_or_none
     from .predict import PredictOptions, predict_scene
     from .registry import load_model
+
+    if args.cluster:
+        check_spec(args.cluster)
 
     model = load_model(args.model, version=args.version, alias=args.alias)
     from datamodules.stac_cli import imagery_for_predict  # --aoi: imagery by area and dates
@@ -173,22 +177,29 @@ def cmd_predict(args) -> int:
         simplify=args.simplify,
         sieve_pixels=args.sieve,
         confidence_threshold=args.confidence_threshold,
+        threads=args.threads,
     )
-    summary = predict_scene(
-        model,
-        images,
-        args.out,
-        bands=_csv(args.bands),
-        sensor=args.sensor,
-        dates=None if args.aoi else args.date,
-        options=opts,
-        provenance=provenance,
-    )
+    with connect_or_none(args.cluster) as cluster:
+        summary = predict_scene(
+            model,
+            images,
+            args.out,
+            bands=_csv(args.bands),
+            sensor=args.sensor,
+            dates=None if args.aoi else args.date,
+            options=opts,
+            provenance=provenance,
+            cluster=cluster,
+        )
     what = f" in {summary['n_chips']} chips" if "n_chips" in summary else ""
     print(f"{summary['n_pixels']} pixels predicted{what} in {summary['seconds']} s → {args.out}")
     from .inputs import describe
 
     print(f"  {describe(summary['input'])}")
+    if "cluster" in summary:
+        c = summary["cluster"]
+        again = f"; run again: strips {[r['strip'] for r in c['retried']]}" if c["retried"] else ""
+        print(f"  on {c['address']}: {c['workers']} workers, {c['strips']} strips{again}")
     for row in summary["class_histogram"]:
         print(
             f"  {row['name']:20s} {row['pixels']:>10d} px  {row['area_m2'] / 1e6:10.3f} km²  {row['fraction']:7.2%}"
@@ -527,6 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixels below this confidence (0..1) become nodata",
     )
     pr.add_argument("--no-polygons", action="store_true", help="skip the GeoJSON polygons")
+    pr.add_argument(
+        "--cluster",
+        default=None,
+        help="predict on a Dask cluster, in strips of tile rows: local:N (N worker processes "
+        "here) or tcp://HOST:8786 (needs geotune[cluster]); the files are the same",
+    )
+    pr.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per forward pass (default: all cores; on a cluster, each "
+        "worker's share); runs with the same count give bit-identical files",
+    )
     stac_arguments(pr, aoi=True)
 
     add_embed_parser(sub)
@@ -654,6 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEMPLATE",
         help="an online basemap for the Lab (/lab) under the user's imagery, e.g. "
         "https://tile.openstreetmap.org/{z}/{x}/{y}.png; off by default: the Lab needs no internet",
+    )
+    sv.add_argument(
+        "--cluster",
+        default=None,
+        help="prediction jobs (the 202 ones) run on a Dask cluster: local:N (N worker processes "
+        "started with the server) or tcp://HOST:8786; synchronous predictions stay in the server",
     )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from datamodules.errors import UserError
@@ -69,6 +69,11 @@ def _distributed():
     return distributed
 
 
+def connect_or_none(spec: str | None, threads: int | None = None):
+    """:func:`connect` for a spec, else a block with no cluster (None)."""
+    return connect(spec, threads) if spec else nullcontext()
+
+
 @contextmanager
 def connect(spec: str, threads: int | None = None):
     """A :class:`Cluster` for ``spec`` while the block runs (a local one is stopped after)."""
@@ -98,7 +103,9 @@ def connect(spec: str, threads: int | None = None):
     try:
         from .strips import TorchWorker
 
-        client.register_plugin(TorchWorker(threads, die_with_parent=cluster is not None))
+        plugin = TorchWorker(threads, die_with_parent=cluster is not None)
+        plugin.idempotent = cluster is None  # a cluster started elsewhere keeps its owner's
+        client.register_plugin(plugin)
         yield Cluster(client, client.scheduler.address, cluster is not None, threads)
     finally:
         client.close()

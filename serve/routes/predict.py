@@ -197,7 +197,7 @@ def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base
         rec = ctx.jobs.create(
             "predict", owner,
             {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
-            lambda _job_folder: predict_argv(folder),
+            lambda job_folder: predict_argv(folder, job_folder),
         )  # fmt: skip
         view = job_view(rec)
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
