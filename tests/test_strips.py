@@ -10,12 +10,14 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import distributed
 import pytest
 import rasterio
 import strip_faults
 from test_predict import model  # noqa: F401 (a tiny registered model, module fixture)
+from test_serve import servers  # noqa: F401 (fixture)
 
 from trainer.cluster import ClusterError, check_spec, connect
 from trainer.demo import sample_image
@@ -191,3 +193,32 @@ def test_cluster_flags():
 
     with pytest.raises(ClusterError, match="is not a cluster"):
         cmd_predict(args)
+
+
+def children(pid: int) -> set[int]:
+    """Live descendants of ``pid``, from /proc."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(kids - found)
+            found |= kids
+    return found
+
+
+def test_the_servers_cluster_starts_with_it_and_dies_with_it(servers):  # noqa: F811
+    from serve.jobs import proc_start_time
+
+    srv = servers("--dev", "--cluster", "local:1")
+    assert srv.client().get("/readyz").status_code == 200
+    workers = children(srv.proc.pid)
+    assert workers  # the worker process of local:1 (and its helpers)
+    srv.stop(signal.SIGKILL)
+    deadline = time.time() + 30
+    while any(proc_start_time(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(proc_start_time(p) for p in workers)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -103,7 +102,7 @@ def connect(spec: str, threads: int | None = None):
     try:
         from .strips import TorchWorker
 
-        plugin = TorchWorker(threads, die_with_parent=cluster is not None)
+        plugin = TorchWorker(threads)
         plugin.idempotent = cluster is None  # a cluster started elsewhere keeps its owner's
         client.register_plugin(plugin)
         yield Cluster(client, client.scheduler.address, cluster is not None, threads)
@@ -111,11 +110,3 @@ def connect(spec: str, threads: int | None = None):
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def die_with_parent() -> None:
-    """The kernel kills this process when the thread that started it ends (even by SIGKILL)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1  # noqa: N806 (the kernel's name)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

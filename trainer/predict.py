@@ -319,11 +319,9 @@ class Predictor:
         t, b = self.o.tile_size, self.batch_size
         out, seen = [], set()
         for r, c in chips:
-            owned = [
-                (rr, cc)
-                for rr in self.rows.starts if rr // t == r // t
-                for cc in self.cols.starts if cc // t == c // t
-            ]  # fmt: skip
+            rows = [rr for rr in self.rows.starts if rr // t == r // t]
+            cols = [cc for cc in self.cols.starts if cc // t == c // t]
+            owned = [(rr, cc) for rr in rows for cc in cols]
             key = (r // t, c // t, owned.index((r, c)) // b)
             if key not in seen:
                 seen.add(key)

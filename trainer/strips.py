@@ -36,7 +36,7 @@ import numpy as np
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .cluster import Cluster, cores, die_with_parent
+from .cluster import Cluster, cores
 from .predict import ChipCache, PredictError, PredictOptions, open_predictor, predicted_tiles
 
 RETRIES = 2  # a strip that raises runs again up to this many times
@@ -70,20 +70,17 @@ class StripJob:
 # -- on the workers -------------------------------------------------------------------------------
 class TorchWorker(WorkerPlugin):
     """Torch threads set on every worker, on new ones too (a worker that died is replaced by its
-    nanny): ``threads``, else the machine's cores divided by the worker's task slots. Workers of
-    a local cluster die with the process that started them."""
+    nanny): ``threads``, else the machine's cores divided by the worker's task slots."""
 
     name = "geotune-torch"
 
-    def __init__(self, threads: int | None, die_with_parent: bool):
-        self.threads, self.die_with_parent = threads, die_with_parent
+    def __init__(self, threads: int | None):
+        self.threads = threads
 
     def setup(self, worker) -> None:
         import torch
 
         torch.set_num_threads(self.threads or max(1, cores() // worker.state.nthreads))
-        if self.die_with_parent:
-            die_with_parent()
 
 
 _MODELS: OrderedDict = OrderedDict()  # (tracking URI, model URI) → loaded model; 2 kept
@@ -146,12 +143,17 @@ def predict_strip(job: StripJob, i: int) -> dict:
         with open(job.attempts(i), "a") as log:
             log.write(f"error: {type(e).__name__}: {e}\n")
         raise
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "strip": i, "tiles": len(windows), "seconds": round(time.time() - t0, 3),
-        "write_seconds": round(write_s, 3), "worker": worker.address, "host": socket.gethostname(),
+        "strip": i,
+        "tiles": len(windows),
+        "seconds": round(time.time() - t0, 3),
+        "write_seconds": round(write_s, 3),
+        "worker": worker.address,
+        "host": socket.gethostname(),
         "threads": job.options.threads or torch.get_num_threads(),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }  # fmt: skip
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+    }
 
 
 class _Events:
@@ -169,13 +171,18 @@ def _windows(job: StripJob, pred, i: int):
     from .predict import tiles
 
     g = pred.scenes[0].grid
-    first, last = job.strips[i]
-    return [w for w in tiles(g.width, g.height, job.tile) if first <= w.row_off // job.tile < last]
+    return in_strip(tiles(g.width, g.height, job.tile), job.strips[i], job.tile)
+
+
+def in_strip(windows, rows: tuple[int, int], tile: int) -> list:
+    """The windows of the tile rows ``rows`` (first, last + 1)."""
+    return [w for w in windows if rows[0] <= w.row_off // tile < rows[1]]
 
 
 # -- on the driver --------------------------------------------------------------------------------
 def plan(n_rows: int, n_workers: int) -> tuple[tuple[int, int], ...]:
-    """Strips of whole tile rows: ``STRIPS_PER_WORKER`` per worker, as even as whole rows allow."""
+    """Strips of whole tile rows, about ``STRIPS_PER_WORKER`` per worker, all of one height
+    but the last."""
     n = max(1, min(n_rows, STRIPS_PER_WORKER * n_workers))
     per = math.ceil(n_rows / n)
     return tuple((a, min(a + per, n_rows)) for a in range(0, n_rows, per))
@@ -211,17 +218,25 @@ class StripRun:
         folder = Path(tmp) / "strips"
         folder.mkdir()
         self.job = StripJob(
-            run=f"geotune-predict-{uuid.uuid4().hex[:12]}", model=pinned_model(model),
-            tracking_uri=tracking_uri(), images=tuple(str(Path(p).resolve()) for p in images),
-            scene=scene, options=pred.o, tile=tile,
+            run=f"geotune-predict-{uuid.uuid4().hex[:12]}",
+            model=pinned_model(model),
+            tracking_uri=tracking_uri(),
+            images=tuple(str(Path(p).resolve()) for p in images),
+            scene=scene,
+            options=pred.o,
+            tile=tile,
             strips=plan(len({w.row_off for w in windows}), cluster.n_workers()),
             fields=CLASSIFY_FIELDS if pred.task == "classification" else FIELDS,
             folder=str(folder),
-        )  # fmt: skip
+        )
         self.results: list[dict] = []
         self.retried: list[dict] = []
-        self.threads: int | None = cluster.threads or pred.o.threads
         self.wait_s = 0.0
+
+    @property
+    def threads(self) -> list[int]:
+        """The torch threads the workers' forward passes used."""
+        return sorted({r["threads"] for r in self.results})
 
     def tiles(self, bar):
         """``(window, outcome)`` of every tile in row-major order, as strips finish."""
@@ -239,19 +254,21 @@ class StripRun:
 
         client.subscribe_topic(job.run, progress)
         futures = [
-            client.submit(predict_strip, job, i, key=f"{job.run}-strip-{i}", retries=RETRIES,
-                          pure=False)
+            client.submit(
+                predict_strip, job, i, key=f"{job.run}-strip-{i}", retries=RETRIES, pure=False
+            )
             for i in range(len(job.strips))
-        ]  # fmt: skip
+        ]
         try:
-            for i, fut in enumerate(futures):
+            for i in range(len(futures)):
                 t = time.time()
-                wait(fut)
+                wait(futures[i])
                 self.wait_s += time.time() - t
-                self.results.append(self._result(i, fut))
+                self.results.append(self._result(i, futures[i]))
                 yield from self._read(i)
+                futures[i] = None  # released: not run again if its worker dies later
         finally:
-            client.cancel(futures)
+            client.cancel([f for f in futures if f is not None])
             client.unsubscribe_topic(job.run)
 
     def _result(self, i: int, fut) -> dict:
@@ -286,9 +303,7 @@ class StripRun:
 
     def _read(self, i: int):
         """The tiles of strip ``i`` from its file, which is then removed."""
-        first, last = self.job.strips[i]
-        tile = self.job.tile
-        wins = [w for w in self.windows if first <= w.row_off // tile < last]
+        wins = in_strip(self.windows, self.job.strips[i], self.job.tile)
         path = self.job.path(i)
         with open(path, "rb") as f:
             for win in wins:
@@ -305,7 +320,7 @@ class StripRun:
             "workers": self.cluster.n_workers(),
             "strips": len(self.job.strips),
             "tile_rows_per_strip": self.job.strips[0][1] - self.job.strips[0][0],
-            "threads": sorted({r["threads"] for r in self.results}),
+            "threads": self.threads,
             "retried": self.retried,
             "strip_seconds": round(sum(r["seconds"] for r in self.results), 2),
             "write_seconds": round(sum(r["write_seconds"] for r in self.results), 2),
