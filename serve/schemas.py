@@ -194,7 +194,9 @@ class JobOut(BaseModel):
     finished: str | None = None
     params: dict[str, Any] = {}
     progress: dict[str, Any] = Field(
-        {}, description="training: epoch (1-based), max_epochs, step, latest metrics, run_id"
+        {},
+        description="training: epoch (1-based), max_epochs, step, latest metrics, run_id; "
+        "prediction: tiles_done of tiles_total",
     )
     error: str | None = None
     result: dict[str, Any] | None = Field(
