@@ -132,7 +132,7 @@ def seam_chips(model, scene: Path, workers=(1, 2, 4, 8, 16, 32)) -> dict:
     from trainer import predict
     from trainer import strips as st
 
-    pred = predict.open_predictor(model, [scene], options=predict.PredictOptions())
+    pred, _ = predict.open_predictor(model, [scene], options=predict.PredictOptions())
     pred.close()
     t, height = pred.o.tile_size, pred.rows.length
     ncols, total = len(pred.cols.starts), len(pred.rows.starts)
