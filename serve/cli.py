@@ -114,6 +114,11 @@ def run_serve(args) -> int:
     from .context import HomeLock
 
     settings = settings_from(args)
+    if settings.cluster and not settings.cluster.startswith("local:"):
+        from trainer.cluster import connect
+
+        with connect(settings.cluster):  # a clear message now if the scheduler is not there
+            pass
     serve_dir().mkdir(parents=True, exist_ok=True)
     probe = HomeLock(serve_dir())
     shared = not probe.alone
