@@ -207,12 +207,25 @@ class JobStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
         record = {
-            "id": job_id, "kind": kind, "owner": owner, "state": "queued", "server": None,
-            "created": now(), "seq": time.time_ns(),  # queue order (created has whole seconds)
-            "started": None, "finished": None, "params": params, "argv": build_argv(folder),
-            "pid": None, "pid_start": None, "exit_code": None, "progress": {}, "error": None,
-            "result": None, "cancel_requested": False,
-        }  # fmt: skip
+            "id": job_id,
+            "kind": kind,
+            "owner": owner,
+            "state": "queued",
+            "server": None,
+            "created": now(),
+            "seq": time.time_ns(),  # queue order (created has whole seconds)
+            "started": None,
+            "finished": None,
+            "params": params,
+            "argv": build_argv(folder),
+            "pid": None,
+            "pid_start": None,
+            "exit_code": None,
+            "progress": {},
+            "error": None,
+            "result": None,
+            "cancel_requested": False,
+        }
         with self._write() as con:
             _insert(con, record)
         return record

@@ -76,7 +76,7 @@ def claim_in_processes(tmp_path: Path, n_jobs: int, limit: int, n_procs: int = 4
             [sys.executable, "-c", CLAIMER, str(store.root), str(limit), str(go), f"s{i}"],
             stdout=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(n_procs)
     ]
     time.sleep(2)  # all of them are waiting for the go

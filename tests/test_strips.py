@@ -78,9 +78,14 @@ def assert_same(folder, summary, reference):
 def run(cluster, model, tmp_path, report=None) -> dict:  # noqa: F811
     with connect(cluster.scheduler_address) as c:
         return predict_scene(
-            model, [sample_image()], tmp_path / "out", options=OPTIONS, cluster=c,
-            progress=False, report=report,
-        )  # fmt: skip
+            model,
+            [sample_image()],
+            tmp_path / "out",
+            options=OPTIONS,
+            cluster=c,
+            progress=False,
+            report=report,
+        )
 
 
 def test_strips_on_two_workers_equal_one_process(cluster, model_home, reference, tmp_path):
@@ -161,13 +166,29 @@ def test_a_prediction_job_runs_on_the_servers_cluster(cluster, model_home, tmp_p
     folder = tmp_path / "pred-0123456789ab"
     folder.mkdir()
     shutil.copy(sample_image(), folder / "input1.tif")
-    write_json(folder / "request.json", {
-        "owner": "local", "model": "p", "alias": "champion", "registered_name": "p",
-        "version": 1, "inputs": ["input1.tif"], "input_names": ["demo.tif"], "bands": None,
-        "sensor": None, "dates": None, "pixels": 768 * 768,
-        "params": {"outputs": ["classes", "confidence", "polygons"], "min_area_m2": 0.0,
-                   "simplify": 0.0, "sieve_pixels": 0, "confidence_threshold": None},
-    })  # fmt: skip
+    write_json(
+        folder / "request.json",
+        {
+            "owner": "local",
+            "model": "p",
+            "alias": "champion",
+            "registered_name": "p",
+            "version": 1,
+            "inputs": ["input1.tif"],
+            "input_names": ["demo.tif"],
+            "bands": None,
+            "sensor": None,
+            "dates": None,
+            "pixels": 768 * 768,
+            "params": {
+                "outputs": ["classes", "confidence", "polygons"],
+                "min_area_m2": 0.0,
+                "simplify": 0.0,
+                "sieve_pixels": 0,
+                "confidence_threshold": None,
+            },
+        },
+    )
     env = os.environ | PredictKind(None, cluster.scheduler_address).env
     p = subprocess.run(
         predict_argv(folder, tmp_path), env=env, capture_output=True, text=True, timeout=600

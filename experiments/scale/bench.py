@@ -52,22 +52,35 @@ def run_cli(scene: Path, out: Path, env: dict, *extra: str) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(VENV_BIN / "geotune"), "predict", "--model", "perf@champion", "--image",
-           str(scene), "--out", str(out), *extra]  # fmt: skip
+    cmd = [
+        str(VENV_BIN / "geotune"),
+        "predict",
+        "--model",
+        "perf@champion",
+        "--image",
+        str(scene),
+        "--out",
+        str(out),
+        *extra,
+    ]
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", perf_bench().LAUNCHER, *cmd], env=env,
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", perf_bench().LAUNCHER, *cmd], env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"geotune predict failed:\n{r.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "command": " ".join(["geotune", *cmd[1:]]), "wall_s": round(wall, 2),
+        "command": " ".join(["geotune", *cmd[1:]]),
+        "wall_s": round(wall, 2),
         "predict_scene_s": summary["seconds"],
         "peak_rss_mb": round(int(r.stdout.strip().splitlines()[-1]) / 1024, 1),
-        "n_pixels": summary["n_pixels"], "chip": summary["options"]["chip"],
-        "threads": summary["options"]["threads"], "cluster": summary.get("cluster"),
-    }  # fmt: skip
+        "n_pixels": summary["n_pixels"],
+        "chip": summary["options"]["chip"],
+        "threads": summary["options"]["threads"],
+        "cluster": summary.get("cluster"),
+    }
 
 
 def compare(a: Path, b: Path) -> dict:
@@ -77,8 +90,10 @@ def compare(a: Path, b: Path) -> dict:
     for name in ("classes.tif", "confidence.tif"):
         with rasterio.open(a / name) as x, rasterio.open(b / name) as y:
             diff = int((x.read(1) != y.read(1)).sum())
-        out[name] = {"same_bytes": (a / name).read_bytes() == (b / name).read_bytes(),
-                     "pixels_differ": diff}  # fmt: skip
+        out[name] = {
+            "same_bytes": (a / name).read_bytes() == (b / name).read_bytes(),
+            "pixels_differ": diff,
+        }
     same = (a / "polygons.geojson").read_bytes() == (b / "polygons.geojson").read_bytes()
     out["polygons.geojson"] = {"same_bytes": same}
     ha = json.loads((a / "summary.json").read_text())["class_histogram"]
