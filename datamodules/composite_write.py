@@ -90,6 +90,25 @@ class Writer:
         wins = list(iter_windows(self.grid.width, self.grid.height, size))
         return tqdm(wins, desc=desc, unit="block", disable=not progress)
 
+    def _read_ahead(self, pool, obs, blocks):
+        """``(window, AOI mask, observations)`` of each block in order (no observations
+        outside the AOI); the next block is read while the caller works on this one (its
+        median and writes), one block ahead: the outputs are those of reading in turn."""
+
+        def read(win):
+            aoi = self.reader.aoi_mask(win)
+            return win, aoi, (self.reader.observe(pool, obs, win, aoi) if aoi.any() else [])
+
+        with ThreadPoolExecutor(1) as ahead:
+            pending = None
+            for win in blocks:
+                nxt = ahead.submit(read, win)
+                if pending is not None:
+                    yield pending.result()
+                pending = nxt
+            if pending is not None:
+                yield pending.result()
+
     def _tally(self, count: np.ndarray, aoi: np.ndarray) -> None:
         self._clear[0] += int(((count > 0) & aoi).sum())
         self._clear[1] += int(((count >= self.frames) & aoi).sum())
@@ -99,9 +118,8 @@ class Writer:
         img = self._image(folder / "composite.tif")
         cnt = self._open(folder / "count.tif", 1, "uint16", None)
         with img, cnt, ThreadPoolExecutor(self.read.workers) as pool:
-            for win in self._blocks(size, progress, "composite"):
-                aoi = self.reader.aoi_mask(win)
-                views = self.reader.observe(pool, obs, win, aoi) if aoi.any() else []
+            blocks = self._blocks(size, progress, "composite")
+            for win, aoi, views in self._read_ahead(pool, obs, blocks):
                 stack = [np.where(c, d, np.nan) for d, c in views if d is not None]
                 count = sum((c for _d, c in views), np.zeros(aoi.shape, dtype=np.uint16))
                 if stack:
@@ -142,13 +160,10 @@ class Writer:
         files = [self._image(folder / n) for n in names]
         cnt = self._open(folder / "count.tif", 1, "uint16", None)
         with ThreadPoolExecutor(self.read.workers) as pool:
-            for win in self._blocks(size, progress, "frames"):
-                aoi = self.reader.aoi_mask(win)
-                views = (
-                    self.reader.observe(pool, obs, win, aoi)
-                    if aoi.any()
-                    else [(None, np.zeros(aoi.shape, bool))] * len(obs)
-                )
+            blocks = self._blocks(size, progress, "frames")
+            for win, aoi, views in self._read_ahead(pool, obs, blocks):
+                if not views:
+                    views = [(None, np.zeros(aoi.shape, bool))] * len(obs)
                 count = np.zeros(aoi.shape, dtype=np.uint16)
                 for f, (d, c) in zip(files, views, strict=True):
                     x = (

@@ -157,14 +157,16 @@ def test_data_add_refuses_a_large_area_and_half_given_options(world, tmp_path):
     assert not (world["home"] / "datasets" / "big").exists()
 
 
-def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatch, capsys):
-    from trainer.cli import main
+def stac_model(world, monkeypatch) -> None:
+    """``stac@champion``, a tiny model of the STAC dataset, in the world's home (trained once)."""
     from trainer.config import compose
     from trainer.train import train
 
     home = world["home"]
     monkeypatch.setenv("GEOTUNE_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if world.get("model"):
+        return
     if not (home / "datasets" / "stacds").exists():
         test_data_add_fetches_imagery_for_the_labels(world)
     train(
@@ -183,6 +185,13 @@ def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatc
             ],
         )
     )
+    world["model"] = "stac@champion"
+
+
+def test_predict_by_aoi_and_dates_against_a_stac_api(world, tmp_path, monkeypatch, capsys):
+    from trainer.cli import main
+
+    stac_model(world, monkeypatch)
     area = tmp_path / "aoi.geojson"
     area.write_text(json.dumps(aoi()))
     out = tmp_path / "pred"
@@ -263,3 +272,39 @@ def geodesic_m2(feature) -> float:
     from shapely.geometry import shape
 
     return abs(Geod(ellps="WGS84").geometry_area_perimeter(shape(feature["geometry"]))[0])
+
+
+def test_predict_by_aoi_on_a_cluster_gives_the_same_files(world, tmp_path, monkeypatch, capsys):
+    """``--aoi`` with ``--cluster local:1``: the driver composites the imagery, the worker
+    process predicts it; the files are those of one process (same torch threads)."""
+    from trainer.cli import main
+
+    stac_model(world, monkeypatch)
+    area = tmp_path / "aoi.geojson"
+    area.write_text(json.dumps(aoi()))
+    args = [
+        "predict",
+        "--model",
+        "stac@champion",
+        "--aoi",
+        str(area),
+        *DATES,
+        "--catalog-url",
+        world["api"],
+        "--threads",
+        "1",
+        "--tile-size",
+        "64",
+    ]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0, capsys.readouterr().err[-3000:]
+    code = main([*args, "--out", str(tmp_path / "two"), "--cluster", "local:1"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert "on tcp://" in capsys.readouterr().out  # the summary line of the cluster run
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["cluster"]["workers"] == 1 and summary["cluster"]["strips"] >= 2
+    assert summary["cluster"]["threads"] == [1] and summary["cluster"]["retried"] == []
+    for name in ("imagery/composite.tif", "classes.tif", "confidence.tif", "polygons.geojson"):
+        one, two = (tmp_path / d / name for d in ("one", "two"))
+        assert one.read_bytes() == two.read_bytes(), name
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert one["class_histogram"] == summary["class_histogram"]
