@@ -158,9 +158,11 @@ def _guard(units: np.ndarray, split: np.ndarray, guard: int) -> np.ndarray:
     return out
 
 
-def rewrite_units(folder: Path, plan: dict, cut: UnitTable, block: int, guard: int, shape) -> dict:
-    """Write ``units.tif`` anew with the cut units' pixels as their pieces (``plan``:
-    (unit, block) → (piece id, split index)) and the guard band as 0; returns the pieces' stats."""
+def rewrite_units(folder: Path, plan: dict, cut: UnitTable, block: int, guard: int, shape):
+    """Write a copy of ``units.tif`` with the cut units' pixels as their pieces (``plan``:
+    (unit, block) → (piece id, split index)) and the guard band as 0; returns the copy's path
+    (``units.tif`` is left as it was) and the pieces' stats (a piece the guard band covers
+    whole is absent)."""
     nbx = -(-shape[1] // block)
     keys = np.array(sorted(plan), dtype=np.int64).reshape(-1, 2)
     nblocks = -(-shape[0] // block) * nbx
@@ -192,8 +194,14 @@ def rewrite_units(folder: Path, plan: dict, cut: UnitTable, block: int, guard: i
                 pieces = np.where(np.isin(u, piece), u, 0)
                 if pieces.any():
                     accumulate_units(stats, pieces, mask_src.read(1, window=win), row, col)
-    new.replace(old)
-    return stats
+    return new, stats
+
+
+def _improves(before: list, after: list, thin: list) -> bool:
+    """Whether a cut helps: no class reaches fewer splits, some thin class reaches more."""
+    return all(len(a) >= len(b) for a, b in zip(after, before, strict=True)) and any(
+        len(after[c]) > len(before[c]) for c in thin
+    )
 
 
 def _cut_thin_classes(
@@ -245,9 +253,7 @@ def _cut_thin_classes(
         ),
         min_count,
     )
-    if any(len(after[c]) < len(reach[c]) for c in range(k)) or not any(
-        len(after[c]) > len(reach[c]) for c in thin
-    ):
+    if not _improves(reach, after, thin):
         return t, split, []
     improved = {c for c in thin if len(after[c]) > len(reach[c])}
     plan, cut_ids, next_id = {}, [], int(t.id.max()) + 1
@@ -267,17 +273,27 @@ def _cut_thin_classes(
     if not cut_ids:
         return t, split, []
     cut = ct.take(np.isin(ct.id, cut_ids))
-    stats = rewrite_units(folder, plan, cut, block, guard, shape)
+    new, stats = rewrite_units(folder, plan, cut, block, guard, shape)
     source = {pid: u for (u, _), (pid, _) in plan.items()}
-    pieces_t = UnitTable.from_stats(stats, source)
+    pieces_t = UnitTable.from_stats(stats, source) if stats else None
     pid_split = {pid: SPLITS[s] for (pid, s) in plan.values()}
     rest = t.take(~np.isin(t.id, cut_ids))
     rest_split = [
         keep_whole.get(u, bs.get(int(b)))
         for u, b in zip(rest.id.tolist(), rest.blocks(block, grid.width).tolist(), strict=True)
     ]
-    out_split = np.array(rest_split + [pid_split[int(p)] for p in pieces_t.id], dtype=str)
-    return rest.concat(pieces_t), out_split, cut_ids
+    if pieces_t is not None:
+        rest_split += [pid_split[int(p)] for p in pieces_t.id]
+        rest = rest.concat(pieces_t)
+    out_split = np.array(rest_split, dtype=str)
+    # the guard band can swallow small pieces whole (a polygon of 13 px cut 8 px from its edge
+    # is all guard band): keep the cut only if the pieces that remain still help
+    after = class_reach(split_counts(rest.cls, rest.pixels, out_split, k, requested), min_count)
+    if not _improves(reach, after, thin):
+        new.unlink()
+        return t, split, []
+    new.replace(folder / "units.tif")
+    return rest, out_split, cut_ids
 
 
 def split_units(

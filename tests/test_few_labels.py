@@ -79,6 +79,30 @@ def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(ho
         assert sp["reach"][slug]["how"] == "blocks" and sp["reach"][slug]["note"] is None
 
 
+def test_a_small_polygon_across_a_block_edge_is_not_lost_to_the_guard_band(home, tmp_path):
+    # one 14 x 13 px polygon of 'tree' straddles a block edge 8 px from its left side: its two
+    # pieces would lie within the guard band of each other; a cut would leave no tree pixel
+    image, _ = make_scene(tmp_path, size=256, seed=4)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    geoms, names = [_box(t, 100, 56, 14, 13)], ["tree"]
+    rng = np.random.default_rng(0)
+    for r, c in rng.integers(0, 240, (40, 2)):
+        if not 84 <= r < 130:
+            geoms.append(_box(t, r, c, 10, 12))
+            names.append("crop" if len(names) % 2 else "water")
+    path = tmp_path / "tree.geojson"
+    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    with pytest.warns(UserWarning, match=r"tree: train only, no held-out metric \(1 polygon\)"):
+        ds = _ingest("edge", image, path, block_size=64)
+    tree = ds.manifest["splits"]["reach"]["tree"]
+    assert tree["splits"] == ["train"] and tree["how"] == "blocks"
+    with rasterio.open(ds.file("units")) as src:
+        units = src.read(1)
+    assert (units[100:114, 56:69] == 1).all()  # the polygon whole, as its own unit
+    assert next(c["pixels"] for c in ds.classes if c["name"] == "tree") == 14 * 13
+
+
 def test_small_polygons_stay_whole_and_train_only(home, tmp_path):
     image, cmap = make_scene(tmp_path, size=512, seed=2)
     labels = few_polygons(tmp_path, image, cmap, {"water": 1, "forest": 1, "field": 1})
