@@ -3,8 +3,9 @@
 Added to ``geotune train`` with ``+callbacks.probe._target_=probe.EpochProbe`` (this folder on
 ``PYTHONPATH``), so the same callback measures geotune at any commit. After each training epoch
 it classifies the centre pixel of a ``chip`` px window around every held-out point of the scene
-and appends (training seconds so far, accuracy) to a JSON file. Training seconds are the wall
-time since the fit started, without the probe's own time.
+and appends (training seconds so far, accuracy overall and per class) to a JSON file, with the
+probe's own seconds so far (``probe_seconds``). Training seconds are the wall time since the fit
+started, without the probe's own time.
 """
 
 from __future__ import annotations
@@ -66,12 +67,18 @@ class EpochProbe(Callback):
                 pred += [int(k[j, r, c]) for j, (r, c) in enumerate(at[i : i + self.batch])]
         pl_module.train(was_training)
         right = np.array([slugs[p] == n for p, n in zip(pred, self.names, strict=True)])
+        names = np.array(self.names)
         self.probe_seconds += time.perf_counter() - t0
         self.curve.append(
             {
                 "epoch": int(trainer.current_epoch) + 1,
                 "train_seconds": round(time.perf_counter() - self.start - self.probe_seconds, 2),
                 "accuracy": round(float(right.mean()), 4),
+                "per_class": {
+                    n: round(float(right[names == n].mean()), 4) for n in sorted(set(self.names))
+                },
             }
         )
-        self.out.write_text(json.dumps(self.curve, indent=2))
+        self.out.write_text(
+            json.dumps({"curve": self.curve, "probe_seconds": round(self.probe_seconds, 2)})
+        )
