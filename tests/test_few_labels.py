@@ -145,8 +145,10 @@ def test_label_sampler_draws_labelled_chips_reproducibly_per_rank_and_epoch(home
     dm = GeotuneDataModule("py", num_workers=0, batch_size=4)
     assert dm.sampler == "labels" and dm.patch_size == 64  # polygons of 9-15 px + context
     ds, sampler = dm._split("train")
-    assert isinstance(sampler, GeoSampler) and len(sampler) == 32  # 8 batches at least
-    assert "32 training chips of 64 px per epoch, drawn around labelled pixels" in dm.sampling()
+    assert isinstance(sampler, GeoSampler) and len(sampler) == 64  # 16 batches at least
+    assert "64 training chips of 64 px per epoch, drawn around labelled pixels" in dm.sampling()
+    # the floor is in batches: the default batch of 8 gets 128 chips (16 steps) an epoch
+    assert GeotuneDataModule("py", num_workers=0).sampling().startswith("128 training chips")
     chips = list(sampler)
     for index in chips:
         assert (ds[index]["mask"] != 255).any()  # every chip holds labels
@@ -156,7 +158,7 @@ def test_label_sampler_draws_labelled_chips_reproducibly_per_rank_and_epoch(home
     dm1 = GeotuneDataModule("py", num_workers=0, batch_size=4)
     dm1._rank_world = lambda: (1, 2)
     other = list(dm1._split("train")[1])
-    assert len(other) == 16 and other != chips[:16]
+    assert len(other) == 32 and other != chips[:32]
     # classes are drawn in proportion to the square root of their labelled pixels
     points = sampler.points
     per_class = np.bincount(points.classes, minlength=3)
