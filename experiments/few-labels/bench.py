@@ -24,6 +24,8 @@ COG. ``probe.EpochProbe`` records accuracy on the same points after every epoch 
 training seconds, for the plot.
 
     .venv/bin/python experiments/few-labels/bench.py            # writes results.json/md, plot.png
+    .venv/bin/python experiments/few-labels/bench.py --budget 1200   # today's training stopped
+                                                  # after 1200 s, its time projected (lower bound)
 """
 
 from __future__ import annotations
