@@ -62,10 +62,19 @@ def _stand_in_packages(*packages: str):
 
 
 def _load(name: str, path: Path) -> types.ModuleType:
+    """Execute a reference file as module ``name``. Clay v1.5's ``model.py`` sets
+    ``torch.set_float32_matmul_precision("medium")`` when imported (bfloat16 matmuls for the
+    whole process): the precision is put back, so later tests compute in float32."""
+    import torch
+
+    precision = torch.get_float32_matmul_precision()
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        torch.set_float32_matmul_precision(precision)
     return module
 
 
