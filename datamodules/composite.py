@@ -122,6 +122,7 @@ def composite_for_aoi(
     read: ReadOptions | None = None,
     progress: bool = True,
     bands_hint: str = "Pick bands the items have with --bands.",
+    cluster=None,
 ) -> CompositeResult:
     """Search ``catalog`` for ``sensor`` imagery over ``aoi`` (GeoJSON / shapely / vector file,
     CRS84) between ``start`` and ``end`` and write a cloud-masked composite into ``out_dir``.
@@ -131,7 +132,9 @@ def composite_for_aoi(
     the finest band's); ``crs`` the output CRS (default: the items'). ``clip`` sets pixels
     outside the AOI polygon to nodata (else the whole bounding box is kept, widened by
     ``margin_px``). An AOI over ``max_aoi_km2`` raises ``AoiTooLargeError``; ``bands_hint``
-    ends the message when the items lack bands asked for."""
+    ends the message when the items lack bands asked for. ``cluster`` (a
+    :class:`trainer.cluster.Cluster`): its workers read and reduce strips of blocks, the same
+    files (:mod:`datamodules.composite_cluster`)."""
     req = check_request(
         aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2, crs=crs
     )
@@ -150,7 +153,7 @@ def composite_for_aoi(
     grids = item_grids(plan.picked, plan.bands, plan.cat.access_for, read)
     grid, plan.grid = output_grid(req.geom, grids, res, crs, margin_px=0 if clip else margin_px)
     reader = BlockReader(plan.cat, plan.source, plan.bands, grid, req.geom if clip else None, read)
-    writer = Writer(reader, frames)
+    writer = Writer(reader, frames, cluster)
     out = Path(out_dir)
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,7 @@ def _write(writer: Writer, chosen, req: Request, tmp: Path, block_size: int, pro
             contributed = [o for o in obs if any(writer.reader.pixels[f.item.id] for f in o.found)]
             return ["composite.tif"], obs, [_median_time(contributed or obs)]
         per_period = [observations(fs) for fs in chosen]
-        used = writer.best_dates(per_period, req.spans, block_size, progress)
+        used = writer.best_dates(per_period, req.spans, tmp, block_size, progress)
         dates = [_median_time([o]) for o in used]
         names = [f"frame_{i + 1}_{d[:10]}.tif" for i, d in enumerate(dates)]
         writer.write_frames(used, names, tmp, block_size, progress)

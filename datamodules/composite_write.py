@@ -35,9 +35,12 @@ def nanmedian(stack: np.ndarray) -> np.ndarray:
 class Writer:
     """Writes the outputs of a composite of ``frames`` images from a :class:`BlockReader`."""
 
-    def __init__(self, reader: BlockReader, frames: int = 1):
+    def __init__(self, reader: BlockReader, frames: int = 1, cluster=None):
+        """``cluster``: a Dask cluster (:class:`trainer.cluster.Cluster`) whose workers read and
+        reduce strips of blocks (:mod:`datamodules.composite_cluster`); None: this process."""
         self.reader, self.source, self.bands = reader, reader.source, reader.bands
         self.grid, self.read, self.frames = reader.grid, reader.read, frames
+        self.cluster = cluster
         # AOI pixels: with >= 1 clear observation, clear in every frame, in all
         self._clear = [0, 0, 0]
 
@@ -84,20 +87,15 @@ class Writer:
             return y
         return np.where(bad, nd, x).astype(dtype)
 
-    def _blocks(self, size: int, progress: bool, desc: str):
-        from tqdm.auto import tqdm
-
-        wins = list(iter_windows(self.grid.width, self.grid.height, size))
-        return tqdm(wins, desc=desc, unit="block", disable=not progress)
-
-    def _read_ahead(self, pool, obs, blocks):
+    def _read_ahead(self, pool, obs, blocks, bands: bool = True):
         """``(window, AOI mask, observations)`` of each block in order (no observations
         outside the AOI); the next block is read while the caller works on this one (its
         median and writes), one block ahead: the outputs are those of reading in turn."""
 
         def read(win):
             aoi = self.reader.aoi_mask(win)
-            return win, aoi, (self.reader.observe(pool, obs, win, aoi) if aoi.any() else [])
+            views = self.reader.observe(pool, obs, win, aoi, bands=bands) if aoi.any() else []
+            return win, aoi, views
 
         with ThreadPoolExecutor(1) as ahead:
             pending = None
@@ -114,34 +112,78 @@ class Writer:
         self._clear[1] += int(((count >= self.frames) & aoi).sum())
         self._clear[2] += int(aoi.sum())
 
+    # one block's outputs -----------------------------------------------------------------------
+    def _median(self, obs, aoi, views) -> list[np.ndarray]:
+        """The composite's values and the clear count of a block."""
+        stack = [np.where(c, d, np.nan) for d, c in views if d is not None]
+        count = sum((c for _d, c in views), np.zeros(aoi.shape, dtype=np.uint16))
+        if stack:
+            med = nanmedian(np.stack(stack))
+        else:
+            med = np.full((len(self.bands), *aoi.shape), np.nan, dtype=np.float32)
+        self._tally(count, aoi)
+        return [self._to_dtype(med), count.astype(np.uint16)]
+
+    def _frames(self, obs, aoi, views) -> list[np.ndarray]:
+        """Each frame's values and the clear count of a block."""
+        if not views:
+            views = [(None, np.zeros(aoi.shape, bool))] * len(obs)
+        count, out = np.zeros(aoi.shape, dtype=np.uint16), []
+        for d, c in views:
+            x = (
+                np.full((len(self.bands), *aoi.shape), np.nan, np.float32)
+                if d is None
+                else np.where(c, d, np.nan)
+            )
+            out.append(self._to_dtype(x))
+            count += c
+        self._tally(count, aoi)
+        return [*out, count]
+
+    def _rank(self, obs, aoi, views) -> list[np.ndarray]:
+        """The clear AOI pixels of each observation in a block (masks only)."""
+        return [np.array([int(c.sum()) for _d, c in views] or [0] * len(obs), dtype=np.int64)]
+
+    def outputs(self, kind: str, pool, obs, blocks):
+        """``(window, arrays)`` of each block in order: ``kind`` is median, frames or rank."""
+        step = {"median": self._median, "frames": self._frames, "rank": self._rank}[kind]
+        for win, aoi, views in self._read_ahead(pool, obs, blocks, bands=kind != "rank"):
+            yield win, step(obs, aoi, views)
+
+    def _computed(self, kind: str, obs, folder: Path, size: int, progress: bool, desc: str):
+        """:meth:`outputs` of every block of the grid, here or on the cluster's workers."""
+        from tqdm.auto import tqdm
+
+        wins = list(iter_windows(self.grid.width, self.grid.height, size))
+        with tqdm(total=len(wins), desc=desc, unit="block", disable=not progress) as bar:
+            if self.cluster is None:
+                with ThreadPoolExecutor(self.read.workers) as pool:
+                    for win, arrays in self.outputs(kind, pool, obs, wins):
+                        yield win, arrays
+                        bar.update(1)
+            else:
+                from .composite_cluster import BlockRun
+
+                yield from BlockRun(self, kind, obs, wins, size, folder).blocks(bar)
+
+    # outputs -----------------------------------------------------------------------------------
     def write_median(self, obs, folder: Path, size: int, progress: bool) -> None:
         img = self._image(folder / "composite.tif")
         cnt = self._open(folder / "count.tif", 1, "uint16", None)
-        with img, cnt, ThreadPoolExecutor(self.read.workers) as pool:
-            blocks = self._blocks(size, progress, "composite")
-            for win, aoi, views in self._read_ahead(pool, obs, blocks):
-                stack = [np.where(c, d, np.nan) for d, c in views if d is not None]
-                count = sum((c for _d, c in views), np.zeros(aoi.shape, dtype=np.uint16))
-                if stack:
-                    med = nanmedian(np.stack(stack))
-                else:
-                    med = np.full((len(self.bands), *aoi.shape), np.nan, dtype=np.float32)
-                img.write(self._to_dtype(med), window=win)
-                cnt.write(count.astype(np.uint16), 1, window=win)
-                self._tally(count, aoi)
+        with img, cnt:
+            blocks = self._computed("median", obs, folder, size, progress, "composite")
+            for win, (med, count) in blocks:
+                img.write(med, window=win)
+                cnt.write(count, 1, window=win)
 
-    def best_dates(self, per_period, spans, size: int, progress: bool) -> list[Observation]:
+    def best_dates(
+        self, per_period, spans, folder: Path, size: int, progress: bool
+    ) -> list[Observation]:
         """The observation with the most clear AOI pixels in each period (masks only)."""
         obs = [o for group in per_period for o in group]
         clear = np.zeros(len(obs), dtype=np.int64)
-        with ThreadPoolExecutor(self.read.workers) as pool:
-            for win in self._blocks(size, progress, "rank dates"):
-                aoi = self.reader.aoi_mask(win)
-                if aoi.any():
-                    for i, (_d, c) in enumerate(
-                        self.reader.observe(pool, obs, win, aoi, bands=False)
-                    ):
-                        clear[i] += int(c.sum())
+        for _win, (ranks,) in self._computed("rank", obs, folder, size, progress, "rank dates"):
+            clear += ranks
         chosen, i0 = [], 0
         for k, ((a, b), group) in enumerate(zip(spans, per_period, strict=True), 1):
             ranks = clear[i0 : i0 + len(group)]
@@ -159,24 +201,15 @@ class Writer:
     def write_frames(self, obs, names, folder: Path, size: int, progress: bool) -> None:
         files = [self._image(folder / n) for n in names]
         cnt = self._open(folder / "count.tif", 1, "uint16", None)
-        with ThreadPoolExecutor(self.read.workers) as pool:
-            blocks = self._blocks(size, progress, "frames")
-            for win, aoi, views in self._read_ahead(pool, obs, blocks):
-                if not views:
-                    views = [(None, np.zeros(aoi.shape, bool))] * len(obs)
-                count = np.zeros(aoi.shape, dtype=np.uint16)
-                for f, (d, c) in zip(files, views, strict=True):
-                    x = (
-                        np.full((len(self.bands), *aoi.shape), np.nan, np.float32)
-                        if d is None
-                        else np.where(c, d, np.nan)
-                    )
-                    f.write(self._to_dtype(x), window=win)
-                    count += c
+        try:
+            for win, arrays in self._computed("frames", obs, folder, size, progress, "frames"):
+                *values, count = arrays
+                for f, x in zip(files, values, strict=True):
+                    f.write(x, window=win)
                 cnt.write(count, 1, window=win)
-                self._tally(count, aoi)
-        for f in [*files, cnt]:
-            f.close()
+        finally:
+            for f in [*files, cnt]:
+                f.close()
 
     @property
     def n_clear(self) -> int:

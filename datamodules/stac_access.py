@@ -121,6 +121,12 @@ class PlanetaryComputer:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # sent to a cluster's workers: each asks for its own tokens
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_tokens")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _tokens={}, _lock=threading.Lock())
+
     def __call__(self, href: str, collection: str) -> Access:
         if not on_hosts(href, self.hosts):
             return Public()(href, collection)

@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
     )
 
 
-def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, **kw):
+def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, cluster=None, **kw):
     from .composite import composite_for_aoi, composite_for_model
 
     common = dict(
@@ -98,6 +98,7 @@ def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, **kw):
         catalog_url=args.catalog_url,
         clip=clip,
         margin_px=margin_px,
+        cluster=cluster,
     )
     if record is not None:
         result = composite_for_model(
@@ -140,9 +141,10 @@ def _need_dates(args, sensor) -> None:
         raise UserError(f"fetching imagery by area and dates also needs {', '.join(missing)}")
 
 
-def imagery_for_predict(args, record: dict) -> tuple[list[str], dict | None]:
+def imagery_for_predict(args, record: dict, cluster=None) -> tuple[list[str], dict | None]:
     """The images to predict and the provenance to record: ``--image`` as given, or a
-    composite for ``--aoi`` on the model's bands, resolution and number of dates."""
+    composite for ``--aoi`` on the model's bands, resolution and number of dates (read and
+    reduced on ``cluster``'s workers when one is given)."""
     if not args.aoi:
         if _dates_given(args):
             raise UserError("--start/--end fetch imagery for an --aoi; give --aoi aoi.geojson too")
@@ -159,7 +161,9 @@ def imagery_for_predict(args, record: dict) -> tuple[list[str], dict | None]:
     sensor = args.sensor or record.get("sensor")
     _need_dates(args, sensor)
     out = Path(args.imagery_dir) if args.imagery_dir else Path(args.out) / "imagery"
-    result = _fetch(args, args.aoi, out, sensor=sensor, record=record, clip=True, margin_px=0)
+    result = _fetch(
+        args, args.aoi, out, sensor=sensor, record=record, clip=True, margin_px=0, cluster=cluster
+    )
     args.sensor = result.sensor
     return [str(p) for p in result.images], {"imagery": result.provenance}
 

@@ -187,16 +187,25 @@ def run_prediction(
     images = [folder / f for f in req["inputs"]]
     provenance = {"model": req["model"], "version": req["version"], "inputs": req["input_names"]}
     sensor = req.get("sensor")
-    if req.get("aoi"):  # imagery by area and dates, from the STAC catalogue
-        from datamodules.composite import composite_for_model
-
-        comp = composite_for_model(
-            req["aoi"], req["start_date"], req["end_date"], model.record, folder / "imagery",
-            sensor=sensor, progress=progress,
-        )  # fmt: skip
-        images, sensor = list(comp.images), comp.sensor
-        provenance |= {"inputs": [Path(p).name for p in comp.images], "imagery": comp.provenance}
     with connect_or_none(cluster) as on:
+        if req.get("aoi"):  # imagery by area and dates, from the STAC catalogue
+            from datamodules.composite import composite_for_model
+
+            comp = composite_for_model(
+                req["aoi"],
+                req["start_date"],
+                req["end_date"],
+                model.record,
+                folder / "imagery",
+                sensor=sensor,
+                progress=progress,
+                cluster=on,
+            )
+            images, sensor = list(comp.images), comp.sensor
+            provenance |= {
+                "inputs": [Path(p).name for p in comp.images],
+                "imagery": comp.provenance,
+            }
         summary = predict_scene(
             model,
             images,

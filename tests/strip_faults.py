@@ -28,3 +28,25 @@ def install(kind: str, row: int, marker: str, times: int = 1) -> None:
 
 def remove() -> None:
     strips.predicted_tiles = REAL
+
+
+def break_composites() -> None:
+    """Every composite strip raises on this worker (its reads fail)."""
+    from datamodules.composite_write import Writer
+
+    def outputs(self, kind, pool, obs, blocks):
+        raise OSError("injected read failure")
+        yield
+
+    Writer.outputs = outputs
+
+
+def mend_composites() -> None:
+    from datamodules.composite_write import Writer
+
+    Writer.outputs = WRITER_OUTPUTS
+
+
+from datamodules.composite_write import Writer as _Writer  # noqa: E402
+
+WRITER_OUTPUTS = _Writer.outputs

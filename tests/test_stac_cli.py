@@ -275,8 +275,8 @@ def geodesic_m2(feature) -> float:
 
 
 def test_predict_by_aoi_on_a_cluster_gives_the_same_files(world, tmp_path, monkeypatch, capsys):
-    """``--aoi`` with ``--cluster local:1``: the driver composites the imagery, the worker
-    process predicts it; the files are those of one process (same torch threads)."""
+    """``--aoi`` with ``--cluster local:1``: the worker process reads the imagery over HTTP,
+    composites and predicts it; the files are those of one process (same torch threads)."""
     from trainer.cli import main
 
     stac_model(world, monkeypatch)
@@ -308,3 +308,4 @@ def test_predict_by_aoi_on_a_cluster_gives_the_same_files(world, tmp_path, monke
         assert one.read_bytes() == two.read_bytes(), name
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert one["class_histogram"] == summary["class_histogram"]
+    assert one["provenance"]["imagery"] == summary["provenance"]["imagery"]

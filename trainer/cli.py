@@ -164,7 +164,6 @@ def cmd_predict(args) -> int:
     model = load_model(args.model, version=args.version, alias=args.alias)
     from datamodules.stac_cli import imagery_for_predict  # --aoi: imagery by area and dates
 
-    images, provenance = imagery_for_predict(args, model.record)
     opts = PredictOptions(
         chip_size=args.chip_size,
         overlap=args.overlap,
@@ -180,6 +179,7 @@ def cmd_predict(args) -> int:
         threads=args.threads,
     )
     with connect_or_none(args.cluster) as cluster:
+        images, provenance = imagery_for_predict(args, model.record, cluster)
         summary = predict_scene(
             model,
             images,

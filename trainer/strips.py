@@ -15,20 +15,20 @@ probabilities depend only on (model, chip) (:meth:`trainer.predict.Predictor.bat
 driver finishes the tiles in the same order. The chips across a strip's top edge run in both
 strips (one or two chip rows per seam).
 
-A strip that raises is run again (``RETRIES`` times); a worker that dies is replaced by its
-nanny and its strip run elsewhere; the summary lists the strips that took more than one
-attempt. A strip that fails for good fails the prediction, before any output is written.
+A strip that raises is run again (:data:`datamodules.cluster_tasks.RETRIES` times); a worker
+that dies is replaced by its nanny and its strip run elsewhere; the summary lists the strips
+that took more than one attempt. A strip that fails for good fails the prediction, before any output is written.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import socket
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,11 @@ import numpy as np
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from datamodules.cluster_tasks import Progress, in_order, killed, plan
+
 from .cluster import Cluster, cores
 from .predict import ChipCache, PredictError, PredictOptions, open_predictor, predicted_tiles
 
-RETRIES = 2  # a strip that raises runs again up to this many times
-STRIPS_PER_WORKER = 3  # enough to balance the workers and overlap the driver's assembly
 FIELDS = ("classes", "conf", "valid")
 CLASSIFY_FIELDS = FIELDS + ("pixels", "area")
 
@@ -128,7 +128,7 @@ def predict_strip(job: StripJob, i: int) -> dict:
         cache = None
         if pred.task != "classification":
             cache = ChipCache(pred, job.tile, cache_bytes, first=windows[0])
-        events = _Events(worker, job.run, i)
+        events = Progress(job.run, i)
         part = job.path(i).with_name(f".{job.path(i).name}.{uuid.uuid4().hex}")
         write_s = 0.0
         with open(part, "wb") as f:
@@ -156,17 +156,6 @@ def predict_strip(job: StripJob, i: int) -> dict:
     }
 
 
-class _Events:
-    """Progress of a strip, a small event per tile through the scheduler to the driver."""
-
-    def __init__(self, worker, run: str, strip: int):
-        self.worker, self.run, self.strip, self.done = worker, run, strip, 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.worker.log_event(self.run, {"strip": self.strip, "done": self.done})
-
-
 def _windows(job: StripJob, pred, i: int):
     from .predict import tiles
 
@@ -180,14 +169,6 @@ def in_strip(windows, rows: tuple[int, int], tile: int) -> list:
 
 
 # -- on the driver --------------------------------------------------------------------------------
-def plan(n_rows: int, n_workers: int) -> tuple[tuple[int, int], ...]:
-    """Strips of whole tile rows, about ``STRIPS_PER_WORKER`` per worker, all of one height
-    but the last."""
-    n = max(1, min(n_rows, STRIPS_PER_WORKER * n_workers))
-    per = math.ceil(n_rows / n)
-    return tuple((a, min(a + per, n_rows)) for a in range(0, n_rows, per))
-
-
 def pinned_model(model) -> str:
     """``models:/NAME/VERSION`` of a loaded registered model (an alias resolved now, so every
     worker loads the same version even if the alias moves meanwhile)."""
@@ -240,36 +221,13 @@ class StripRun:
 
     def tiles(self, bar):
         """``(window, outcome)`` of every tile in row-major order, as strips finish."""
-        from distributed import wait
-
-        client, job = self.cluster.client, self.job
-        done: dict[int, int] = {}
-
-        def progress(event) -> None:  # on the client's event loop
-            msg = event[1]
-            n = msg["done"] - done.get(msg["strip"], 0)
-            if n > 0:  # a strip run again reports its tiles again: counted once
-                done[msg["strip"]] = msg["done"]
-                bar.update(n)
-
-        client.subscribe_topic(job.run, progress)
-        futures = [
-            client.submit(
-                predict_strip, job, i, key=f"{job.run}-strip-{i}", retries=RETRIES, pure=False
-            )
-            for i in range(len(job.strips))
-        ]
-        try:
-            for i in range(len(futures)):
-                t = time.time()
-                wait(futures[i])
-                self.wait_s += time.time() - t
-                self.results.append(self._result(i, futures[i]))
+        job = self.job
+        strips = in_order(self.cluster.client, predict_strip, job, len(job.strips), job.run, bar)
+        with closing(strips):  # a strip failed for good: the others are cancelled now
+            for i, fut, waited in strips:
+                self.wait_s += waited
+                self.results.append(self._result(i, fut))
                 yield from self._read(i)
-                futures[i] = None  # released: not run again if its worker dies later
-        finally:
-            client.cancel([f for f in futures if f is not None])
-            client.unsubscribe_topic(job.run)
 
     def _result(self, i: int, fut) -> dict:
         """The strip's numbers, or a :class:`PredictError` saying why it failed for good."""
@@ -280,9 +238,7 @@ class StripRun:
         rows = self.job.strips[i]
         if fut.status != "finished":
             exc = fut.exception()
-            from distributed.scheduler import KilledWorker
-
-            if isinstance(exc, KilledWorker):
+            if killed(exc):
                 why = (
                     f"the workers running it died {len(attempts)} times (killed, or over their "
                     "memory limit: give workers more memory or use a smaller --tile-size)"
