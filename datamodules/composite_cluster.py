@@ -14,18 +14,17 @@ The driver takes the strips in order and writes their blocks into the GeoTIFFs i
 a one-process run: the same bytes.
 
 A strip that raises is run again, a worker that dies is replaced and its strip run elsewhere;
-a strip that fails for good fails the composite, and no file is left.
+a strip that fails for good fails the composite, and no file is left: with the message one
+process gives when the error is the user's to fix (a missing asset, credentials), else with the
+strip, its block rows and the last error.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import resource
-import time
 import uuid
 import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 import rasterio
 
 from .cluster_tasks import Progress, in_order, killed, plan
+from .errors import UserError
 from .stac import StacError
 
 
@@ -60,10 +60,8 @@ def n_arrays(kind: str, obs) -> int:
 
 def composite_strip(job: BlockJob, i: int) -> dict:
     """Compute strip ``i`` into its file; returns what the driver's reader records."""
-    t0 = time.time()
     w = job.writer
-    r = w.reader
-    r.pixels, r.notes, r.resampling, w._clear = Counter(), {}, {}, [0, 0, 0]
+    w.reset_counts()
     progress = Progress(job.run, i)
     part = job.path(i).with_name(f".{job.path(i).name}.{uuid.uuid4().hex}")
     with warnings.catch_warnings():
@@ -74,14 +72,7 @@ def composite_strip(job: BlockJob, i: int) -> dict:
                     np.save(f, a, allow_pickle=False)
                 progress.update(1)
     os.replace(part, job.path(i))
-    return {
-        "pixels": dict(r.pixels),
-        "notes": r.notes,
-        "resampling": {k: sorted(v) for k, v in r.resampling.items()},
-        "clear": w._clear,
-        "seconds": round(time.time() - t0, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
+    return w.counts()
 
 
 class BlockRun:
@@ -106,13 +97,15 @@ class BlockRun:
         strips = in_order(self.client, composite_strip, job, len(job.windows), job.run, bar)
         with closing(strips):
             for i, fut, _waited in strips:
-                self._merge(self._result(i, fut))
+                self.writer.add_counts(self._result(i, fut))
                 yield from self._read(i)
 
     def _result(self, i: int, fut) -> dict:
         if fut.status == "finished":
             return fut.result()
         exc = fut.exception()
+        if isinstance(exc, UserError):
+            raise exc  # what one process says (a missing asset, credentials to set, ...)
         a, b = self.rows[i]
         why = (
             "the workers running it died (killed, or over their memory limit: give workers more "
@@ -124,18 +117,6 @@ class BlockRun:
             f"compositing strip {i + 1} of {len(self.rows)} (block rows {a}-{b - 1}) failed for "
             f"good, so nothing was written: {why}"
         )
-
-    def _merge(self, result: dict) -> None:
-        """A strip's counts added to the driver's reader and writer (as if read here)."""
-        r = self.writer.reader
-        r.pixels.update(result["pixels"])
-        for item, notes in result["notes"].items():
-            mine = r.notes.setdefault(item, [])
-            mine += [n for n in notes if n not in mine]
-        for band, how in result["resampling"].items():
-            r.resampling.setdefault(band, set()).update(how)
-        for k, n in enumerate(result["clear"]):
-            self.writer._clear[k] += n
 
     def _read(self, i: int):
         path, n = self.job.path(i), n_arrays(self.job.kind, self.job.obs)

@@ -4,10 +4,15 @@ clearest date of each period (:mod:`datamodules.composite` decides which and rec
 The median is taken by sorting each pixel's values (missing values sort last) and picking the
 middle one or two: the same numbers as ``np.nanmedian``, several times faster on the stacks a
 composite makes (``experiments/composite_median``).
+
+Each block's outputs come from :meth:`Writer.outputs`, in this process (the next block read
+while this one's median is taken) or on a Dask cluster's workers
+(:mod:`datamodules.composite_cluster`); the files are written here, in block order, either way.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -210,6 +215,32 @@ class Writer:
         finally:
             for f in [*files, cnt]:
                 f.close()
+
+    def reset_counts(self) -> None:
+        """Forget what was read (a worker's copy starts each strip from nothing)."""
+        r = self.reader
+        r.pixels, r.notes, r.resampling, self._clear = Counter(), {}, {}, [0, 0, 0]
+
+    def counts(self) -> dict:
+        """What the blocks read so far add to the provenance (see :meth:`add_counts`)."""
+        r = self.reader
+        return {
+            "pixels": dict(r.pixels),
+            "notes": r.notes,
+            "resampling": {k: sorted(v) for k, v in r.resampling.items()},
+            "clear": list(self._clear),
+        }
+
+    def add_counts(self, counts: dict) -> None:
+        """Another process's :meth:`counts` added to this writer's, as if read here."""
+        r = self.reader
+        r.pixels.update(counts["pixels"])
+        for item, notes in counts["notes"].items():
+            mine = r.notes.setdefault(item, [])
+            mine += [n for n in notes if n not in mine]
+        for band, how in counts["resampling"].items():
+            r.resampling.setdefault(band, set()).update(how)
+        self._clear = [a + b for a, b in zip(self._clear, counts["clear"], strict=True)]
 
     @property
     def n_clear(self) -> int:

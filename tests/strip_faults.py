@@ -30,11 +30,15 @@ def remove() -> None:
     strips.predicted_tiles = REAL
 
 
-def break_composites() -> None:
-    """Every composite strip raises on this worker (its reads fail)."""
+def break_composites(user: bool = False) -> None:
+    """Every composite strip raises on this worker: its reads fail (``user``: they need
+    credentials, an error the user fixes)."""
     from datamodules.composite_write import Writer
+    from datamodules.stac_access import AccessError
 
     def outputs(self, kind, pool, obs, blocks):
+        if user:
+            raise AccessError("injected: set EARTHDATA_TOKEN")
         raise OSError("injected read failure")
         yield
 

@@ -13,7 +13,7 @@ from stac_synth import aoi, write_items, write_static_catalog
 
 from datamodules.composite import composite_for_aoi
 from datamodules.stac import StacError
-from datamodules.stac_access import PlanetaryComputer
+from datamodules.stac_access import AccessError, PlanetaryComputer
 from trainer.cluster import connect
 
 BANDS = ["blue", "green", "red", "nir08"]
@@ -91,6 +91,18 @@ def test_a_strip_failing_for_good_leaves_nothing(catalog, cluster, tmp_path):
         client.run(strip_faults.mend_composites)
         client.close()
     assert not bad.exists()
+
+
+def test_an_error_the_user_fixes_keeps_its_message(catalog, cluster, tmp_path):
+    client = distributed.Client(cluster.scheduler_address)
+    client.run(strip_faults.break_composites, True)
+    try:
+        with pytest.raises(AccessError, match="^injected: set EARTHDATA_TOKEN$"):
+            on_cluster(cluster, catalog, tmp_path / "bad")
+    finally:
+        client.run(strip_faults.mend_composites)
+        client.close()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_access_hooks_travel_to_workers():

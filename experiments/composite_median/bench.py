@@ -134,11 +134,12 @@ def same_pixels(a: Path, b: Path) -> bool:
         return x.profile == y.profile and np.array_equal(x.read(), y.read(), equal_nan=True)
 
 
-def in_turn(self, pool, obs, blocks):
+def in_turn(self, pool, obs, blocks, bands=True):
     """``Writer._read_ahead`` without reading ahead: each block read, then its median taken."""
     for win in blocks:
         aoi = self.reader.aoi_mask(win)
-        yield win, aoi, (self.reader.observe(pool, obs, win, aoi) if aoi.any() else [])
+        views = self.reader.observe(pool, obs, win, aoi, bands=bands) if aoi.any() else []
+        yield win, aoi, views
 
 
 def read_ahead(repeats: int = 2) -> dict:
