@@ -45,6 +45,22 @@ def break_composites(user: bool = False) -> None:
     Writer.outputs = outputs
 
 
+def hang_composite(row: int, marker: str) -> None:
+    """The composite strip whose first block starts at ``row`` hangs the first time it runs on
+    any worker (the test then kills that worker), after its first block."""
+    from datamodules.composite_write import Writer
+
+    def outputs(self, kind, pool, obs, blocks):
+        m = Path(marker)
+        for n, out in enumerate(WRITER_OUTPUTS(self, kind, pool, obs, blocks)):
+            if n == 1 and blocks[0].row_off == row and not m.exists():
+                m.write_text(str(os.getpid()))
+                time.sleep(300)  # until the test kills this worker
+            yield out
+
+    Writer.outputs = outputs
+
+
 def mend_composites() -> None:
     from datamodules.composite_write import Writer
 

@@ -3,8 +3,12 @@ of blocks of a local static STAC catalog, the driver writes the files: the same 
 process (median and best dates); a strip that fails for good leaves nothing."""
 
 import json
+import os
 import pickle
 import re
+import signal
+import threading
+import time
 
 import distributed
 import pytest
@@ -67,6 +71,29 @@ def test_a_composite_on_two_workers_equals_one_process(catalog, cluster, tmp_pat
     assert len(one.provenance["items"]) >= 3  # harmonisation notes and pixels merged back
     assert_same_files(tmp_path / "one", tmp_path / "two")
     assert two.provenance == one.provenance and two.dates == one.dates
+
+
+def test_a_worker_killed_mid_strip_is_replaced(catalog, cluster, tmp_path):
+    one = composite(catalog, tmp_path / "one")
+    client = distributed.Client(cluster.scheduler_address)
+    marker = tmp_path / "hang.pid"
+    client.run(strip_faults.hang_composite, 2 * BLOCK, str(marker))
+    result = {}
+    runner = threading.Thread(
+        target=lambda: result.update(r=on_cluster(cluster, catalog, tmp_path / "two"))
+    )
+    runner.start()
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(int(marker.read_text()), signal.SIGKILL)  # mid-strip: after its first block
+        runner.join(timeout=600)
+    finally:
+        client.run(strip_faults.mend_composites)
+        client.close()
+    assert_same_files(tmp_path / "one", tmp_path / "two")
+    assert result["r"].provenance == one.provenance
 
 
 def test_progress_reaches_the_callers_bar(catalog, cluster, tmp_path, capsys):
