@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import UploadFile
@@ -22,7 +24,8 @@ from fastapi.responses import JSONResponse
 
 from datamodules.errors import UserError
 
-from .errors import PayloadTooLarge, error_body
+from .errors import ApiError, PayloadTooLarge, error_body
+from .untrusted import TooManyPixels
 
 RASTER = {"tif"}
 VECTOR = {"geojson", "gpkg", "zip", "parquet", "fgb"}
@@ -118,6 +121,23 @@ def rename_in_message(message: str, names: dict[Path, str]) -> str:
         )
         message = re.sub(rf"{flag}\b", f"the {field} field", message)
     return message
+
+
+@contextmanager
+def upload_errors(names: dict[Path, str], folder: Path | None = None) -> Iterator[None]:
+    """Checks of uploaded files as JSON 422s: too many pixels, or a user error whose message
+    names the client's files and form fields (``names``: server path → client name, read when
+    the error happens). Any failure first removes ``folder`` (the request's files), if given."""
+    try:
+        yield
+    except BaseException as e:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(e, TooManyPixels):
+            raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
+        if isinstance(e, UserError):
+            raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
+        raise
 
 
 class BodyLimit:

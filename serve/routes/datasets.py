@@ -24,8 +24,8 @@ from ..jobs import ACTIVE, job_view
 from ..owners import datasets_root
 from ..schemas import ERRORS, MAX_SEED
 from ..settings import serve_dir
-from ..untrusted import TooManyPixels, inspect_raster
-from ..uploads import RASTER, VECTOR, rename_in_message, save_upload
+from ..untrusted import inspect_raster
+from ..uploads import RASTER, VECTOR, rename_in_message, save_upload, upload_errors
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -168,7 +168,7 @@ def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
         files.append(entry)
         return entry
 
-    try:
+    with upload_errors(names):  # the caller removes the staging folder
         images = [keep(up, f"image{i}", RASTER, "image")["file"] for i, up in enumerate(image, 1)]
         lab = keep(labels, "labels", VECTOR | RASTER, "labels")
         after = None
@@ -186,10 +186,6 @@ def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
             block_size=options["block_size"],
             change_classes=options["change_classes"],
         )
-    except TooManyPixels as e:
-        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
-    except UserError as e:
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
     return {"files": files, "images": images, "labels": lab, "labels_after": after}
 
 

@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
-from datamodules.errors import UserError
 from datamodules.options import csv_list as _csv
 
 from ..auth import current_owner
@@ -29,8 +28,8 @@ from ..errors import MAX_FIELDS, MAX_FILES, ApiError, not_found
 from ..jobs import ACTIVE, job_view, read_json, write_json
 from ..schemas import ERRORS
 from ..settings import serve_dir
-from ..untrusted import TooManyPixels, inspect_raster
-from ..uploads import RASTER, rename_in_message, save_upload
+from ..untrusted import inspect_raster
+from ..uploads import RASTER, save_upload, upload_errors
 from .predict import _validate, check_aoi, json_object
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS)
@@ -153,16 +152,12 @@ def _create_upload(ctx, owner, images, fields, params):
     def save(folder) -> dict:
         names = {}
         (folder / INPUTS).mkdir()
-        try:
+        with upload_errors(names):  # _queue removes the set
             for i, up in enumerate(images, 1):
                 path, shown = save_upload(up, folder / INPUTS, f"image{i}", RASTER, "image")
                 names[path] = shown
                 info = inspect_raster(path, shown, ctx.limits)
                 check_chips(info.width, info.height, params)
-        except TooManyPixels as e:
-            raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
-        except UserError as e:
-            raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
         return {"inputs": [p.name for p in names], "input_names": list(names.values())}
 
     request = {

@@ -20,8 +20,8 @@ from ..jobs import job_view, write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
 from ..schemas import ERRORS, AoiPredictRequest, PredictParams
-from ..untrusted import TooManyPixels, inspect_raster
-from ..uploads import RASTER, rename_in_message, save_upload
+from ..untrusted import inspect_raster
+from ..uploads import RASTER, save_upload, upload_errors
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 HINT = "Predictions are listed in their answers; GET /v1/jobs shows asynchronous ones."
@@ -162,7 +162,7 @@ def _predict_upload(
 ):
     pred_id, folder = ctx.predictions.new()
     names = {}
-    try:
+    with upload_errors(names, folder):
         infos = []
         for i, up in enumerate(images, 1):
             path, shown = save_upload(up, folder, f"input{i}", RASTER, "image")
@@ -179,15 +179,6 @@ def _predict_upload(
             "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
         })  # fmt: skip
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
-    except TooManyPixels as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
-    except UserError as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url):

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from datamodules.errors import UserError
-
 from ..auth import current_owner
 from ..context import Context, get_ctx
-from ..errors import ApiError, not_found
+from ..errors import not_found
 from ..scenes import SceneStore, add_overviews, describe, record, save_record
 from ..schemas import ERRORS, ERRORS_AS_JSON
 from ..settings import serve_dir
-from ..untrusted import TooManyPixels, inspect_raster
-from ..uploads import RASTER, rename_in_message, save_upload
+from ..untrusted import inspect_raster
+from ..uploads import RASTER, save_upload, upload_errors
 
 router = APIRouter(prefix="/v1/scenes", tags=["scenes"], responses=ERRORS)
 HINT = "List your scenes with GET /v1/scenes."
@@ -57,26 +54,18 @@ def create_scene(
     store = scene_store()
     scene_id, folder = store.new()
     names = {}
-    try:
+    with upload_errors(names, folder):
         path, shown = save_upload(image, folder, "upload", RASTER, "image")
         names[path] = shown
         inspect_raster(path, shown, ctx.limits)  # a readable, whole GeoTIFF within the limits
         path = path.rename(store.path(scene_id))
-        names = {path: shown}
+        names.clear()
+        names[path] = shown
         band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
         info = describe(path, band_list, sensor or None)
         add_overviews(path)
         rec = record(scene_id, owner, shown, info)
         save_record(folder, rec)
-    except TooManyPixels as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ApiError(422, "too_many_pixels", str(e), limit_pixels=e.limit) from None
-    except UserError as e:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ApiError(422, "invalid_input", rename_in_message(str(e), names)) from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return view(rec, ctx.settings.public_url)
 
 
