@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.options import EMBED, ENCODER
+
 from .errors import ApiError
+from .forms import params_model
 from .models import resolve
 
 # chips per set: a set's vectors are loaded whole to be searched (200,000 x 1024 float32 is
@@ -18,26 +21,17 @@ from .models import resolve
 MAX_CHIPS = 200_000
 
 
-class EmbedParams(BaseModel):
-    """The encoder and the chips (form fields with an upload, JSON fields with an AOI)."""
-
+class _EmbedParams(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    backbone: str | None = Field(None, description="a bare backbone, e.g. clay_v1_5 (or model)")
-    weights: Literal["pretrained", "random"] = Field(
-        "pretrained",
-        description="pretrained: the official file in the server's weights "
-        "directory; random: an explicit opt-in",
-    )
-    size: str | None = Field(None, description="size variant (pretrained: the official one)")
-    model: str | None = Field(None, description="one of your models: its fine-tuned encoder")
-    alias: str | None = Field(None, description="model alias (default champion)")
-    version: int | None = Field(None, ge=1, description="model version, instead of an alias")
-    pool: Literal["auto", "cls", "mean"] = "auto"
-    chip_size: int | None = Field(None, ge=16, le=2048, description="chip edge in px")
-    stride: int | None = Field(None, ge=1, le=2048, description="px between chips (default: chip)")
-    dtype: Literal["float32", "float16"] = "float32"
-    min_valid: float = Field(0.5, ge=0, le=1, description="skip chips with less valid data")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+EmbedParams = params_model(
+    "EmbedParams",
+    ENCODER + EMBED,
+    _EmbedParams,
+    "The encoder and the chips (form fields with an upload, JSON fields with an AOI); the rows "
+    "of :data:`trainer.options.ENCODER` and ``EMBED``.",
+)
 
 
 class EmbedAoiRequest(EmbedParams):

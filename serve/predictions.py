@@ -158,17 +158,11 @@ class SyncLane:
 
 
 def options_from(params: dict):
-    from trainer.predict import PredictOptions
+    from trainer.options import predict_options
 
     outputs = set(params["outputs"])
-    return PredictOptions(
-        polygons="polygons" in outputs,
-        confidence="confidence" in outputs,
-        min_area_m2=params["min_area_m2"],
-        simplify=params["simplify"],
-        sieve_pixels=params["sieve_pixels"],
-        confidence_threshold=params["confidence_threshold"],
-        precision=params.get("precision", "auto"),
+    return predict_options(
+        params, polygons="polygons" in outputs, confidence="confidence" in outputs
     )
 
 

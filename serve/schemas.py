@@ -8,8 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from datamodules.options import MAX_SEED
+from trainer.options import PREDICT
+
+from .forms import params_model
+
 OUTPUTS = ("classes", "confidence", "polygons")
-MAX_SEED = 2**32 - 1  # numpy's seeds
 
 
 class ErrorOut(BaseModel):
@@ -130,28 +134,8 @@ class AliasRequest(BaseModel):
     version: int = Field(ge=1, description="the model version the alias points at")
 
 
-class PredictParams(BaseModel):
-    """Prediction options (form fields with an upload, JSON fields with an AOI)."""
-
+class _PredictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    outputs: str = Field(
-        "classes,confidence,polygons",
-        description="comma-separated: classes (always), confidence, polygons",
-    )
-    min_area_m2: float = Field(0.0, ge=0, description="drop polygons smaller than this")
-    simplify: float = Field(
-        0.0, ge=0, description="polygon simplification tolerance (scene CRS units)"
-    )
-    sieve_pixels: int = Field(0, ge=0, le=1_000_000, description="remove patches smaller than this")
-    confidence_threshold: float | None = Field(
-        None, ge=0, le=1, description="pixels below this confidence become nodata", examples=[None]
-    )
-
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="forward pass precision; auto: bfloat16 where the CPU computes it natively "
-        "(about 2x faster, >99.9% of pixels in the same class as float32), else float32",
-    )
 
     def output_set(self) -> set[str]:
         names = {o.strip() for o in self.outputs.split(",") if o.strip()}
@@ -163,6 +147,15 @@ class PredictParams(BaseModel):
                 f"unknown output(s) {sorted(unknown)} in outputs; choose from {', '.join(OUTPUTS)}"
             )
         return names | {"classes"}
+
+
+PredictParams = params_model(
+    "PredictParams",
+    PREDICT,
+    _PredictParams,
+    "Prediction options (form fields with an upload, JSON fields with an AOI); the rows of "
+    ":data:`trainer.options.PREDICT`.",
+)
 
 
 class AoiPredictRequest(PredictParams):

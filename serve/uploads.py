@@ -23,6 +23,7 @@ from fastapi import UploadFile
 from fastapi.responses import JSONResponse
 
 from datamodules.errors import UserError
+from datamodules.options import INGEST
 
 from .errors import ApiError, PayloadTooLarge, error_body
 from .untrusted import TooManyPixels
@@ -93,16 +94,11 @@ def save_upload(
     return path, shown
 
 
-# CLI flags named in the shared code's messages, and the form fields that carry them over HTTP
-FORM_FIELDS = {  # longer flags first: "--labels" is a prefix of "--labels-after"
-    "--labels-after": "labels_after", "--change-classes": "change_classes",
-    "--class-column": "class_column", "--bands": "bands", "--sensor": "sensor",
-    "--date": "dates", "--ignore-values": "ignore_values", "--block-size": "block_size",
-    "--split-fractions": "split_fractions", "--min-class-pixels": "min_class_pixels",
-    "--image": "image", "--labels": "labels", "--task": "task", "--chip-size": "chip_size",
-    "--multi-label": "multi_label", "--background": "background",
-    "--split-column": "split_column",
-}  # fmt: skip
+# CLI flags named in the shared code's messages, and the form fields that carry them over HTTP;
+# longer flags first: "--labels" is a prefix of "--labels-after"
+FORM_FIELDS = {
+    o.cli_flag: o.name for o in sorted(INGEST, key=lambda o: -len(o.cli_flag)) if o.cli and o.http
+}
 # words that follow a flag in a sentence, not as its value ("use a smaller --block-size so ...")
 _WORDS = (
     "(?:or|and|in|to|with|for|first|instead|is|was|so|that|the|a|an|of|on|at|as|if|when|by|"

@@ -10,57 +10,23 @@ import sys
 from pathlib import Path
 
 from datamodules.errors import UserError
+from datamodules.options import DescribedHelpFormatter, add_options
+from datamodules.options import csv_list as _csv
 
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+from .options import EMBED, ENCODER
 
 
 def add_embed_parser(sub) -> None:
     e = sub.add_parser(
         "embed",
         help="embed every chip of a scene or area → GeoParquet; `embed search` finds similar chips",
-        formatter_class=_Help,
+        formatter_class=DescribedHelpFormatter,
         description="geotune embed --backbone clay_v1_5 --weights clay-v1.5.ckpt --sensor "
         "sentinel-2-l2a --image scene.tif --out embeddings.parquet\n"
         "geotune embed search --index embeddings.parquet --near LON,LAT --k 20",
     )
-    enc = e.add_argument_group("encoder (one of --backbone, --model)")
-    enc.add_argument("--backbone", help="a bare backbone, e.g. clay_v1_5, prithvi_eo_v2_300")
-    enc.add_argument(
-        "--weights",
-        help="its official weights file, or 'random' (explicit opt-in); unset: the official file "
-        "in the weights directory",
-    )
-    enc.add_argument("--size", help="size variant (default the official one; 'tiny' for trials)")
-    enc.add_argument("--model", help="a registered fine-tune's encoder: NAME@ALIAS or NAME")
-    enc.add_argument("--version", help="model version (with --model NAME)")
-    enc.add_argument("--alias", help="model alias (with --model NAME)")
-    enc.add_argument(
-        "--pool",
-        choices=["auto", "cls", "mean"],
-        default="auto",
-        help="cls: the ViT class token; mean: the mean of patch tokens (CNNs: of the last feature "
-        "map); auto: as classification pools per family",
-    )
-    e.add_argument("--image", action="append", help="GeoTIFF/COG (repeat for band files or dates)")
-    e.add_argument("--out", help="the GeoParquet file to write")
-    e.add_argument("--bands", help="band names in file order when the file has none")
-    e.add_argument("--sensor", help="sensor id (Clay's statistics depend on it)")
-    e.add_argument("--date", action="append", help="acquisition date per --image date (YYYY-MM-DD)")
-    e.add_argument(
-        "--chip-size",
-        type=int,
-        help="chip edge in px (default: a fine-tune's training patch; Clay 256, Prithvi 224)",
-    )
-    e.add_argument("--stride", type=int, help="px between chip origins (default: the chip size)")
-    e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    e.add_argument(
-        "--min-valid", type=float, default=0.5, help="skip chips with less of their pixels valid"
-    )
-    e.add_argument("--batch-size", type=int, help="chips per forward pass (default ~512² px)")
-    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_options(e.add_argument_group("encoder (one of --backbone, --model)"), ENCODER)
+    add_options(e, EMBED)
     from datamodules.stac_cli import add_arguments as stac_arguments
 
     stac_arguments(e, aoi=True)
@@ -101,10 +67,6 @@ def add_suggest_parser(dsub) -> None:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     s.add_argument("--device", default="auto")
     s.add_argument("--out", help="write the GeoJSON here (default: standard output)")
-
-
-def _csv(text):
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def run_embed(args) -> int:
@@ -160,7 +122,7 @@ def run_embed(args) -> int:
             args.out,
             bands=_csv(args.bands),
             sensor=args.sensor,
-            dates=args.date,
+            dates=args.dates,
             options=opts,
         )
     from .inputs import describe

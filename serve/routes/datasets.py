@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from datamodules.errors import UserError
 from datamodules.ingest import check_options
 from datamodules.manifest import check_name, delete_dataset, list_datasets
+from datamodules.options import INGEST
 from datamodules.options import csv_list as _csv
 from datamodules.sensors import get_sensor
 
@@ -19,10 +19,11 @@ from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..datasets import detail, get_dataset, summary
 from ..errors import ApiError
+from ..forms import form_fields
 from ..ingestion import ingest_argv, write_request
 from ..jobs import ACTIVE, job_view
 from ..owners import datasets_root
-from ..schemas import ERRORS, MAX_SEED
+from ..schemas import ERRORS
 from ..settings import serve_dir
 from ..untrusted import inspect_raster
 from ..uploads import RASTER, VECTOR, rename_in_message, save_upload, upload_errors
@@ -43,40 +44,12 @@ def _numbers(text: str | None, field: str, kind=float) -> list | None:
     "", status_code=202, responses=ERRORS,
     summary="Upload imagery + labels: a job makes the dataset (202; GET /v1/jobs/{id})",
 )  # fmt: skip
+@form_fields(INGEST)
 def create_dataset(
-    name: Annotated[str, Form(description="dataset name (1-64 characters); its id is the name in lower case with other characters as '_'", examples=["coast"])],
-    image: Annotated[
-        list[UploadFile],
-        File(description="GeoTIFF/COG: one multi-band file per date, or one file per band"),
-    ],
-    labels: Annotated[
-        UploadFile,
-        File(description="polygons (GeoJSON, GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf) or a mask GeoTIFF"),
-    ],
-    class_column: Annotated[str | None, Form(description="the labels' class column (default 'class')", examples=[""])] = None,
-    sensor: Annotated[str | None, Form(description="sensor id, e.g. sentinel-2-l2a", examples=[""])] = None,
-    bands: Annotated[str | None, Form(description="band names in file order, comma-separated", examples=[""])] = None,
-    dates: Annotated[str | None, Form(description="acquisition date per scene (YYYY-MM-DD), comma-separated", examples=[""])] = None,
-    ignore_values: Annotated[str | None, Form(description="mask values meaning unlabelled, comma-separated", examples=[""])] = None,
-    block_size: Annotated[int, Form(ge=8, le=8192, description="edge of the spatial split blocks (px)")] = 256,
-    split_fractions: Annotated[str | None, Form(description="train,val,test shares, e.g. 0.7,0.15,0.15", examples=[""])] = None,
-    seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0,
-    min_class_pixels: Annotated[int, Form(ge=0, description="labelled pixels a class needs in val or test to count there")] = 20,
-    task: Annotated[Literal["segmentation", "classification", "change"], Form(
-        description="change: two image dates + change polygons; classification: one chip per label")] = "segmentation",
-    chip_size: Annotated[int | None, Form(ge=8, le=4096, description="classification chip edge in px (default 64)", examples=[""])] = None,
-    multi_label: Annotated[bool, Form(description="classification: ';'-separated class names")] = False,
-    background: Annotated[str | None, Form(description="class name for every valid unlabelled pixel", examples=[""])] = None,
-    split_column: Annotated[str | None, Form(description="the labels' train/val/test column, instead of block splits", examples=[""])] = None,
-    labels_after: Annotated[
-        UploadFile | None,
-        File(description="change: class polygons of the second date (labels: of the first); change labels are derived where both are labelled"),
-    ] = None,
-    change_classes: Annotated[Literal["binary", "transitions"], Form(
-        description="with labels_after: no_change/change, or one class per transition (forest→cropland)")] = "binary",
-    owner: str = Depends(current_owner),
-    ctx: Context = Depends(get_ctx),
-) -> JSONResponse:  # fmt: skip
+    form: dict, owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)
+) -> JSONResponse:
+    # the form's fields are the rows of datamodules.options.INGEST, as geotune data add's flags
+    name, sensor, split_fractions = form["name"], form["sensor"], form["split_fractions"]
     try:
         dataset_id = check_name(name)
         fractions = _numbers(split_fractions, "split_fractions")
@@ -91,26 +64,23 @@ def create_dataset(
     _check_free(ctx, owner, dataset_id)
     split = dict(zip(("train", "val", "test"), fractions, strict=True)) if fractions else None
     options = {
-        "class_column": class_column or None,
+        "class_column": form["class_column"] or None,
         "sensor": sensor or None,
-        "bands": _csv(bands),
-        "dates": _csv(dates),
-        "mask_ignore_values": _numbers(ignore_values, "ignore_values", int),
-        "block_size": block_size,
-        "seed": seed,
-        "min_class_pixels": min_class_pixels,
+        "bands": _csv(form["bands"]),
+        "dates": _csv(form["dates"]),
+        "mask_ignore_values": _numbers(form["ignore_values"], "ignore_values", int),
         "split_fractions": split,
-        "task": task,
-        "chip_size": chip_size,
-        "multi_label": multi_label,
-        "background": background or None,
-        "split_column": split_column or None,
-        "change_classes": change_classes,
+        "background": form["background"] or None,
+        "split_column": form["split_column"] or None,
+    } | {
+        k: form[k]
+        for k in ("block_size", "seed", "min_class_pixels", "task", "chip_size", "multi_label")
+        + ("change_classes",)
     }
     staging = serve_dir() / "uploads" / secrets.token_hex(8)
     staging.mkdir(parents=True)
     try:
-        request = _stage(ctx, staging, image, labels, labels_after, options)
+        request = _stage(ctx, staging, form, options)
         request |= {
             "name": name,
             "dataset_id": dataset_id,
@@ -153,7 +123,7 @@ def _check_free(ctx: Context, owner: str, dataset_id: str) -> None:
             )
 
 
-def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
+def _stage(ctx: Context, staging, form: dict, options: dict) -> dict:
     """Store the uploads under the server's names and check what needs no label file opened:
     kinds, every raster's header (pixels, bands, whole file) and the options. Returns the
     files part of the job's request."""
@@ -169,11 +139,13 @@ def _stage(ctx: Context, staging, image, labels, labels_after, options) -> dict:
         return entry
 
     with upload_errors(names):  # the caller removes the staging folder
-        images = [keep(up, f"image{i}", RASTER, "image")["file"] for i, up in enumerate(image, 1)]
-        lab = keep(labels, "labels", VECTOR | RASTER, "labels")
+        images = [
+            keep(up, f"image{i}", RASTER, "image")["file"] for i, up in enumerate(form["image"], 1)
+        ]
+        lab = keep(form["labels"], "labels", VECTOR | RASTER, "labels")
         after = None
-        if labels_after is not None:
-            after = keep(labels_after, "labels_after", VECTOR, "labels_after")
+        if form["labels_after"] is not None:
+            after = keep(form["labels_after"], "labels_after", VECTOR, "labels_after")
         check_options(
             task=options["task"],
             labels_name=lab["shown"],

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from datamodules.options import csv_list as _csv
+from trainer.options import EMBED, ENCODER
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
@@ -25,6 +26,7 @@ from ..embedding_requests import (
 )
 from ..embeddings import FILE, INPUTS, REQUEST, SUMMARY, EmbeddingStore, embed_argv, index, state
 from ..errors import MAX_FIELDS, MAX_FILES, ApiError, not_found
+from ..forms import multipart_properties
 from ..jobs import ACTIVE, job_view, read_json, write_json
 from ..schemas import ERRORS
 from ..settings import serve_dir
@@ -36,7 +38,7 @@ router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS)
 HINT = "List your embedding sets with GET /v1/embeddings."
 
 
-FORM_FIELDS = {"bands", "sensor", "dates"} | set(EmbedParams.model_fields)
+FORM_FIELDS = {o.name for o in ENCODER + EMBED if o.http and o.name != "image"}
 
 
 def store() -> EmbeddingStore:
@@ -56,16 +58,7 @@ def store() -> EmbeddingStore:
                     "schema": {
                         "type": "object",
                         "required": ["image"],
-                        "properties": {
-                            "image": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            },
-                            "bands": {"type": "string"},
-                            "sensor": {"type": "string"},
-                            "dates": {"type": "string"},
-                        }
-                        | EmbedParams.model_json_schema()["properties"],
+                        "properties": multipart_properties(ENCODER + EMBED, EmbedParams),
                     }
                 },
                 "application/json": {

@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from datamodules.errors import UserError
+from trainer.options import PREDICT
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
 from ..errors import MAX_FIELDS, MAX_FILES, ApiError, not_found, validation_detail
+from ..forms import multipart_properties
 from ..jobs import job_view, write_json
 from ..models import resolve
 from ..predictions import FILES, predict_argv, result, run_prediction
@@ -26,22 +28,15 @@ from ..uploads import RASTER, save_upload, upload_errors
 router = APIRouter(prefix="/v1", tags=["predict"])
 HINT = "Predictions are listed in their answers; GET /v1/jobs shows asynchronous ones."
 
-FORM_FIELDS = {
-    "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-              "description": "the scene: a GeoTIFF/COG (repeat for band files or dates)"},
-    "bands": {"type": "string", "description": "band names in file order, when the file has none",
-              "example": ""},
-    "sensor": {"type": "string", "example": "",
-               "description": "sensor id of the scene; default (and recommended): the model's "
-                              "own. Names bands and the fill value; another sensor is converted "
-                              "exactly into the model's units where possible, else refused"},
-    "dates": {"type": "string", "example": "",
-              "description": "acquisition dates (YYYY-MM-DD, comma-separated, one per date's image, "
-                             "oldest first) when the files do not carry them"},
-} | PredictParams.model_json_schema()["properties"] | {
-    "confidence_threshold": {"type": "number", "minimum": 0, "maximum": 1,
-                             "description": "pixels below this confidence (0..1) become nodata"},
-}  # fmt: skip
+FORM_FIELDS = multipart_properties(PREDICT, PredictParams) | {
+    # a form field is text: no null
+    "confidence_threshold": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "pixels below this confidence (0..1) become nodata",
+    },
+}
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
