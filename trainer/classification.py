@@ -18,7 +18,7 @@ from datamodules.errors import UserError
 
 from .losses import ClassificationLoss
 from .metrics import classification_metric_dict
-from .tasks import GeoTask, augment
+from .tasks import GeoTask, augment, shared
 
 
 class ClassificationTask(GeoTask):
@@ -46,8 +46,6 @@ class ClassificationTask(GeoTask):
         overlay_chips: int = 8,
     ):
         """``ignore_index``: a single-label chip whose label is this value counts nowhere."""
-        from .heads import build_net
-
         self.multi_label = multi_label
         config = {
             "pool": pool,
@@ -56,21 +54,10 @@ class ClassificationTask(GeoTask):
             "dropout": dropout,
             "multi_label": multi_label,
         }
-        net = build_net("classification", backbone, len(classes), gsd, config)
-        super().__init__(
-            net,
-            classes,
-            ignore_index,
-            bands,
-            optimizer,
-            scheduler,
-            finetune,
-            last_n,
-            augment,
-            overlay_chips,
-        )
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.criterion = ClassificationLoss(self.k, multi_label, ignore_index, **(loss or {}))
+        super().__init__(config, backbone, classes, **shared(locals()))
+
+    def make_criterion(self, loss: dict) -> nn.Module:
+        return ClassificationLoss(self.k, self.multi_label, self.ignore_index, **loss)
 
     @classmethod
     def backbone_overrides(cls, task_cfg: dict, entry) -> dict:

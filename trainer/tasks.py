@@ -13,6 +13,7 @@ inference speed (``test/chips_per_s``). Networks come from :mod:`trainer.heads`,
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -62,19 +63,44 @@ def augment(image: torch.Tensor, mask: torch.Tensor | None = None):
     return torch.stack(out_i), (torch.stack(out_m) if mask is not None else None)
 
 
+# the constructor arguments every task takes; a task passes them on with ``shared(locals())``
+SHARED = (
+    "ignore_index",
+    "bands",
+    "gsd",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "finetune",
+    "last_n",
+    "augment",
+    "overlay_chips",
+)
+
+
+def shared(args: dict) -> dict:
+    """The :data:`SHARED` arguments among a task constructor's ``args``."""
+    return {k: args[k] for k in SHARED}
+
+
 class GeoTask(L.LightningModule):
-    """What every task shares; subclasses build ``self.net``/``self.criterion`` and say how a batch
-    is scored (``target``, ``labelled``, ``predict_classes``, ``metrics``, ``figures``)."""
+    """What every task shares; subclasses say their network's configuration and criterion
+    (``make_criterion``) and how a batch is scored (``target``, ``labelled``,
+    ``predict_classes``, ``metrics``, ``figures``)."""
 
     kind = "segmentation"  # the dataset manifest's ``task`` this module trains on
     target_key = "mask"
 
     def __init__(
         self,
-        net: nn.Module,
+        net_config: dict,
+        backbone: nn.Module,
         classes: list[dict],
+        *,
         ignore_index: int,
         bands: list[str] | None,
+        gsd: float,
+        loss: dict | None,
         optimizer,
         scheduler,
         finetune: str,
@@ -82,6 +108,13 @@ class GeoTask(L.LightningModule):
         augment: bool,
         overlay_chips: int,
     ):
+        """Build the network (:func:`trainer.heads.build_net` of ``kind``, ``net_config``) on
+        ``backbone``; the calling subclass constructor's own arguments become the module's
+        hyperparameters (what a checkpoint records), as if it had saved them itself."""
+        from .heads import build_net
+
+        caller = inspect.currentframe().f_back
+        net = build_net(self.kind, backbone, len(classes), gsd, net_config)
         super().__init__()
         self.net = net
         self.classes = classes
@@ -99,6 +132,12 @@ class GeoTask(L.LightningModule):
         self._infer = [0.0, 0]  # seconds, chips in the test pass's forward calls
         self.last_confusion: dict[str, np.ndarray] = {}
         self._apply_finetune(finetune, last_n)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], frame=caller)
+        self.criterion = self.make_criterion(loss or {})
+
+    def make_criterion(self, loss: dict) -> nn.Module:
+        """The loss (``loss``: its configuration)."""
+        raise NotImplementedError
 
     @classmethod
     def backbone_overrides(cls, task_cfg: dict, entry) -> dict:
@@ -279,6 +318,9 @@ class GeoTask(L.LightningModule):
 class DenseTask(GeoTask):
     """A class per pixel (segmentation, change): pixel metrics and prediction overlays."""
 
+    def make_criterion(self, loss: dict) -> nn.Module:
+        return DenseLoss(self.k, self.ignore_index, **loss)
+
     def metrics(self, stage: str, cm: torch.Tensor) -> dict[str, float]:
         return metric_dict(stage, cm, self.slugs)
 
@@ -321,24 +363,8 @@ class SegmentationTask(DenseTask):
         augment: bool = True,
         overlay_chips: int = 4,
     ):
-        from .heads import build_net
-
         config = {"decoder": decoder, "decoder_channels": decoder_channels}
-        net = build_net("segmentation", backbone, len(classes), gsd, config)
-        super().__init__(
-            net,
-            classes,
-            ignore_index,
-            bands,
-            optimizer,
-            scheduler,
-            finetune,
-            last_n,
-            augment,
-            overlay_chips,
-        )
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
+        super().__init__(config, backbone, classes, **shared(locals()))
 
 
 class ChangeTask(DenseTask):
@@ -371,7 +397,7 @@ class ChangeTask(DenseTask):
         augment: bool = True,
         overlay_chips: int = 4,
     ):
-        from .heads import build_net, resolve_fusion
+        from .heads import resolve_fusion
 
         config = {
             "decoder": decoder,
@@ -379,21 +405,7 @@ class ChangeTask(DenseTask):
             "fusion": resolve_fusion(fusion, classes),
             "temporal": temporal,
         }
-        net = build_net("change", backbone, len(classes), gsd, config)
-        super().__init__(
-            net,
-            classes,
-            ignore_index,
-            bands,
-            optimizer,
-            scheduler,
-            finetune,
-            last_n,
-            augment,
-            overlay_chips,
-        )
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.criterion = DenseLoss(self.k, ignore_index, **(loss or {}))
+        super().__init__(config, backbone, classes, **shared(locals()))
 
     @classmethod
     def backbone_overrides(cls, task_cfg: dict, entry) -> dict:
