@@ -32,7 +32,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate, get_worker_info
 from torchgeo.datasets import GeoDataset
 
-from .imagery import day_number, parse_when
+from .dates import day_number, parse_when
 from .manifest import Dataset
 
 

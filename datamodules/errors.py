@@ -4,3 +4,7 @@ and the HTTP layer turns them into JSON 4xx answers."""
 
 class UserError(ValueError):
     """Bad input; the message says what is wrong and how to fix it."""
+
+
+class ImageryError(UserError):
+    """Bad imagery input; the message says what is wrong and how to fix it."""

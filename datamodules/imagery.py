@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,9 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .errors import UserError
+from .dates import day_number, file_date, parse_date
+from .errors import ImageryError
 from .sensors import Sensor, get_sensor
-
-
-class ImageryError(UserError):
-    """Bad imagery input; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -82,71 +79,6 @@ def _open(path: Path):
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
         raise ImageryError(f"cannot read image {path}: {e}. Give a GeoTIFF/COG file.") from None
-
-
-def _file_date(ds) -> date | None:
-    """The acquisition date in the file's tags: a UTC ``datetime`` when the tag gives the time
-    of day (as composites' ``ACQUISITION_DATE`` does), else a ``date``."""
-    tags = {k.upper(): v for k, v in ds.tags().items()}
-    for key in ("ACQUISITION_DATE", "DATETIME", "TIFFTAG_DATETIME", "DATE"):
-        if key in tags:
-            text = (
-                tags[key].strip().replace(":", "-", 2) if key == "TIFFTAG_DATETIME" else tags[key]
-            )
-            m = re.match(r"(\d{4})-(\d{2})-(\d{2})", text)
-            if m:
-                if key == "ACQUISITION_DATE" and "T" in text:
-                    try:
-                        return parse_when(text.strip())
-                    except ImageryError:
-                        pass
-                return date(int(m[1]), int(m[2]), int(m[3]))
-    return None
-
-
-def parse_when(text: str) -> date:
-    """An ISO date (``YYYY-MM-DD``) as a ``date``, or an ISO date and time as a UTC
-    ``datetime`` (no zone: UTC)."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ImageryError(f"{text!r} is not an ISO date or date and time") from None
-    if "T" not in text and " " not in text.strip():
-        return when.date()
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def day_number(when: date | None) -> float:
-    """A date as a number: the proleptic ordinal, plus the fraction of the (UTC) day for a
-    ``datetime``; 0 for unknown. :func:`from_day_number` inverts it."""
-    if when is None:
-        return 0.0
-    if isinstance(when, datetime):
-        when = when.astimezone(UTC) if when.tzinfo else when
-        t = when.hour * 3600 + when.minute * 60 + when.second + when.microsecond / 1e6
-        return when.toordinal() + t / 86400
-    return float(when.toordinal())
-
-
-def from_day_number(x: float) -> date | None:
-    """A :func:`day_number` back: ``None`` for 0, a ``date`` for a whole day, else a UTC
-    ``datetime`` (to the second)."""
-    if x <= 0:
-        return None
-    day = int(x)
-    seconds = round((x - day) * 86400)
-    if seconds == 0:
-        return date.fromordinal(day)
-    return datetime.fromordinal(day).replace(tzinfo=UTC) + timedelta(seconds=seconds)
-
-
-def parse_date(text: str | None) -> date | None:
-    if text in (None, "", "unknown"):
-        return None
-    try:
-        return datetime.fromisoformat(str(text)).date()
-    except ValueError:
-        raise ImageryError(f"date {text!r} is not an ISO date (YYYY-MM-DD)") from None
 
 
 def _names_from_descriptions(ds) -> list[str] | None:
@@ -229,7 +161,7 @@ def open_scenes(
                     ds.dtypes[0],
                     ds.nodata,
                     _names_from_descriptions(ds),
-                    _file_date(ds),
+                    file_date(ds),
                     list(ds.scales),
                     list(ds.offsets),
                 )

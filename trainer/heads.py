@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.dates import from_day_number
 from datamodules.errors import UserError
-from datamodules.imagery import from_day_number
 
 from .backbones.variants import get_entry
 

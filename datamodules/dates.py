@@ -1,0 +1,74 @@
+"""Dates of imagery: read from a file's tags, parsed from what people type, and as numbers
+(the day number a network's metadata input and a dataset's time axis use)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+
+from .errors import ImageryError
+
+
+def file_date(ds) -> date | None:
+    """The acquisition date in the file's tags: a UTC ``datetime`` when the tag gives the time
+    of day (as composites' ``ACQUISITION_DATE`` does), else a ``date``."""
+    tags = {k.upper(): v for k, v in ds.tags().items()}
+    for key in ("ACQUISITION_DATE", "DATETIME", "TIFFTAG_DATETIME", "DATE"):
+        if key in tags:
+            text = (
+                tags[key].strip().replace(":", "-", 2) if key == "TIFFTAG_DATETIME" else tags[key]
+            )
+            m = re.match(r"(\d{4})-(\d{2})-(\d{2})", text)
+            if m:
+                if key == "ACQUISITION_DATE" and "T" in text:
+                    try:
+                        return parse_when(text.strip())
+                    except ImageryError:
+                        pass
+                return date(int(m[1]), int(m[2]), int(m[3]))
+    return None
+
+
+def parse_when(text: str) -> date:
+    """An ISO date (``YYYY-MM-DD``) as a ``date``, or an ISO date and time as a UTC
+    ``datetime`` (no zone: UTC)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ImageryError(f"{text!r} is not an ISO date or date and time") from None
+    if "T" not in text and " " not in text.strip():
+        return when.date()
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def day_number(when: date | None) -> float:
+    """A date as a number: the proleptic ordinal, plus the fraction of the (UTC) day for a
+    ``datetime``; 0 for unknown. :func:`from_day_number` inverts it."""
+    if when is None:
+        return 0.0
+    if isinstance(when, datetime):
+        when = when.astimezone(UTC) if when.tzinfo else when
+        t = when.hour * 3600 + when.minute * 60 + when.second + when.microsecond / 1e6
+        return when.toordinal() + t / 86400
+    return float(when.toordinal())
+
+
+def from_day_number(x: float) -> date | None:
+    """A :func:`day_number` back: ``None`` for 0, a ``date`` for a whole day, else a UTC
+    ``datetime`` (to the second)."""
+    if x <= 0:
+        return None
+    day = int(x)
+    seconds = round((x - day) * 86400)
+    if seconds == 0:
+        return date.fromordinal(day)
+    return datetime.fromordinal(day).replace(tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+def parse_date(text: str | None) -> date | None:
+    if text in (None, "", "unknown"):
+        return None
+    try:
+        return datetime.fromisoformat(str(text)).date()
+    except ValueError:
+        raise ImageryError(f"date {text!r} is not an ISO date (YYYY-MM-DD)") from None
