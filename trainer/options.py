@@ -34,6 +34,15 @@ DATES = Option(
     help="acquisition date (YYYY-MM-DD) per image date, oldest first, when the files do not "
     "say (HTTP: comma-separated)",
 )
+IMAGE = Option(
+    "image",
+    FILE,
+    repeat=True,
+    http="upload",
+    required="http",
+    help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
+    "dates (CLI: --aoi, --start, --end)",
+)
 
 PREDICT = (
     Option(
@@ -41,15 +50,7 @@ PREDICT = (
     ),
     Option("version", http=None, help="model version number"),
     Option("alias", http=None, help="model alias (same as NAME@ALIAS)"),
-    Option(
-        "image",
-        FILE,
-        repeat=True,
-        http="upload",
-        required="http",
-        help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
-        "dates (CLI: --aoi, --start, --end)",
-    ),
+    IMAGE,
     Option("out", required=True, http=None, help="output folder"),
     BANDS,
     Option(
@@ -149,14 +150,7 @@ ENCODER = (
     ),
 )
 EMBED = (
-    Option(
-        "image",
-        FILE,
-        repeat=True,
-        http="upload",
-        required="http",
-        help="GeoTIFF/COG (repeat for band files or dates)",
-    ),
+    IMAGE,
     Option("out", http=None, help="the GeoParquet file to write"),
     BANDS,
     Option("sensor", http="upload", help="sensor id (Clay's statistics depend on it)"),
