@@ -1,6 +1,6 @@
 """``train(cfg)``: dataset → backbone + task → Lightning fit/test → MLflow run → registry.
 
-``geotune train`` runs it as a Hydra app (:func:`trainer.cli.run_hydra`); tests, the demo, the
+``geotune train`` runs it as a Hydra app (:func:`trainer.cli_hydra.run_hydra`); tests, the demo, the
 benchmark and the service's fine-tune jobs (through ``geotune train``) call the same ``train``.
 """
 
