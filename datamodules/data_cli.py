@@ -9,30 +9,9 @@ import json
 import sys
 import warnings
 
-from .errors import UserError
 from .manifest import Dataset, delete_dataset, list_datasets, load_dataset
 from .options import csv_list as _csv
-
-
-def _fractions(text: str | None) -> dict[str, float] | None:
-    if not text:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 3 or min(vals) < 0 or sum(vals) <= 0:
-        raise UserError(
-            "--split-fractions takes three non-negative numbers: train,val,test (e.g. 0.7,0.15,0.15)"
-        )
-    return dict(zip(("train", "val", "test"), vals, strict=True))
-
-
-def _ints(text: str | None, flag: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(text) or []]
-    except ValueError:
-        raise UserError(f"{flag} takes integers separated by commas, e.g. 0,255") from None
+from .options import integers, split_fractions
 
 
 def add(args, images: list[str], imagery: dict | None = None) -> Dataset:
@@ -51,9 +30,9 @@ def add(args, images: list[str], imagery: dict | None = None) -> Dataset:
             bands=_csv(args.bands),
             dates=args.dates,
             classes_file=args.classes,
-            mask_ignore_values=_ints(args.ignore_values, "--ignore-values"),
+            mask_ignore_values=integers(args.ignore_values, "--ignore-values") or [],
             block_size=args.block_size,
-            split_fractions=_fractions(args.split_fractions),
+            split_fractions=split_fractions(args.split_fractions),
             seed=args.seed,
             min_class_pixels=args.min_class_pixels,
             task=args.task,

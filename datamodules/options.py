@@ -14,6 +14,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UserError
+
 FILE = "file"  # an option's ``type`` for a file: a path on the CLI, an upload over HTTP
 
 
@@ -223,3 +225,26 @@ INGEST = (
 def csv_list(text: str | None) -> list[str] | None:
     """``"a, b,,c"`` → ``["a", "b", "c"]``; None (or nothing but commas) → None."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def integers(text: str | None, flag: str) -> list[int] | None:
+    """``"0, 255"`` → ``[0, 255]``; None for nothing; a UserError naming ``flag`` otherwise."""
+    try:
+        return [int(v) for v in csv_list(text) or []] or None
+    except ValueError:
+        raise UserError(f"{flag} takes integers separated by commas, e.g. 0,255") from None
+
+
+def split_fractions(text: str | None) -> dict[str, float] | None:
+    """``"0.7,0.15,0.15"`` → the train, val and test shares; None for nothing."""
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 3 or min(vals) < 0 or sum(vals) <= 0:
+        raise UserError(
+            "--split-fractions takes three non-negative numbers: train,val,test (e.g. 0.7,0.15,0.15)"
+        )
+    return dict(zip(("train", "val", "test"), vals, strict=True))

@@ -43,12 +43,17 @@ def _range(prop):
 
 
 @pytest.fixture(scope="module")
-def openapi(tmp_path_factory):
+def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("home"), "--dev").start()
     try:
-        yield srv.client().get("/openapi.json").json()
+        yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def openapi(server):
+    return server.client().get("/openapi.json").json()
 
 
 @pytest.mark.parametrize("action", ACTIONS)
@@ -99,6 +104,41 @@ def test_a_range_is_checked_the_same_way_by_the_cli_and_the_service(tmp_path, op
     assert p.returncode == 2 and "--block-size: must be at least 8 (got 4)" in p.stderr
     block = _form(openapi, "post", "/v1/datasets")["block_size"]
     assert block["minimum"] == 8 and block["maximum"] == 8192
+
+
+@pytest.mark.parametrize(
+    "flag, field, value, says",
+    [
+        ("--split-fractions", "split_fractions", "0.7,0.3", "takes three non-negative numbers"),
+        ("--ignore-values", "ignore_values", "zero", "takes integers separated by commas"),
+    ],
+)
+def test_typed_text_is_read_the_same_way(tmp_path, server, flag, field, value, says):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "data",
+            "add",
+            "--name",
+            "x",
+            "--image",
+            "a.tif",
+            "--labels",
+            "l.geojson",
+            flag,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 2 and f"{flag} {says}" in p.stderr
+    files = {"image": ("a.tif", b"II*\x00"), "labels": ("l.geojson", b"{}")}
+    r = server.client().post("/v1/datasets", data={"name": "x", field: value}, files=files)
+    assert r.status_code == 422 and f"the {field} field {says}" in r.json()["detail"], r.text
 
 
 def test_predict_options_reach_the_predictor_by_name():

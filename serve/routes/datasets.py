@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from datamodules.errors import UserError
 from datamodules.ingest import check_options
 from datamodules.manifest import check_name, delete_dataset, list_datasets
-from datamodules.options import INGEST
+from datamodules.options import INGEST, integers, split_fractions
 from datamodules.options import csv_list as _csv
 from datamodules.sensors import get_sensor
 
@@ -31,15 +31,6 @@ from ..uploads import RASTER, VECTOR, rename_in_message, save_upload, upload_err
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def _numbers(text: str | None, field: str, kind=float) -> list | None:
-    try:
-        return [kind(v) for v in _csv(text)] if text else None
-    except ValueError:
-        raise ApiError(
-            422, "invalid_request", f"{field}: {text!r} is not a comma-separated list of numbers"
-        ) from None
-
-
 @router.post(
     "", status_code=202, responses=ERRORS,
     summary="Upload imagery + labels: a job makes the dataset (202; GET /v1/jobs/{id})",
@@ -49,26 +40,22 @@ def create_dataset(
     form: dict, owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)
 ) -> JSONResponse:
     # the form's fields are the rows of datamodules.options.INGEST, as geotune data add's flags
-    name, sensor, split_fractions = form["name"], form["sensor"], form["split_fractions"]
+    name, sensor = form["name"], form["sensor"]
     try:
         dataset_id = check_name(name)
-        fractions = _numbers(split_fractions, "split_fractions")
-        if fractions is not None and len(fractions) != 3:
-            raise ApiError(
-                422, "invalid_request", "split_fractions takes three numbers: train,val,test"
-            )
+        split = split_fractions(form["split_fractions"])
+        ignore = integers(form["ignore_values"], "--ignore-values")
         if sensor:
             get_sensor(sensor)
     except UserError as e:
         raise ApiError(422, "invalid_request", rename_in_message(str(e), {})) from None
     _check_free(ctx, owner, dataset_id)
-    split = dict(zip(("train", "val", "test"), fractions, strict=True)) if fractions else None
     options = {
         "class_column": form["class_column"] or None,
         "sensor": sensor or None,
         "bands": _csv(form["bands"]),
         "dates": _csv(form["dates"]),
-        "mask_ignore_values": _numbers(form["ignore_values"], "ignore_values", int),
+        "mask_ignore_values": ignore,
         "split_fractions": split,
         "background": form["background"] or None,
         "split_column": form["split_column"] or None,
