@@ -24,10 +24,10 @@ class CheckedLabels:
 
 def check_dataset(args, frames: int) -> CheckedLabels:
     """Everything ``ingest`` would refuse that does not depend on the imagery."""
-    from .data_cli import _fractions, _ints
     from .ingest import _check_scene_count, check_options
     from .labels import RASTER_SUFFIXES, ClassTable, read_vector
     from .manifest import DatasetError, check_name
+    from .options import integers, split_fractions
     from .paths import datasets_dir
     from .sensors import get_sensor
 
@@ -37,8 +37,8 @@ def check_dataset(args, frames: int) -> CheckedLabels:
             f"dataset {dataset_id!r} already exists. Choose another --name, or delete it first: "
             f"geotune data delete {dataset_id}"
         )
-    _fractions(args.split_fractions)
-    _ints(args.ignore_values, "--ignore-values")
+    split_fractions(args.split_fractions)
+    integers(args.ignore_values, "--ignore-values")
     sensor = get_sensor(args.sensor)
     unknown = [b for b in (args.bands or "").replace(" ", "").split(",") if b]
     unknown = [b for b in unknown if b not in sensor.band_names]
