@@ -42,6 +42,13 @@ def _range(prop):
     return {k: alts[0].get(k) for k in ("minimum", "maximum", "exclusiveMinimum")}
 
 
+def _data_add(folder, *args):
+    """``geotune data add --name x --labels l.geojson *args`` in ``folder``."""
+    argv = ["data", "add", "--name", "x", "--labels", "l.geojson", *args]
+    cmd = [sys.executable, "-m", "trainer.cli", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=folder)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("home"), "--dev").start()
@@ -82,25 +89,7 @@ def test_flags_and_fields_come_from_the_rows(action, openapi):
 
 
 def test_a_range_is_checked_the_same_way_by_the_cli_and_the_service(tmp_path, openapi):
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "data",
-            "add",
-            "--name",
-            "x",
-            "--labels",
-            "l.geojson",
-            "--block-size",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    p = _data_add(tmp_path, "--block-size", "4")
     assert p.returncode == 2 and "--block-size: must be at least 8 (got 4)" in p.stderr
     block = _form(openapi, "post", "/v1/datasets")["block_size"]
     assert block["minimum"] == 8 and block["maximum"] == 8192
@@ -114,27 +103,7 @@ def test_a_range_is_checked_the_same_way_by_the_cli_and_the_service(tmp_path, op
     ],
 )
 def test_typed_text_is_read_the_same_way(tmp_path, server, flag, field, value, says):
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "data",
-            "add",
-            "--name",
-            "x",
-            "--image",
-            "a.tif",
-            "--labels",
-            "l.geojson",
-            flag,
-            value,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    p = _data_add(tmp_path, "--image", "a.tif", flag, value)
     assert p.returncode == 2 and f"{flag} {says}" in p.stderr
     files = {"image": ("a.tif", b"II*\x00"), "labels": ("l.geojson", b"{}")}
     r = server.client().post("/v1/datasets", data={"name": "x", field: value}, files=files)
