@@ -20,16 +20,13 @@ Tasks (manifest key ``task``):
 from __future__ import annotations
 
 import warnings
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .chips import build_chips
-from .imagery import Grid, ImageryError, date_order, open_scenes
+from .imagery import ImageryError, date_order, open_scenes
+from .ingest_manifest import labels_part, manifest
 from .label_sources import CHANGE_CLASSES, mask_source, vector_source
-from .label_units import split_units
-from .labels import RASTER_SUFFIXES, ClassTable, LabelError
+from .labels import RASTER_SUFFIXES, LabelError
 from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, PolygonLabels, write_rasters
 
@@ -126,36 +123,9 @@ def _check_dates(scenes, labels_after: bool) -> None:
         )
 
 
-def ingest(
-    *,
-    name: str,
-    images: list[str | Path],
-    labels: str | Path,
-    class_column: str | None = None,
-    sensor: str | None = None,
-    bands: list[str] | None = None,
-    dates: list[str | None] | None = None,
-    classes_file: str | Path | None = None,
-    mask_ignore_values: list[int] | None = None,
-    owner: str = "local",
-    dataset_id: str | None = None,
-    root: Path | None = None,
-    block_size: int = 256,
-    split_fractions: dict[str, float] | None = None,
-    seed: int = 0,
-    min_class_pixels: int = 20,
-    progress: bool = True,
-    task: str = "segmentation",
-    chip_size: int | None = None,
-    multi_label: bool = False,
-    background: str | None = None,
-    split_column: str | None = None,
-    labels_after: str | Path | None = None,
-    change_classes: str = "binary",
-    vector_check=None,
-    imagery: dict | None = None,
-) -> Dataset:
-    """Build a dataset folder from imagery + labels; returns the committed :class:`Dataset`.
+@dataclass(frozen=True, kw_only=True)
+class IngestRequest:
+    """The options of :func:`ingest` (``labels`` and ``labels_after`` as expanded paths).
 
     ``labels_after`` (change only): class polygons of the second date; ``labels`` then holds
     the first date's, and the change labels are derived from the two (:func:`change_labels`).
@@ -163,280 +133,132 @@ def ingest(
     are read (the service bounds their size there). ``imagery``: the provenance of imagery
     fetched by area and dates (STAC items used), recorded as ``source.imagery``.
     """
-    fractions = split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
-    dataset_id = dataset_id or check_name(name)
-    labels = Path(labels).expanduser()
-    is_mask = labels.suffix.lower() in RASTER_SUFFIXES
-    labels_after = Path(labels_after).expanduser() if labels_after is not None else None
-    check_options(
-        task=task,
-        labels_name=labels.name,
-        is_mask=is_mask,
-        after_name=labels_after.name if labels_after else None,
-        after_is_mask=bool(labels_after and labels_after.suffix.lower() in RASTER_SUFFIXES),
-        chip_size=chip_size,
-        multi_label=multi_label,
-        background=background,
-        split_column=split_column,
-        block_size=block_size,
-        change_classes=change_classes,
-    )
-    scenes = open_scenes(images, bands=bands, sensor=sensor, dates=dates)
-    _check_scene_count(task, len(scenes))
-    _check_dates(scenes, labels_after is not None)
-    grid = scenes[0].grid
-    gdf = None
-    if is_mask:
-        source, table = mask_source(
-            labels, grid, set(mask_ignore_values or []), classes_file, background
-        )
-    else:
-        gdf, table = vector_source(
-            labels,
-            class_column,
-            grid,
-            classes_file,
-            task=task,
-            split_column=split_column,
-            multi_label=multi_label,
-            background=background,
-            labels_after=labels_after,
-            change_classes=change_classes,
-            vector_check=vector_check,
-        )
-        source = PolygonLabels(gdf) if task != "classification" else None
-    k = len(table.classes)
-    if k >= IGNORE_INDEX:
-        raise LabelError(f"{k} classes; at most {IGNORE_INDEX - 1} are supported")
 
-    writer = DatasetWriter(dataset_id, root)
+    name: str
+    images: list[str | Path]
+    labels: Path
+    class_column: str | None = None
+    sensor: str | None = None
+    bands: list[str] | None = None
+    dates: list[str | None] | None = None
+    classes_file: str | Path | None = None
+    mask_ignore_values: list[int] | None = None
+    owner: str = "local"
+    dataset_id: str | None = None
+    root: Path | None = None
+    block_size: int = 256
+    split_fractions: dict[str, float] | None = None
+    seed: int = 0
+    min_class_pixels: int = 20
+    progress: bool = True
+    task: str = "segmentation"
+    chip_size: int | None = None
+    multi_label: bool = False
+    background: str | None = None
+    split_column: str | None = None
+    labels_after: Path | None = None
+    change_classes: str = "binary"
+    vector_check: object = None
+    imagery: dict | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "labels", Path(self.labels).expanduser())
+        if self.labels_after is not None:
+            set_(self, "labels_after", Path(self.labels_after).expanduser())
+
+    @property
+    def is_mask(self) -> bool:
+        return self.labels.suffix.lower() in RASTER_SUFFIXES
+
+
+def ingest(**options) -> Dataset:
+    """Build a dataset folder from imagery + labels (the options of :class:`IngestRequest`);
+    returns the committed :class:`Dataset`."""
+    req = IngestRequest(**options)
+    fractions = req.split_fractions or {"train": 0.7, "val": 0.15, "test": 0.15}
+    dataset_id = req.dataset_id or check_name(req.name)
+    after = req.labels_after
+    check_options(
+        task=req.task,
+        labels_name=req.labels.name,
+        is_mask=req.is_mask,
+        after_name=after.name if after else None,
+        after_is_mask=bool(after and after.suffix.lower() in RASTER_SUFFIXES),
+        chip_size=req.chip_size,
+        multi_label=req.multi_label,
+        background=req.background,
+        split_column=req.split_column,
+        block_size=req.block_size,
+        change_classes=req.change_classes,
+    )
+    scenes = open_scenes(req.images, bands=req.bands, sensor=req.sensor, dates=req.dates)
+    _check_scene_count(req.task, len(scenes))
+    _check_dates(scenes, after is not None)
+    gdf, source, table = _read_labels(req, scenes[0].grid)
+    writer = DatasetWriter(dataset_id, req.root)
     try:
         result = write_rasters(
-            writer.tmp, scenes, sensor, source, block_size, table.background_id, progress
+            writer.tmp,
+            scenes,
+            req.sensor,
+            source,
+            req.block_size,
+            table.background_id,
+            req.progress,
         )
         if result.valid_pixels == 0:
             raise ImageryError(
                 "the imagery is all nodata: every pixel equals the nodata value "
                 f"({scenes[0].nodata}). Check the file, or its nodata value."
             )
-        part, split_counts = _labels_part(
+        part, split_counts = labels_part(
             writer.tmp,
-            task,
+            req.task,
             gdf,
             table,
-            grid,
+            scenes[0].grid,
             result,
             scenes[0].nodata,
-            is_mask,
-            chip_size=chip_size,
-            block_size=block_size,
+            req.is_mask,
+            chip_size=req.chip_size,
+            block_size=req.block_size,
             fractions=fractions,
-            seed=seed,
-            multi_label=multi_label,
-            min_class_pixels=min_class_pixels,
+            seed=req.seed,
+            multi_label=req.multi_label,
+            min_class_pixels=req.min_class_pixels,
         )
-        manifest = {
-            "id": dataset_id,
-            "name": name,
-            "owner": owner,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "task": task,
-            "classes": part.pop("classes"),
-            "num_classes": k,
-            "ignore_index": IGNORE_INDEX,
-            "output_nodata": IGNORE_INDEX,
-            "background": background,
-            "sensor": sensor,
-            **_imagery_part(scenes, result),
-            **part,  # the label files and the split's: guard_pixels also under splits
-            **_grid_part(grid, result),
-            "label_kind": _label_kind(task, is_mask, labels_after is not None),
-            "splits": {
-                "method": "column" if split_column else "blocks",
-                "split_column": split_column,
-                "block_size": block_size,
-                "seed": seed,
-                "fractions": fractions,
-                "min_class_pixels": min_class_pixels,
-                "guard_pixels": part.get("guard_pixels", 0),
-                **split_counts,
-            },
-            "source": _source_part(
-                images, labels, class_column, gdf, labels_after, change_classes, imagery
-            ),
-        }
-        return writer.commit(manifest)
+        return writer.commit(
+            manifest(req, dataset_id, table, scenes, result, part, fractions, split_counts, gdf)
+        )
     except BaseException:
         writer.abort()
         raise
 
 
-def _labels_part(
-    folder: Path,
-    task: str,
-    gdf,
-    table: ClassTable,
-    grid: Grid,
-    result,
-    nodata,
-    is_mask: bool,
-    *,
-    chip_size,
-    block_size,
-    fractions,
-    seed,
-    multi_label,
-    min_class_pixels,
-) -> tuple[dict, dict]:
-    """The manifest's part about the labels: classification chips (``chips.csv``) or label
-    units and their split, ``classes`` with counts; and the split's counts (and what the split
-    could reach) for the manifest's ``splits``."""
-    if task == "classification":
-        part = build_chips(
-            folder,
-            gdf,
-            table,
-            grid,
-            chip_size=chip_size or 64,
-            nodata=nodata,
-            block_size=block_size,
-            fractions=fractions,
-            seed=seed,
-            multi_label=multi_label,
+def _read_labels(req: IngestRequest, grid):
+    """The label features (None for a mask), the label source to rasterize and the class table."""
+    gdf = None
+    if req.is_mask:
+        source, table = mask_source(
+            req.labels, grid, set(req.mask_ignore_values or []), req.classes_file, req.background
         )
     else:
-        user_split = None
-        if gdf is not None and "split" in gdf:
-            user_split = np.array([""] * (len(gdf) + 1), dtype=object)
-            user_split[1:] = gdf["split"].to_numpy()
-        part = _units_part(
-            folder,
-            result.unit_stats,
-            table,
+        gdf, table = vector_source(
+            req.labels,
+            req.class_column,
             grid,
-            block_size,
-            fractions,
-            seed,
-            min_class_pixels,
-            user_split,
-            "regions" if is_mask else "polygons",
+            req.classes_file,
+            task=req.task,
+            split_column=req.split_column,
+            multi_label=req.multi_label,
+            background=req.background,
+            labels_after=req.labels_after,
+            change_classes=req.change_classes,
+            vector_check=req.vector_check,
         )
-    split_counts = part.pop("split_counts")
-    splits = {"units": part.pop("split_units")}
-    splits["chips" if task == "classification" else "pixels"] = split_counts
-    splits |= {k: part.pop(f"split_{k}") for k in ("reach", "notes") if f"split_{k}" in part}
-    return part, splits
-
-
-def _imagery_part(scenes, result) -> dict:
-    """The manifest's part about the imagery as stored: bands, type, nodata, units, dates."""
-    first = scenes[0]
-    return {
-        "bands": first.bands,
-        "dtype": first.dtype,
-        "nodata": first.nodata,
-        "nodata_source": first.nodata_source,
-        "scales": first.scales,
-        "offsets": first.offsets,
-        "images": [
-            {"path": n, "date": s.date.isoformat() if s.date else None}
-            for n, s in zip(result.image_names, scenes, strict=True)
-        ],
-        "dates": [s.date.isoformat() if s.date else None for s in scenes],
-    }
-
-
-def _grid_part(grid: Grid, result) -> dict:
-    """The manifest's part about the pixel grid and the per-band statistics."""
-    return {
-        "crs": grid.crs.to_string(),
-        "crs_wkt": grid.crs.to_wkt(),
-        "resolution": list(grid.res),
-        "transform": list(grid.transform)[:6],
-        "shape": [grid.height, grid.width],
-        "bounds": list(grid.bounds),
-        "stats": {
-            "mean": result.moments.mean.round(4).tolist(),
-            "std": result.moments.std.round(4).tolist(),
-            "valid_pixels": result.valid_pixels,
-        },
-    }
-
-
-def _label_kind(task: str, is_mask: bool, two_dates: bool) -> str:
-    if is_mask:
-        return "mask"
-    if task == "classification":
-        return "points"
-    return "before/after class polygons" if two_dates else "polygons"
-
-
-def _source_part(images, labels: Path, class_column, gdf, labels_after, change_classes, imagery):
-    """The manifest's ``source``: the files given, and what reading the labels found."""
-    source = {
-        "images": [str(Path(p).name) for p in images],
-        "labels": labels.name,
-        "class_column": class_column,
-    }
-    if labels_after is not None:
-        source |= {
-            "labels_after": labels_after.name,
-            "change_classes": change_classes,
-            "n_labels_before": gdf.attrs["n_before"],
-            "n_labels_after": gdf.attrs["n_after"],
-            "n_slivers_dropped": gdf.attrs["n_slivers_dropped"],
-        }
-    if imagery is not None:
-        source["imagery"] = imagery
-    if gdf is not None:
-        source["n_labels"] = len(gdf)
-        source["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))
-    return source
-
-
-def _units_part(
-    folder: Path,
-    unit_stats: dict,
-    table: ClassTable,
-    grid: Grid,
-    block_size: int,
-    fractions: dict,
-    seed: int,
-    min_class_pixels: int,
-    user_split,
-    unit_word: str,
-) -> dict:
-    """Split the label units (:func:`datamodules.label_units.split_units`); the manifest's part."""
-    if not unit_stats:
-        raise LabelError("no labelled pixel falls on valid imagery (labels over nodata or outside)")
-    names = [c["name"] for c in table.classes]
-    part = split_units(
-        folder,
-        unit_stats,
-        names,
-        grid,
-        block_size,
-        fractions,
-        seed,
-        min_class_pixels,
-        user_split,
-        unit_word=unit_word,
-    )
-    classes = table.to_json()
-    for c in classes:
-        i = c["id"]
-        c["pixels"], c["units"] = part["pixel_counts"][i], part["source_counts"][i]
-    counts = part["split_counts"]
-    return {
-        "classes": classes,
-        "mask": "mask.tif",
-        "units": "units.tif",
-        "units_table": "units.csv",
-        "split_units": part["split_units"],
-        "split_counts": {
-            s: {c["slug"]: int(v) for c, v in zip(classes, counts[s], strict=True)} for s in counts
-        },
-        "split_reach": {c["slug"]: part["reach"][c["id"]] for c in classes},
-        "split_notes": part["notes"],
-        "guard_pixels": part["guard_pixels"],
-    }
+        source = PolygonLabels(gdf) if req.task != "classification" else None
+    k = len(table.classes)
+    if k >= IGNORE_INDEX:
+        raise LabelError(f"{k} classes; at most {IGNORE_INDEX - 1} are supported")
+    return gdf, source, table
