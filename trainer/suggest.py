@@ -84,23 +84,8 @@ def suggest(
     popts = PredictOptions(chip_size=chip, overlap=0, precision=precision, device=device)
     pred = Predictor(source.registered(), scenes, popts, conversion)
     labelled = Labelled(ds)
-    rows = []
     try:
-        for block in emb.blocks(opts.block_size):
-            x, valid, (r0, c0) = emb.read_block(block)
-            chips = [(r, c) for r in block[0] for c in block[1]]
-            chips = [rc for rc in chips if _share(valid, r0, c0, *rc, chip) >= 0.5]
-            for i in range(0, len(chips), emb.batch_size):
-                batch = chips[i : i + emb.batch_size]
-                arr = np.stack([emb._chip(x, (r0, c0), r, c) for r, c in batch])
-                vecs = emb.run(arr, batch).cpu().numpy()
-                probs = pred.forward(arr, batch)
-                for (r, c), v, p in zip(batch, vecs, probs, strict=True):
-                    ok = valid[r - r0 : r - r0 + chip, c - c0 : c - c0 + chip]
-                    h, cls, conf = _uncertainty(p, ok, bool(pred.record.get("multi_label")))
-                    rows.append(
-                        (emb.chip_id(r, c), r, c, h, labelled.share(r, c, chip), cls, conf, v)
-                    )
+        rows = _score_chips(emb, pred, labelled, opts.block_size, chip)
     finally:
         emb.close()
         labelled.close()
@@ -109,6 +94,40 @@ def suggest(
     picked, score = pick(rows, n)
     geoms = emb.footprints([(rows[i][1], rows[i][2]) for i in picked])
     names = [c["name"] for c in m["classes"]]
+    features = _features(rows, picked, score, geoms, names)
+    return {
+        "type": "FeatureCollection",
+        "dataset": ds.id,
+        "model": uri,
+        "chip_size": chip,
+        "chips_scored": len(rows),
+        "features": features,
+    }
+
+
+def _score_chips(emb, pred, labelled: Labelled, block_size: int, chip: int) -> list[tuple]:
+    """One row per chip with at least half its pixels valid: (chip id, row, col, entropy,
+    labelled share, predicted class, confidence, embedding)."""
+    rows = []
+    multi_label = bool(pred.record.get("multi_label"))
+    for block in emb.blocks(block_size):
+        x, valid, (r0, c0) = emb.read_block(block)
+        chips = [(r, c) for r in block[0] for c in block[1]]
+        chips = [rc for rc in chips if _share(valid, r0, c0, *rc, chip) >= 0.5]
+        for i in range(0, len(chips), emb.batch_size):
+            batch = chips[i : i + emb.batch_size]
+            arr = np.stack([emb._chip(x, (r0, c0), r, c) for r, c in batch])
+            vecs = emb.run(arr, batch).cpu().numpy()
+            probs = pred.forward(arr, batch)
+            for (r, c), v, p in zip(batch, vecs, probs, strict=True):
+                ok = valid[r - r0 : r - r0 + chip, c - c0 : c - c0 + chip]
+                h, cls, conf = _uncertainty(p, ok, multi_label)
+                rows.append((emb.chip_id(r, c), r, c, h, labelled.share(r, c, chip), cls, conf, v))
+    return rows
+
+
+def _features(rows, picked: list[int], score: np.ndarray, geoms, names: list[str]) -> list[dict]:
+    """The GeoJSON features of the picked chips, in rank order."""
     import shapely
 
     features = []
@@ -130,14 +149,7 @@ def suggest(
                 },
             }
         )
-    return {
-        "type": "FeatureCollection",
-        "dataset": ds.id,
-        "model": uri,
-        "chip_size": chip,
-        "chips_scored": len(rows),
-        "features": features,
-    }
+    return features
 
 
 def pick(rows, n: int) -> tuple[list[int], np.ndarray]:
