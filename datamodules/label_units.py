@@ -204,20 +204,27 @@ def _improves(before: list, after: list, thin: list) -> bool:
     )
 
 
-def _cut_thin_classes(
-    folder, t: UnitTable, split, k, grid: Grid, block, fractions, seed, min_count, guard, requested
-):
-    """Cut the units of classes that miss a split, where that lets them reach more splits.
+@dataclass
+class _Pieces:
+    """The candidate units cut at block edges, and the split of each piece and whole unit."""
 
-    Returns the unit table and splits (pieces replacing cut units) and the cut unit ids."""
-    reach = class_reach(split_counts(t.cls, t.pixels, split, k, requested), min_count)
-    thin = [c for c in range(k) if (t.cls == c).any() and len(reach[c]) < len(requested)]
-    cand = np.isin(t.cls, thin) & t.spans_blocks(block)
-    if not cand.any():
-        return t, split, []
-    shape = (grid.height, grid.width)
+    units: UnitTable  # the candidate units
+    keys: np.ndarray  # [n, 2]: unit id, block of each piece
+    pixels: np.ndarray
+    cls: np.ndarray
+    split: np.ndarray
+    largest: dict  # unit id → index of its largest piece
+    unit_cls: dict
+    whole: UnitTable  # the units not cut
+    whole_split: np.ndarray
+    block_split: dict  # block → split
+
+
+def _split_pieces(folder, t: UnitTable, cand, k, grid: Grid, block, fractions, seed, min_count):
+    """Cut the candidate units ``cand`` at block edges and split blocks again with the pieces
+    (a piece under ``min_count`` pixels, a sliver, follows its unit's largest piece)."""
     ct = t.take(cand)
-    pieces = block_pieces(folder / "units.tif", ct, block, shape)
+    pieces = block_pieces(folder / "units.tif", ct, block, (grid.height, grid.width))
     keys = np.array(sorted(pieces), dtype=np.int64).reshape(-1, 2)
     pn = np.array([pieces[tuple(key)][0] for key in keys.tolist()], dtype=np.int64)
     unit_cls = dict(zip(ct.id.tolist(), ct.cls.tolist(), strict=True))
@@ -243,11 +250,62 @@ def _cut_thin_classes(
         if not own[i]:  # a sliver follows its unit's largest piece
             psplit[i] = psplit[largest[u]]
     wsplit = np.array([bs[int(b)] for b in wb], dtype=object)
+    return _Pieces(ct, keys, pn, pc, psplit, largest, unit_cls, whole, wsplit, bs)
+
+
+def _cut_plan(ct: UnitTable, p: _Pieces, improved: set, next_id: int):
+    """Which units to cut (those of an improved class whose pieces fall in several splits):
+    the plan (unit, block) → (piece id, split index), the cut unit ids, and the split of each
+    candidate unit kept whole."""
+    plan, cut_ids, keep_whole = {}, [], {}
+    for u in ct.id.tolist():
+        rows = np.nonzero(p.keys[:, 0] == u)[0]
+        names = sorted(set(p.split[rows]), key=SPLITS.index)
+        if len(names) == 1 or p.unit_cls[u] not in improved:
+            keep_whole[u] = p.split[p.largest[u]]
+            continue
+        ids = {}
+        for n in names:
+            ids[n], next_id = next_id, next_id + 1
+        for i in rows:
+            plan[(u, int(p.keys[i, 1]))] = (ids[p.split[i]], SPLITS.index(p.split[i]))
+        cut_ids.append(u)
+    return plan, cut_ids, keep_whole
+
+
+def _after_cut(t: UnitTable, plan, cut_ids, keep_whole, block_split, stats, block, width):
+    """The unit table and splits once the units ``cut_ids`` are replaced by their pieces."""
+    source = {pid: u for (u, _), (pid, _) in plan.items()}
+    pieces_t = UnitTable.from_stats(stats, source) if stats else None
+    pid_split = {pid: SPLITS[s] for (pid, s) in plan.values()}
+    rest = t.take(~np.isin(t.id, cut_ids))
+    rest_split = [
+        keep_whole.get(u, block_split.get(int(b)))
+        for u, b in zip(rest.id.tolist(), rest.blocks(block, width).tolist(), strict=True)
+    ]
+    if pieces_t is not None:
+        rest_split += [pid_split[int(p)] for p in pieces_t.id]
+        rest = rest.concat(pieces_t)
+    return rest, np.array(rest_split, dtype=str)
+
+
+def _cut_thin_classes(
+    folder, t: UnitTable, split, k, grid: Grid, block, fractions, seed, min_count, guard, requested
+):
+    """Cut the units of classes that miss a split, where that lets them reach more splits.
+
+    Returns the unit table and splits (pieces replacing cut units) and the cut unit ids."""
+    reach = class_reach(split_counts(t.cls, t.pixels, split, k, requested), min_count)
+    thin = [c for c in range(k) if (t.cls == c).any() and len(reach[c]) < len(requested)]
+    cand = np.isin(t.cls, thin) & t.spans_blocks(block)
+    if not cand.any():
+        return t, split, []
+    p = _split_pieces(folder, t, cand, k, grid, block, fractions, seed, min_count)
     after = class_reach(
         split_counts(
-            np.concatenate([whole.cls, pc]),
-            np.concatenate([whole.pixels, pn]),
-            np.concatenate([wsplit, psplit]).astype(str),
+            np.concatenate([p.whole.cls, p.cls]),
+            np.concatenate([p.whole.pixels, p.pixels]),
+            np.concatenate([p.whole_split, p.split]).astype(str),
             k,
             requested,
         ),
@@ -256,36 +314,15 @@ def _cut_thin_classes(
     if not _improves(reach, after, thin):
         return t, split, []
     improved = {c for c in thin if len(after[c]) > len(reach[c])}
-    plan, cut_ids, next_id = {}, [], int(t.id.max()) + 1
-    keep_whole = {}
-    for u in ct.id.tolist():
-        rows = np.nonzero(keys[:, 0] == u)[0]
-        names = sorted(set(psplit[rows]), key=SPLITS.index)
-        if len(names) == 1 or unit_cls[u] not in improved:
-            keep_whole[u] = psplit[largest[u]]
-            continue
-        ids = {}
-        for n in names:
-            ids[n], next_id = next_id, next_id + 1
-        for i in rows:
-            plan[(u, int(keys[i, 1]))] = (ids[psplit[i]], SPLITS.index(psplit[i]))
-        cut_ids.append(u)
+    ct = p.units
+    plan, cut_ids, keep_whole = _cut_plan(ct, p, improved, int(t.id.max()) + 1)
     if not cut_ids:
         return t, split, []
     cut = ct.take(np.isin(ct.id, cut_ids))
-    new, stats = rewrite_units(folder, plan, cut, block, guard, shape)
-    source = {pid: u for (u, _), (pid, _) in plan.items()}
-    pieces_t = UnitTable.from_stats(stats, source) if stats else None
-    pid_split = {pid: SPLITS[s] for (pid, s) in plan.values()}
-    rest = t.take(~np.isin(t.id, cut_ids))
-    rest_split = [
-        keep_whole.get(u, bs.get(int(b)))
-        for u, b in zip(rest.id.tolist(), rest.blocks(block, grid.width).tolist(), strict=True)
-    ]
-    if pieces_t is not None:
-        rest_split += [pid_split[int(p)] for p in pieces_t.id]
-        rest = rest.concat(pieces_t)
-    out_split = np.array(rest_split, dtype=str)
+    new, stats = rewrite_units(folder, plan, cut, block, guard, (grid.height, grid.width))
+    rest, out_split = _after_cut(
+        t, plan, cut_ids, keep_whole, p.block_split, stats, block, grid.width
+    )
     # the guard band can swallow small pieces whole (a polygon of 13 px cut 8 px from its edge
     # is all guard band): keep the cut only if the pieces that remain still help
     after = class_reach(split_counts(rest.cls, rest.pixels, out_split, k, requested), min_count)
