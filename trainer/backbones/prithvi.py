@@ -309,6 +309,22 @@ def _statistics(version: dict, band_names: tuple[str, ...], mean, std) -> tuple[
     return mean, std, waves
 
 
+def _check_dims(dims: VitSize) -> None:
+    if dims.embed_dim % 16 or dims.embed_dim % dims.num_heads:
+        raise BackboneError(
+            f"Prithvi's embed_dim must be a multiple of 16 and of num_heads, not {dims.embed_dim} / {dims.num_heads}."
+        )
+
+
+def _check_bands(name: str, band_names: tuple, weights: Path | None) -> None:
+    """Pretrained weights take the six HLS bands in their order."""
+    if weights is not None and band_names != BANDS:
+        raise BackboneError(
+            f"{name} weights take the bands {', '.join(BANDS)} in this order; got {', '.join(band_names)}. "
+            "Map your bands onto these by name (the data module does this) instead of changing the backbone's bands."
+        )
+
+
 def build(
     name: str,
     *,
@@ -340,18 +356,11 @@ def build(
     size, dims = pick_size(
         name, entry.sizes, size, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     )
-    if dims.embed_dim % 16 or dims.embed_dim % dims.num_heads:
-        raise BackboneError(
-            f"Prithvi's embed_dim must be a multiple of 16 and of num_heads, not {dims.embed_dim} / {dims.num_heads}."
-        )
+    _check_dims(dims)
     num_frames = int(num_frames or 1)
     out_indices = resolve_out_indices(out_indices, dims.depth)
     band_names = tuple(bands or BANDS)
-    if weights is not None and band_names != BANDS:
-        raise BackboneError(
-            f"{name} weights take the bands {', '.join(BANDS)} in this order; got {', '.join(band_names)}. "
-            "Map your bands onto these by name (the data module does this) instead of changing the backbone's bands."
-        )
+    _check_bands(name, band_names, weights)
     published = mean is None and std is None
     mean, std, waves = _statistics(version, band_names, mean, std)
     model = PrithviEncoder(
