@@ -155,6 +155,24 @@ def composite_for_aoi(
     reader = BlockReader(plan.cat, plan.source, plan.bands, grid, req.geom if clip else None, read)
     writer = Writer(reader, frames, cluster)
     out = Path(out_dir)
+    names, dates, provenance = _write_into(out, writer, plan, req, sensor, block_size, progress)
+    images = [out / n for n in names]
+    return CompositeResult(
+        images,
+        out / "count.tif",
+        out / "provenance.json",
+        provenance,
+        sensor,
+        plan.bands,
+        dates,
+        grid,
+    )
+
+
+def _write_into(out: Path, writer: Writer, plan, req: Request, sensor, block_size, progress):
+    """Write the composite, ``count.tif`` and ``provenance.json`` under a temporary name in
+    ``out`` and move them in once complete (``out`` is removed again if this made it and
+    failed); returns the image names, their dates and the provenance."""
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -175,17 +193,7 @@ def composite_for_aoi(
         if made:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    images = [out / n for n in names]
-    return CompositeResult(
-        images,
-        out / "count.tif",
-        out / "provenance.json",
-        provenance,
-        sensor,
-        plan.bands,
-        dates,
-        grid,
-    )
+    return names, dates, provenance
 
 
 @dataclass
