@@ -28,6 +28,7 @@ import json
 import shutil
 import statistics
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import date
@@ -175,25 +176,35 @@ def _write_into(out: Path, writer: Writer, plan, req: Request, sensor, block_siz
     failed); returns the image names, their dates and the provenance."""
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=out, prefix=".composite-")
     try:
-        with tempfile.TemporaryDirectory(dir=out, prefix=".composite-") as tmp:
-            names, used, dates = _write(writer, plan.chosen, req, Path(tmp), block_size, progress)
-            if writer.n_clear == 0:
-                raise NoImageryError(
-                    f"the {len(plan.picked)} {sensor} scene(s) found have no clear view of the "
-                    "area (clouds, shadows or no data everywhere). Widen the dates or raise "
-                    "--max-cloud."
-                )
-            _tag_dates(Path(tmp), names, dates, req.start, req.end)
-            provenance = _provenance(plan, writer, used, names, dates)
-            (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            for name in [*names, "count.tif", "provenance.json"]:
-                shutil.move(Path(tmp) / name, out / name)
+        names, used, dates = _write(writer, plan.chosen, req, Path(tmp), block_size, progress)
+        if writer.n_clear == 0:
+            raise NoImageryError(
+                f"the {len(plan.picked)} {sensor} scene(s) found have no clear view of the "
+                "area (clouds, shadows or no data everywhere). Widen the dates or raise "
+                "--max-cloud."
+            )
+        _tag_dates(Path(tmp), names, dates, req.start, req.end)
+        provenance = _provenance(plan, writer, used, names, dates)
+        (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        for name in [*names, "count.tif", "provenance.json"]:
+            shutil.move(Path(tmp) / name, out / name)
     except BaseException:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
+        _remove(Path(out) if made else Path(tmp))
         raise
+    _remove(Path(tmp))
     return names, dates, provenance
+
+
+def _remove(folder: Path, tries: int = 20) -> None:
+    """Remove ``folder``, again while it fills: a cluster strip cancelled after another failed
+    for good may still be running on its worker and write its blocks while this removes them."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.25)
 
 
 @dataclass
