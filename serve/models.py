@@ -97,7 +97,7 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, registered: str, version: int):
-        from trainer.registry import load_model
+        from trainer.loading import load_model
 
         key = (registered, version)
         with self.lock:

@@ -172,8 +172,8 @@ def run_prediction(
     """Predict the request in ``folder`` into ``folder/outputs``; returns the summary.
     ``cluster``: a Dask cluster's address to predict on; ``report(tiles_done, tiles_total)``."""
     from trainer.cluster import connect_or_none
+    from trainer.loading import load_model
     from trainer.predict import predict_scene
-    from trainer.registry import load_model
 
     req = read_json(folder / "request.json")
     if model is None:

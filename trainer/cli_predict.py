@@ -23,8 +23,8 @@ def add_predict_parser(sub) -> None:
 
 def cmd_predict(args) -> int:
     from .cluster import check_spec, connect_or_none
+    from .loading import load_model
     from .predict import predict_scene
-    from .registry import load_model
 
     if args.cluster:
         check_spec(args.cluster)

@@ -95,8 +95,8 @@ def run_demo(epochs: int = 12, workdir: str | Path | None = None, name: str = "d
     from datamodules.paths import home
 
     from .config import compose
+    from .loading import load_model
     from .predict import predict_scene
-    from .registry import load_model
     from .train import train
 
     work = Path(workdir) if workdir else home() / "demo"

@@ -117,7 +117,7 @@ class EncoderSource:
 
     def registered(self):
         """The registered model (loaded once), for ``model`` sources."""
-        from .registry import load_model
+        from .loading import load_model
 
         if self._loaded is None:
             self._loaded = load_model(self.model, version=self.version, alias=self.alias)

@@ -119,9 +119,6 @@ class SegmentationNet(Configured, nn.Module):
         """``feature_multiplier``: channels entering the decoder per backbone channel (2 when two
         dates are concatenated, see :class:`ChangeNet`)."""
         super().__init__()
-        from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
-        from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
-
         spec = backbone.spec
         self.gsd = float(gsd or spec.gsd or 10.0)
         self.normalize = Normalize(spec.mean, spec.std)
@@ -151,6 +148,8 @@ class SegmentationNet(Configured, nn.Module):
         self._levels = [int(math.log2(s)) for s in strides]
         self._depth = len(full) - 1
         if decoder == "unet":
+            from .unet import UnetDecoder
+
             dec_ch = [256, 128, 64, 32, 16][: self._depth]
             self.decoder = UnetDecoder(
                 encoder_channels=full, decoder_channels=dec_ch, n_blocks=self._depth
@@ -158,6 +157,8 @@ class SegmentationNet(Configured, nn.Module):
             head_in = dec_ch[-1]
             self.out_stride = 1
         elif decoder == "upernet":
+            from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+
             self.decoder = UPerNetDecoder(
                 encoder_channels=full, encoder_depth=self._depth, decoder_channels=decoder_channels
             )

@@ -25,8 +25,9 @@ from mlflow.pyfunc import PythonModel
 
 from datamodules.paths import artifacts_dir, tracking_uri
 
+from .loading import load_model, load_parts, net_from_record
 from .mlm import mlm_item, output_shapes
-from .record import ModelRecord, ModelRefError, as_record
+from .record import ModelRefError, as_record
 
 EXPERIMENT = "geotune"
 
@@ -43,17 +44,6 @@ def setup_mlflow() -> MlflowClient:
     return client
 
 
-def net_from_record(record: ModelRecord):
-    """The network a model record describes, with random weights (load the state next):
-    ``segmentation`` → logits ``[B, K, H, W]``, ``change`` → input ``[B, C, 2, H, W]``, logits
-    ``[B, K, H, W]``, ``classification`` → logits ``[B, K]`` (:func:`trainer.heads.build_net`)."""
-    from .backbones import build_backbone
-    from .heads import build_net
-
-    backbone = build_backbone(record.backbone["name"], "random", **record.backbone["kwargs"])
-    return build_net(record.task, backbone, record.num_classes, record.resolution[0], record.net)
-
-
 class GeotuneModel(PythonModel):
     """pyfunc wrapper: ``predict(float32 raw values)`` → ``{classes, probabilities}``.
 
@@ -63,15 +53,9 @@ class GeotuneModel(PythonModel):
     """
 
     def load_context(self, context) -> None:
-        import torch
-
-        self.record = ModelRecord.from_dict(
-            json.loads(Path(context.artifacts["record"]).read_text())
+        self.record, self.net = load_parts(
+            context.artifacts["record"], context.artifacts["weights"]
         )
-        self.net = net_from_record(self.record)
-        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state, strict=True)
-        self.net.eval()
 
     def predict(self, context, model_input, params=None) -> dict:
         import torch
@@ -152,25 +136,11 @@ def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str])
     return version
 
 
-def model_uri(ref: str, version: int | str | None = None, alias: str | None = None) -> str:
-    """``NAME@ALIAS``, ``NAME`` + version/alias, ``models:/...`` or ``runs:/...`` → a model URI."""
-    if ref.startswith(("models:/", "runs:/")):
-        return ref
-    if "@" in ref:
-        if version is not None:
-            raise ModelRefError("give either NAME@ALIAS or --version, not both")
-        return f"models:/{ref}"
-    if version is not None:
-        return f"models:/{ref}/{version}"
-    if alias:
-        return f"models:/{ref}@{alias}"
-    raise ModelRefError(f"say which version of {ref!r}: {ref}@champion, or --version N")
-
-
-def load_model(ref: str, version=None, alias=None) -> GeotuneModel:
-    """Load a registered model; returns the unwrapped :class:`GeotuneModel` (net + record)."""
+def load_with_mlflow(uri: str) -> GeotuneModel:
+    """Load a model URI through MLflow's pyfunc loader; the unwrapped :class:`GeotuneModel`
+    (net + record). :func:`trainer.loading.load_model` uses it where the local store cannot
+    resolve the URI on its own."""
     setup_mlflow()
-    uri = model_uri(ref, version, alias)
     try:
         # suppress_warnings skips MLflow's installed-packages scan (1.7 s a load, measured): a
         # geotune model's requirements are geotune's own, unpinned, and present if this runs
@@ -184,3 +154,15 @@ def load_model(ref: str, version=None, alias=None) -> GeotuneModel:
         raise ModelRefError(f"{uri} is not a geotune model")
     model.uri = uri
     return model
+
+
+__all__ = [
+    "EXPERIMENT",
+    "GeotuneModel",
+    "load_model",  # trainer.loading's, here for callers that import it from the registry
+    "load_with_mlflow",
+    "log_model",
+    "net_from_record",
+    "register",
+    "setup_mlflow",
+]

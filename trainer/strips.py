@@ -90,7 +90,7 @@ _SCENE: dict = {}  # run → the Predictor of that run's scene; 1 kept
 def _model(job: StripJob):
     key = (job.tracking_uri, job.model)
     if key not in _MODELS:
-        from .registry import load_model
+        from .loading import load_model
 
         os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
         _MODELS[key] = load_model(job.model)

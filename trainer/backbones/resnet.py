@@ -1,4 +1,4 @@
-"""ResNet baselines (timm), optionally from TorchGeo's SSL4EO-S12 Sentinel-2 weight files.
+"""ResNet baselines (timm's layout, built without timm), optionally from TorchGeo's SSL4EO-S12 Sentinel-2 weight files.
 
 The TorchGeo files are timm ResNet state dicts (``conv1``, ``bn1``, ``layer1..4``, maybe ``fc``);
 they load strictly into ``timm.create_model(..., features_only=True)`` once ``fc.*`` is dropped.
@@ -17,6 +17,7 @@ from torch import nn
 from datamodules.sensors import get_sensor, wavelengths
 
 from .base import BackboneError, BackboneSpec, check_state_dict
+from .resnet_net import ResNetTrunk
 from .variants import ResNetSize, family_entry
 
 _S2_ALL = (
@@ -37,16 +38,12 @@ DROP_KEYS = ("fc.weight", "fc.bias")
 
 
 class ResNetBackbone(nn.Module):
-    """timm ResNet returning the feature maps at strides 2, 4, 8, 16, 32 (``out_indices``)."""
+    """ResNet (timm's layout, :mod:`.resnet_net`) returning the feature maps at strides 2, 4, 8,
+    16, 32 (``out_indices``)."""
 
     def __init__(self, cfg: ResNetSize, in_chans: int, out_indices: tuple[int, ...]):
         super().__init__()
-        import timm
-        from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-
-        block = BasicBlock if cfg.block == "basic" else Bottleneck
-        net = ResNet(block=block, layers=cfg.layers, in_chans=in_chans, num_classes=0)
-        self.model = timm.models.FeatureListNet(net, out_indices=out_indices)
+        self.model = ResNetTrunk(cfg.block, cfg.layers, in_chans, out_indices)
         self.out_indices = out_indices
 
     def forward(self, x: torch.Tensor, **metadata) -> list[torch.Tensor]:
@@ -107,7 +104,7 @@ def build(
         state = {k: v for k, v in state.items() if k not in DROP_KEYS}
         check_state_dict(model.model.state_dict(), state, str(weights))
         model.model.load_state_dict(state, strict=True)
-    info = model.model.feature_info
+    info = model.model
     model.spec = BackboneSpec(
         name=name,
         family="resnet",
