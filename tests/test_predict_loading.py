@@ -1,0 +1,245 @@
+"""Loading a registered model for prediction: the local store's resolver (aliases that move,
+missing aliases, versions, names), MLflow-free start-up of ``geotune predict`` on a ResNet
+model, and the plain-torch ResNet trunk and U-Net decoder against timm's and smp's."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import env_with_home
+from synth import make_labels, make_scene
+
+from datamodules.ingest import ingest
+from trainer.backbones.resnet_net import ResNetTrunk
+from trainer.config import compose
+from trainer.loading import load_model
+from trainer.record import ModelRefError
+from trainer.train import train
+from trainer.unet import UnetDecoder
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A home with model ``p``: version 1 trained (``champion``), version 2 the same network
+    with other weights."""
+    tmp = tmp_path_factory.mktemp("loading")
+    home = tmp / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOTUNE_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        path, cmap = make_scene(tmp, size=128, seed=0)
+        labels = make_labels(tmp, path, cmap)
+        ingest(
+            name="p",
+            images=[path],
+            labels=labels,
+            class_column="class_name",
+            block_size=32,
+            progress=False,
+        )
+        train(
+            compose(
+                "train",
+                [
+                    "data.dataset=p",
+                    "backbone.size=tiny",
+                    "backbone.weights=random",
+                    "data.patch_size=64",
+                    "data.num_workers=0",
+                    "data.chips_per_epoch=32",
+                    "trainer.max_epochs=1",
+                    "register.name=p",
+                    "register.alias=champion",
+                ],
+            )
+        )
+        from trainer.registry import log_model, register, setup_mlflow
+
+        v1 = load_model("p@champion")
+        net = v1.net
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05)
+        setup_mlflow()
+        mlflow.set_experiment("geotune")
+        with mlflow.start_run() as run:
+            pass
+        info = log_model(run.info.run_id, net, dict(v1.record), "")
+        register(info.model_uri, "p", None, {})
+    return {"home": home, "scene": path, "tmp": tmp}
+
+
+@pytest.fixture
+def at_home(store, monkeypatch):
+    monkeypatch.setenv("GEOTUNE_HOME", str(store["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return store
+
+
+def geotune(home, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        env=env_with_home(home),
+        capture_output=True,
+        text=True,
+    )
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_an_alias_that_moves_resolves_to_its_new_version(at_home):
+    from trainer.registry import load_with_mlflow
+
+    home = at_home["home"]
+    one = load_model("p@champion")
+    assert one.resolved == "models:/p/1" and one.uri == "models:/p@champion"
+    assert same_weights(one.net, load_with_mlflow("models:/p/1").net)
+    two = load_model("p", version=2)
+    assert two.resolved == "models:/p/2" and not same_weights(one.net, two.net)
+    assert same_weights(two.net, load_with_mlflow("models:/p/2").net)
+    r = geotune(home, "models", "alias", "p", "champion", "2")
+    assert r.returncode == 0, r.stderr
+    try:
+        moved = load_model("p@champion")
+        assert moved.resolved == "models:/p/2" and same_weights(moved.net, two.net)
+    finally:
+        assert geotune(home, "models", "alias", "p", "champion", "1").returncode == 0
+    assert load_model("p", alias="champion").resolved == "models:/p/1"
+
+
+def test_a_missing_alias_says_what_exists_and_its_hint_works(at_home):
+    with pytest.raises(ModelRefError) as e:
+        load_model("p@staging")
+    msg = str(e.value)
+    assert "no alias 'staging'" in msg and "champion → 1" in msg and "versions: 1, 2" in msg
+    hint = msg.split("`")[1]
+    assert hint == "geotune models alias p staging 2"
+    r = geotune(at_home["home"], *hint.split()[1:])
+    assert r.returncode == 0, r.stderr
+    assert load_model("p@staging").resolved == "models:/p/2"
+
+
+def test_unknown_names_and_versions_are_user_errors(at_home):
+    with pytest.raises(ModelRefError, match=r"no registered model 'q'. Registered models: p\."):
+        load_model("q@champion")
+    with pytest.raises(ModelRefError, match=r"no version 7; its versions: 1, 2"):
+        load_model("p", version=7)
+    r = geotune(
+        at_home["home"],
+        "predict",
+        "--model",
+        "p@nope",
+        "--image",
+        str(at_home["scene"]),
+        "--out",
+        str(at_home["tmp"] / "never"),
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "no alias 'nope'" in r.stderr
+    assert not (at_home["tmp"] / "never").exists()
+
+
+HEAVY = (
+    "mlflow",
+    "timm",
+    "torchvision",
+    "segmentation_models_pytorch",
+    "lightning",
+    "torch._dynamo",
+)
+IN_PROCESS = """import json, sys
+from trainer.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))"""
+
+
+def test_geotune_predict_on_a_resnet_model_imports_no_mlflow_nor_timm(at_home, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "predict",
+        "--model",
+        "p@champion",
+        "--image",
+        str(at_home["scene"]),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS % (HEAVY,), *args],
+        env=env_with_home(at_home["home"]),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res == {"code": 0, "heavy": []}
+    # the same classes as the model loaded through MLflow's pyfunc loader
+    from trainer.predict import PredictOptions, predict_scene
+    from trainer.registry import load_with_mlflow
+
+    via = tmp_path / "via-mlflow"
+    s = predict_scene(
+        load_with_mlflow("models:/p/1"),
+        [at_home["scene"]],
+        via,
+        options=PredictOptions(precision="fp32"),
+        progress=False,
+    )
+    with rasterio.open(out / "classes.tif") as a, rasterio.open(via / "classes.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    assert json.loads((out / "summary.json").read_text())["n_polygons"] == s["n_polygons"]
+
+
+@pytest.mark.parametrize("block,layers", [("basic", (2, 2, 2, 2)), ("bottleneck", (1, 1, 1, 1))])
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, 2, 3)])
+def test_the_resnet_trunk_is_timms(block, layers, out_indices):
+    from timm.models import FeatureListNet
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    kind = BasicBlock if block == "basic" else Bottleneck
+    ref = ResNet(block=kind, layers=layers, in_chans=6, num_classes=0)
+    ref = FeatureListNet(ref, out_indices=out_indices).eval()
+    mine = ResNetTrunk(block, layers, 6, out_indices).eval()
+    state = {
+        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in ref.state_dict().items()
+    }
+    assert list(state) == list(mine.state_dict())
+    ref.load_state_dict(state)
+    mine.load_state_dict(state, strict=True)
+    x = torch.randn(2, 6, 96, 96)
+    with torch.inference_mode():
+        for a, b in zip(ref(x), mine(x), strict=True):
+            assert torch.equal(a, b)
+    assert mine.channels() == ref.feature_info.channels()
+    assert mine.reduction() == ref.feature_info.reduction()
+
+
+@pytest.mark.parametrize(
+    "enc,dec",
+    [([0, 64, 64, 128, 256, 512], [256, 128, 64, 32, 16]), ([0, 0, 128, 256], [256, 128, 64])],
+)
+def test_the_unet_decoder_is_smps(enc, dec):
+    from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder as Ref
+
+    ref = Ref(encoder_channels=enc, decoder_channels=dec, n_blocks=len(dec)).eval()
+    mine = UnetDecoder(enc, dec, len(dec)).eval()
+    state = {
+        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in ref.state_dict().items()
+    }
+    assert list(state) == list(mine.state_dict())
+    ref.load_state_dict(state)
+    mine.load_state_dict(state, strict=True)
+    feats = [torch.randn(2, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate(enc)]
+    with torch.inference_mode():
+        assert torch.equal(ref(feats), mine(feats))
