@@ -32,6 +32,7 @@ from datamodules.imagery import Grid, Scene, SceneReader, day_number
 
 from .areas import areal_scale, class_histogram, pixel_area_rows
 from .backbones.variants import get_entry
+from .inference import inference_net, lane, uses_channels_last
 from .inputs import PredictError
 from .polygons import PolygonCollector
 
@@ -205,17 +206,10 @@ class Predictor:
         self.batch_size = options.batch_size or max(
             1, round(options.max_chip**2 / (self.chip_h * self.chip_w))
         )
-        self.net = model.net.eval()
-        # channels_last speeds up 2-D convolutions (1.4x on a ResNet18-UNet on CPU); networks
-        # with 3-D (tubelet) convolutions, as Prithvi's patch embedding, cannot take it
-        self.channels_last = options.channels_last and all(
-            p.dim() != 5 for p in self.net.parameters()
-        )
+        self.channels_last = uses_channels_last(model.net, options.channels_last)
         self.device = resolve_device(options.device)
-        self.net = self.net.to(self.device)
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
         self.precision = resolve_precision(options.precision, self.device)
+        self.net = inference_net(model, self.device, self.channels_last, self.precision)
         self.k = rec["num_classes"]
         self.conversion = None
         if conversion is not None:
@@ -299,7 +293,7 @@ class Predictor:
         meta = _to_device(self.metadata(origins), self.device)
         with torch.inference_mode():
             bf16 = self.precision == "bf16"
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16), lane(self.net):
                 out = self.net(t, **meta)
             return out.float()
 

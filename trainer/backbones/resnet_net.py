@@ -27,6 +27,9 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
 class _Block(nn.Module):
     """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block, timm's names."""
 
+    # each batch norm takes its convolution's output directly (trainer.inference folds them)
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
     def __init__(self, bottleneck: bool, cin: int, width: int, stride: int):
         super().__init__()
         self.bottleneck = bottleneck
@@ -56,6 +59,8 @@ class _Block(nn.Module):
 class ResNetTrunk(nn.Module):
     """Feature maps at ``out_indices`` of (stem: stride 2, layer1: 4, layer2: 8, layer3: 16,
     layer4: 32); layers past the last index asked for are not built (as timm's feature nets)."""
+
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, block: str, layers, in_chans: int, out_indices: tuple[int, ...]):
         super().__init__()
