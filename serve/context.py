@@ -55,7 +55,9 @@ class Context:
             root / "predictions", keep_hours=self.settings.keep_predictions_hours
         )
         self.models = ModelCache(self.settings.model_cache)
-        self.lane = SyncLane(1, self.settings.max_queued_predictions)
+        # one lane per core: a prediction's forward passes use every core but go one at a time
+        # per model (trainer.inference.lane); reading, writing and polygons run beside them
+        self.lane = SyncLane(len(os.sched_getaffinity(0)), self.settings.max_queued_predictions)
         env = dict(os.environ, GEOTUNE_HOME=str(home()), PYTHONUNBUFFERED="1")
         self.scheduler = Scheduler(
             self.jobs,

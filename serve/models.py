@@ -89,24 +89,30 @@ def resolve(client, owner: str, name: str, alias: str | None, version: int | Non
 
 
 class ModelCache:
-    """Loaded models for synchronous predictions, least recently used first out."""
+    """Loaded models for synchronous predictions, least recently used first out. Concurrent
+    requests for one version share one loaded model: the first loads it, the others wait."""
 
     def __init__(self, size: int):
         self.size = max(1, size)
         self.models: OrderedDict[tuple[str, int], object] = OrderedDict()
         self.lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
 
     def get(self, registered: str, version: int):
         from trainer.loading import load_model
 
         key = (registered, version)
         with self.lock:
-            if key in self.models:
-                self.models.move_to_end(key)
-                return self.models[key]
-        model = load_model(registered, version=version)
-        with self.lock:
-            self.models[key] = model
-            while len(self.models) > self.size:
-                self.models.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self.lock:
+                if key in self.models:
+                    self.models.move_to_end(key)
+                    return self.models[key]
+            model = load_model(registered, version=version)
+            with self.lock:
+                self.models[key] = model
+                while len(self.models) > self.size:
+                    self.models.popitem(last=False)
+                self._loading.pop(key, None)
         return model

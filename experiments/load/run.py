@@ -2,10 +2,10 @@
 run, and the server's peak memory. Bounded and loopback only: the script makes its own
 GEOTUNE_HOME, dataset and tiny model, starts the server on 127.0.0.1 and stops it at the end.
 
-For each level of concurrency (1, 4, 20, 45 clients at once, each sending one 256² scene), it
-records: answers by status (200; 503 busy with Retry-After once the lane's queue is full), the
+For each level of concurrency (1, 4, 20, 45 clients at once, each sending one 256² scene;
+``--side`` and ``--levels`` change both), it records: answers by status (200; 503 busy with Retry-After once the lane's queue is full), the
 latency of the answered predictions (p50, p95), throughput in megapixels per second of answered
-predictions over the wall time of the level, /healthz and /readyz latency sampled while the
+predictions over the wall time of the level (and its ratio to one client's), /healthz and /readyz latency sampled while the
 predictions run (p50, max), and the server's peak RSS (VmHWM from /proc, the server process alone;
 ingest and prediction jobs are other processes).
 
@@ -53,12 +53,12 @@ def vm(pid: int, key: str) -> float:
     return float("nan")
 
 
-def prepare(tmp: Path, env: dict) -> Path:
+def prepare(tmp: Path, env: dict, side: int) -> Path:
     """A dataset from the shipped sample (demo labels) and a tiny fine-tuned model 'load'."""
     sys.path.insert(0, str(ROOT / "tests"))
     from synth import make_labels, make_scene
 
-    image, cmap = make_scene(tmp, size=512, seed=1)
+    image, cmap = make_scene(tmp, size=max(512, side), seed=1)
     labels = make_labels(tmp, image, cmap)
     run = lambda *a: subprocess.run([*GEOTUNE, *a], env=env, check=True, capture_output=True)  # noqa: E731
     run("data", "add", "--name", "load", "--image", str(image), "--labels", str(labels),
@@ -70,13 +70,13 @@ def prepare(tmp: Path, env: dict) -> Path:
 
     small = tmp / "small.tif"
     with rasterio.open(image) as src:
-        prof = src.profile | {"width": SIDE, "height": SIDE}
+        prof = src.profile | {"width": side, "height": side}
         with rasterio.open(small, "w", **prof) as dst:
-            dst.write(src.read(window=((0, SIDE), (0, SIDE))))
+            dst.write(src.read(window=((0, side), (0, side))))
     return small
 
 
-def level(url: str, scene: bytes, n: int) -> dict:
+def level(url: str, scene: bytes, n: int, side: int) -> dict:
     answers: list[tuple[int, float]] = []
     health: list[float] = []
     lock = threading.Lock()
@@ -110,7 +110,7 @@ def level(url: str, scene: bytes, n: int) -> dict:
         "answers": codes,
         "latency_p50_s": round(statistics.median(ok), 3) if ok else None,
         "latency_p95_s": round(q[18], 3) if ok else None,
-        "throughput_mpx_s": round(len(ok) * SIDE * SIDE / 1e6 / wall, 3),
+        "throughput_mpx_s": round(len(ok) * side * side / 1e6 / wall, 3),
         "health_p50_s": round(statistics.median(health), 4) if health else None,
         "health_max_s": round(max(health), 4) if health else None,
         "health_samples": len(health),
@@ -122,12 +122,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="record results.json and results.md")
     ap.add_argument("--queue", type=int, default=8, help="--max-queued-predictions of the server")
+    ap.add_argument("--side", type=int, default=SIDE, help="edge of the scenes sent, in pixels")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="clients at once")
     args = ap.parse_args()
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="geotune-load-"))
     env = dict(os.environ, GEOTUNE_HOME=str(tmp / "home"), PYTHONPATH=str(ROOT))
     env.pop("MLFLOW_TRACKING_URI", None)
-    scene = prepare(tmp, env).read_bytes()
+    side, levels = args.side, [int(n) for n in args.levels.split(",")]
+    scene = prepare(tmp, env, side).read_bytes()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115 (open for the server's lifetime)
@@ -146,11 +149,15 @@ def main() -> int:
                     raise
             time.sleep(0.3)
         baseline = vm(srv.pid, "VmRSS")
-        warm = level(url, scene, 1)  # the first prediction imports torch and loads the model
+        warm = level(url, scene, 1, side)  # the first prediction imports torch and loads the model
         print("warm-up", json.dumps(warm), flush=True)
         rows = []
-        for n in LEVELS:
-            rows.append(level(url, scene, n) | {"server_peak_rss_mb": round(vm(srv.pid, "VmHWM"))})
+        for n in levels:
+            row = level(url, scene, n, side) | {"server_peak_rss_mb": round(vm(srv.pid, "VmHWM"))}
+            row["vs_one_client"] = (
+                round(row["throughput_mpx_s"] / rows[0]["throughput_mpx_s"], 3) if rows else 1.0
+            )
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     finally:
         srv.send_signal(signal.SIGTERM)
@@ -158,7 +165,8 @@ def main() -> int:
     result = {
         "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-        "scene_px": SIDE * SIDE,
+        "scene_px": side * side,
+        "lanes": len(os.sched_getaffinity(0)),
         "max_queued_predictions": args.queue,
         "server_rss_after_start_mb": round(baseline),
         "first_prediction": warm,
@@ -184,23 +192,25 @@ def markdown(r: dict) -> str:
         f"{r['first_prediction']['health_max_s']} s; the levels below ran after it. Load average "
         f"before the run: {', '.join(f'{x:.1f}' for x in r['load_average_before'])}.",
         "",
-        "| clients | answers | p50 / p95 latency (s) | Mpx/s | health p50 / max (s) | server peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "| clients | answers | p50 / p95 latency (s) | Mpx/s | vs 1 client | health p50 / max (s) | server peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for x in r["levels"]:
         answers = ", ".join(f"{k}: {v}" for k, v in x["answers"].items())
         lines.append(
             f"| {x['clients']} | {answers} | {x['latency_p50_s']} / {x['latency_p95_s']} | "
-            f"{x['throughput_mpx_s']} | {x['health_p50_s']} / {x['health_max_s']} | "
+            f"{x['throughput_mpx_s']} | {x.get('vs_one_client', '-')} | {x['health_p50_s']} / {x['health_max_s']} | "
             f"{x['server_peak_rss_mb']} |"
         )
     lines += [
         "",
-        "Synchronous predictions run one at a time in the server; up to "
-        "`--max-queued-predictions` wait for it, and any more are answered at once with 503 "
+        f"Synchronous predictions run {r.get('lanes', 1)} at a time in the server (one lane per "
+        "core; their forward passes go one at a time through the one loaded model of a "
+        "version, while reading, writing and polygons of the others run beside them); up to "
+        "`--max-queued-predictions` wait for a lane, and any more are answered at once with 503 "
         "and `Retry-After` instead of waiting in the server's worker threads. So the server's "
-        "memory is bounded by one running prediction plus the queued uploads, whatever the "
-        "number of clients, and health checks answer while predictions run.",
+        "memory is bounded by one running prediction per lane plus the queued uploads, whatever "
+        "the number of clients, and health checks answer while predictions run.",
         "",
     ]
     return "\n".join(lines)
