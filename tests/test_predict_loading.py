@@ -243,3 +243,55 @@ def test_the_unet_decoder_is_smps(enc, dec):
     feats = [torch.randn(2, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate(enc)]
     with torch.inference_mode():
         assert torch.equal(ref(feats), mine(feats))
+
+
+def test_float32_with_folded_batch_norms_predicts_the_classes_of_the_plain_network(
+    at_home, tmp_path, monkeypatch
+):
+    import trainer.inference
+    from trainer.predict import PredictOptions, predict_scene
+
+    scene, _ = make_scene(tmp_path, size=300, seed=3)
+    opts = PredictOptions(precision="fp32", chip_size=96, overlap=16, tile_size=128)
+    model = load_model("p@champion")
+    folded = predict_scene(model, [scene], tmp_path / "folded", options=opts, progress=False)
+    net = model.__dict__["_folded_nets"]["cpu"]
+    assert net is not model.net and not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()
+    )
+    monkeypatch.setattr(trainer.inference, "fold_batch_norms", lambda n: n)
+    plain_model = load_model("p@champion")
+    plain = predict_scene(plain_model, [scene], tmp_path / "plain", options=opts, progress=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain_model.net.modules())
+    with (
+        rasterio.open(tmp_path / "folded" / "classes.tif") as a,
+        rasterio.open(tmp_path / "plain" / "classes.tif") as b,
+    ):
+        assert (a.read(1) == b.read(1)).mean() >= 0.999
+    assert abs(folded["n_polygons"] - plain["n_polygons"]) <= max(1, 0.005 * plain["n_polygons"])
+
+
+def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, monkeypatch):
+    import threading
+
+    import trainer.loading
+    from serve.models import ModelCache
+    from trainer.inference import inference_net
+
+    loads = []
+    real = trainer.loading.load_model
+
+    def counting(*a, **k):
+        loads.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer.loading, "load_model", counting)
+    cache, got = ModelCache(2), []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("p", 1))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(got) == 4 and all(m is got[0] for m in got)
+    cpu = torch.device("cpu")
+    assert inference_net(got[0], cpu, True, "fp32") is inference_net(got[1], cpu, True, "fp32")
