@@ -130,6 +130,53 @@ def forward_table(net) -> list[dict]:
             })  # fmt: skip
             print(f"  forward {rows[-1]}", flush=True)
     net.to(memory_format=torch.contiguous_format)
+    return rows + fused_rows(net, rows)
+
+
+def fused_rows(net, plain: list[dict]) -> list[dict]:
+    """float32 channels_last with fused operations, chip 512: batch norms folded into the
+    convolutions (``trainer.inference.fold_batch_norms``, what ``predict_scene`` runs in
+    float32 on the CPU) and TorchScript ``torch.jit.freeze`` of a trace (which folds them too;
+    a trace is fixed to one input shape). ``torch.compile`` is left out: importing TorchDynamo
+    alone costs ``geotune predict`` seconds."""
+    import copy
+
+    import torch
+
+    from trainer.inference import fold_batch_norms
+
+    cl = torch.channels_last
+    rows = []
+    folded = fold_batch_norms(copy.deepcopy(net).eval()).to(memory_format=cl)
+    for batch in (1, 2):
+        x = (torch.rand(batch, 6, 512, 512) * 3000).contiguous(memory_format=cl)
+        with torch.inference_mode():
+            frozen = torch.jit.freeze(torch.jit.trace(folded, x, check_trace=False))
+            ref = net.to(memory_format=cl)(x).argmax(1)
+            for name, f in (("fp32-folded", folded), ("fp32-jit-freeze", frozen)):
+                agree = float((f(x).argmax(1) == ref).float().mean())
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    f(x)
+                    times.append(time.perf_counter() - t)
+                best = min(times)
+                gflop = next(r["gflop"] for r in plain if (r["chip"], r["batch"]) == (512, batch))
+                rows.append(
+                    {
+                        "channels_last": True,
+                        "precision": name,
+                        "chip": 512,
+                        "batch": batch,
+                        "seconds": round(best, 4),
+                        "gflop": gflop,
+                        "gflops_per_s": round(gflop / best, 1),
+                        "agreement": round(agree, 6),
+                        "mpx_per_s": round(batch * 512 * 512 / best / 1e6, 3),
+                    }
+                )
+                print(f"  forward {rows[-1]}", flush=True)
+    net.to(memory_format=torch.contiguous_format)
     return rows
 
 
@@ -250,22 +297,31 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     }  # fmt: skip
 
 
-IMPORTS = """import json, time
+IMPORTS = """import json, sys, time
 out = {}
-for name in ("torch", "timm", "mlflow"):
+for name in ("torch", "trainer.cli", "trainer.loading", "trainer.predict", "trainer.heads",
+             "trainer.backbones.resnet"):
     t = time.perf_counter()
     __import__(name)
     out[name] = round(time.perf_counter() - t, 3)
-print(json.dumps(out))"""
+heavy = [m for m in ("mlflow", "timm", "torchvision", "torch._dynamo") if m in sys.modules]
+print(json.dumps({"seconds": out, "heavy": heavy}))"""
 
 
 def import_times(env: dict) -> dict:
-    """Seconds to import torch, then timm (which imports torchvision), then MLflow, in a fresh
-    process: what any ``geotune predict`` pays before it reads a pixel."""
+    """Seconds to import what ``geotune predict`` on a ResNet model imports (torch, then
+    geotune's modules of the path) in a fresh process, and which of MLflow, timm, torchvision,
+    TorchDynamo came with them: what the command pays before it reads a pixel."""
     r = subprocess.run([sys.executable, "-c", IMPORTS], env=env, capture_output=True, text=True,
                        check=True)  # fmt: skip
-    times = json.loads(r.stdout.strip().splitlines()[-1])
-    return times | {"total": round(sum(times.values()), 3)}
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    times = got["seconds"]
+    return {
+        "torch": times["torch"],
+        "geotune": round(sum(v for k, v in times.items() if k != "torch"), 3),
+        "total": round(sum(times.values()), 3),
+        "heavy": got["heavy"],
+    }
 
 
 LAUNCHER = """import resource, subprocess, sys
@@ -370,11 +426,13 @@ def report(r: dict) -> str:
         f"**Headline run**: {h['wall_s']:.1f} s for the command, of which `predict_scene` "
         f"(read, infer, blend, write both COGs, {h['n_polygons']} polygons) took "
         f"{h['predict_scene_s']:.1f} s; the rest ({h['wall_s'] - h['predict_scene_s']:.1f} s) is "
-        "process start-up: importing torch, timm and MLflow, opening the MLflow store and "
-        "building the model (a long-running `geotune serve` pays it once). Importing torch, "
-        f"timm (with torchvision) and MLflow alone takes {r['imports']['total']:.1f} s in a fresh "
-        f"process (torch {r['imports']['torch']:.1f}, timm {r['imports']['timm']:.1f}, MLflow "
-        f"{r['imports']['mlflow']:.1f}): {r['imports']['total'] / h['floor_s']:.2f}x the floor "
+        "process start-up: importing torch and geotune's modules, reading the model's record "
+        "and weights from the local store, building the model (a long-running `geotune serve` "
+        f"pays it once). The imports alone take {r['imports']['total']:.1f} s in a fresh "
+        f"process (torch {r['imports']['torch']:.1f}, geotune's modules "
+        f"{r['imports']['geotune']:.1f}; MLflow, timm, torchvision or TorchDynamo among them: "
+        f"{', '.join(r['imports']['heavy']) or 'none'}; see `imports.md`): "
+        f"{r['imports']['total'] / h['floor_s']:.2f}x the floor "
         "before a pixel is read.",
         "",
         "## Forward throughput (eager)",

@@ -177,7 +177,7 @@ def _predict_upload(
 
 
 def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url):
-    """Small requests run now (one at a time, cached model); large ones become a job (202)."""
+    """Small requests run now (one lane per core, cached model); large ones become a job (202)."""
     ctx.clean_predictions(at_most_every_s=60)
     if pixels > ctx.settings.sync_pixels:
         rec = ctx.jobs.create(

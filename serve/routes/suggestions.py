@@ -1,6 +1,6 @@
 """``POST /v1/datasets/{id}/suggestions``: the chips of a dataset where labelling next helps
 most (:func:`trainer.suggest.suggest`), answered at once for datasets up to the server's
-synchronous size, one at a time with synchronous predictions."""
+synchronous size, in the synchronous predictions' lanes."""
 
 from __future__ import annotations
 
