@@ -3,7 +3,8 @@ run, and the server's peak memory. Bounded and loopback only: the script makes i
 GEOTUNE_HOME, dataset and tiny model, starts the server on 127.0.0.1 and stops it at the end.
 
 For each level of concurrency (1, 4, 20, 45 clients at once, each sending one 256² scene;
-``--side`` and ``--levels`` change both), it records: answers by status (200; 503 busy with Retry-After once the lane's queue is full), the
+``--levels``, ``--side`` and ``--each``, requests per client one after another, change them), it
+records: answers by status (200; 503 busy with Retry-After once the lane's queue is full), the
 latency of the answered predictions (p50, p95), throughput in megapixels per second of answered
 predictions over the wall time of the level (and its ratio to one client's), /healthz and /readyz latency sampled while the
 predictions run (p50, max), and the server's peak RSS (VmHWM from /proc, the server process alone;
@@ -76,17 +77,18 @@ def prepare(tmp: Path, env: dict, side: int) -> Path:
     return small
 
 
-def level(url: str, scene: bytes, n: int, side: int) -> dict:
+def level(url: str, scene: bytes, n: int, side: int, each: int = 1) -> dict:
     answers: list[tuple[int, float]] = []
     health: list[float] = []
     lock = threading.Lock()
 
     def client():
-        t0 = time.perf_counter()
         with httpx.Client(timeout=600) as c:
-            r = c.post(f"{url}/v1/models/load/predict", files={"image": ("s.tif", scene)})
-        with lock:
-            answers.append((r.status_code, time.perf_counter() - t0))
+            for _ in range(each):  # one request after the other
+                t0 = time.perf_counter()
+                r = c.post(f"{url}/v1/models/load/predict", files={"image": ("s.tif", scene)})
+                with lock:
+                    answers.append((r.status_code, time.perf_counter() - t0))
 
     threads = [threading.Thread(target=client) for _ in range(n)]
     start = time.perf_counter()
@@ -107,6 +109,7 @@ def level(url: str, scene: bytes, n: int, side: int) -> dict:
     q = statistics.quantiles(ok, n=20) if len(ok) > 1 else ok * 19
     return {
         "clients": n,
+        "requests_per_client": each,
         "answers": codes,
         "latency_p50_s": round(statistics.median(ok), 3) if ok else None,
         "latency_p95_s": round(q[18], 3) if ok else None,
@@ -124,6 +127,7 @@ def main() -> int:
     ap.add_argument("--queue", type=int, default=8, help="--max-queued-predictions of the server")
     ap.add_argument("--side", type=int, default=SIDE, help="edge of the scenes sent, in pixels")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="clients at once")
+    ap.add_argument("--each", type=int, default=1, help="requests per client, one after another")
     args = ap.parse_args()
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="geotune-load-"))
@@ -153,7 +157,9 @@ def main() -> int:
         print("warm-up", json.dumps(warm), flush=True)
         rows = []
         for n in levels:
-            row = level(url, scene, n, side) | {"server_peak_rss_mb": round(vm(srv.pid, "VmHWM"))}
+            row = level(url, scene, n, side, args.each) | {
+                "server_peak_rss_mb": round(vm(srv.pid, "VmHWM"))
+            }
             row["vs_one_client"] = (
                 round(row["throughput_mpx_s"] / rows[0]["throughput_mpx_s"], 3) if rows else 1.0
             )
@@ -168,6 +174,7 @@ def main() -> int:
         "scene_px": side * side,
         "lanes": len(os.sched_getaffinity(0)),
         "max_queued_predictions": args.queue,
+        "each": args.each,
         "server_rss_after_start_mb": round(baseline),
         "first_prediction": warm,
         "load_average_before": load_before,
@@ -185,7 +192,8 @@ def markdown(r: dict) -> str:
         "# Load on `geotune serve`: concurrent synchronous predictions",
         "",
         f"Recorded {r['recorded']} on {r['machine']} by `experiments/load/run.py --write` (one "
-        f"run; {r['scene_px']:,}-pixel scenes, a tiny ResNet model, `--max-queued-predictions "
+        f"run; {r['scene_px']:,}-pixel scenes, {r.get('each', 1)} request(s) per client one "
+        "after another, a tiny ResNet model, `--max-queued-predictions "
         f"{r['max_queued_predictions']}`). The server's RSS after start: "
         f"{r['server_rss_after_start_mb']} MB. The first prediction (importing torch, loading the "
         f"model) took {r['first_prediction']['latency_p50_s']} s, health checks meanwhile at most "
