@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from contextlib import contextmanager
 
 _BUILD = threading.Lock()
+_LANES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network → its lane's lock
 
 
 def inference_net(model, device, channels_last: bool, precision: str):
@@ -38,8 +40,7 @@ def inference_net(model, device, channels_last: bool, precision: str):
         net = net.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if not hasattr(net, "_lane"):
-            net._lane = threading.Lock()
+        _LANES.setdefault(net, threading.Lock())
         return net
 
 
@@ -77,5 +78,5 @@ def fold_batch_norms(net):
 @contextmanager
 def lane(net):
     """One forward at a time through ``net`` (an :func:`inference_net`)."""
-    with net._lane:
+    with _LANES[net]:
         yield
