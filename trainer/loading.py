@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -102,7 +103,7 @@ def resolve_local(uri: str) -> tuple[Path, str] | None:
         if not name or not version.isdigit():
             return None
     try:
-        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
             return _resolve(con, name, alias if sep else None, version)
     except sqlite3.Error:  # a store in another layout (or none yet): MLflow knows
         return None
