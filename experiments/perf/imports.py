@@ -50,7 +50,7 @@ def profile(tree: Path, home: Path, scene: Path) -> dict:
         "--out",
         str(out / "o"),
     ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
     shutil.rmtree(out, ignore_errors=True)
     if r.returncode != 0:
         raise SystemExit(f"geotune predict failed in {tree}:\n{r.stderr[-2000:]}")
