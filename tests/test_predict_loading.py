@@ -199,6 +199,17 @@ def test_geotune_predict_on_a_resnet_model_imports_no_mlflow_nor_timm(at_home, t
     assert json.loads((out / "summary.json").read_text())["n_polygons"] == s["n_polygons"]
 
 
+def same_random_weights(ref, mine) -> None:
+    """``ref``'s state (its values shifted at random) loaded into both; the same keys in order."""
+    state = {
+        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in ref.state_dict().items()
+    }
+    assert list(state) == list(mine.state_dict())
+    ref.load_state_dict(state)
+    mine.load_state_dict(state, strict=True)
+
+
 @pytest.mark.parametrize("block,layers", [("basic", (2, 2, 2, 2)), ("bottleneck", (1, 1, 1, 1))])
 @pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, 2, 3)])
 def test_the_resnet_trunk_is_timms(block, layers, out_indices):
@@ -209,13 +220,7 @@ def test_the_resnet_trunk_is_timms(block, layers, out_indices):
     ref = ResNet(block=kind, layers=layers, in_chans=6, num_classes=0)
     ref = FeatureListNet(ref, out_indices=out_indices).eval()
     mine = ResNetTrunk(block, layers, 6, out_indices).eval()
-    state = {
-        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
-        for k, v in ref.state_dict().items()
-    }
-    assert list(state) == list(mine.state_dict())
-    ref.load_state_dict(state)
-    mine.load_state_dict(state, strict=True)
+    same_random_weights(ref, mine)
     x = torch.randn(2, 6, 96, 96)
     with torch.inference_mode():
         for a, b in zip(ref(x), mine(x), strict=True):
@@ -233,13 +238,7 @@ def test_the_unet_decoder_is_smps(enc, dec):
 
     ref = Ref(encoder_channels=enc, decoder_channels=dec, n_blocks=len(dec)).eval()
     mine = UnetDecoder(enc, dec, len(dec)).eval()
-    state = {
-        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
-        for k, v in ref.state_dict().items()
-    }
-    assert list(state) == list(mine.state_dict())
-    ref.load_state_dict(state)
-    mine.load_state_dict(state, strict=True)
+    same_random_weights(ref, mine)
     feats = [torch.randn(2, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate(enc)]
     with torch.inference_mode():
         assert torch.equal(ref(feats), mine(feats))
