@@ -164,6 +164,25 @@ def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path,
         assert (outs["cached", f] == outs["one", f]).all()
 
 
+def test_overlapped_pipeline_equals_the_sequential_one(model, tmp_path):
+    """Reading ahead, blending and writing on threads (the default) gives the same bytes as
+    every step in turn on one thread: class and confidence COGs, polygons, counts and areas."""
+    scene, _ = make_scene(tmp_path, size=400, seed=7, nodata_corner=30)
+    opts = PredictOptions(chip_size=96, overlap=16, tile_size=128, cache_mb=0.3)
+    runs = {}
+    for name, concurrent in (("sequential", False), ("overlapped", True)):
+        runs[name] = predict_scene(
+            model, [scene], tmp_path / name, options=opts, progress=False, concurrent=concurrent
+        )
+    a, b = tmp_path / "sequential", tmp_path / "overlapped"
+    for f in ("classes.tif", "confidence.tif", "polygons.geojson"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert runs["sequential"]["class_histogram"] == runs["overlapped"]["class_histogram"]
+    assert runs["sequential"]["n_polygons"] == runs["overlapped"]["n_polygons"] > 0
+    with rasterio.open(a / "classes.tif") as src:  # a scene of many classes, not one
+        assert len(np.unique(src.read(1))) > 2
+
+
 def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
     """``precision``: bf16 autocast changes the class of at most a few near-tie pixels, keeps
     probabilities in float32 (confidence within 2 points), and is recorded; auto picks bf16 only

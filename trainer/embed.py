@@ -28,8 +28,9 @@ from types import SimpleNamespace
 import numpy as np
 from rasterio.windows import Window
 
+from .chips import ChipGrid, ground_resolution
 from .encoder import EmbedError, Encoder, EncoderSource, Imagery, default_chip
-from .predict import ChipGrid, PredictOptions, Predictor, ground_resolution
+from .predictor import PredictOptions, Predictor
 
 
 @dataclass

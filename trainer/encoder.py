@@ -70,7 +70,7 @@ class Imagery:
 
     @classmethod
     def of(cls, scenes, sensor: str | None) -> Imagery:
-        from .predict import ground_resolution
+        from .chips import ground_resolution
 
         s = scenes[0]
         gsd = float(ground_resolution(s.grid)[0])

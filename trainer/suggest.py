@@ -62,7 +62,7 @@ def suggest(
 
     from .embed import Embedder, EmbedOptions, EncoderSource
     from .inputs import prepare_inputs
-    from .predict import PredictOptions, Predictor
+    from .predictor import PredictOptions, Predictor
 
     if n < 1:
         raise SuggestError(f"n must be at least 1; got {n}")

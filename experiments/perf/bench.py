@@ -261,7 +261,8 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     from rasterio.windows import Window
 
     from datamodules.imagery import open_scenes
-    from trainer.predict import PredictOptions, Predictor, _crop, predict_scene
+    from trainer.chips import crop
+    from trainer.predict import PredictOptions, Predictor, predict_scene
 
     out = work / "ours-3000"
     times = {}
@@ -278,7 +279,7 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
     arrays = []
     for r, c in chips:
         x, _ = pred.read(Window(c, r, pred.chip_w, pred.chip_h))
-        arrays.append(_crop(x, 0, 0, pred.chip_h, pred.chip_w))
+        arrays.append(crop(x, 0, 0, pred.chip_h, pred.chip_w))
     pred.close()
     net = model.net.to(memory_format=torch.contiguous_format).eval()
     b = pred.batch_size

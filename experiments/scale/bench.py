@@ -105,7 +105,7 @@ def compare(a: Path, b: Path) -> dict:
 
 def breakdown(model, scene: Path, work: Path) -> dict:
     """Seconds per part of a one-process ``predict_scene`` on ``scene`` (instrumented here)."""
-    from trainer import polygons, predict
+    from trainer import polygons, predict, sink
 
     spent = {"read": 0.0, "forward": 0.0, "polygons": 0.0, "cog": 0.0}
 
@@ -127,7 +127,7 @@ def breakdown(model, scene: Path, work: Path) -> dict:
         (predict.Predictor, "forward", timed(predict.Predictor, "forward", "forward")),
         (polygons.PolygonCollector, "add", timed(polygons.PolygonCollector, "add", "polygons")),
         (polygons.PolygonCollector, "write", timed(polygons.PolygonCollector, "write", "polygons")),
-        (predict, "to_cog", timed(predict, "to_cog", "cog")),
+        (sink, "to_cog", timed(sink, "to_cog", "cog")),
     ]
     try:
         t = time.perf_counter()

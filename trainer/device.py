@@ -1,0 +1,81 @@
+"""Where and how a forward pass runs: the device, the precision, torch's threads."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from .inputs import PredictError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device=None) -> str:
+    """The forward pass's precision, fp32 or bf16; auto is bf16 where the CPU has native bfloat16
+    (AVX512-BF16 or AMX), or on a CUDA GPU that supports it."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device is not None and device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = [
+        getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return "bf16" if any(f is not None and f() for f in native) else "fp32"
+
+
+def resolve_device(device: str):
+    """``auto``: the first CUDA GPU torch sees, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise PredictError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise PredictError(
+                f"device {device!r}: torch sees {n} CUDA GPU(s) here; use --device cpu (or auto)"
+            )
+    return dev
+
+
+def to_device(obj, device):
+    """Tensors in (nested dicts/lists of) metadata, moved to ``device``."""
+    if hasattr(obj, "to") and hasattr(obj, "device"):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (nothing changes for None)."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def current_threads() -> int:
+    """torch's intra-op threads now."""
+    import torch
+
+    return torch.get_num_threads()

@@ -1,0 +1,219 @@
+"""Where predicted tiles go: the class and confidence rasters (COGs at the end), the pixel
+counts and areas per class, and the class polygons. One sink for dense (segmentation, change)
+and per-chip (classification) models: a per-chip model's output pixel is one chip
+(:class:`OutputLayout`), and its tiles carry each chip's valid pixels and area."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.windows import Window
+
+from .areas import class_histogram
+from .chips import coarse_grid
+from .polygons import PolygonCollector
+
+
+def tile_outcome(pred, res: dict) -> dict:
+    """What the outputs need of a predicted tile: ``classes`` (uint8, the output nodata where
+    not valid), ``conf`` (the top probability, float32), ``valid``; for classification also
+    ``pixels`` and ``area`` per chip."""
+    o, nod = pred.o, int(pred.record.get("output_nodata", 255))
+    prob, valid = res["prob"], res["valid"]
+    classes = prob.argmax(0).astype(np.uint8)
+    conf = prob.max(0)
+    if o.confidence_threshold is not None:
+        valid = valid & (conf >= o.confidence_threshold)
+    classes[~valid] = nod
+    return {"classes": classes, "conf": conf, "valid": valid} | {
+        k: res[k] for k in ("pixels", "area") if k in res
+    }
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The outputs' pixel grid and the scene tiles predicted at once: the scene's grid and the
+    tile size for dense models; for per-chip models a grid of one pixel per chip and tiles of
+    whole chips."""
+
+    grid: object  # the outputs' grid (datamodules.imagery.Grid)
+    tile: int  # edge of a scene tile, in scene pixels
+    step: int = 1  # scene pixels per output pixel along each axis
+
+    @classmethod
+    def of(cls, pred, tile_size: int) -> OutputLayout:
+        grid = pred.scenes[0].grid
+        if pred.task != "classification":
+            return cls(grid, tile_size)
+        tile = max(pred.chip, tile_size // pred.chip * pred.chip)
+        return cls(coarse_grid(grid, pred.chip), tile, pred.chip)
+
+    def window(self, win: Window, shape: tuple[int, int]) -> Window:
+        """The output window of scene tile ``win`` whose outputs are ``shape`` (rows, cols)."""
+        return Window(win.col_off // self.step, win.row_off // self.step, shape[1], shape[0])
+
+
+class PixelCounts:
+    """Valid pixels and their area per class, from dense tiles."""
+
+    def __init__(self, nk: int, area_rows: np.ndarray):
+        self.nk, self.area_rows = nk, area_rows
+        self.counts = np.zeros(nk, dtype=np.int64)
+        self.area = np.zeros(nk, dtype=np.float64)
+
+    def add(self, win: Window, res: dict) -> None:
+        classes, valid = res["classes"], res["valid"]
+        self.counts[:] += np.bincount(classes[valid].ravel(), minlength=self.nk)[: self.nk]
+        rows_area = self.area_rows[win.row_off : win.row_off + win.height]
+        for k in range(self.nk):
+            self.area[k] += float(((classes == k) & valid).sum(1) @ rows_area)
+
+    def histogram(self, classes: list[dict]) -> list[dict]:
+        return class_histogram(classes, self.counts, self.area)
+
+
+class ChipCounts(PixelCounts):
+    """Valid pixels, their area and chips per class, from per-chip tiles."""
+
+    def __init__(self, nk: int):
+        super().__init__(nk, np.zeros(0))
+        self.chips = np.zeros(nk, dtype=np.int64)
+
+    def add(self, win: Window, res: dict) -> None:
+        classes, valid = res["classes"], res["valid"]
+        for k in range(self.nk):
+            sel = (classes == k) & valid
+            self.counts[k] += int(res["pixels"][sel].sum())
+            self.area[k] += float(res["area"][sel].sum())
+            self.chips[k] += int(sel.sum())
+
+    def histogram(self, classes: list[dict]) -> list[dict]:
+        rows = super().histogram(classes)
+        for row in rows:
+            row["chips"] = int(self.chips[row["id"]])
+        return rows
+
+
+class OutputSink:
+    """Tiles in (row-major, each once, as :func:`trainer.chips.tiles` lists them): rasters
+    written to ``tmp`` and counted, polygons collected; :meth:`finish` makes the COGs and the
+    GeoJSON in ``out``."""
+
+    def __init__(self, pred, layout: OutputLayout, tmp: Path):
+        o, rec = pred.o, pred.record
+        self.layout, self.tmp, self.confidence = layout, Path(tmp), o.confidence
+        self.classes = rec["classes"]
+        self.nodata = int(rec.get("output_nodata", 255))
+        nk = len(self.classes)
+        self.counts = ChipCounts(nk) if layout.step > 1 else PixelCounts(nk, pred.area_rows)
+        grid = layout.grid
+        self.cls = rasterio.open(
+            self.tmp / "classes.tif", "w", **_profile(grid, "uint8", self.nodata)
+        )
+        self.cls.write_colormap(1, {c["id"]: _hex_to_rgba(c["color"]) for c in self.classes})
+        self.conf = None
+        if o.confidence:
+            self.conf = rasterio.open(
+                self.tmp / "confidence.tif", "w", **_profile(grid, "uint8", 255)
+            )
+        self.collector = None
+        if o.polygons:
+            # a per-chip grid's last cells overhang the scene: polygons are cut to it
+            scene = pred.scenes[0].grid
+            self.collector = PolygonCollector(
+                grid,
+                self.classes,
+                sieve=o.sieve_pixels,
+                clip=shapely.box(*scene.bounds) if layout.step > 1 else None,
+                min_area_m2=o.min_area_m2,
+                simplify=o.simplify,
+            )
+
+    def add(self, win: Window, res: dict) -> None:
+        """Write and count one predicted tile (see :func:`tile_outcome`), add its polygons."""
+        classes, conf, valid = res["classes"], res["conf"], res["valid"]
+        owin = self.layout.window(win, classes.shape)
+        self.cls.write(classes, 1, window=owin)
+        if self.conf is not None:
+            c8 = np.round(conf * 100).astype(np.uint8)
+            c8[~valid] = 255
+            self.conf.write(c8, 1, window=owin)
+        self.counts.add(win, res)
+        if self.collector is not None:
+            self.collector.add(owin, classes, conf, valid, self.nodata)
+
+    def close(self) -> None:
+        self.cls.close()
+        if self.conf is not None:
+            self.conf.close()
+
+    def finish(self, out: Path) -> dict:
+        """The COGs and polygons in ``out``: the COG copies (GDAL, GIL released) and the last
+        polygons (mostly GEOS) at once. Returns the summary's outputs and counts."""
+        self.close()
+        outputs = {"classes": "classes.tif"}
+        with ThreadPoolExecutor(3) as pool:
+            jobs = [pool.submit(to_cog, self.tmp / "classes.tif", out / "classes.tif", "mode")]
+            if self.conf is not None:
+                outputs["confidence"] = "confidence.tif"
+                tmp, dst = self.tmp / "confidence.tif", out / "confidence.tif"
+                jobs.append(pool.submit(to_cog, tmp, dst, "average"))
+            polygons = None
+            if self.collector is not None:
+                polygons = pool.submit(self.collector.write, out / "polygons.geojson")
+            for job in jobs:
+                job.result()
+            n_polygons = polygons.result() if polygons else None
+        counts = self.counts
+        summary = {"n_pixels": int(counts.counts.sum()), "outputs": outputs}
+        summary["class_histogram"] = counts.histogram(self.classes)
+        if isinstance(counts, ChipCounts):
+            summary["n_chips"] = int(counts.chips.sum())
+        if n_polygons is not None:
+            summary["n_polygons"] = n_polygons
+            outputs["polygons"] = "polygons.geojson"
+        return summary
+
+
+def _profile(grid, dtype: str, nodata) -> dict:
+    return {
+        "driver": "GTiff",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "dtype": dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "DEFLATE",
+        "bigtiff": "IF_SAFER",
+    }
+
+
+def to_cog(src: Path, dst: Path, resampling: str) -> None:
+    """Copy a finished tiled GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver)."""
+    from rasterio.shutil import copy
+
+    copy(
+        src,
+        dst,
+        driver="COG",
+        compress="DEFLATE",
+        blocksize=512,
+        overview_resampling=resampling,
+        resampling=resampling,
+        bigtiff="IF_SAFER",
+    )
+
+
+def _hex_to_rgba(color: str) -> tuple[int, int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
