@@ -173,46 +173,43 @@ def run_prediction(
     ``cluster``: a Dask cluster's address to predict on; ``report(tiles_done, tiles_total)``."""
     from trainer.cluster import connect_or_none
     from trainer.loading import load_model
-    from trainer.predict import predict_scene
+    from trainer.predict import predict_aoi, predict_scene
 
     req = read_json(folder / "request.json")
     if model is None:
         model = load_model(req["registered_name"], version=req["version"])
-    images = [folder / f for f in req["inputs"]]
     provenance = {"model": req["model"], "version": req["version"], "inputs": req["input_names"]}
-    sensor = req.get("sensor")
+    common = {
+        "bands": req.get("bands"),
+        "options": options_from(req["params"]),
+        "progress": progress,
+        "provenance": provenance,
+        "report": report,
+    }
     with connect_or_none(cluster) as on:
         if req.get("aoi"):  # imagery by area and dates, from the STAC catalogue
-            from datamodules.composite import composite_for_model
-
-            comp = composite_for_model(
+            dates = req["start_date"], req["end_date"]
+            summary = predict_aoi(
+                model,
                 req["aoi"],
-                req["start_date"],
-                req["end_date"],
-                model.record,
-                folder / "imagery",
-                sensor=sensor,
-                progress=progress,
+                *dates,
+                folder / "outputs",
+                imagery_dir=folder / "imagery",
+                sensor=req.get("sensor"),
                 cluster=on,
+                **common,
             )
-            images, sensor = list(comp.images), comp.sensor
-            provenance |= {
-                "inputs": [Path(p).name for p in comp.images],
-                "imagery": comp.provenance,
-            }
-        summary = predict_scene(
-            model,
-            images,
-            folder / "outputs",
-            bands=req.get("bands"),
-            sensor=sensor,
-            dates=None if req.get("aoi") else req.get("dates"),
-            options=options_from(req["params"]),
-            progress=progress,
-            provenance=provenance,
-            cluster=on,
-            report=report,
-        )
+        else:
+            images = [folder / f for f in req["inputs"]]
+            summary = predict_scene(
+                model,
+                images,
+                folder / "outputs",
+                sensor=req.get("sensor"),
+                dates=req.get("dates"),
+                cluster=on,
+                **common,
+            )
     write_json(folder / "done.json", {"finished": now()})
     return summary
 

@@ -200,6 +200,55 @@ def predict_scene(
     return summary
 
 
+def predict_aoi(
+    model,
+    aoi,
+    start,
+    end,
+    out_dir: str | Path,
+    *,
+    imagery_dir: str | Path | None = None,
+    sensor: str | None = None,
+    fetch: dict | None = None,
+    provenance: dict | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> dict:
+    """Predict an area of interest: the imagery the model needs over ``aoi`` between ``start``
+    and ``end`` (its sensor unless ``sensor`` is given, its bands, resolution and number of
+    dates), fetched from a STAC catalogue as a composite into ``imagery_dir`` (default
+    ``out_dir/imagery``; :func:`datamodules.composite.composite_for_model`, ``fetch``: its
+    options), then :func:`predict_scene` on it (``kwargs``: its options). With a ``cluster``
+    (a keyword of :func:`predict_scene`) its workers make the composite too. The summary's
+    provenance names the composite's files and records how it was made (``imagery``)."""
+    from datamodules.composite import composite_for_model
+
+    where = Path(imagery_dir) if imagery_dir else Path(out_dir) / "imagery"
+    comp = composite_for_model(
+        aoi,
+        start,
+        end,
+        model.record,
+        where,
+        sensor=sensor,
+        progress=progress,
+        cluster=kwargs.get("cluster"),
+        **(fetch or {}),
+    )
+    names = [Path(p).name for p in comp.images]
+    provenance = (provenance or {}) | {"inputs": names, "imagery": comp.provenance}
+    images = list(comp.images)
+    return predict_scene(
+        model,
+        images,
+        out_dir,
+        sensor=comp.sensor,
+        provenance=provenance,
+        progress=progress,
+        **kwargs,
+    )
+
+
 def scene_summary(model, pred, inputs, layout, written: dict, provenance, strips) -> dict:
     """summary.json of a predicted scene but its ``seconds``: what was predicted, counted and
     written, with which options, from which model and files."""
@@ -256,6 +305,7 @@ __all__ = [
     "fit_chip",
     "ground_resolution",
     "open_predictor",
+    "predict_aoi",
     "predict_scene",
     "predicted_tiles",
     "ramp",
