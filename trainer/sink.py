@@ -140,7 +140,8 @@ class OutputSink:
         owin = self.layout.window(win, classes.shape)
         self.cls.write(classes, 1, window=owin)
         if self.conf is not None:
-            c8 = np.round(conf * 100).astype(np.uint8)
+            c8 = np.multiply(conf, 100)
+            c8 = np.round(c8, out=c8).astype(np.uint8)
             c8[~valid] = 255
             self.conf.write(c8, 1, window=owin)
         self.counts.add(win, res)
@@ -181,6 +182,8 @@ class OutputSink:
 
 
 def _profile(grid, dtype: str, nodata) -> dict:
+    """The temporary GeoTIFF of an output, written tile by tile. Its tiles are decoded and
+    encoded again by the COG copy, whose bytes do not depend on this codec: a fast one."""
     return {
         "driver": "GTiff",
         "crs": grid.crs,
@@ -193,7 +196,8 @@ def _profile(grid, dtype: str, nodata) -> dict:
         "tiled": True,
         "blockxsize": 512,
         "blockysize": 512,
-        "compress": "DEFLATE",
+        "compress": "ZSTD",
+        "zstd_level": 1,
         "bigtiff": "IF_SAFER",
     }
 
