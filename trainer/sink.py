@@ -43,6 +43,7 @@ class OutputLayout:
 
     grid: object  # the outputs' grid (datamodules.imagery.Grid)
     tile: int  # edge of a scene tile, in scene pixels
+    per_chip: bool = False  # one output pixel per chip
     step: int = 1  # scene pixels per output pixel along each axis
 
     @classmethod
@@ -51,20 +52,31 @@ class OutputLayout:
         if pred.task != "classification":
             return cls(grid, tile_size)
         tile = max(pred.chip, tile_size // pred.chip * pred.chip)
-        return cls(coarse_grid(grid, pred.chip), tile, pred.chip)
+        return cls(coarse_grid(grid, pred.chip), tile, True, pred.chip)
 
     def window(self, win: Window, shape: tuple[int, int]) -> Window:
         """The output window of scene tile ``win`` whose outputs are ``shape`` (rows, cols)."""
         return Window(win.col_off // self.step, win.row_off // self.step, shape[1], shape[0])
 
 
-class PixelCounts:
-    """Valid pixels and their area per class, from dense tiles."""
+class ClassCounts:
+    """Valid pixels and their area per class, added up tile by tile."""
 
-    def __init__(self, nk: int, area_rows: np.ndarray):
-        self.nk, self.area_rows = nk, area_rows
+    def __init__(self, nk: int):
+        self.nk = nk
         self.counts = np.zeros(nk, dtype=np.int64)
         self.area = np.zeros(nk, dtype=np.float64)
+
+    def histogram(self, classes: list[dict]) -> list[dict]:
+        return class_histogram(classes, self.counts, self.area)
+
+
+class PixelCounts(ClassCounts):
+    """From dense tiles: a pixel's area is its row's (:func:`trainer.areas.pixel_area_rows`)."""
+
+    def __init__(self, nk: int, area_rows: np.ndarray):
+        super().__init__(nk)
+        self.area_rows = area_rows
 
     def add(self, win: Window, res: dict) -> None:
         classes, valid = res["classes"], res["valid"]
@@ -73,15 +85,13 @@ class PixelCounts:
         for k in range(self.nk):
             self.area[k] += float(((classes == k) & valid).sum(1) @ rows_area)
 
-    def histogram(self, classes: list[dict]) -> list[dict]:
-        return class_histogram(classes, self.counts, self.area)
 
-
-class ChipCounts(PixelCounts):
-    """Valid pixels, their area and chips per class, from per-chip tiles."""
+class ChipCounts(ClassCounts):
+    """From per-chip tiles, which carry each chip's valid pixels and their area; and the chips
+    per class."""
 
     def __init__(self, nk: int):
-        super().__init__(nk, np.zeros(0))
+        super().__init__(nk)
         self.chips = np.zeros(nk, dtype=np.int64)
 
     def add(self, win: Window, res: dict) -> None:
@@ -110,7 +120,7 @@ class OutputSink:
         self.classes = rec["classes"]
         self.nodata = int(rec.get("output_nodata", 255))
         nk = len(self.classes)
-        self.counts = ChipCounts(nk) if layout.step > 1 else PixelCounts(nk, pred.area_rows)
+        self.counts = ChipCounts(nk) if layout.per_chip else PixelCounts(nk, pred.area_rows)
         grid = layout.grid
         self.cls = rasterio.open(
             self.tmp / "classes.tif", "w", **_profile(grid, "uint8", self.nodata)
@@ -129,7 +139,7 @@ class OutputSink:
                 grid,
                 self.classes,
                 sieve=o.sieve_pixels,
-                clip=shapely.box(*scene.bounds) if layout.step > 1 else None,
+                clip=shapely.box(*scene.bounds) if layout.per_chip else None,
                 min_area_m2=o.min_area_m2,
                 simplify=o.simplify,
             )
