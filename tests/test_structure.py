@@ -30,9 +30,6 @@ DATA_TABLES: dict[str, str] = {}
 # TEMPORARY: code being split on another branch right now. Remove each entry when that branch
 # lands (the stale-entry test below fails once an entry is no longer needed).
 PENDING: dict[str, str] = {
-    "trainer/predict.py": "branch predsplit splits it into predictor/chips/sink/device",
-    "trainer/predict.py::predict_scene": "branch predsplit",
-    "trainer/predict.py::Predictor.__init__": "branch predsplit",
     "trainer/embed.py::embed_scene": "being split on another branch",
 }
 
