@@ -89,24 +89,32 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
 def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, cluster=None, **kw):
     from .composite import composite_for_aoi, composite_for_model
 
-    common = dict(
-        max_cloud=args.max_cloud,
-        max_items=args.max_items,
-        crs=args.crs,
-        max_aoi_km2=args.max_aoi_km2,
-        catalog=args.catalog,
-        catalog_url=args.catalog_url,
-        clip=clip,
-        margin_px=margin_px,
-        cluster=cluster,
-    )
+    common = fetch_options(args) | dict(clip=clip, margin_px=margin_px, cluster=cluster)
     if record is not None:
         result = composite_for_model(
             aoi, args.start, args.end, record, out, sensor=sensor, **common
         )
     else:
         result = composite_for_aoi(aoi, args.start, args.end, sensor, out, **common, **kw)
-    p = result.provenance
+    report_imagery(result.provenance, out)
+    return result
+
+
+def fetch_options(args) -> dict:
+    """The search options of ``--aoi`` imagery (:func:`add_arguments`) as keywords of
+    :func:`datamodules.composite.composite_for_aoi`."""
+    return dict(
+        max_cloud=args.max_cloud,
+        max_items=args.max_items,
+        crs=args.crs,
+        max_aoi_km2=args.max_aoi_km2,
+        catalog=args.catalog,
+        catalog_url=args.catalog_url,
+    )
+
+
+def report_imagery(p: dict, out: Path) -> None:
+    """One line on stderr: the imagery a composite's provenance ``p`` describes, in ``out``."""
     frames = p["frames"]
     usable = (
         f"{p['clear_fraction']:.0%} of the area clear"
@@ -115,7 +123,7 @@ def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, cluste
         f"model; {p['clear_fraction']:.0%} in at least one)"
     )
     print(
-        f"imagery: {len(p['items'])} {result.sensor} scene(s) from {p['catalog']} "
+        f"imagery: {len(p['items'])} {p['sensor']} scene(s) from {p['catalog']} "
         f"({p['start']}..{p['end']}, {p['method']}), {p['shape'][1]}x{p['shape'][0]} px at "
         f"{p['grid']['resolution_m']:g} m in {p['crs']}, {usable} → {out}",
         file=sys.stderr,
@@ -126,7 +134,6 @@ def _fetch(args, aoi, out: Path, *, sensor, record=None, clip, margin_px, cluste
             f"{', '.join(p['bands'])}",
             file=sys.stderr,
         )
-    return result
 
 
 def _dates_given(args) -> bool:
@@ -145,6 +152,21 @@ def imagery_for_predict(args, record: dict, cluster=None) -> tuple[list[str], di
     """The images to predict and the provenance to record: ``--image`` as given, or a
     composite for ``--aoi`` on the model's bands, resolution and number of dates (read and
     reduced on ``cluster``'s workers when one is given)."""
+    sensor = check_imagery_args(args, record)
+    if not args.aoi:
+        return args.image, None
+    out = Path(args.imagery_dir) if args.imagery_dir else Path(args.out) / "imagery"
+    result = _fetch(
+        args, args.aoi, out, sensor=sensor, record=record, clip=True, margin_px=0, cluster=cluster
+    )
+    args.sensor = result.sensor
+    return [str(p) for p in result.images], {"imagery": result.provenance}
+
+
+def check_imagery_args(args, record: dict) -> str | None:
+    """Check that ``args`` ask for a scene (``--image``) or for imagery by area and dates
+    (``--aoi``, ``--start``, ``--end`` and a sensor: the model's unless ``--sensor``) before any
+    work starts; returns the sensor of an ``--aoi`` (None for ``--image``)."""
     if not args.aoi:
         if _dates_given(args):
             raise UserError("--start/--end fetch imagery for an --aoi; give --aoi aoi.geojson too")
@@ -153,19 +175,14 @@ def imagery_for_predict(args, record: dict, cluster=None) -> tuple[list[str], di
                 "give the scene (--image scene.tif) or an area and dates "
                 "(--aoi aoi.geojson --start YYYY-MM-DD --end YYYY-MM-DD)"
             )
-        return args.image, None
+        return None
     if args.image:
         raise UserError(
             "give either --image or --aoi (imagery fetched by area and dates), not both"
         )
     sensor = args.sensor or record.get("sensor")
     _need_dates(args, sensor)
-    out = Path(args.imagery_dir) if args.imagery_dir else Path(args.out) / "imagery"
-    result = _fetch(
-        args, args.aoi, out, sensor=sensor, record=record, clip=True, margin_px=0, cluster=cluster
-    )
-    args.sensor = result.sensor
-    return [str(p) for p in result.images], {"imagery": result.provenance}
+    return sensor
 
 
 @contextmanager
@@ -225,4 +242,11 @@ def imagery_for_labels(args):
         raise
 
 
-__all__ = ["add_arguments", "imagery_for_labels", "imagery_for_predict"]
+__all__ = [
+    "add_arguments",
+    "check_imagery_args",
+    "fetch_options",
+    "imagery_for_labels",
+    "imagery_for_predict",
+    "report_imagery",
+]

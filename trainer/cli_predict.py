@@ -22,30 +22,40 @@ def add_predict_parser(sub) -> None:
 
 
 def cmd_predict(args) -> int:
+    from pathlib import Path
+
+    from datamodules.stac_cli import check_imagery_args, fetch_options, report_imagery
+
     from .cluster import check_spec, connect_or_none
     from .loading import load_model
-    from .predict import predict_scene
+    from .predict import predict_aoi, predict_scene
 
     if args.cluster:
         check_spec(args.cluster)
-
     model = load_model(args.model, version=args.version, alias=args.alias)
-    from datamodules.stac_cli import imagery_for_predict  # --aoi: imagery by area and dates
-
+    sensor = check_imagery_args(args, model.record)  # before a cluster starts
     opts = predict_options(vars(args), polygons=not args.no_polygons)
     with connect_or_none(args.cluster) as cluster:
-        images, provenance = imagery_for_predict(args, model.record, cluster)
-        summary = predict_scene(
-            model,
-            images,
-            args.out,
-            bands=_csv(args.bands),
-            sensor=args.sensor,
-            dates=None if args.aoi else args.dates,
-            options=opts,
-            provenance=provenance,
-            cluster=cluster,
-        )
+        common = dict(bands=_csv(args.bands), options=opts, cluster=cluster)
+        if args.aoi:  # imagery by area and dates, as the service does it
+            imagery = Path(args.imagery_dir or Path(args.out) / "imagery")
+            fetch = fetch_options(args) | {"clip": True, "margin_px": 0}
+            summary = predict_aoi(
+                model,
+                args.aoi,
+                args.start,
+                args.end,
+                args.out,
+                imagery_dir=imagery,
+                sensor=sensor,
+                fetch=fetch,
+                **common,
+            )
+            report_imagery(summary["provenance"]["imagery"], imagery)
+        else:
+            summary = predict_scene(
+                model, args.image, args.out, sensor=args.sensor, dates=args.dates, **common
+            )
     print_summary(summary, args.out)
     return 0
 
