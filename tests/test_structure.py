@@ -8,8 +8,7 @@ Over ``trainer/``, ``datamodules/`` and ``serve/`` (not tests, not experiments),
 - ``datamodules`` imports nothing from ``trainer`` or ``serve``; ``trainer`` imports ``serve``
   only inside functions of ``trainer/cli*.py`` (the ``serve`` and ``keys`` subcommands).
 
-Exceptions are listed by name with the reason: ``DATA_TABLES`` (long because they are data) and
-``PENDING`` (being split on another branch; temporary).
+Exceptions are listed by name with the reason in ``DATA_TABLES`` (long because they are data).
 """
 
 from __future__ import annotations
@@ -26,14 +25,6 @@ MAX_FUNCTION_LINES = 80
 
 # "path" (a file) or "path::Qualified.name" (a function) → why it may be longer. None today.
 DATA_TABLES: dict[str, str] = {}
-
-# TEMPORARY: code being split on another branch right now. Remove each entry when that branch
-# lands (the stale-entry test below fails once an entry is no longer needed).
-PENDING: dict[str, str] = {
-    "trainer/embed.py::embed_scene": "being split on another branch",
-}
-
-ALLOWED = DATA_TABLES | PENDING
 
 
 def python_files(root: Path) -> list[Path]:
@@ -113,14 +104,14 @@ def upward_imports(root: Path) -> list[str]:
 
 
 def test_no_file_is_over_the_limit():
-    over = {k: n for k, n in long_files(ROOT).items() if k not in ALLOWED}
+    over = {k: n for k, n in long_files(ROOT).items() if k not in DATA_TABLES}
     assert not over, (
         f"files over {MAX_FILE_LINES} lines: {over}; split them into modules by concern"
     )
 
 
 def test_no_function_is_over_the_limit():
-    over = {k: n for k, n in long_functions(ROOT).items() if k not in ALLOWED}
+    over = {k: n for k, n in long_functions(ROOT).items() if k not in DATA_TABLES}
     assert not over, (
         f"functions over {MAX_FUNCTION_LINES} lines: {over}; split them into named steps"
     )
@@ -133,10 +124,8 @@ def test_layers_import_only_downwards():
 def test_every_exception_is_still_needed():
     """An allow-list entry whose file or function is now short enough (or gone) is removed."""
     over = long_files(ROOT) | long_functions(ROOT)
-    stale = sorted(k for k in ALLOWED if k not in over)
-    assert not stale, (
-        f"remove these entries from DATA_TABLES/PENDING, they are within limits: {stale}"
-    )
+    stale = sorted(k for k in DATA_TABLES if k not in over)
+    assert not stale, f"remove these entries from DATA_TABLES, they are within limits: {stale}"
 
 
 def _write(root: Path, rel: str, text: str) -> None:

@@ -159,8 +159,6 @@ def embed_scene(
     The scenes are opened as prediction opens them (:func:`trainer.inputs.prepare_inputs`:
     sensor, nodata, the exact conversion of stored values into the encoder's units, date order).
     """
-    from tqdm.auto import tqdm
-
     from .embedfile import EmbeddingWriter
     from .inputs import prepare_inputs
 
@@ -168,21 +166,72 @@ def embed_scene(
     t0 = time.time()
     chip = o.chip_size or default_chip(encoder.record)
     inputs = prepare_inputs(encoder.record, list(images), bands, sensor, dates)
-    scenes = inputs.scenes
-    emb = Embedder(encoder, scenes, o, chip, inputs.conversion)
-    g = scenes[0].grid
-    dates = [s.date.isoformat() if s.date else None for s in scenes]
-    names = [Path(f).name for s in scenes for f in s.files]
-    source = (provenance or {}).get("source") or ", ".join(names)
-    constants = {
+    emb = Embedder(encoder, inputs.scenes, o, chip, inputs.conversion)
+    constants = file_constants(encoder, inputs.scenes, provenance)
+    meta = file_metadata(encoder, emb, inputs, o, provenance)
+    writer = EmbeddingWriter(out, encoder.dim, o.dtype, constants, meta, o.group_rows)
+    try:
+        write_chips(emb, writer, max(o.block_size, chip), progress)
+        if not writer.n and not writer.rows:
+            raise EmbedError(
+                f"no chip of the scene has {o.min_valid:.0%} of its pixels holding data (nodata "
+                f"{inputs.scenes[0].nodata}); check the scene, or lower --min-valid"
+            )
+        written = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        emb.close()
+    summary = embed_summary(encoder, emb, inputs, o, written)
+    summary = {"out": str(out)} | summary
+    summary["seconds"] = round(time.time() - t0, 2)
+    return summary
+
+
+def write_chips(emb: Embedder, writer, block_size: int, progress: bool) -> None:
+    """Every chip of the scene with enough data, with its footprint, into ``writer``
+    (:class:`trainer.embedfile.EmbeddingWriter`), block by block; the next block is read while
+    this one runs."""
+    from tqdm.auto import tqdm
+
+    from .predict import read_ahead
+
+    blocks = emb.blocks(block_size)
+    bar = tqdm(total=len(blocks), desc="embed", unit="block", disable=not progress)
+    with ThreadPoolExecutor(1) as reader:
+        for block, data in read_ahead(reader, emb.read_block, blocks):
+            rows = emb.embed_block(block, data)
+            del data
+            if rows:
+                geoms = emb.footprints([(r, c) for _, r, c, _, _ in rows])
+                for (cid, r, c, frac, vec), geom in zip(rows, geoms, strict=True):
+                    writer.add(cid, r, c, frac, geom, vec)
+            bar.update(1)
+    bar.close()
+
+
+def _input_names(scenes) -> list[str]:
+    return [Path(f).name for s in scenes for f in s.files]
+
+
+def file_constants(encoder: Encoder, scenes, provenance: dict | None) -> dict:
+    """The embeddings file's per-row constants: encoder, pooling, weights, source, date."""
+    return {
         "backbone": encoder.name,
         "pool": encoder.net.pool,
         "weights": encoder.weights_label,
-        "source": source,
+        "source": (provenance or {}).get("source") or ", ".join(_input_names(scenes)),
         "date": _day(scenes[0].date),
     }
+
+
+def file_metadata(encoder: Encoder, emb: Embedder, inputs, o: EmbedOptions, provenance) -> dict:
+    """The embeddings file's ``geotune`` metadata: the encoder, its bands and normalisation,
+    the chip grid and options, the scene's grid and dates, and the caller's ``provenance``."""
     spec = encoder.net.backbone.spec
-    meta = {
+    g = inputs.scenes[0].grid
+    return {
         "geotune_embeddings": 1,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": encoder.name,
@@ -199,63 +248,38 @@ def embed_scene(
             "statistics": spec.extra.get("statistics"),
         },
         "sensor": encoder.record.get("sensor"),
-        "chip_size": chip,
+        "chip_size": emb.chip,
         "stride": emb.stride,
         "min_valid": o.min_valid,
         "precision": emb.precision,
         "device": str(emb.device),
         "scene": {
-            "inputs": names,
+            "inputs": _input_names(inputs.scenes),
             "crs": g.crs.to_wkt(),
             "transform": list(g.transform)[:6],
             "shape": [g.height, g.width],
             "resolution": list(ground_resolution(g)),
         },
-        "dates": dates,
+        "dates": [s.date.isoformat() if s.date else None for s in inputs.scenes],
         "input": inputs.summary(),
         **{k: v for k, v in (provenance or {}).items() if k != "source"},
     }
-    blocks = emb.blocks(max(o.block_size, chip))
-    writer = EmbeddingWriter(out, encoder.dim, o.dtype, constants, meta, o.group_rows)
-    n_chips = len(emb.rows.starts) * len(emb.cols.starts)
-    try:
-        with ThreadPoolExecutor(1) as reader:  # the next block is read while this one runs
-            nxt = reader.submit(emb.read_block, blocks[0])
-            for i, block in enumerate(
-                tqdm(blocks, desc="embed", unit="block", disable=not progress)
-            ):
-                data = nxt.result()
-                if i + 1 < len(blocks):
-                    nxt = reader.submit(emb.read_block, blocks[i + 1])
-                rows = emb.embed_block(block, data)
-                if rows:
-                    geoms = emb.footprints([(r, c) for _, r, c, _, _ in rows])
-                    for (cid, r, c, frac, vec), geom in zip(rows, geoms, strict=True):
-                        writer.add(cid, r, c, frac, geom, vec)
-        if not writer.n and not writer.rows:
-            raise EmbedError(
-                f"no chip of the scene has {o.min_valid:.0%} of its pixels holding data (nodata "
-                f"{scenes[0].nodata}); check the scene, or lower --min-valid"
-            )
-        written = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        emb.close()
+
+
+def embed_summary(encoder: Encoder, emb: Embedder, inputs, o: EmbedOptions, written: int) -> dict:
+    """What :func:`embed_scene` returns but ``out`` and ``seconds``: chips written and skipped,
+    the vectors, the chip grid and how they were computed."""
     return {
-        "out": str(out),
         "chips": written,
-        "skipped": n_chips - written,
+        "skipped": len(emb.rows.starts) * len(emb.cols.starts) - written,
         "dim": encoder.dim,
         "pool": encoder.net.pool,
-        "chip_size": chip,
+        "chip_size": emb.chip,
         "stride": emb.stride,
         "dtype": o.dtype,
         "precision": emb.precision,
         "device": str(emb.device),
         "input": inputs.summary(),
-        "seconds": round(time.time() - t0, 2),
     }
 
 

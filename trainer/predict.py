@@ -51,6 +51,18 @@ def _executor(concurrent: bool):
     return ThreadPoolExecutor(1) if concurrent else _Inline()
 
 
+def read_ahead(reader, read, items: list, *args):
+    """``(item, read(item, *args))`` for each of ``items``, in order: the next item is read on
+    ``reader`` (an executor) while the caller works on this one."""
+    nxt = reader.submit(read, items[0], *args)
+    for i, item in enumerate(items):
+        data = nxt.result()
+        if i + 1 < len(items):
+            nxt = reader.submit(read, items[i + 1], *args)
+        yield item, data
+        del data  # before waiting for the next read: the caller may be done with it
+
+
 def _blended(pred: Predictor, win, probs: dict, data) -> dict:
     return tile_outcome(pred, pred.blend(win, probs, data))
 
@@ -73,12 +85,8 @@ def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None, con
         _executor(concurrent) as reader,
         _executor(concurrent) as blender,
     ):
-        nxt = reader.submit(pred.read_for, windows[0], cache)
         pending = None
-        for i, win in enumerate(windows):
-            data = nxt.result()
-            if i + 1 < len(windows):
-                nxt = reader.submit(pred.read_for, windows[i + 1], cache)
+        for win, data in read_ahead(reader, pred.read_for, windows, cache):
             if pred.task == "classification":
                 job = blender.submit(_classified, pred, win, data)
             else:
@@ -309,6 +317,7 @@ __all__ = [
     "predict_scene",
     "predicted_tiles",
     "ramp",
+    "read_ahead",
     "resolve_device",
     "resolve_precision",
     "tile_outcome",
