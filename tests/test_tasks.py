@@ -151,12 +151,13 @@ def test_classification_learns_logs_metrics_figures_and_predicts_from_the_regist
     check_mlm_item(card, model.record)  # input shape [-1, 4, 32, 32]: the trained chip
     dm = GeotuneDataModule(ds.id, patch_size=32, batch_size=8, num_workers=0)
     batch = next(iter(dm.test_dataloader()))
-    out = mlflow.pyfunc.load_model("models:/scenes@champion").predict(batch["image"].numpy())
+    pyfunc = mlflow.pyfunc.load_model("models:/scenes@champion")
+    out = pyfunc.predict(batch["image"].numpy())
     n = len(batch["label"])
     assert out["classes"].shape == (n,) and out["probabilities"].shape == (n, 3)
     assert (out["classes"] == batch["label"].numpy()).mean() > 0.6
     with pytest.raises(Exception, match=r"expected float32 \[B, 4, H, W\]"):
-        model.predict(None, np.zeros((1, 3, 32, 32), np.float32))
+        pyfunc.unwrap_python_model().predict(None, np.zeros((1, 3, 32, 32), np.float32))
 
     # the whole scene through `geotune predict`: one class per 32 px chip, a coarse 8 x 8 COG
     out = tmp_path / "pred"
