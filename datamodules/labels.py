@@ -21,9 +21,23 @@ from .errors import UserError
 from .manifest import slugify
 
 PALETTE = [
-    "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#98df8a", "#ff9896", "#ffbb78", "#c5b0d5", "#c49c94",
-]  # fmt: skip
+    "#1f77b4",
+    "#2ca02c",
+    "#d62728",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#98df8a",
+    "#ff9896",
+    "#ffbb78",
+    "#c5b0d5",
+    "#c49c94",
+]
 VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".zip", ".shp", ".parquet", ".geoparquet", ".fgb"}
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img"}
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}

@@ -54,9 +54,11 @@ class KeyGate:
         scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and key and self.keys().owner_for(key.strip()):
             return await self.app(scope, receive, send)
-        detail = f"the API key is not valid (unknown, mistyped or revoked): {HOW}" if key else (
-            f"this request needs an API key: {HOW}"
-        )  # fmt: skip
+        detail = (
+            f"the API key is not valid (unknown, mistyped or revoked): {HOW}"
+            if key
+            else (f"this request needs an API key: {HOW}")
+        )
         response = JSONResponse(
             error_body("unauthorized", detail), 401, headers={"WWW-Authenticate": "Bearer"}
         )

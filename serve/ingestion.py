@@ -113,11 +113,17 @@ def run(folder: Path) -> dict:
             warnings.simplefilter("always")
             opts = req["options"]
             ds = ingest(
-                name=req["name"], dataset_id=req["dataset_id"], owner=req["owner"],
-                root=Path(req["root"]), images=[inputs / f for f in req["images"]],
-                labels=labels_path(req["labels"]), labels_after=labels_path(req["labels_after"]),
-                progress=False, vector_check=check_vertices, **opts,
-            )  # fmt: skip
+                name=req["name"],
+                dataset_id=req["dataset_id"],
+                owner=req["owner"],
+                root=Path(req["root"]),
+                images=[inputs / f for f in req["images"]],
+                labels=labels_path(req["labels"]),
+                labels_after=labels_path(req["labels_after"]),
+                progress=False,
+                vector_check=check_vertices,
+                **opts,
+            )
         notes = [
             rename_in_message(str(w.message), names)
             for w in caught

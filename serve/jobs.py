@@ -235,10 +235,14 @@ class Scheduler:
         argv, how = again
         self._abandon(rec, "interrupted")
         self.store.update(
-            rec["id"], state="queued", argv=argv, pid=None, pid_start=None,
+            rec["id"],
+            state="queued",
+            argv=argv,
+            pid=None,
+            pid_start=None,
             resumes=rec.get("resumes", 0) + 1,
             note=f"{why} ({when}); queued again to resume {how}",
-        )  # fmt: skip
+        )
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -386,9 +390,20 @@ def job_view(rec: dict) -> dict:
         links["dataset"] = f"/v1/datasets/{rec['params']['dataset']}"
     return {
         k: rec.get(k)
-        for k in ("id", "kind", "state", "created", "started", "finished", "progress", "error", "result",
-                  "resumes", "note")
-    } | {"params": params, "links": links}  # fmt: skip
+        for k in (
+            "id",
+            "kind",
+            "state",
+            "created",
+            "started",
+            "finished",
+            "progress",
+            "error",
+            "result",
+            "resumes",
+            "note",
+        )
+    } | {"params": params, "links": links}
 
 
 def _progress_text(p: dict) -> str:

@@ -61,13 +61,24 @@ class FinetuneRequest(BaseModel):
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
-                {"dataset": "coast", "model_name": "coast", "backbone": "resnet18",
-                 "weights": "pretrained", "epochs": 10},
-                {"dataset": "coast", "model_name": "coast-trial", "backbone": "resnet18",
-                 "size": "tiny", "weights": "random", "epochs": 3},
+                {
+                    "dataset": "coast",
+                    "model_name": "coast",
+                    "backbone": "resnet18",
+                    "weights": "pretrained",
+                    "epochs": 10,
+                },
+                {
+                    "dataset": "coast",
+                    "model_name": "coast-trial",
+                    "backbone": "resnet18",
+                    "size": "tiny",
+                    "weights": "random",
+                    "epochs": 3,
+                },
             ]
         },
-    )  # fmt: skip
+    )
 
     # the dataset's folder, the size the request resolves to and the model's registered name
     # are the service's (train_argv); the other overrides are the fields' own

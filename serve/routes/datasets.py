@@ -32,9 +32,11 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 @router.post(
-    "", status_code=202, responses=ERRORS,
+    "",
+    status_code=202,
+    responses=ERRORS,
     summary="Upload imagery + labels: a job makes the dataset (202; GET /v1/jobs/{id})",
-)  # fmt: skip
+)
 @form_fields(INGEST)
 def create_dataset(
     form: dict, owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)
@@ -166,13 +168,16 @@ def delete_one(
     ds = get_dataset(owner, dataset_id)
     for job in ctx.jobs.all():
         if (
-            job["owner"] == owner and job["kind"] == "finetune"
-            and job["state"] in ("queued", "running") and job["params"]["dataset"] == ds.id
-        ):  # fmt: skip
+            job["owner"] == owner
+            and job["kind"] == "finetune"
+            and job["state"] in ("queued", "running")
+            and job["params"]["dataset"] == ds.id
+        ):
             raise ApiError(
-                409, "conflict",
+                409,
+                "conflict",
                 f"dataset {ds.id!r} is used by job {job['id']} ({job['state']}); cancel it first "
                 f"with DELETE /v1/jobs/{job['id']}",
-            )  # fmt: skip
+            )
     delete_dataset(ds.id, root=datasets_root(owner))
     return Response(status_code=204)

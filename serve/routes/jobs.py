@@ -26,9 +26,13 @@ def owned_job(ctx: Context, owner: str, job_id: str) -> dict:
 
 
 @router.post(
-    "/finetunes", status_code=202, response_model=JobOut, responses=ERRORS, tags=["finetunes"],
+    "/finetunes",
+    status_code=202,
+    response_model=JobOut,
+    responses=ERRORS,
+    tags=["finetunes"],
     summary="Queue a fine-tune: dataset + backbone → a registered model version",
-)  # fmt: skip
+)
 def create_finetune(
     req: FinetuneRequest,
     response: Response,
@@ -57,10 +61,12 @@ def list_jobs(
     ctx: Context = Depends(get_ctx),
 ) -> dict:
     rows = [
-        job_view(r) for r in reversed(ctx.jobs.all())
-        if r["owner"] == owner and (state is None or r["state"] == state)
+        job_view(r)
+        for r in reversed(ctx.jobs.all())
+        if r["owner"] == owner
+        and (state is None or r["state"] == state)
         and (kind is None or r["kind"] == kind)
-    ]  # fmt: skip
+    ]
     return {"jobs": rows}
 
 
@@ -77,9 +83,11 @@ def get_job(job_id: str, owner: str = Depends(current_owner), ctx: Context = Dep
 
 @router.get(
     "/jobs/{job_id}/logs",
-    tags=["jobs"], response_class=PlainTextResponse, responses=ERRORS_AS_JSON,
+    tags=["jobs"],
+    response_class=PlainTextResponse,
+    responses=ERRORS_AS_JSON,
     summary="A job's output (training log, progress bars at their last state)",
-)  # fmt: skip
+)
 def job_logs(
     job_id: str,
     tail: int | None = Query(None, ge=1, le=100_000, description="only the last N lines"),
@@ -118,9 +126,10 @@ def job_result(
     rec = owned_job(ctx, owner, job_id)
     if rec["state"] in ("queued", "running"):
         raise ApiError(
-            409, "not_finished",
+            409,
+            "not_finished",
             f"job {job_id} is {rec['state']}; poll GET /v1/jobs/{job_id} until it has succeeded",
-        )  # fmt: skip
+        )
     if rec["state"] != "succeeded":
         raise ApiError(
             409, "job_" + rec["state"], f"job {job_id} {rec['state']}: {rec.get('error')}"
@@ -130,10 +139,11 @@ def job_result(
         folder = ctx.predictions.folder(pred_id, owner)
         if folder is None:
             raise ApiError(
-                410, "gone",
+                410,
+                "gone",
                 f"prediction {pred_id} of job {job_id} was deleted (predictions are kept "
                 f"{ctx.settings.keep_predictions_hours:g} h after they finish, unless deleted "
                 "earlier); predict again",
-            )  # fmt: skip
+            )
         return prediction_result(folder, ctx.settings.public_url)
     return rec["result"]

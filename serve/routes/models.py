@@ -19,9 +19,10 @@ def list_owned(owner: str = Depends(current_owner), ctx: Context = Depends(get_c
 
 
 @router.get(
-    "/{name}", responses=ERRORS,
+    "/{name}",
+    responses=ERRORS,
     summary="A model: versions, aliases, classes, bands, each version's run metrics",
-)  # fmt: skip
+)
 def get_one(
     name: str, owner: str = Depends(current_owner), ctx: Context = Depends(get_ctx)
 ) -> dict:

@@ -85,10 +85,11 @@ def check_aoi(req: AoiPredictRequest, max_km2: float) -> float:
 
 
 @router.post(
-    "/models/{name}/predict", responses=ERRORS | {202: {"description": "queued as a job"}},
+    "/models/{name}/predict",
+    responses=ERRORS | {202: {"description": "queued as a job"}},
     openapi_extra=PREDICT_BODY,
     summary="Predict a GeoTIFF upload (multipart) or an AOI + dates (JSON) with a model",
-)  # fmt: skip
+)
 async def predict(
     name: str,
     request: Request,
@@ -118,10 +119,11 @@ async def predict(
         )
     if not ctype.startswith("multipart/form-data"):
         raise ApiError(
-            415, "unsupported_media_type",
+            415,
+            "unsupported_media_type",
             "send the scene as multipart/form-data (curl -F image=@scene.tif), or an AOI as "
             "application/json",
-        )  # fmt: skip
+        )
     form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
     try:
         images = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
@@ -135,9 +137,10 @@ async def predict(
         extra = set(fields) - set(FORM_FIELDS)
         if extra:
             raise ApiError(
-                422, "invalid_request",
+                422,
+                "invalid_request",
                 f"unknown form field(s) {sorted(extra)}; accepted: {', '.join(sorted(FORM_FIELDS))}",
-            )  # fmt: skip
+            )
         fields = {k: val for k, val in fields.items() if val.strip()}  # empty means "the default"
         params = _validate(
             PredictParams, {k: fields[k] for k in PredictParams.model_fields if k in fields}
@@ -145,9 +148,19 @@ async def predict(
         outputs = sorted(params.output_set())
         alias_used = None if version is not None else (alias or "champion")
         return await run_in_threadpool(
-            _predict_upload, ctx, owner, name, alias_used, registered, v, images, fields, params,
-            outputs, ctx.settings.public_url,
-        )  # fmt: skip
+            _predict_upload,
+            ctx,
+            owner,
+            name,
+            alias_used,
+            registered,
+            v,
+            images,
+            fields,
+            params,
+            outputs,
+            ctx.settings.public_url,
+        )
     finally:
         await form.close()  # the spooled upload files
 
@@ -166,13 +179,23 @@ def _predict_upload(
         pixels = infos[0].pixels
         bands = [b.strip() for b in fields["bands"].split(",")] if fields.get("bands") else None
         dates = [d.strip() for d in fields["dates"].split(",")] if fields.get("dates") else None
-        write_json(folder / "request.json", {
-            "owner": owner, "model": name, "alias": alias,
-            "registered_name": registered, "version": v, "inputs": [p.name for p in names],
-            "input_names": list(names.values()), "bands": bands, "sensor": fields.get("sensor"),
-            "dates": dates,
-            "params": params.model_dump() | {"outputs": outputs}, "pixels": pixels,
-        })  # fmt: skip
+        write_json(
+            folder / "request.json",
+            {
+                "owner": owner,
+                "model": name,
+                "alias": alias,
+                "registered_name": registered,
+                "version": v,
+                "inputs": [p.name for p in names],
+                "input_names": list(names.values()),
+                "bands": bands,
+                "sensor": fields.get("sensor"),
+                "dates": dates,
+                "params": params.model_dump() | {"outputs": outputs},
+                "pixels": pixels,
+            },
+        )
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
 
 
@@ -181,10 +204,11 @@ def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base
     ctx.clean_predictions(at_most_every_s=60)
     if pixels > ctx.settings.sync_pixels:
         rec = ctx.jobs.create(
-            "predict", owner,
+            "predict",
+            owner,
             {"prediction_id": pred_id, "model": name, "version": v, "pixels": pixels},
             lambda job_folder: predict_argv(folder, job_folder),
-        )  # fmt: skip
+        )
         view = job_view(rec)
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
     with ctx.lane.slot(), ctx.predictions.running(pred_id):
@@ -200,13 +224,26 @@ def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
     res = float(ctx.models.get(registered, v).record.resolution[0])
     pixels = int(max(km2, extent_km2(parse_aoi(req.aoi))) * 1e6 / (res * res))  # the grid's
     pred_id, folder = ctx.predictions.new()
-    write_json(folder / "request.json", {
-        "owner": owner, "model": name, "alias": alias, "registered_name": registered, "version": v,
-        "inputs": [], "input_names": [], "aoi": req.aoi, "start_date": req.start_date.isoformat(),
-        "end_date": req.end_date.isoformat(), "sensor": req.sensor, "bands": None,
-        "params": req.model_dump(include=set(PredictParams.model_fields)) | {"outputs": sorted(req.output_set())},
-        "pixels": pixels,
-    })  # fmt: skip
+    write_json(
+        folder / "request.json",
+        {
+            "owner": owner,
+            "model": name,
+            "alias": alias,
+            "registered_name": registered,
+            "version": v,
+            "inputs": [],
+            "input_names": [],
+            "aoi": req.aoi,
+            "start_date": req.start_date.isoformat(),
+            "end_date": req.end_date.isoformat(),
+            "sensor": req.sensor,
+            "bands": None,
+            "params": req.model_dump(include=set(PredictParams.model_fields))
+            | {"outputs": sorted(req.output_set())},
+            "pixels": pixels,
+        },
+    )
     try:
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
     except UserError as e:
@@ -230,9 +267,11 @@ def get_prediction(
 
 
 @router.delete(
-    "/predictions/{prediction_id}", status_code=204, responses=ERRORS,
+    "/predictions/{prediction_id}",
+    status_code=204,
+    responses=ERRORS,
     summary="Delete a prediction: its outputs and uploaded scene",
-)  # fmt: skip
+)
 def delete_prediction(
     prediction_id: str,
     owner: str = Depends(current_owner),
@@ -249,9 +288,10 @@ def delete_prediction(
 
 
 @router.get(
-    "/predictions/{prediction_id}/{filename}", responses=ERRORS,
+    "/predictions/{prediction_id}/{filename}",
+    responses=ERRORS,
     summary="A prediction's file: classes.tif, confidence.tif (COGs), polygons.geojson, summary.json",
-)  # fmt: skip
+)
 def get_prediction_file(
     prediction_id: str,
     filename: str,

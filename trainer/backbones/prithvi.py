@@ -45,14 +45,18 @@ BANDS = ("blue", "green", "red", "nir08", "swir16", "swir22")
 
 CHECKPOINT_LAYOUTS = {
     "v2": CheckpointLayout(
-        "Prithvi-EO-2.0 MAE state dict (encoder./decoder. prefixes)", "plain", "encoder.",
+        "Prithvi-EO-2.0 MAE state dict (encoder./decoder. prefixes)",
+        "plain",
+        "encoder.",
         (r"decoder\..*", r"encoder\.pos_embed"),
     ),
     "flat": CheckpointLayout(
-        "flat state dict: Prithvi-EO-1.0 MAE (decoder_*, mask_token) or encoder-only", "plain", "",
+        "flat state dict: Prithvi-EO-1.0 MAE (decoder_*, mask_token) or encoder-only",
+        "plain",
+        "",
         (r"pos_embed", r"mask_token", r"decoder_.*"),
     ),
-}  # fmt: skip
+}
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,20 @@ from .resnet_net import ResNetTrunk
 from .variants import ResNetSize, family_entry
 
 _S2_ALL = (
-    "coastal", "blue", "green", "red", "rededge071", "rededge075", "rededge078",
-    "nir", "nir08", "nir09", "cirrus", "swir16", "swir22",
-)  # fmt: skip
+    "coastal",
+    "blue",
+    "green",
+    "red",
+    "rededge071",
+    "rededge075",
+    "rededge078",
+    "nir",
+    "nir08",
+    "nir09",
+    "cirrus",
+    "swir16",
+    "swir22",
+)
 _S2_RGB = ("red", "green", "blue")
 
 # TorchGeo weight files by name: their input bands (sensor-table names) and normalisation.
