@@ -1,10 +1,10 @@
 """A loaded model's network prepared for inference, once per model and setting, and its lane.
 
 :func:`inference_net` gives the network a :class:`trainer.predict.Predictor` runs: in eval
-mode, on the device, in ``channels_last`` when asked (2-D convolutions only), and in float32 on
-the CPU with each batch norm folded into the convolution before it (one convolution instead
-of a convolution and a normalisation pass over its output: the same function up to rounding,
-see ``experiments/perf``). The folded copy is made once per model and device and kept on the
+mode, on the device, in ``channels_last`` when asked (2-D convolutions only), and on the CPU
+with each batch norm folded into the convolution before it (one convolution instead of a
+convolution and a normalisation pass over its output: the same function up to rounding; in
+float32 and under bfloat16 autocast alike, see ``experiments/perf``). The folded copy is made once per model and device and kept on the
 model, so concurrent predictions with one model share one network (the service's cached
 models).
 
@@ -26,13 +26,13 @@ _LANES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network → i
 
 def inference_net(model, device, channels_last: bool, precision: str):
     """``model.net`` prepared for ``device``/layout/precision (see the module's docstring).
-    In float32 on the CPU, a copy with the batch norms folded, made once per model; otherwise
-    ``model.net`` itself. Preparing again is a no-op on an already prepared network."""
+    On the CPU, a copy with the batch norms folded, made once per model and device; otherwise
+    ``model.net`` itself (``precision`` is the forward's: the folded weights stay float32). Preparing again is a no-op on an already prepared network."""
     import torch
 
     with _BUILD:
         net = model.net.eval()
-        if device.type == "cpu" and precision == "fp32":
+        if device.type == "cpu":
             folded = model.__dict__.setdefault("_folded_nets", {})
             if str(device) not in folded:
                 folded[str(device)] = fold_batch_norms(copy.deepcopy(net))

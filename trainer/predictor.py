@@ -21,7 +21,7 @@ from datamodules.imagery import Scene, SceneReader, day_number
 from .areas import pixel_area_rows
 from .backbones.variants import get_entry
 from .chips import ChipCache, ChipGrid, crop, fit_chip, ground_resolution, ramp
-from .device import resolve_device, resolve_precision, to_device
+from .device import batch_chips, resolve_device, resolve_precision, to_device
 from .inference import inference_net, lane, uses_channels_last
 from .inputs import PredictError
 
@@ -32,7 +32,8 @@ class PredictOptions:
     # ``fit_chip``); for ViTs and classification, the training patch
     chip_size: int | None = None
     overlap: int | None = None  # default: the model's recorded overlap
-    batch_size: int | None = None  # default: about max_chip² pixels per batch (1 chip of 512²)
+    # default: chips of about max_chip² pixels, as many per pass as ``device.batch_chips`` says
+    batch_size: int | None = None
     tile_size: int = 1024  # output tile edge; bounds memory
     max_chip: int = 512
     cache_mb: float = 256  # probabilities of chips shared with later tiles (over it: recomputed)
@@ -103,6 +104,8 @@ class Predictor:
             raise PredictError(str(e)) from None
         g = self.scenes[0].grid
         check_resolution(g, rec["resolution"], options.resolution_tolerance)
+        self.device = resolve_device(options.device)
+        self.precision = resolve_precision(options.precision, self.device)
         self._chip_geometry(g, options)
         self._prepare_net(options, conversion)
         self.k = rec["num_classes"]
@@ -140,17 +143,14 @@ class Predictor:
         self.cols = ChipGrid(g.width, self.chip_w, self.overlap, flush)
         self.rows = ChipGrid(g.height, self.chip_h, self.overlap, flush)
         self.weight = ramp(self.chip_h, self.chip_w, self.overlap)
-        self.batch_size = options.batch_size or max(
-            1, round(options.max_chip**2 / (self.chip_h * self.chip_w))
-        )
+        per_pass = max(1, round(options.max_chip**2 / (self.chip_h * self.chip_w)))
+        self.batch_size = options.batch_size or per_pass * batch_chips(self.device, self.precision)
 
     def _prepare_net(self, options: PredictOptions, conversion) -> None:
         """The network on its device, in its memory format and precision; the input conversion."""
         import torch
 
         self.channels_last = uses_channels_last(self.model.net, options.channels_last)
-        self.device = resolve_device(options.device)
-        self.precision = resolve_precision(options.precision, self.device)
         self.net = inference_net(self.model, self.device, self.channels_last, self.precision)
         self.conversion = None
         if conversion is not None:
