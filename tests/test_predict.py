@@ -186,17 +186,19 @@ def test_overlapped_pipeline_equals_the_sequential_one(model, tmp_path):
 def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
     """``precision``: bf16 autocast changes the class of at most a few near-tie pixels, keeps
     probabilities in float32 (confidence within 2 points), and is recorded; auto picks bf16 only
-    where the CPU computes bfloat16 natively; a wrong value is refused."""
+    where the CPU computes bfloat16 natively; a wrong value is refused. The default batch is
+    the precision's (two chips per pass in bf16 on the CPU, one in fp32)."""
     import torch
 
     from trainer.predict import resolve_precision
 
     scene, _ = make_scene(tmp_path, size=256, seed=9)
-    out = {}
+    out, batch = {}, {}
     for p in ("fp32", "bf16"):
         s = predict_scene(model, [scene], tmp_path / p, progress=False,
                           options=PredictOptions(precision=p, polygons=False))  # fmt: skip
         assert s["options"]["precision"] == p
+        batch[p] = s["options"]["batch_size"]
         with (
             rasterio.open(tmp_path / p / "classes.tif") as a,
             rasterio.open(tmp_path / p / "confidence.tif") as b,
@@ -208,6 +210,8 @@ def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
     assert (diff > 0).any()  # the forward did run in bfloat16
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    # by default bf16 runs two chips per forward pass on the CPU, fp32 one (experiments/perf)
+    assert batch["bf16"] == 2 * batch["fp32"]
     with pytest.raises(PredictError, match="precision must be one of auto, fp32, bf16"):
         resolve_precision("fp16")
 

@@ -244,14 +244,17 @@ def test_the_unet_decoder_is_smps(enc, dec):
         assert torch.equal(ref(feats), mine(feats))
 
 
-def test_float32_with_folded_batch_norms_predicts_the_classes_of_the_plain_network(
-    at_home, tmp_path, monkeypatch
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_folded_batch_norms_predict_the_classes_of_the_plain_network(
+    at_home, tmp_path, monkeypatch, precision
 ):
+    """On the CPU the network runs with its batch norms folded into the convolutions, in
+    float32 and under bfloat16 autocast alike: the plain network's classes and polygons."""
     import trainer.inference
     from trainer.predict import PredictOptions, predict_scene
 
     scene, _ = make_scene(tmp_path, size=300, seed=3)
-    opts = PredictOptions(precision="fp32", chip_size=96, overlap=16, tile_size=128)
+    opts = PredictOptions(precision=precision, chip_size=96, overlap=16, tile_size=128)
     model = load_model("p@champion")
     folded = predict_scene(model, [scene], tmp_path / "folded", options=opts, progress=False)
     net = model.__dict__["_folded_nets"]["cpu"]
@@ -267,7 +270,11 @@ def test_float32_with_folded_batch_norms_predicts_the_classes_of_the_plain_netwo
         rasterio.open(tmp_path / "plain" / "classes.tif") as b,
     ):
         assert (a.read(1) == b.read(1)).mean() >= 0.999
-    assert abs(folded["n_polygons"] - plain["n_polygons"]) <= max(1, 0.005 * plain["n_polygons"])
+    # a near-tie pixel that flips class may split one polygon or leave one behind (bf16 rounds
+    # more coarsely than fp32: a flip or two among these ~30 polygons)
+    slack = 1 if precision == "fp32" else 2
+    n = plain["n_polygons"]
+    assert abs(folded["n_polygons"] - n) <= max(slack, 0.005 * n)
 
 
 def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, monkeypatch):

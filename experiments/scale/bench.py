@@ -103,11 +103,13 @@ def compare(a: Path, b: Path) -> dict:
     return out
 
 
-def breakdown(model, scene: Path, work: Path) -> dict:
-    """Seconds per part of a one-process ``predict_scene`` on ``scene`` (instrumented here)."""
+def breakdown(model, scene: Path, work: Path, concurrent: bool = True, **options) -> dict:
+    """Seconds per part of a one-process ``predict_scene`` on ``scene`` (instrumented here);
+    ``concurrent=False``: the parts one after another, so each figure is that part alone.
+    ``options``: ``PredictOptions`` fields."""
     from trainer import polygons, predict, sink
 
-    spent = {"read": 0.0, "forward": 0.0, "polygons": 0.0, "cog": 0.0}
+    spent = {"read": 0.0, "forward": 0.0, "blend": 0.0, "polygons": 0.0, "cog": 0.0}
 
     def timed(obj, name, key):
         real = getattr(obj, name)
@@ -125,13 +127,16 @@ def breakdown(model, scene: Path, work: Path) -> dict:
     saved = [
         (predict.Predictor, "read", timed(predict.Predictor, "read", "read")),
         (predict.Predictor, "forward", timed(predict.Predictor, "forward", "forward")),
+        (predict.Predictor, "blend", timed(predict.Predictor, "blend", "blend")),
         (polygons.PolygonCollector, "add", timed(polygons.PolygonCollector, "add", "polygons")),
         (polygons.PolygonCollector, "write", timed(polygons.PolygonCollector, "write", "polygons")),
         (sink, "to_cog", timed(sink, "to_cog", "cog")),
     ]
     try:
         t = time.perf_counter()
-        s = predict.predict_scene(model, [scene], work / "breakdown", progress=False)
+        s = predict.predict_scene(model, [scene], work / "breakdown", progress=False,
+                                  concurrent=concurrent,
+                                  options=predict.PredictOptions(**options))  # fmt: skip
         wall = time.perf_counter() - t
     finally:
         for obj, name, real in saved:
