@@ -39,7 +39,7 @@ class EmbedOptions:
     stride: int | None = None  # default: the chip size (chips side by side)
     dtype: str = "float32"  # of the stored vectors: float32 or float16
     min_valid: float = 0.5  # chips with a smaller share of pixels holding data are skipped
-    batch_size: int | None = None  # chips per forward pass (default: about 512² pixels)
+    batch_size: int | None = None  # chips per forward pass (default: as PredictOptions')
     block_size: int = 1024  # chips are read and run in blocks of about this many pixels a side
     precision: str = "auto"  # as for prediction: auto, fp32, bf16
     device: str = "auto"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datamodules.options import FILE, Option
 
+BATCH_HELP = "chips per forward pass (default: chips of ~512² px, 2 at a time in bf16 on the CPU)"
 PRECISION = Option(
     "precision",
     default="auto",
@@ -76,7 +77,7 @@ PREDICT = (
         "ViTs: the training patch)",
     ),
     Option("overlap", int, http=None, help="chip overlap in px (default: the model's)"),
-    Option("batch_size", int, http=None, help="chips per forward pass (default: ~512² px)"),
+    Option("batch_size", int, http=None, help=BATCH_HELP),
     Option("tile_size", int, 1024, "output tile edge in px; bounds memory", http=None),
     PRECISION,
     DEVICE,
@@ -167,7 +168,7 @@ EMBED = (
         "dtype", default="float32", choices=("float32", "float16"), help="the stored vectors' type"
     ),
     Option("min_valid", float, 0.5, "skip chips with less of their pixels valid", ge=0, le=1),
-    Option("batch_size", int, http=None, help="chips per forward pass (default ~512² px)"),
+    Option("batch_size", int, http=None, help=BATCH_HELP),
     PRECISION,
     DEVICE,
 )
