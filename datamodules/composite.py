@@ -124,6 +124,7 @@ def composite_for_aoi(
     progress: bool = True,
     bands_hint: str = "Pick bands the items have with --bands.",
     cluster=None,
+    report=None,
 ) -> CompositeResult:
     """Search ``catalog`` for ``sensor`` imagery over ``aoi`` (GeoJSON / shapely / vector file,
     CRS84) between ``start`` and ``end`` and write a cloud-masked composite into ``out_dir``.
@@ -135,7 +136,8 @@ def composite_for_aoi(
     ``margin_px``). An AOI over ``max_aoi_km2`` raises ``AoiTooLargeError``; ``bands_hint``
     ends the message when the items lack bands asked for. ``cluster`` (a
     :class:`trainer.cluster.Cluster`): its workers read and reduce strips of blocks, the same
-    files (:mod:`datamodules.composite_cluster`)."""
+    files (:mod:`datamodules.composite_cluster`). ``report(blocks_done, blocks_total)`` is
+    called as blocks are done (a service job's progress)."""
     req = check_request(
         aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2, crs=crs
     )
@@ -154,7 +156,7 @@ def composite_for_aoi(
     grids = item_grids(plan.picked, plan.bands, plan.cat.access_for, read)
     grid, plan.grid = output_grid(req.geom, grids, res, crs, margin_px=0 if clip else margin_px)
     reader = BlockReader(plan.cat, plan.source, plan.bands, grid, req.geom if clip else None, read)
-    writer = Writer(reader, frames, cluster)
+    writer = Writer(reader, frames, cluster, report)
     out = Path(out_dir)
     names, dates, provenance = _write_into(out, writer, plan, req, sensor, block_size, progress)
     images = [out / n for n in names]

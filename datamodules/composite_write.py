@@ -21,6 +21,7 @@ import rasterio
 
 from .imagery import iter_windows
 from .observe import BlockReader
+from .progress import ProgressBar
 from .sensors import get_sensor
 from .stac import NoImageryError, Observation
 
@@ -40,12 +41,13 @@ def nanmedian(stack: np.ndarray) -> np.ndarray:
 class Writer:
     """Writes the outputs of a composite of ``frames`` images from a :class:`BlockReader`."""
 
-    def __init__(self, reader: BlockReader, frames: int = 1, cluster=None):
+    def __init__(self, reader: BlockReader, frames: int = 1, cluster=None, report=None):
         """``cluster``: a Dask cluster (:class:`trainer.cluster.Cluster`) whose workers read and
-        reduce strips of blocks (:mod:`datamodules.composite_cluster`); None: this process."""
+        reduce strips of blocks (:mod:`datamodules.composite_cluster`); None: this process.
+        ``report(blocks_done, blocks_total)`` is called as blocks are done."""
         self.reader, self.source, self.bands = reader, reader.source, reader.bands
         self.grid, self.read, self.frames = reader.grid, reader.read, frames
-        self.cluster = cluster
+        self.cluster, self.report = cluster, report
         # AOI pixels: with >= 1 clear observation, clear in every frame, in all
         self._clear = [0, 0, 0]
 
@@ -157,10 +159,8 @@ class Writer:
 
     def _computed(self, kind: str, obs, folder: Path, size: int, progress: bool, desc: str):
         """:meth:`outputs` of every block of the grid, here or on the cluster's workers."""
-        from tqdm.auto import tqdm
-
         wins = list(iter_windows(self.grid.width, self.grid.height, size))
-        with tqdm(total=len(wins), desc=desc, unit="block", disable=not progress) as bar:
+        with ProgressBar(len(wins), progress, self.report, desc, "block") as bar:
             if self.cluster is None:
                 with ThreadPoolExecutor(self.read.workers) as pool:
                     for win, arrays in self.outputs(kind, pool, obs, wins):

@@ -412,4 +412,6 @@ def _progress_text(p: dict) -> str:
         return f"at epoch {p['epoch']}{total}, step {p.get('step', 0)}"
     if p.get("tiles_done") is not None:
         return f"after {p['tiles_done']} of {p.get('tiles_total', '?')} tiles"
+    if p.get("blocks_done") is not None:
+        return f"compositing, {p['blocks_done']} of {p.get('blocks_total', '?')} blocks"
     return ""

@@ -282,10 +282,13 @@ def predict_argv(folder: Path, job_folder: Path | None = None) -> list[str]:
 
 
 def progress_writer(path: Path):
-    """``report(done, total)`` that writes a prediction job's progress for the scheduler."""
+    """``report(done, total, stage)`` that writes a prediction job's progress for the
+    scheduler: the composite's blocks (``stage="composite"``, an AOI's imagery), then the tiles
+    predicted (``stage="predict"``)."""
 
-    def report(done: int, total: int) -> None:
-        progress = {"stage": "predict", "tiles_done": done, "tiles_total": total}
+    def report(done: int, total: int, stage: str = "predict") -> None:
+        unit = "blocks" if stage == "composite" else "tiles"
+        progress = {"stage": stage, f"{unit}_done": done, f"{unit}_total": total}
         write_json(path, progress | {"updated": now()})
 
     return report

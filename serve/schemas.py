@@ -200,7 +200,8 @@ class JobOut(BaseModel):
     progress: dict[str, Any] = Field(
         {},
         description="training: epoch (1-based), max_epochs, step, latest metrics, run_id; "
-        "prediction: tiles_done of tiles_total",
+        "prediction: stage (composite: an AOI's imagery, blocks_done of blocks_total; then "
+        "predict: tiles_done of tiles_total)",
     )
     error: str | None = None
     result: dict[str, Any] | None = Field(

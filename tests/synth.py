@@ -123,3 +123,28 @@ def few_polygons(
     path = Path(folder) / name
     gpd.GeoDataFrame({column: names}, geometry=geoms, crs=crs).to_crs("EPSG:4326").to_file(path)
     return path
+
+
+def train_tiny(
+    folder: Path, name: str = "p", *, size: int = 128, seed: int = 0, keep: float = 0.7,
+    chips_per_epoch: int = 32, alias: str | None = "champion",
+) -> Path:  # fmt: skip
+    """A tiny random-init ResNet UNet fine-tuned for one epoch on a synthetic ``size``² scene and
+    its labels (dataset and registered model ``name``, with ``alias``) in the current
+    ``GEOTUNE_HOME``. Returns the scene."""
+    from datamodules.ingest import ingest
+    from trainer.config import compose
+    from trainer.train import train
+
+    scene, cmap = make_scene(folder, size=size, seed=seed)
+    labels = make_labels(folder, scene, cmap, keep=keep)
+    ingest(name=name, images=[scene], labels=labels, class_column="class_name", block_size=32,
+           progress=False)  # fmt: skip
+    overrides = [f"data.dataset={name}", "backbone.size=tiny", "backbone.weights=random",
+                 "data.patch_size=64", "data.num_workers=0",
+                 f"data.chips_per_epoch={chips_per_epoch}", "trainer.max_epochs=1",
+                 f"register.name={name}"]  # fmt: skip
+    if alias:
+        overrides.append(f"register.alias={alias}")
+    train(compose("train", overrides))
+    return scene

@@ -17,7 +17,7 @@ import rasterio
 import shapely
 import torch
 from conftest import env_with_home
-from synth import make_labels, make_scene
+from synth import make_scene, train_tiny
 
 GEOTUNE = [sys.executable, "-m", "trainer.cli"]
 
@@ -290,35 +290,8 @@ def test_weights_are_never_silently_random(home, files, tmp_path, capsys):
 def test_a_fine_tune_embeds_and_suggests_labels(home, tmp_path, capsys):
     """A registered ResNet fine-tune: its encoder embeds a scene (mean-pooled last feature map),
     and `data suggest` proposes distinct, uncertain chips of its dataset."""
-    from datamodules.ingest import ingest
-    from trainer.config import compose
-    from trainer.train import train
-
-    scene, cmap = make_scene(tmp_path, size=192, seed=2)
-    labels = make_labels(tmp_path, scene, cmap, keep=0.3)
-    ingest(
-        name="fields",
-        images=[scene],
-        labels=labels,
-        class_column="class_name",
-        block_size=32,
-        progress=False,
-    )
-    train(
-        compose(
-            "train",
-            [
-                "data.dataset=fields",
-                "backbone.size=tiny",
-                "backbone.weights=random",
-                "data.patch_size=64",
-                "data.num_workers=0",
-                "data.chips_per_epoch=16",
-                "trainer.max_epochs=1",
-                "register.name=fields",
-            ],
-        )
-    )
+    scene = train_tiny(tmp_path, "fields", size=192, seed=2, keep=0.3, chips_per_epoch=16,
+                       alias=None)  # fmt: skip
     out = tmp_path / "ft.parquet"
     run(
         ["embed", "--model", "fields", "--version", "1", "--image", str(scene), "--out", str(out)],

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import shapely
 from rio_cogeo.cogeo import cog_validate
-from synth import make_labels, make_scene
+from synth import make_labels, make_scene, train_tiny
 
 from datamodules.imagery import Grid
 from datamodules.ingest import ingest
@@ -25,31 +25,7 @@ def model(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GEOTUNE_HOME", str(tmp / "home"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        path, cmap = make_scene(tmp, size=128, seed=0)
-        labels = make_labels(tmp, path, cmap)
-        ingest(
-            name="p",
-            images=[path],
-            labels=labels,
-            class_column="class_name",
-            block_size=32,
-            progress=False,
-        )
-        cfg = compose(
-            "train",
-            [
-                "data.dataset=p",
-                "backbone.size=tiny",
-                "backbone.weights=random",
-                "data.patch_size=64",
-                "data.num_workers=0",
-                "data.chips_per_epoch=32",
-                "trainer.max_epochs=1",
-                "register.name=p",
-                "register.alias=champion",
-            ],
-        )
-        train(cfg)
+        train_tiny(tmp)
         m = load_model("p@champion")
     m.tmp = tmp
     return m

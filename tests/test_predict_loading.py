@@ -12,14 +12,11 @@ import pytest
 import rasterio
 import torch
 from conftest import env_with_home
-from synth import make_labels, make_scene
+from synth import make_scene, train_tiny
 
-from datamodules.ingest import ingest
 from trainer.backbones.resnet_net import ResNetTrunk
-from trainer.config import compose
 from trainer.loading import load_model
 from trainer.record import ModelRefError
-from trainer.train import train
 from trainer.unet import UnetDecoder
 
 
@@ -32,32 +29,7 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GEOTUNE_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        path, cmap = make_scene(tmp, size=128, seed=0)
-        labels = make_labels(tmp, path, cmap)
-        ingest(
-            name="p",
-            images=[path],
-            labels=labels,
-            class_column="class_name",
-            block_size=32,
-            progress=False,
-        )
-        train(
-            compose(
-                "train",
-                [
-                    "data.dataset=p",
-                    "backbone.size=tiny",
-                    "backbone.weights=random",
-                    "data.patch_size=64",
-                    "data.num_workers=0",
-                    "data.chips_per_epoch=32",
-                    "trainer.max_epochs=1",
-                    "register.name=p",
-                    "register.alias=champion",
-                ],
-            )
-        )
+        path = train_tiny(tmp)
         from trainer.registry import log_model, register, setup_mlflow
 
         v1 = load_model("p@champion")

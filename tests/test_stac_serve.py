@@ -1,6 +1,7 @@
 """POST /v1/models/{name}/predict with an AOI + dates: the service fetches imagery from a real
 STAC API on loopback (the test's) and predicts it with the same code as the CLI."""
 
+import json
 import subprocess
 import sys
 import time
@@ -104,3 +105,27 @@ def test_predict_by_aoi_over_http(world, monkeypatch):  # noqa: F811
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+    # a prediction job's progress by AOI: the composite's blocks first, then the tiles
+    from serve.predictions import progress_writer
+    from trainer.loading import load_model
+    from trainer.predict import predict_aoi
+
+    monkeypatch.setenv("GEOTUNE_STAC_URL", world["api"])
+    seen, path = [], home.parent / "progress.json"
+    write = progress_writer(path)
+
+    def report(done, total, stage="predict"):
+        seen.append((stage, done, total))
+        write(done, total, stage)
+
+    s = predict_aoi(load_model("stachttp@champion"), aoi(), DATES[1], DATES[3],
+                    home.parent / "aoi-job", sensor="sentinel-2-l2a", progress=False,
+                    report=report)  # fmt: skip
+    composite = [x for x in seen if x[0] == "composite"]
+    predicted = [x for x in seen if x[0] == "predict"]
+    assert composite and predicted and seen == composite + predicted
+    assert composite[-1][1] == composite[-1][2] > 0 and predicted[-1][1] == predicted[-1][2] > 0
+    last = json.loads(path.read_text())
+    assert last["stage"] == "predict" and last["tiles_done"] == last["tiles_total"]
+    assert s["provenance"]["imagery"]["url"] == world["api"]

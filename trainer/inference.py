@@ -4,9 +4,9 @@
 mode, on the device, in ``channels_last`` when asked (2-D convolutions only), and on the CPU
 with each batch norm folded into the convolution before it (one convolution instead of a
 convolution and a normalisation pass over its output: the same function up to rounding; in
-float32 and under bfloat16 autocast alike, see ``experiments/perf``). The folded copy is made once per model and device and kept on the
-model, so concurrent predictions with one model share one network (the service's cached
-models).
+float32 and under bfloat16 autocast alike, see ``experiments/perf``). The folded copy is made
+once per model and device and kept on the model, so concurrent predictions with one model
+share one network (the service's cached models).
 
 :func:`lane` serialises the forward passes through one prepared network: a forward already
 uses every core (torch's intra-op threads), and two at once would only compete for them;
@@ -27,7 +27,8 @@ _LANES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network → i
 def inference_net(model, device, channels_last: bool, precision: str):
     """``model.net`` prepared for ``device``/layout/precision (see the module's docstring).
     On the CPU, a copy with the batch norms folded, made once per model and device; otherwise
-    ``model.net`` itself (``precision`` is the forward's: the folded weights stay float32). Preparing again is a no-op on an already prepared network."""
+    ``model.net`` itself (``precision`` is the forward's: the folded weights stay float32).
+    Preparing again is a no-op on an already prepared network."""
     import torch
 
     with _BUILD:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import rasterio
+
+from datamodules.progress import ProgressBar
 
 from .chips import ChipCache, ChipGrid, coarse_grid, crop, fit_chip, ground_resolution, ramp, tiles
 from .device import PRECISIONS, current_threads, resolve_device, resolve_precision, torch_threads
@@ -107,31 +108,6 @@ def _finished(win, job: Future, bar):
     return win, out
 
 
-class Progress:
-    """Tiles predicted: a tqdm bar (when ``show``) and ``report(done, total)`` (at most twice a
-    second, and at the end)."""
-
-    def __init__(self, total: int, show: bool, report=None):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="predict", unit="tile", disable=not show)
-        self.total, self.done, self.report, self._last = total, 0, report, 0.0
-        self._lock = threading.Lock()
-
-    def update(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            self.bar.update(n)
-            if self.report is not None and time.monotonic() - self._last > 0.5:
-                self._last = time.monotonic()
-                self.report(self.done, self.total)
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.report is not None:
-            self.report(self.done, self.total)
-
-
 def drain(source, sink: OutputSink, concurrent: bool = True) -> None:
     """Every ``(window, outcome)`` of ``source`` into ``sink``, in order; ``concurrent``:
     finishing a tile (writing, counting, polygons) overlaps predicting the next ones."""
@@ -186,7 +162,7 @@ def predict_scene(
     # GDAL's block cache is a share of RAM by default; bound it so memory stays flat
     with rasterio.Env(GDAL_CACHEMAX=64), tempfile.TemporaryDirectory(dir=out) as tmp:
         sink = OutputSink(pred, layout, Path(tmp))
-        bar = Progress(len(windows), progress, report)
+        bar = ProgressBar(len(windows), progress, report, "predict", "tile")
         if cluster is None:
             cache = None
             if pred.task != "classification":
@@ -228,8 +204,13 @@ def predict_aoi(
     ``out_dir/imagery``; :func:`datamodules.composite.composite_for_model`, ``fetch``: its
     options), then :func:`predict_scene` on it (``kwargs``: its options). With a ``cluster``
     (a keyword of :func:`predict_scene`) its workers make the composite too. The summary's
-    provenance names the composite's files and records how it was made (``imagery``)."""
+    provenance names the composite's files and records how it was made (``imagery``).
+    ``report`` (a keyword of :func:`predict_scene`) hears of the composite's blocks first, as
+    ``report(done, total, stage="composite")``, then of the tiles predicted.
+    """
     from datamodules.composite import composite_for_model
+
+    report = kwargs.get("report")
 
     where = Path(imagery_dir) if imagery_dir else Path(out_dir) / "imagery"
     comp = composite_for_model(
@@ -241,6 +222,7 @@ def predict_aoi(
         sensor=sensor,
         progress=progress,
         cluster=kwargs.get("cluster"),
+        report=(lambda done, total: report(done, total, stage="composite")) if report else None,
         **(fetch or {}),
     )
     names = [Path(p).name for p in comp.images]

@@ -181,12 +181,8 @@ def _predict_upload(
         dates = [d.strip() for d in fields["dates"].split(",")] if fields.get("dates") else None
         write_json(
             folder / "request.json",
-            {
-                "owner": owner,
-                "model": name,
-                "alias": alias,
-                "registered_name": registered,
-                "version": v,
+            _request(owner, name, alias, registered, v)
+            | {
                 "inputs": [p.name for p in names],
                 "input_names": list(names.values()),
                 "bands": bands,
@@ -197,6 +193,17 @@ def _predict_upload(
             },
         )
         return _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url)
+
+
+def _request(owner: str, name: str, alias, registered: str, version: int) -> dict:
+    """What every prediction's ``request.json`` starts with: who asked, for which model."""
+    return {
+        "owner": owner,
+        "model": name,
+        "alias": alias,
+        "registered_name": registered,
+        "version": version,
+    }
 
 
 def _run_or_queue(ctx, owner, name, registered, v, pred_id, folder, pixels, base_url):
@@ -226,12 +233,8 @@ def _predict_aoi(ctx, owner, name, alias, registered, v, req, km2, base_url):
     pred_id, folder = ctx.predictions.new()
     write_json(
         folder / "request.json",
-        {
-            "owner": owner,
-            "model": name,
-            "alias": alias,
-            "registered_name": registered,
-            "version": v,
+        _request(owner, name, alias, registered, v)
+        | {
             "inputs": [],
             "input_names": [],
             "aoi": req.aoi,

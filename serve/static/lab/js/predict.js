@@ -102,7 +102,9 @@ async function run() {
     if (sent.status === 202) {
       const job = await waitJob(body.id, { log, every: 1500, onState: (j) => {
         const p = j.progress || {};
-        say($('#pr-status'), `job ${j.id}: ${j.state}${p.tiles_done !== undefined ? `, ${p.tiles_done} of ${p.tiles_total} tiles` : ''}`);
+        const where = p.tiles_done !== undefined ? `, ${p.tiles_done} of ${p.tiles_total} tiles`
+          : p.blocks_done !== undefined ? `, imagery: ${p.blocks_done} of ${p.blocks_total} blocks` : '';
+        say($('#pr-status'), `job ${j.id}: ${j.state}${where}`);
       } });
       if (job.state !== 'succeeded') throw new Error(job.error || `the prediction job ${job.state}`);
       body = (await api('GET', `/v1/jobs/${job.id}/result`, { log })).body;
