@@ -272,4 +272,4 @@ def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, mon
         t.join()
     assert len(loads) == 1 and len(got) == 4 and all(m is got[0] for m in got)
     cpu = torch.device("cpu")
-    assert inference_net(got[0], cpu, True, "fp32") is inference_net(got[1], cpu, True, "fp32")
+    assert inference_net(got[0], cpu, True) is inference_net(got[1], cpu, True)

@@ -24,10 +24,10 @@ _BUILD = threading.Lock()
 _LANES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network → its lane's lock
 
 
-def inference_net(model, device, channels_last: bool, precision: str):
-    """``model.net`` prepared for ``device``/layout/precision (see the module's docstring).
-    On the CPU, a copy with the batch norms folded, made once per model and device; otherwise
-    ``model.net`` itself (``precision`` is the forward's: the folded weights stay float32).
+def inference_net(model, device, channels_last: bool):
+    """``model.net`` prepared for ``device`` and layout (see the module's docstring). On the
+    CPU, a copy with the batch norms folded (float32 weights, for a float32 or a bfloat16
+    autocast forward alike), made once per model and device; otherwise ``model.net`` itself.
     Preparing again is a no-op on an already prepared network."""
     import torch
 
