@@ -143,3 +143,33 @@ def test_polygons_burn_back_to_the_class_raster_and_areas_match(tmp_path_factory
         area = sum(f["properties"]["area_m2"] for f in feats if f["properties"]["class_id"] == c)
         expected = (cls == c).sum() * res * res / scale
         assert abs(area - expected) <= 1e-6 * max(area, 1) + 1e-3
+
+
+@SETTINGS
+@given(class_rasters())
+def test_components_and_their_polygons_are_gdals_shapes_of_each_class(args):
+    """The vectorised building blocks of the collector: one component per 4-connected patch
+    of a class, and GDAL's polygon of each, the same geometries (vertex for vertex) as
+    ``shapely.geometry.shape`` makes of GDAL's rings."""
+    from rasterio.features import shapes as gdal_shapes
+    from scipy import ndimage
+
+    from trainer.polygons import _components, _polygons
+
+    cls, k, _ = args
+    comp, comp_class = _components(cls, list(range(k)))
+    assert len(comp_class) - 1 == sum(ndimage.label(cls == c)[1] for c in range(k))
+    for n in range(1, len(comp_class)):
+        patch = comp == n
+        assert patch.any() and (cls[patch] == comp_class[n]).all()
+        assert ndimage.label(patch)[1] == 1
+    assert ((comp == 0) == (cls == 255)).all()
+    transform = Affine(10.0, 0, 500000, 0, -10.0, 4200000)
+    ours = _polygons(comp, transform)
+    expected = [
+        (shapely.geometry.shape(g), int(v))
+        for g, v in gdal_shapes(comp, mask=comp > 0, transform=transform, connectivity=4)
+    ]
+    assert [n for _, n in ours] == [n for _, n in expected]
+    for (a, _), (b, _) in zip(ours, expected, strict=True):
+        assert shapely.equals_exact(a, b, tolerance=0)

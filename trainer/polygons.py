@@ -40,6 +40,41 @@ class _Piece:
     open_below: bool  # touches the inner bottom edge of its tile
 
 
+def _components(cls: np.ndarray, ids: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Connected components of equal class (4-connectivity) numbered 1.. across classes, and
+    each number's class (index 0: none)."""
+    comp = np.zeros(cls.shape, dtype=np.int32)
+    lab = np.empty(cls.shape, dtype=np.int32)
+    comp_class = [0]
+    for cid in ids:
+        mask = cls == cid
+        n = ndimage.label(mask, output=lab)
+        if n:
+            # classes are disjoint: outside ``mask`` the labels are 0, so adding them is placing
+            np.add(lab, len(comp_class) - 1, out=lab, where=mask)
+            comp += lab
+            comp_class += [cid] * n
+    return comp, comp_class
+
+
+def _polygons(comp: np.ndarray, transform) -> list[tuple]:
+    """GDAL's polygon of each component of ``comp`` (0: none), all built in two vectorised
+    calls from their rings' coordinates: ``(polygon, component)`` pairs in GDAL's order."""
+    ids, ring_sizes, ring_counts, coords = [], [], [], []
+    for geom, value in shapes(comp, mask=comp > 0, transform=transform, connectivity=4):
+        ids.append(int(value))
+        ring_counts.append(len(geom["coordinates"]))
+        for ring in geom["coordinates"]:
+            ring_sizes.append(len(ring))
+            coords.extend(ring)
+    if not ids:
+        return []
+    xy = np.array(coords, dtype=np.float64)
+    rings = shapely.linearrings(xy, indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
+    polys = shapely.polygons(rings, indices=np.repeat(np.arange(len(ids)), ring_counts))
+    return list(zip(polys.tolist(), ids, strict=True))
+
+
 class PolygonCollector:
     def __init__(
         self,
@@ -87,16 +122,8 @@ class PolygonCollector:
         if self.sieve:
             cls = sieve(cls, size=self.sieve, mask=valid.astype(np.uint8))
             cls[~valid] = nodata
-        comp = np.zeros(cls.shape, dtype=np.int32)
-        comp_class = [0]
-        n_total = 0
-        for c in self.classes:
-            lab, n = ndimage.label(cls == c["id"])
-            if n:
-                sel = lab > 0
-                comp[sel] = lab[sel] + n_total
-                comp_class += [c["id"]] * n
-                n_total += n
+        comp, comp_class = _components(cls, [c["id"] for c in self.classes])
+        n_total = len(comp_class) - 1
         h, w = cls.shape
         top, left = win.row_off > 0, win.col_off > 0
         bottom, right = win.row_off + h < self.grid.height, win.col_off + w < self.grid.width
@@ -120,12 +147,7 @@ class PolygonCollector:
 
         t = window_transform(win, self.grid.transform)
         done = []
-        for geom, value in shapes(comp, mask=comp > 0, transform=t, connectivity=4):
-            cid = int(value)
-            rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
-            poly = shapely.Polygon(
-                shapely.linearrings(rings[0]), [shapely.linearrings(h) for h in rings[1:]]
-            )
+        for poly, cid in _polygons(comp, t):
             item = (poly, comp_class[cid], float(conf_sum[cid]), float(count[cid]))
             if on_edge[cid]:
                 g = int(gid[cid])
