@@ -249,6 +249,35 @@ def test_folded_batch_norms_predict_the_classes_of_the_plain_network(
     assert abs(folded["n_polygons"] - n) <= max(slack, 0.005 * n)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_sign_bit_relus_are_relu_bit_for_bit(at_home, dtype):
+    """The folded CPU network's in-place ReLUs clamp a bfloat16 tensor's bits: relu's numbers
+    for every value (signed zeros, tiny and huge values, infinities), and the network's output
+    unchanged bit for bit, in bfloat16 autocast and float32."""
+    import copy
+
+    from trainer.inference import fold_batch_norms, sign_bit_relus
+
+    special = torch.tensor([-0.0, 0.0, 1e-40, -1e-40, 3e38, -3e38, float("inf"), -float("inf")])
+    x = torch.cat([special, torch.randn(4096) * 10]).to(dtype)
+    relu = sign_bit_relus(torch.nn.Sequential(torch.nn.ReLU(inplace=True)))
+    assert type(relu[0]) is not torch.nn.ReLU
+    assert torch.equal(relu(x.clone()), torch.relu(x))
+    if dtype is torch.bfloat16:  # clamped bits: -0 becomes +0 (equal to it, as relu's -0 is)
+        assert not torch.signbit(relu(x.clone())).any()
+
+    model = load_model("p@champion")
+    net = fold_batch_norms(copy.deepcopy(model.net.eval()))
+    n_relus = sum(type(m) is torch.nn.ReLU for m in net.modules())
+    fast = sign_bit_relus(copy.deepcopy(net))
+    assert n_relus > 0 and not any(type(m) is torch.nn.ReLU for m in fast.modules())
+    chips = torch.randn(2, len(model.record["bands"]), 96, 96) * 3
+    chips = chips.contiguous(memory_format=torch.channels_last)
+    auto = torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16)
+    with torch.inference_mode(), auto:
+        assert torch.equal(fast(chips), net(chips))
+
+
 def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, monkeypatch):
     import threading
 

