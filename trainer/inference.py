@@ -6,9 +6,8 @@ with each batch norm folded into the convolution before it (one convolution inst
 convolution and a normalisation pass over its output: the same function up to rounding; in
 float32 and under bfloat16 autocast alike, see ``experiments/perf``) and its in-place ReLUs
 clamping a bfloat16 tensor's bits (:func:`sign_bit_relus`: the same numbers, a quarter of the
-time). The folded copy is made
-once per model and device and kept on the model, so concurrent predictions with one model
-share one network (the service's cached models).
+time). The folded copy is made once per model and device and kept on the model, so concurrent
+predictions with one model share one network (the service's cached models).
 
 :func:`lane` serialises the forward passes through one prepared network: a forward already
 uses every core (torch's intra-op threads), and two at once would only compete for them;
