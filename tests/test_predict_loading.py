@@ -278,12 +278,88 @@ def test_sign_bit_relus_are_relu_bit_for_bit(at_home, dtype):
         assert torch.equal(fast(chips), net(chips))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "prithvi_eo_v2_300", "clay_v1_5"])
+def test_bfloat16_weights_leave_the_bf16_forward_unchanged(name):
+    """Convolution and linear weights cast to bfloat16 once: under bfloat16 autocast the
+    network's output is the float32-weighted network's bit for bit (autocast casts them the
+    same way on every call), for the ResNet, Prithvi and Clay families; the normalisations keep
+    float32."""
+    import copy
+
+    from trainer.backbones import build_backbone
+    from trainer.heads import SegmentationNet
+    from trainer.inference import bfloat16_weights, fold_batch_norms
+
+    torch.manual_seed(0)
+    bands = ["blue", "green", "red", "nir08", "swir16", "swir22"]
+    kw = {"size": "tiny", "bands": bands, "mean": [1000.0] * 6, "std": [500.0] * 6}
+    net = SegmentationNet(build_backbone(name, "random", **kw), 3, gsd=10.0).eval()
+    net = fold_batch_norms(net)
+    fast = bfloat16_weights(copy.deepcopy(net))
+    dtypes = {p.dtype for p in fast.parameters()}
+    assert dtypes == {torch.bfloat16, torch.float32} or (
+        name == "resnet18" and dtypes == {torch.bfloat16}
+    )
+    x = torch.rand(2, 6, 64, 64) * 3000
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        want, got = net(x), fast(x)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    # the check can fail: weights rounded another way give other numbers
+    worse = copy.deepcopy(fast)
+    with torch.no_grad():
+        next(p for p in worse.parameters() if p.dtype is torch.bfloat16).mul_(1.01)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert not torch.equal(worse(x), want)
+
+
+_BUFFERS = """
+import ctypes
+import numpy as np
+from trainer.inference import keep_large_buffers
+
+class MallInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo
+tuned = keep_large_buffers()
+a = np.ones(48 << 20, dtype=np.uint8)  # 48 MB: above glibc's largest mmap threshold
+mapped = libc.mallinfo2().hblkhd >= 48 << 20  # in a mapping of its own
+del a
+kept = libc.mallinfo2().fordblks >= 48 << 20  # freed, and still in the heap for the next one
+print(tuned, mapped, kept)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_large_buffers_stay_in_the_heap_unless_the_user_tunes_malloc():
+    """After :func:`keep_large_buffers`, a 48 MB buffer comes from malloc's heap and, freed,
+    stays there for the next one; glibc's default maps it privately and unmaps it when freed
+    (every forward pass then faults the pages in again). A user's ``MALLOC_*`` setting is left
+    alone."""
+    import os
+
+    def run(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", _BUFFERS],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.split()
+
+    assert run() == ["True", "False", "True"]
+    assert run(MALLOC_TOP_PAD_=str(128 << 10)) == ["False", "True", "False"]
+
+
 def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, monkeypatch):
     import threading
 
     import trainer.loading
     from serve.models import ModelCache
-    from trainer.inference import inference_net
+    from trainer.inference import _LANES, inference_net
 
     loads = []
     real = trainer.loading.load_model
@@ -302,3 +378,9 @@ def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, mon
     assert len(loads) == 1 and len(got) == 4 and all(m is got[0] for m in got)
     cpu = torch.device("cpu")
     assert inference_net(got[0], cpu, True) is inference_net(got[1], cpu, True)
+    # the bfloat16 copy runs its forward passes in the float32 copy's lane
+    bf16 = inference_net(got[0], cpu, True, "bf16")
+    assert bf16 is not inference_net(got[0], cpu, True) and bf16 is inference_net(
+        got[1], cpu, True, "bf16"
+    )
+    assert _LANES[bf16] is _LANES[inference_net(got[0], cpu, True)]

@@ -151,7 +151,7 @@ class Predictor:
         import torch
 
         self.channels_last = uses_channels_last(self.model.net, options.channels_last)
-        self.net = inference_net(self.model, self.device, self.channels_last)
+        self.net = inference_net(self.model, self.device, self.channels_last, self.precision)
         self.conversion = None
         if conversion is not None:
             gains, biases = (

@@ -142,8 +142,9 @@ def forward_table(net) -> list[dict]:
 def fused_rows(net, plain: list[dict]) -> list[dict]:
     """channels_last with fused operations, chip 512: batch norms folded into the convolutions
     (``trainer.inference.fold_batch_norms``), in float32 and under bfloat16 autocast; under
-    bfloat16 autocast also with the ReLUs clamping bits (``bf16-inference``: + ``sign_bit_relus``,
-    the network ``predict_scene`` runs on the CPU, ``trainer.inference.inference_net``); and in
+    bfloat16 autocast also with the ReLUs clamping bits and the weights cast once
+    (``bf16-inference``: + ``sign_bit_relus`` and ``bfloat16_weights``, the network
+    ``predict_scene`` runs on the CPU, ``trainer.inference.inference_net``); and in
     float32 TorchScript ``torch.jit.freeze`` of a trace (which folds them too; a trace is fixed
     to one input shape). ``torch.compile`` is left out:
     importing TorchDynamo alone costs ``geotune predict`` 2.8 s, and measured by hand on the
@@ -154,12 +155,12 @@ def fused_rows(net, plain: list[dict]) -> list[dict]:
 
     import torch
 
-    from trainer.inference import fold_batch_norms, sign_bit_relus
+    from trainer.inference import bfloat16_weights, fold_batch_norms, sign_bit_relus
 
     cl = torch.channels_last
     rows = []
     folded = fold_batch_norms(copy.deepcopy(net).eval()).to(memory_format=cl)
-    fast = sign_bit_relus(copy.deepcopy(folded))
+    fast = bfloat16_weights(sign_bit_relus(copy.deepcopy(folded)))
     for batch in (1, 2):
         x = (torch.rand(batch, 6, 512, 512) * 3000).contiguous(memory_format=cl)
         with torch.inference_mode():
@@ -440,7 +441,13 @@ def report(r: dict) -> str:
         f"Recorded {r['date']} on {r['machine']}; load average before/after: "
         f"{r['loadavg_before']} / {r['loadavg_after']}. Command: `{r['command']}`. "
         "All ratios are between figures taken in this one run. Raw figures: `results.json`; "
-        "picture: `plot.png`.",
+        "picture: `plot.png`. "
+        + (
+            "The whole run (forward table, TerraTorch, geotune) uses the malloc settings "
+            "`predict_scene` makes (`trainer.inference.keep_large_buffers`)."
+            if r.get("malloc_tuned")
+            else "malloc left at its defaults (not glibc, or set by the user)."
+        ),
         "",
         "| measure | figure | target | met |",
         "|---|---|---|---|",
@@ -563,8 +570,12 @@ def main() -> None:
     env = dict(os.environ)
     before = os.getloadavg()
 
+    from trainer.inference import keep_large_buffers
     from trainer.registry import load_model
 
+    # predict_scene tunes malloc for its forward passes (trainer.inference); tuned from the
+    # start, the forward table (the floor) and TerraTorch's runs get the same allocator
+    tuned_malloc = keep_large_buffers()
     print("[1/6] model: full-size ResNet-18 UNet, 3 epochs on the demo sample", flush=True)
     try:
         model = load_model("perf@champion")
@@ -605,6 +616,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "command": ".venv/bin/python experiments/perf/bench.py --write",
         "loadavg_before": [round(x, 2) for x in before],
+        "malloc_tuned": tuned_malloc,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "forward": fwd, "best_forward": best, "terratorch": tt, "pipeline": pipe,
         "headline": h, "big": big, "imports": imports, "serial_parts": parts,
