@@ -28,6 +28,7 @@ from datamodules.progress import ProgressBar
 
 from .chips import ChipCache, ChipGrid, coarse_grid, crop, fit_chip, ground_resolution, ramp, tiles
 from .device import PRECISIONS, current_threads, resolve_device, resolve_precision, torch_threads
+from .inference import give_back_free_memory
 from .inputs import PredictError
 from .predictor import PredictOptions, Predictor, open_predictor
 from .sink import OutputLayout, OutputSink, tile_outcome, to_cog
@@ -178,6 +179,7 @@ def predict_scene(
         bar.close()
         written = sink.finish(out)
     pred.close()
+    give_back_free_memory()
     summary = scene_summary(model, pred, inputs, layout, written, provenance, strips)
     summary["seconds"] = round(time.time() - t0, 2)  # everything, polygons included
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
