@@ -21,7 +21,8 @@ Measurements:
    TerraTorch's faster of 1 and 2. TerraTorch gets the scene already in memory and only its
    argmax is taken; geotune's time is ``predict_scene`` from file to the four outputs. Each
    time is the best of two rounds in which the two sides' runs alternate. Argmax agreement
-   over all pixels.
+   over all pixels. The whole run uses the malloc settings ``predict_scene`` makes
+   (``trainer.inference.keep_large_buffers``), TerraTorch's runs included.
 3. pipeline efficiency: ``predict_scene`` on the 3000² scene (defaults; read, infer, blend,
    write, vectorize) against a bare eager float32 forward (contiguous, one chip at a time: its
    fastest) over exactly the chips ``predict_scene`` runs, held in memory.
