@@ -437,6 +437,76 @@ def test_scene_larger_than_a_memory_cap(model, tmp_path):
     assert math.isclose(total, side * side * 100.0, rel_tol=2e-3)  # ellipsoid vs UTM map
 
 
+def test_polygons_on_a_geographic_grid_stay_valid_across_tile_seams(tmp_path):
+    """On a lon/lat grid whose pixel size no float holds exactly (1/11132°, as GDAL writes for
+    ~10 m), the pieces of a polygon on either side of a tile seam are merged in pixel space:
+    every polygon is one valid Polygon, as many as the whole raster makes at once, and burnt
+    back they give the raster. (Merged in degrees, seams a rounding apart left slivers: invalid
+    MultiPolygons.)"""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+    from scipy import ndimage
+
+    from trainer.polygons import PolygonCollector
+    from trainer.predict import tiles
+
+    rng = np.random.default_rng(5)
+    n, k = 240, 3
+    field = ndimage.gaussian_filter(rng.standard_normal((n, n)), 3)
+    cls = np.digitize(field, np.quantile(field, [0.4, 0.7])).astype(np.uint8)
+    cls[rng.random((n, n)) < 0.002] = 255
+    conf = rng.random(cls.shape).astype(np.float32)
+    grid = Grid(CRS.from_epsg(4326), from_origin(10.123, 45.678, 1 / 11132, 1 / 11132), n, n)
+    classes = [{"id": i, "name": f"c{i}"} for i in range(k)]
+
+    def run(tile):
+        col = PolygonCollector(grid, classes)
+        for w in tiles(n, n, tile):
+            sl = (slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width))
+            col.add(w, cls[sl], conf[sl], cls[sl] != 255, 255)
+        col.write(tmp_path / f"{tile}.geojson")
+        return json.loads((tmp_path / f"{tile}.geojson").read_text())["features"]
+
+    whole, tiled = run(n), run(23)
+    assert len(tiled) == len(whole) > 50
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in tiled]
+    assert all(g.geom_type == "Polygon" and g.is_valid for g in geoms)
+    to_grid = Transformer.from_crs("OGC:CRS84", "EPSG:4326", always_xy=True)
+    shapes = [
+        (
+            shapely.transform(g, lambda xy: np.column_stack(to_grid.transform(*xy.T))),
+            f["properties"]["class_id"],
+        )
+        for g, f in zip(geoms, tiled, strict=True)
+    ]
+    burnt = rasterize(
+        shapes, out_shape=cls.shape, transform=grid.transform, fill=255, dtype="uint8"
+    )
+    np.testing.assert_array_equal(burnt, cls)
+
+
+def test_merged_polygons_drop_straight_vertices_and_keep_their_type():
+    """The last step of merging seam pieces: vertices on a straight line between their
+    neighbours go (the ring start included), a polygon in parts stays a MultiPolygon beside
+    Polygons, and the shapes are unchanged."""
+    from trainer.polygons import _without_straight_vertices
+
+    square = shapely.Polygon([(1, 0), (2, 0), (2, 2), (0, 2), (0, 0), (1, 0)])  # starts mid-edge
+    holed = shapely.Polygon(
+        [(0, 0), (4, 0), (4, 4), (0, 4), (0, 0)], [[(1, 1), (1, 2), (1, 3), (3, 3), (3, 1), (1, 1)]]
+    )
+    tall = shapely.Polygon([(2, 0), (3, 0), (3, 1), (3, 2), (2, 2), (2, 0)])
+    parts = shapely.MultiPolygon([shapely.box(0, 0, 1, 1), tall])
+    for given in ([square, holed], [square, parts, holed]):
+        got = _without_straight_vertices(np.array(given, dtype=object))
+        assert [g.geom_type for g in got] == [g.geom_type for g in given]
+        assert all(a.equals(b) and b.is_valid for a, b in zip(given, got, strict=True))
+    assert shapely.get_num_coordinates(given).tolist() == [6, 11, 11]
+    assert shapely.get_num_coordinates(got).tolist() == [5, 10, 10]
+
+
 def test_polygons_merge_across_tiles_and_finished_rows_are_released(tmp_path):
     """Tiled polygonisation gives the polygons of the whole raster at once (same shapes, areas
     and mean confidences), and pieces of finished polygons are not kept until the end."""

@@ -6,8 +6,15 @@ pixels. A component that touches an inner tile edge is a *piece* of a polygon th
 the next tile. Pieces are joined in raster space: where two pieces of one class face each other
 across a tile edge, they belong to one polygon (a union-find over piece ids). When a row of
 tiles is finished, every polygon none of whose pieces reaches down into the next row is complete:
-its pieces are unioned and written. Memory holds only the pieces of polygons still open, about
+its pieces are merged and written. Memory holds only the pieces of polygons still open, about
 one row of tiles' worth, not the scene's polygons.
+
+Polygons are made in the grid's pixel coordinates (integers: exact) and taken to the grid's CRS
+when they are written. Pieces meet only along tile edges, so they form a *coverage*: GEOS's
+coverage union merges them once their shared edges have the same vertices, which
+:func:`_merge` gives them by putting a vertex at every pixel corner along the tile edges (and
+then drops the vertices that are left in a straight line). On the 3000² perf scene this took
+0.14 s against 0.36 s for the general ``union_all`` (the same polygons, ``shapely.equals``).
 
 Tiles must come in row-major order, each once (as ``tiles`` lists them).
 Finished polygons go to CRS84 features in batches (vectorised area, simplification, transform
@@ -24,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 from rasterio.features import shapes, sieve
-from rasterio.windows import transform as window_transform
+from rasterio.transform import Affine
 from scipy import ndimage
 
 from .areas import geometry_areas_m2
@@ -75,6 +82,67 @@ def _polygons(comp: np.ndarray, transform) -> list[tuple]:
     return list(zip(polys.tolist(), ids, strict=True))
 
 
+def _seam_vertices(polys: np.ndarray, seam_x: np.ndarray, seam_y: np.ndarray) -> np.ndarray:
+    """``polys`` (pixel coordinates) with a vertex at every pixel corner of each edge that lies
+    on a tile edge: a vertical edge at a column in ``seam_x``, a horizontal one at a row in
+    ``seam_y``."""
+    kind, xy, (ring_off, *parts) = shapely.to_ragged_array(polys)
+    n = len(xy)
+    nxt = np.roll(xy, -1, axis=0)
+    closing = np.zeros(n, dtype=bool)
+    closing[ring_off[1:] - 1] = True  # a ring's last vertex starts no edge
+    x0, y0, x1, y1 = xy[:, 0], xy[:, 1], nxt[:, 0], nxt[:, 1]
+    on_seam = ~closing & (((x0 == x1) & np.isin(x0, seam_x)) | ((y0 == y1) & np.isin(y0, seam_y)))
+    # each vertex is followed by the pixel corners inside its edge (length - 1 of them)
+    reps = np.where(on_seam, np.abs(x1 - x0) + np.abs(y1 - y0), 1).astype(np.int64)
+    src = np.repeat(np.arange(n), reps)
+    step = np.arange(len(src)) - np.repeat(np.cumsum(reps) - reps, reps)
+    unit = np.column_stack([np.sign(x1 - x0), np.sign(y1 - y0)]) * on_seam[:, None]
+    out = xy[src] + unit[src] * step[:, None]
+    starts = np.concatenate([[0], np.cumsum(reps)])
+    return shapely.from_ragged_array(kind, out, (starts[ring_off], *parts))
+
+
+def _without_straight_vertices(polys: np.ndarray) -> np.ndarray:
+    """``polys`` (polygons with axis-parallel edges) without the vertices that lie on a straight
+    line between their neighbours, each ring closed on its first corner."""
+    kind, xy, (ring_off, *parts) = shapely.to_ragged_array(polys)
+    sizes = np.diff(ring_off) - 1  # open rings: the closing vertex repeats the first
+    ring = np.repeat(np.arange(len(sizes)), sizes)
+    first = np.repeat(ring_off[:-1], sizes)
+    pos = np.arange(len(ring)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    at = first + pos
+    prev = first + (pos - 1) % sizes[ring]
+    nxt = first + (pos + 1) % sizes[ring]
+    x, y = xy[:, 0], xy[:, 1]
+    straight = ((x[prev] == x[at]) & (x[at] == x[nxt])) | ((y[prev] == y[at]) & (y[at] == y[nxt]))
+    keep = at[~straight]
+    counts = np.bincount(ring[~straight], minlength=len(sizes))
+    heads = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    # each ring's first kept vertex again after its last one
+    closed = np.insert(keep, [*heads[1:].tolist(), len(keep)], keep[heads])
+    new_off = np.concatenate([[0], np.cumsum(counts + 1)])
+    out = shapely.from_ragged_array(kind, xy[closed], (new_off, *parts))
+    if kind == shapely.GeometryType.MULTIPOLYGON:  # one came out in parts: the rest stay whole
+        single = shapely.get_num_geometries(out) == 1
+        out[single] = shapely.get_geometry(out[single], 0)
+    return out
+
+
+def _merge(groups: list[list], seam_x: np.ndarray, seam_y: np.ndarray) -> list:
+    """The union of each group of pieces (pixel coordinates) of one polygon, which meet along
+    tile edges: every piece's tile edges get a vertex at each pixel corner (one vectorised call
+    for all groups), each group's coverage union, then the straight vertices dropped."""
+    sizes = [len(g) for g in groups]
+    noded = _seam_vertices(np.array([p for g in groups for p in g], dtype=object), seam_x, seam_y)
+    bounds = np.cumsum([0, *sizes])
+    merged = np.array(
+        [shapely.coverage_union_all(noded[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)],
+        dtype=object,
+    )
+    return _without_straight_vertices(merged).tolist()
+
+
 class PolygonCollector:
     def __init__(
         self,
@@ -110,6 +178,8 @@ class PolygonCollector:
         self.right_ids = np.zeros(0, dtype=np.int64)
         self.right_cls = np.zeros(0, dtype=np.int32)
         self.row = -1  # row offset of the tile row being added
+        self.seam_x: set[float] = set()  # the inner tile edges, in pixels
+        self.seam_y: set[float] = set()
 
     def add(
         self, win, classes: np.ndarray, conf: np.ndarray, valid: np.ndarray, nodata: int
@@ -145,9 +215,12 @@ class PolygonCollector:
         gid[on_edge] = np.arange(self.next_id, self.next_id + n_pieces)
         self.next_id += n_pieces
 
-        t = window_transform(win, self.grid.transform)
+        if left:
+            self.seam_x.add(float(win.col_off))
+        if top:
+            self.seam_y.add(float(win.row_off))
         done = []
-        for poly, cid in _polygons(comp, t):
+        for poly, cid in _polygons(comp, Affine.translation(win.col_off, win.row_off)):
             item = (poly, comp_class[cid], float(conf_sum[cid]), float(count[cid]))
             if on_edge[cid]:
                 g = int(gid[cid])
@@ -193,15 +266,21 @@ class PolygonCollector:
             still_open = {
                 self._find(g) for g, p in self.pieces.items() if p.open_below and p.row == self.row
             }
-        done = []
+        done, several = [], []
         for root, members in groups.items():
             if root in still_open:
                 continue
             ps = [self.pieces.pop(g) for g in members]
             for g in members:
                 del self.parent[g]
-            geom = ps[0].geom if len(ps) == 1 else shapely.union_all([p.geom for p in ps])
+            if len(ps) > 1:
+                several.append(len(done))
+            geom = ps[0].geom if len(ps) == 1 else [p.geom for p in ps]
             done.append((geom, ps[0].cid, sum(p.conf_sum for p in ps), sum(p.count for p in ps)))
+        if several:
+            sx, sy = np.array(sorted(self.seam_x)), np.array(sorted(self.seam_y))
+            for i, geom in zip(several, _merge([done[i][0] for i in several], sx, sy), strict=True):
+                done[i] = (geom, *done[i][1:])
         self._emit(done)
 
     def _emit(self, items: list[tuple]) -> None:
@@ -209,7 +288,7 @@ class PolygonCollector:
         feature lines to the spool."""
         if not items:
             return
-        geoms = np.array([it[0] for it in items], dtype=object)
+        geoms = shapely.transform(np.array([it[0] for it in items], dtype=object), self._to_grid)
         if self.clip is not None:
             geoms = shapely.intersection(geoms, self.clip)
         area = geometry_areas_m2(geoms, self.grid.crs)
@@ -235,6 +314,12 @@ class PolygonCollector:
             )
         self.spool.writelines(lines)
         self.count += len(lines)
+
+    def _to_grid(self, xy: np.ndarray) -> np.ndarray:
+        """Pixel coordinates → the grid's CRS (its affine transform, as GDAL applies it)."""
+        t = self.grid.transform
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.c + x * t.a + y * t.b, t.f + x * t.d + y * t.e])
 
     def _lonlat(self, xy: np.ndarray) -> np.ndarray:
         """Grid coordinates → CRS84, all vertices at once, to 7 decimals (~1 cm; RFC 7946 §11.2
