@@ -342,10 +342,13 @@ def test_large_buffers_stay_in_the_heap_unless_the_user_tunes_malloc():
     user's ``MALLOC_*`` setting is left alone."""
     import os
 
+    # a process started before may have set some (Dask's nanny sets MALLOC_TRIM_THRESHOLD_)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+
     def run(**env):
         out = subprocess.run(
             [sys.executable, "-c", _BUFFERS],
-            env={**os.environ, **env},
+            env={**clean, **env},
             capture_output=True,
             text=True,
             check=True,
