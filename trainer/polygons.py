@@ -266,7 +266,7 @@ class PolygonCollector:
             still_open = {
                 self._find(g) for g, p in self.pieces.items() if p.open_below and p.row == self.row
             }
-        done, several = [], []
+        done, merging = [], {}  # merging: index in done → the pieces that make its geometry
         for root, members in groups.items():
             if root in still_open:
                 continue
@@ -274,12 +274,13 @@ class PolygonCollector:
             for g in members:
                 del self.parent[g]
             if len(ps) > 1:
-                several.append(len(done))
-            geom = ps[0].geom if len(ps) == 1 else [p.geom for p in ps]
-            done.append((geom, ps[0].cid, sum(p.conf_sum for p in ps), sum(p.count for p in ps)))
-        if several:
+                merging[len(done)] = [p.geom for p in ps]
+            done.append(
+                (ps[0].geom, ps[0].cid, sum(p.conf_sum for p in ps), sum(p.count for p in ps))
+            )
+        if merging:
             sx, sy = np.array(sorted(self.seam_x)), np.array(sorted(self.seam_y))
-            for i, geom in zip(several, _merge([done[i][0] for i in several], sx, sy), strict=True):
+            for i, geom in zip(merging, _merge(list(merging.values()), sx, sy), strict=True):
                 done[i] = (geom, *done[i][1:])
         self._emit(done)
 
