@@ -84,7 +84,9 @@ def save_upload(
     kind = sniff(head)
     if kind not in allowed:
         accepted = ", ".join(KIND_NAMES[k] for k in sorted(allowed))
-        what = f"a {KIND_NAMES[kind]}" if kind else "not a format geotune reads"
+        # a zip is only sniffed as one: what it holds is not known before it is unpacked
+        what = {None: "not a format geotune reads", "zip": "a zip archive"}.get(kind)
+        what = what or f"a {KIND_NAMES[kind]}"
         raise UploadError(f"{role} {shown!r} is {what}; {role} must be: {accepted}")
     stem = safe_stem(upload.filename)
     path = folder / (f"{base}-{stem}.{kind}" if stem else f"{base}.{kind}")

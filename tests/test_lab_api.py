@@ -3,6 +3,7 @@ scenes and their map tiles (a UTM pixel lands on its lon/lat in Web Mercator), o
 input, backbones, benchmark results, and the Lab's static page and settings."""
 
 import io
+import zipfile
 
 import morecantile
 import numpy as np
@@ -120,6 +121,11 @@ def test_scenes_belong_to_their_owner_and_bad_input_is_a_message(home, servers, 
     # bad uploads: not a GeoTIFF, no CRS, not a scene id
     r = alice.post("/v1/scenes", files={"image": ("notes.txt", b"hello")})
     assert_error(r, 422, "'notes.txt' is not a format geotune reads", "GeoTIFF")
+    vrt = io.BytesIO()  # a zip is named as one, whatever it holds (here a VRT)
+    with zipfile.ZipFile(vrt, "w") as z:
+        z.writestr("scene.vrt", "<VRTDataset/>")
+    r = alice.post("/v1/scenes", files={"image": ("scene.zip", vrt.getvalue())})
+    assert_error(r, 422, "'scene.zip' is a zip archive", "must be: GeoTIFF")
     nocrs = tmp_path / "nocrs.tif"
     with rasterio.open(nocrs, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as d:
         d.write(np.zeros((1, 8, 8), np.uint8))
