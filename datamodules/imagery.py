@@ -19,6 +19,7 @@ Several dates must be different images (not the same file twice, not byte-identi
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -332,6 +333,23 @@ def warp_to_grid(src, grid: Grid, resampling: Resampling, **kw) -> WarpedVRT:
         resampling=resampling,
         **kw,
     )
+
+
+# GDAL's block cache, in bytes: by default 5% of RAM, which a large scene's decoded blocks fill
+BLOCK_CACHE_BYTES = 64 * 2**20
+
+
+def bound_block_cache() -> None:
+    """Bound GDAL's block cache to :data:`BLOCK_CACHE_BYTES`, so memory stays flat however
+    large the scene; unless the user set ``GDAL_CACHEMAX`` in the environment (kept as set).
+
+    The cache is one per process, shared by every thread: this sets it for the process (the
+    same value each time, never toggled back), not around one call. Not ``rasterio.Env(
+    GDAL_CACHEMAX=64)``: rasterio passes that number to ``GDALSetCacheMax64``, in bytes, and a
+    cache of 64 bytes evicts every block at once, the written blocks of another thread's open
+    outputs too (a lost tile; GDAL OSGeo/gdal#2011)."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_BYTES)
 
 
 class SceneReader:

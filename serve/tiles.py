@@ -17,10 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 
 from datamodules.errors import UserError
+from datamodules.imagery import bound_block_cache
 
 from .untrusted import open_raster
 
@@ -50,7 +50,8 @@ def reader(path: Path, nodata: float | None = None):
     from rio_tiler.io import Reader
 
     options = {"nodata": nodata} if nodata is not None else {}
-    with rasterio.Env(GDAL_CACHEMAX=64), open_raster(path) as src:
+    bound_block_cache()
+    with open_raster(path) as src:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no overviews" is a speed note, not for clients
             with Reader(None, dataset=src, options=options) as r:

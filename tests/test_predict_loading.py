@@ -249,6 +249,36 @@ def test_folded_batch_norms_predict_the_classes_of_the_plain_network(
     assert abs(folded["n_polygons"] - n) <= max(slack, 0.005 * n)
 
 
+def test_gdal_block_cache_is_bounded_not_off_and_a_users_setting_stays(
+    at_home, tmp_path, monkeypatch
+):
+    """While a scene is predicted GDAL's block cache (one per process, every thread's) holds
+    64 MiB: bounded, so memory stays flat, and a real cache. It once held 64 bytes (rasterio
+    takes ``GDAL_CACHEMAX=64`` as bytes), which evicts every block at once, the written blocks
+    of another thread's outputs too: a CI run lost a whole tile of a prediction to it. A
+    ``GDAL_CACHEMAX`` the user set in the environment is kept."""
+    from rasterio.env import get_gdal_config
+
+    from datamodules.imagery import BLOCK_CACHE_BYTES
+    from trainer.predict import PredictOptions, predict_scene
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    scene, _ = make_scene(tmp_path, size=160, seed=5)
+    seen = []
+    opts = PredictOptions(chip_size=96, overlap=16, tile_size=64)
+    predict_scene(
+        load_model("p@champion"), [scene], tmp_path / "out", options=opts, progress=False,
+        report=lambda done, total: seen.append(get_gdal_config("GDAL_CACHEMAX")),
+    )  # fmt: skip
+    assert seen and set(seen) == {BLOCK_CACHE_BYTES} == {64 * 2**20}
+
+    users = "from datamodules.imagery import bound_block_cache as b; from rasterio.env import "
+    users += "get_gdal_config as g; b(); print(g('GDAL_CACHEMAX'))"
+    env = env_with_home(at_home["home"]) | {"GDAL_CACHEMAX": "300"}
+    out = subprocess.run([sys.executable, "-c", users], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [str(300 * 2**20)], out.stderr
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_sign_bit_relus_are_relu_bit_for_bit(at_home, dtype):
     """The folded CPU network's in-place ReLUs clamp a bfloat16 tensor's bits: relu's numbers

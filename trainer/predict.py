@@ -22,8 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import rasterio
-
+from datamodules.imagery import bound_block_cache
 from datamodules.progress import ProgressBar
 
 from .chips import ChipCache, ChipGrid, coarse_grid, crop, fit_chip, ground_resolution, ramp, tiles
@@ -160,8 +159,8 @@ def predict_scene(
     out.mkdir(parents=True, exist_ok=True)
     windows = tiles(grid.width, grid.height, layout.tile)
     strips = None
-    # GDAL's block cache is a share of RAM by default; bound it so memory stays flat
-    with rasterio.Env(GDAL_CACHEMAX=64), tempfile.TemporaryDirectory(dir=out) as tmp:
+    bound_block_cache()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
         sink = OutputSink(pred, layout, Path(tmp))
         bar = ProgressBar(len(windows), progress, report, "predict", "tile")
         if cluster is None:

@@ -54,6 +54,17 @@ class OutputLayout:
         tile = max(pred.chip, tile_size // pred.chip * pred.chip)
         return cls(coarse_grid(grid, pred.chip), tile, True, pred.chip)
 
+    @property
+    def block(self) -> int:
+        """The block edge of the temporary outputs: the largest edge of at most 1024 that
+        divides a tile's output edge, when GeoTIFF allows one (a multiple of 16). Each tile then
+        writes whole blocks, which GDAL encodes at once without its block cache: nothing
+        written waits in that cache, which every thread shares and any may flush."""
+        edge = self.tile // self.step
+        if edge % 16:
+            return 512
+        return next(b for b in range(min(edge, 1024), 15, -16) if edge % b == 0)
+
     def window(self, win: Window, shape: tuple[int, int]) -> Window:
         """The output window of scene tile ``win`` whose outputs are ``shape`` (rows, cols)."""
         return Window(win.col_off // self.step, win.row_off // self.step, shape[1], shape[0])
@@ -123,13 +134,13 @@ class OutputSink:
         self.counts = ChipCounts(nk) if layout.per_chip else PixelCounts(nk, pred.area_rows)
         grid = layout.grid
         self.cls = rasterio.open(
-            self.tmp / "classes.tif", "w", **_profile(grid, "uint8", self.nodata)
+            self.tmp / "classes.tif", "w", **_profile(grid, "uint8", self.nodata, layout.block)
         )
         self.cls.write_colormap(1, {c["id"]: _hex_to_rgba(c["color"]) for c in self.classes})
         self.conf = None
         if o.confidence:
             self.conf = rasterio.open(
-                self.tmp / "confidence.tif", "w", **_profile(grid, "uint8", 255)
+                self.tmp / "confidence.tif", "w", **_profile(grid, "uint8", 255, layout.block)
             )
         self.collector = None
         if o.polygons:
@@ -191,7 +202,7 @@ class OutputSink:
         return summary
 
 
-def _profile(grid, dtype: str, nodata) -> dict:
+def _profile(grid, dtype: str, nodata, block: int) -> dict:
     """The temporary GeoTIFF of an output, written tile by tile. Its tiles are decoded and
     encoded again by the COG copy, whose bytes do not depend on this codec: a fast one."""
     return {
@@ -204,8 +215,8 @@ def _profile(grid, dtype: str, nodata) -> dict:
         "dtype": dtype,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
+        "blockxsize": block,
+        "blockysize": block,
         "compress": "ZSTD",
         "zstd_level": 1,
         "bigtiff": "IF_SAFER",

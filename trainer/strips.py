@@ -37,6 +37,7 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from datamodules.cluster_tasks import Progress, in_order, killed, plan
+from datamodules.imagery import bound_block_cache
 
 from .cluster import Cluster, cores
 from .predict import ChipCache, PredictError, PredictOptions, open_predictor, predicted_tiles
@@ -69,8 +70,9 @@ class StripJob:
 
 # -- on the workers -------------------------------------------------------------------------------
 class TorchWorker(WorkerPlugin):
-    """Torch threads set on every worker, on new ones too (a worker that died is replaced by its
-    nanny): ``threads``, else the machine's cores divided by the worker's task slots."""
+    """Torch threads and GDAL's block cache set on every worker, on new ones too (a worker that
+    died is replaced by its nanny): ``threads``, else the machine's cores divided by the
+    worker's task slots; the cache bounded as in one process (:func:`bound_block_cache`)."""
 
     name = "geotune-torch"
 
@@ -80,6 +82,7 @@ class TorchWorker(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
+        bound_block_cache()
         torch.set_num_threads(self.threads or max(1, cores() // worker.state.nthreads))
 
 
