@@ -279,6 +279,62 @@ def test_gdal_block_cache_is_bounded_not_off_and_a_users_setting_stays(
     assert out.stdout.split() == [str(300 * 2**20)], out.stderr
 
 
+def test_output_tiles_written_while_other_threads_read_are_all_kept(tmp_path):
+    """GDAL's block cache is the process's, and a thread that needs room in it flushes the
+    oldest blocks, another thread's half-written output block too, which that thread may then
+    read back from disk without its last tile (OSGeo/gdal#2011). With the 64-byte cache geotune
+    once set, 17 of 1000 files written in 128-px tiles into 512-px blocks beside two reading
+    threads lost pixels (0 of 1000 with either change below). The outputs' temporary files, as
+    the sink makes them, with the bounded cache: every tile kept, for a tile edge GeoTIFF can
+    use as its block (whole blocks, no cache) and for one it cannot (partial blocks, cached)."""
+    import threading
+
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from datamodules.imagery import Grid, bound_block_cache
+    from trainer.sink import OutputLayout, _profile
+
+    bound_block_cache()
+    rng = np.random.default_rng(0)
+    busy = tmp_path / "busy.tif"
+    with rasterio.open(
+        busy, "w", driver="GTiff", width=1024, height=1024, count=6, dtype="uint16",
+        tiled=True, compress="deflate", transform=from_origin(0, 0, 10, 10), crs="EPSG:32633",
+    ) as dst:  # fmt: skip
+        dst.write(rng.integers(1, 5000, (6, 1024, 1024), dtype=np.uint16))
+    stop = threading.Event()
+
+    def read():
+        with rasterio.open(busy) as src:
+            r = np.random.default_rng(threading.get_ident() % 1000)
+            while not stop.is_set():
+                src.read(window=Window(*r.integers(0, 800, 2), 200, 200))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    grid = Grid(rasterio.crs.CRS.from_epsg(32633), from_origin(0, 0, 10, 10), 1000, 1000)
+    lost = []
+    try:
+        for tile in [128] * 150 + [120] * 150:
+            block = OutputLayout(grid, tile).block
+            assert block == (128 if tile == 128 else 512)
+            path = tmp_path / "out.tif"
+            with rasterio.open(path, "w", **_profile(grid, "uint8", 255, block)) as dst:
+                for r in range(0, 1000, tile):
+                    for c in range(0, 1000, tile):
+                        h, w = min(tile, 1000 - r), min(tile, 1000 - c)
+                        dst.write(np.ones((h, w), np.uint8), 1, window=Window(c, r, w, h))
+            with rasterio.open(path) as src:
+                lost.append(int((src.read(1) == 255).sum()))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert lost == [0] * 300
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_sign_bit_relus_are_relu_bit_for_bit(at_home, dtype):
     """The folded CPU network's in-place ReLUs clamp a bfloat16 tensor's bits: relu's numbers
