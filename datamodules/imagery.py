@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -339,12 +340,14 @@ def warp_to_grid(src, grid: Grid, resampling: Resampling, **kw) -> WarpedVRT:
 BLOCK_CACHE_BYTES = 64 * 2**20
 
 
+@cache
 def bound_block_cache() -> None:
     """Bound GDAL's block cache to :data:`BLOCK_CACHE_BYTES`, so memory stays flat however
     large the scene; unless the user set ``GDAL_CACHEMAX`` in the environment (kept as set).
 
-    The cache is one per process, shared by every thread: this sets it for the process (the
-    same value each time, never toggled back), not around one call. Not ``rasterio.Env(
+    The cache is one per process, shared by every thread: this sets it for the process, on the
+    first call (later calls, one per prediction or map tile, do nothing), never toggled back,
+    not around one call. Not ``rasterio.Env(
     GDAL_CACHEMAX=64)``: rasterio passes that number to ``GDALSetCacheMax64``, in bytes, and a
     cache of 64 bytes evicts every block at once, the written blocks of another thread's open
     outputs too (a lost tile; GDAL OSGeo/gdal#2011)."""
