@@ -58,7 +58,7 @@ def run(args, images: list[str] | None = None, imagery: dict | None = None) -> i
         print(describe(ds))
         print(
             f"\nnext: geotune train data.dataset={ds.id} backbone=resnet18 backbone.weights=random "
-            f"register.name={ds.id}"
+            f"register.name={ds.id} register.alias=champion"
         )
     elif args.data_cmd == "list":
         rows = list_datasets()

@@ -62,7 +62,9 @@ def test_one_polygon_per_class_from_the_command_line_to_a_prediction(home, few, 
     )
     assert "warning: water: train only, no held-out metric (1 polygon)" in p.stderr
     assert "warning: no validation labels" in p.stderr and "Traceback" not in p.stderr
+    # the hint's model is what ``--model py@champion`` below finds
     assert "next: geotune train data.dataset=py" in p.stdout
+    assert "register.name=py register.alias=champion" in p.stdout
     p = run(
         [
             "train",
