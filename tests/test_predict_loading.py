@@ -475,3 +475,78 @@ def test_concurrent_requests_for_one_version_share_one_loaded_model(at_home, mon
         got[1], cpu, True, "bf16"
     )
     assert _LANES[bf16] is _LANES[inference_net(got[0], cpu, True)]
+
+
+def _with_running_statistics(net):
+    """``net`` in eval mode with batch norms whose statistics and affine parameters are not the
+    identity: a folded or fused network that dropped or misplaced one gives other numbers."""
+    g = torch.Generator().manual_seed(5)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_fused_activations_compute_the_folded_network(name):
+    """On the CPU each convolution's ReLU, and a ResNet block's residual sum with its ReLU, run
+    as post-operations of the convolution's oneDNN primitive: in float32 the folded network's
+    output bit for bit, channels_last or not; under bfloat16 autocast (a sum rounded once
+    instead of twice) the same classes; and the primitive was used (no ReLU left after a
+    convolution, the blocks replaced)."""
+    import copy
+
+    from trainer.backbones import build_backbone
+    from trainer.heads import SegmentationNet
+    from trainer.inference import (
+        bfloat16_weights,
+        fold_batch_norms,
+        fuse_activations,
+        pointwise_convolutions,
+        sign_bit_relus,
+    )
+
+    assert pointwise_convolutions()  # the pinned torch has it: the test below must not pass idle
+    torch.manual_seed(0)
+    bands = ["blue", "green", "red", "nir08", "swir16", "swir22"]
+    kw = {"size": "tiny", "bands": bands, "mean": [1000.0] * 6, "std": [500.0] * 6}
+    net = _with_running_statistics(
+        SegmentationNet(build_backbone(name, "random", **kw), 4, gsd=10.0)
+    )
+    folded = sign_bit_relus(fold_batch_norms(copy.deepcopy(net)))
+    fused = sign_bit_relus(fuse_activations(fold_batch_norms(copy.deepcopy(net))))
+    kinds = [type(m).__name__ for m in fused.modules()]
+    assert "PointwiseConv2d" in kinds and "_FusedBlock" in kinds and "_Block" not in kinds
+    assert kinds.count("SignBitReLU") < [type(m).__name__ for m in folded.modules()].count(
+        "SignBitReLU"
+    )
+    x = torch.rand(2, 6, 64, 64) * 3000
+    for layout in (torch.channels_last, torch.contiguous_format):
+        xl = x.contiguous(memory_format=layout)
+        a, b = folded.to(memory_format=layout), fused.to(memory_format=layout)
+        with torch.inference_mode():
+            assert torch.equal(b(xl), a(xl))
+        a16, b16 = bfloat16_weights(copy.deepcopy(a)), bfloat16_weights(copy.deepcopy(b))
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            want, got = a16(xl).float(), b16(xl).float()
+        assert got.shape == want.shape and (got.argmax(1) == want.argmax(1)).float().mean() > 0.99
+        assert (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
+def test_fused_activations_leave_unfolded_batch_norms_alone():
+    """A batch norm that was not folded (still a ``BatchNorm2d``) stands between a convolution
+    and its ReLU: nothing there is fused, and the output is the network's."""
+    from trainer.inference import fuse_activations
+
+    trunk = _with_running_statistics(ResNetTrunk("basic", (1, 1), 6, (0, 1, 2)))
+    x = torch.rand(1, 6, 64, 64)
+    with torch.inference_mode():
+        want = trunk(x)
+        fuse_activations(trunk)
+        got = trunk(x)
+    assert not any(type(m).__name__ in ("PointwiseConv2d", "_FusedBlock") for m in trunk.modules())
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -142,10 +142,12 @@ def forward_table(net) -> list[dict]:
 
 def fused_rows(net, plain: list[dict]) -> list[dict]:
     """channels_last with fused operations, chip 512: batch norms folded into the convolutions
-    (``trainer.inference.fold_batch_norms``), in float32 and under bfloat16 autocast; under
-    bfloat16 autocast also with the ReLUs clamping bits and the weights cast once
-    (``bf16-inference``: + ``sign_bit_relus`` and ``bfloat16_weights``, the network
-    ``predict_scene`` runs on the CPU, ``trainer.inference.inference_net``); and in
+    (``trainer.inference.fold_batch_norms``), in float32 and under bfloat16 autocast; then also
+    each convolution's ReLU (and a ResNet block's residual sum) fused into its oneDNN primitive
+    (``trainer.inference.fuse_activations``) with the remaining ReLUs clamping bits
+    (``sign_bit_relus``): ``fp32-inference``, and under bfloat16 autocast with the weights cast
+    once (``bfloat16_weights``) ``bf16-inference``: the networks ``predict_scene`` runs on the
+    CPU (``trainer.inference.inference_net``); and in
     float32 TorchScript ``torch.jit.freeze`` of a trace (which folds them too; a trace is fixed
     to one input shape). ``torch.compile`` is left out:
     importing TorchDynamo alone costs ``geotune predict`` 2.8 s, and measured by hand on the
@@ -156,19 +158,26 @@ def fused_rows(net, plain: list[dict]) -> list[dict]:
 
     import torch
 
-    from trainer.inference import bfloat16_weights, fold_batch_norms, sign_bit_relus
+    from trainer.inference import (
+        bfloat16_weights,
+        fold_batch_norms,
+        fuse_activations,
+        sign_bit_relus,
+    )
 
     cl = torch.channels_last
     rows = []
     folded = fold_batch_norms(copy.deepcopy(net).eval()).to(memory_format=cl)
-    fast = bfloat16_weights(sign_bit_relus(copy.deepcopy(folded)))
+    fused = sign_bit_relus(fuse_activations(copy.deepcopy(folded)))
+    fast = bfloat16_weights(copy.deepcopy(fused))
     for batch in (1, 2):
         x = (torch.rand(batch, 6, 512, 512) * 3000).contiguous(memory_format=cl)
         with torch.inference_mode():
             frozen = torch.jit.freeze(torch.jit.trace(folded, x, check_trace=False))
             ref = net.to(memory_format=cl)(x).argmax(1)
         for name, f, bf16 in (("fp32-folded", folded, False), ("fp32-jit-freeze", frozen, False),
-                              ("bf16-folded", folded, True), ("bf16-inference", fast, True)):  # fmt: skip
+                              ("fp32-inference", fused, False), ("bf16-folded", folded, True),
+                              ("bf16-inference", fast, True)):  # fmt: skip
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 agree = float((f(x).float().argmax(1) == ref).float().mean())
                 times = []
@@ -243,14 +252,18 @@ def vs_terratorch(model, scene: Path, work: Path) -> dict:
     # ratio then does not hang on one side catching a slow spell of a shared machine
     for last in [False] * (ROUNDS - 1) + [True]:
         # geotune's default precision (bfloat16 where native), then float32; then no polygons
+        # ("own chips": geotune's default layout, chips fitted to the scene at the same overlap)
         for key, precision, polygons in (("auto", "auto", True), ("fp32", "fp32", True),
                                          ("rasters_only", "auto", False),
-                                         ("fp32_rasters_only", "fp32", False)):  # fmt: skip
+                                         ("fp32_rasters_only", "fp32", False),
+                                         ("own_chips", "auto", True),
+                                         ("fp32_own_chips", "fp32", True)):  # fmt: skip
             shutil.rmtree(out, ignore_errors=True)
+            chips = {} if "own_chips" in key else {"chip_size": crop}
             t = time.perf_counter()
             s = predict_scene(model, [scene], out, progress=False,
-                              options=PredictOptions(chip_size=crop, overlap=overlap,
-                                                     precision=precision, polygons=polygons))  # fmt: skip
+                              options=PredictOptions(overlap=overlap, precision=precision,
+                                                     polygons=polygons, **chips))  # fmt: skip
             ours[key] = min(ours.get(key, math.inf), time.perf_counter() - t)
             if last:  # the same classes every round: read once
                 with rasterio.open(out / "classes.tif") as src:
@@ -258,6 +271,8 @@ def vs_terratorch(model, scene: Path, work: Path) -> dict:
                 batches[key] = s["options"]["batch_size"]
                 if key == "auto":
                     resolved = s["options"]["precision"]
+                if key == "own_chips":
+                    own_chips = s["options"]["chip"]
         for batch in (1, 2):  # TerraTorch at its faster batch size
             t = time.perf_counter()
             prob = tiled_inference(forward, x, model.record["num_classes"], crop=crop,
@@ -284,6 +299,12 @@ def vs_terratorch(model, scene: Path, work: Path) -> dict:
         "speedup_fp32_rasters_only": round(theirs / ours["fp32_rasters_only"], 3),
         "argmax_agreement": agree(classes["auto"]),
         "argmax_agreement_fp32": agree(classes["fp32"]), "geotune_chips": s["options"]["chip"],
+        "own_chips": own_chips, "geotune_own_chips_s": round(ours["own_chips"], 2),
+        "geotune_fp32_own_chips_s": round(ours["fp32_own_chips"], 2),
+        "speedup_own_chips": round(theirs / ours["own_chips"], 3),
+        "speedup_fp32_own_chips": round(theirs / ours["fp32_own_chips"], 3),
+        "argmax_agreement_own_chips": agree(classes["own_chips"]),
+        "argmax_agreement_fp32_own_chips": agree(classes["fp32_own_chips"]),
     }  # fmt: skip
 
 
@@ -383,11 +404,11 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.exit(r.returncode)"""
 
 
-def run_cli(scene: Path, out: Path, env: dict) -> dict:
+def run_cli(scene: Path, out: Path, env: dict, *extra: str) -> dict:
     """``geotune predict`` in a fresh process: wall time, its own peak RSS, its summary."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(VENV_BIN / "geotune"), "predict", "--model", "perf@champion", "--image",
-           str(scene), "--out", str(out)]  # fmt: skip
+           str(scene), "--out", str(out), *extra]  # fmt: skip
     t = time.perf_counter()
     # a small launcher process runs the command and reports its children's peak RSS: a child
     # forked straight from this (large) process would report this process's peak (Linux keeps
@@ -472,6 +493,7 @@ def report(r: dict) -> str:
         f"| {_met(p['efficiency'] >= 1.0)} |",
         f"| the same, `predict_scene` in float32 | {p['efficiency_fp32']:.2f} | ≥ 1.0 "
         f"| {_met(p['efficiency_fp32'] >= 1.0)} |",
+        *_own_chips_rows(tt),
         *_same_outputs_row(p),
         f"| memory: peak RSS 6000² / 3000² (`geotune predict`, fresh processes) | "
         f"{m['ratio']:.3f} ({m['rss_6000_mb']:.0f} / {m['rss_3000_mb']:.0f} MB) | ≤ 1.2 | "
@@ -481,6 +503,7 @@ def report(r: dict) -> str:
         f"| the same, in process (`predict_scene`, model loaded) / floor | "
         f"{h['ratio_in_process']:.2f} ({p['pipeline_s']:.1f} s) | ≤ 1.3 | "
         f"{_met(h['ratio_in_process'] <= 1.3)} |",
+        *_fp32_cpu_rows(r),
         "",
         f"**Floor**: {h['floor_chips']} non-overlapping 512² chips x {h['gflop_per_chip']:.1f} "
         f"GFLOP = {h['floor_gflop']:.0f} GFLOP at the best measured forward throughput "
@@ -532,6 +555,39 @@ def _parts_text(r: dict) -> list[str]:
         f"beside it can hide only in cores it leaves idle: with {cores} cores, even a perfect "
         f"overlap takes about (forward x cores + the rest) / cores = {bound:.1f} s, "
         f"{bound / floor:.2f}x the floor.",
+    ]
+
+
+def _own_chips_rows(tt: dict) -> list[str]:
+    """Against TerraTorch with geotune's own chip layout (its default) at the same overlap."""
+    if "own_chips" not in tt:  # recorded before these rows existed
+        return []
+    c = tt["own_chips"]
+    return [
+        f"| vs TerraTorch, geotune at its default chip layout (chips fitted to the scene at the "
+        f"same 32 px overlap: {c[0]}x{c[1]}, against TerraTorch's 512x512 at stride 480), "
+        f"defaults ({tt['precision']}) | {tt['speedup_own_chips']:.2f}x; agreement "
+        f"{tt['argmax_agreement_own_chips']:.4%} | ≥ 1.3x, ≥ 99.9% | "
+        f"{_met(tt['speedup_own_chips'] >= 1.3 and tt['argmax_agreement_own_chips'] >= 0.999)} |",
+        f"| the same, geotune in float32 | {tt['speedup_fp32_own_chips']:.2f}x; agreement "
+        f"{tt['argmax_agreement_fp32_own_chips']:.4%} | ≥ 1.3x, ≥ 99.9% | "
+        f"{_met(tt['speedup_fp32_own_chips'] >= 1.3 and tt['argmax_agreement_fp32_own_chips'] >= 0.999)} |",
+    ]  # fmt: skip
+
+
+def _fp32_cpu_rows(r: dict) -> list[str]:
+    """The headline rows as on a CPU without native bfloat16: float32, its own floor."""
+    h = r.get("headline_fp32")
+    if h is None:  # recorded before these rows existed
+        return []
+    b = h["best_forward"]
+    return [
+        f"| as on a CPU without native bfloat16 (most laptops): `geotune predict --precision "
+        f"fp32` 3000² command to files / the float32 floor ({b['gflops_per_s']:.0f} GFLOP/s, "
+        f"{b['precision']}, batch {b['batch']}: {h['floor_s']:.2f} s) | {h['ratio']:.2f} "
+        f"({h['wall_s']:.1f} s) | ≤ 2.0 | {_met(h['ratio'] <= 2.0)} |",
+        f"| the same, in process / the float32 floor | {h['ratio_in_process']:.2f} "
+        f"({h['in_process_s']:.1f} s) | ≤ 1.3 | {_met(h['ratio_in_process'] <= 1.3)} |",
     ]
 
 
@@ -604,6 +660,8 @@ def main() -> None:
     print(f"  {h}", flush=True)
     big = run_cli(scenes[6000], work / "cli-6000", env)
     print(f"  {big}", flush=True)
+    h32 = run_cli(scenes[3000], work / "cli-3000-fp32", env, "--precision", "fp32")
+    print(f"  {h32}", flush=True)
     gflop_512 = next(x["gflop"] for x in fwd if x["chip"] == 512 and x["batch"] == 1)
     n_floor = math.ceil(3000 / 512) ** 2
     floor_s = n_floor * gflop_512 / best["gflops_per_s"]
@@ -611,6 +669,17 @@ def main() -> None:
         "floor_chips": n_floor, "gflop_per_chip": gflop_512, "floor_gflop": n_floor * gflop_512,
         "floor_s": round(floor_s, 3), "ratio": round(h["wall_s"] / floor_s, 3),
         "ratio_in_process": round(pipe["pipeline_s"] / floor_s, 3),
+    }  # fmt: skip
+    # a CPU without native bfloat16 (most laptops): float32 throughout, its floor at the best
+    # float32 forward of the table
+    best32 = max((x for x in fwd if x["precision"].startswith("fp32")),
+                 key=lambda x: x["gflops_per_s"])  # fmt: skip
+    floor32 = n_floor * gflop_512 / best32["gflops_per_s"]
+    h32 |= {
+        "best_forward": best32, "floor_s": round(floor32, 3),
+        "ratio": round(h32["wall_s"] / floor32, 3),
+        "in_process_s": pipe["pipeline_fp32_s"],
+        "ratio_in_process": round(pipe["pipeline_fp32_s"] / floor32, 3),
     }  # fmt: skip
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -620,7 +689,7 @@ def main() -> None:
         "malloc_tuned": tuned_malloc,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "forward": fwd, "best_forward": best, "terratorch": tt, "pipeline": pipe,
-        "headline": h, "big": big, "imports": imports, "serial_parts": parts,
+        "headline": h, "headline_fp32": h32, "big": big, "imports": imports, "serial_parts": parts,
         "memory": {"rss_3000_mb": h["peak_rss_mb"], "rss_6000_mb": big["peak_rss_mb"],
                    "ratio": round(big["peak_rss_mb"] / h["peak_rss_mb"], 3)},
     }  # fmt: skip

@@ -55,12 +55,44 @@ class _Block(nn.Module):
             x = self.bn3(self.conv3(self.act(x)))
         return self.act(x + shortcut)
 
+    def fused(self, pointwise) -> nn.Module:
+        """This block for inference (batch norms folded, see :mod:`trainer.inference`) with each
+        convolution and the ReLU after it, and the last convolution with the residual sum and
+        the ReLU, in one primitive each (``pointwise(conv, relu)``)."""
+        bns = [getattr(self, n) for n in ("bn1", "bn2", "bn3") if hasattr(self, n)]
+        if not all(type(bn) is nn.Identity for bn in bns):  # not folded: nothing to fuse
+            return self
+        fused = _FusedBlock(self, pointwise)
+        return fused if all(type(c) is not nn.Conv2d for c in fused.convs) else self
+
+
+class _FusedBlock(nn.Module):
+    """A folded :class:`_Block` with its convolutions fused (:meth:`_Block.fused`)."""
+
+    def __init__(self, block: _Block, pointwise):
+        super().__init__()
+        # each convolution's ReLU; the last one's comes after the residual sum
+        self.convs = nn.ModuleList(
+            pointwise(getattr(block, name), relu=True)
+            for name in ("conv1", "conv2", "conv3")
+            if hasattr(block, name)
+        )
+        self.downsample = block.downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        *inner, last = self.convs
+        for conv in inner:
+            x = conv(x)
+        return last(x, shortcut)
+
 
 class ResNetTrunk(nn.Module):
     """Feature maps at ``out_indices`` of (stem: stride 2, layer1: 4, layer2: 8, layer3: 16,
     layer4: 32); layers past the last index asked for are not built (as timm's feature nets)."""
 
     conv_bn_pairs = (("conv1", "bn1"),)
+    conv_bn_relus = (("conv1", "bn1", "act1"),)  # trainer.inference fuses them once folded
 
     def __init__(self, block: str, layers, in_chans: int, out_indices: tuple[int, ...]):
         super().__init__()
