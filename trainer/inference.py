@@ -4,9 +4,10 @@
 mode, on the device, in ``channels_last`` when asked (2-D convolutions only), and on the CPU
 with each batch norm folded into the convolution before it (one convolution instead of a
 convolution and a normalisation pass over its output: the same function up to rounding; in
-float32 and under bfloat16 autocast alike, see ``experiments/perf``) and its in-place ReLUs
-clamping a bfloat16 tensor's bits (:func:`sign_bit_relus`: the same numbers, a quarter of the
-time). The folded copy is made once per model and device and kept on the model, so concurrent
+float32 and under bfloat16 autocast alike, see ``experiments/perf``), each convolution's ReLU
+(and a ResNet block's residual sum) run by the convolution's oneDNN primitive
+(:func:`fuse_activations`), and its other in-place ReLUs clamping a bfloat16 tensor's bits
+(:func:`sign_bit_relus`: the same numbers, a quarter of the time). The folded copy is made once per model and device and kept on the model, so concurrent
 predictions with one model share one network (the service's cached models). For a bfloat16
 forward a second copy holds its convolution and linear weights in bfloat16: autocast casts them
 to bfloat16 on every forward pass otherwise (the same rounding, so the same numbers; 3-10% of
@@ -219,8 +220,7 @@ def pointwise(conv, relu: bool):
         return conv
     cls = _pointwise_class()
     fused = cls.__new__(cls)
-    fused.__dict__ = dict(conv.__dict__)  # the same parameters and settings, not copies
-    fused._parameters = dict(conv._parameters)
+    fused.__dict__ = dict(conv.__dict__)  # conv's parameters and settings (it is replaced)
     fused.relu = relu
     return fused
 
@@ -243,8 +243,17 @@ def fuse_activations(net):
     if not pointwise_convolutions():
         return net
 
-    def is_relu(m) -> bool:
-        return type(m) is nn.ReLU and m.inplace
+    def fuse(mods, conv_name: str, between: list[str], relu_name: str) -> None:
+        """``mods[conv_name]`` with the in-place ReLU ``mods[relu_name]`` fused, when what lies
+        between them (``between``) is only identities (folded batch norms)."""
+        conv, relu = mods.get(conv_name), mods.get(relu_name)
+        if type(conv) is not nn.Conv2d or type(relu) is not nn.ReLU or not relu.inplace:
+            return
+        if any(type(mods.get(b)) is not nn.Identity for b in between):
+            return
+        fused = pointwise(conv, relu=True)
+        if fused is not conv:
+            mods[conv_name], mods[relu_name] = fused, nn.Identity()
 
     for parent in list(net.modules()):
         mods = parent._modules
@@ -252,23 +261,14 @@ def fuse_activations(net):
             fused = getattr(child, "fused", None)
             if callable(fused):
                 mods[name] = fused(pointwise)
-        names = list(mods)
-        if isinstance(parent, nn.Sequential):
-            for i, name in enumerate(names[:-1]):
-                rest = names[i + 1 : i + 3]
-                if type(mods[rest[0]]) is nn.Identity and len(rest) > 1:
-                    rest = rest[1:]
-                if type(mods[name]) is nn.Conv2d and is_relu(mods[rest[0]]):
-                    conv = pointwise(mods[name], relu=True)
-                    if conv is not mods[name]:
-                        mods[name], mods[rest[0]] = conv, nn.Identity()
+        if isinstance(parent, nn.Sequential):  # conv, relu or conv, identity, relu
+            names = list(mods)
+            for i, name in enumerate(names):
+                fuse(mods, name, [], names[i + 1] if i + 1 < len(names) else "")
+                if i + 2 < len(names):
+                    fuse(mods, name, [names[i + 1]], names[i + 2])
         for conv_name, bn_name, relu_name in getattr(parent, "conv_bn_relus", ()):
-            conv = mods.get(conv_name)
-            folded = type(mods.get(bn_name)) is nn.Identity
-            if type(conv) is nn.Conv2d and folded and is_relu(mods.get(relu_name)):
-                fused_conv = pointwise(conv, relu=True)
-                if fused_conv is not conv:
-                    mods[conv_name], mods[relu_name] = fused_conv, nn.Identity()
+            fuse(mods, conv_name, [bn_name], relu_name)
     return net
 
 

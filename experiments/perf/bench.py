@@ -570,8 +570,8 @@ def _rows_explained(r: dict) -> list[str]:
     if "own_chips" in tt:
         lines += [
             f"**geotune's own chip layout against TerraTorch**: by default geotune fits its chips "
-            f"to the scene ({tt['own_chips'][0]}² here, against TerraTorch's 512² at stride 480, "
-            f"both overlapping by 32 px), so fewer pixels go through the network: "
+            f"to the scene ({tt['own_chips'][0]}² here, against TerraTorch's {tt['crop']}² at "
+            f"stride {tt['stride']}, both overlapping by {tt['crop'] - tt['stride']} px), so fewer pixels go through the network: "
             f"{tt['speedup_own_chips']:.2f}x TerraTorch's throughput by default and "
             f"{tt['speedup_fp32_own_chips']:.2f}x in float32. Its chips then meet elsewhere, and "
             f"near where chips meet this lightly trained model (3 epochs on the demo sample) "
@@ -598,10 +598,11 @@ def _own_chips_rows(tt: dict) -> list[str]:
     """Against TerraTorch with geotune's own chip layout (its default) at the same overlap."""
     if "own_chips" not in tt:  # recorded before these rows existed
         return []
-    c = tt["own_chips"]
+    c, crop, stride = tt["own_chips"], tt["crop"], tt["stride"]
     return [
         f"| vs TerraTorch, geotune at its default chip layout (chips fitted to the scene at the "
-        f"same 32 px overlap: {c[0]}x{c[1]}, against TerraTorch's 512x512 at stride 480), "
+        f"same {crop - stride} px overlap: {c[0]}x{c[1]}, against TerraTorch's {crop}x{crop} at "
+        f"stride {stride}), "
         f"defaults ({tt['precision']}) | {tt['speedup_own_chips']:.2f}x; agreement "
         f"{tt['argmax_agreement_own_chips']:.4%} | ≥ 1.3x, ≥ 99.9% | "
         f"{_met(tt['speedup_own_chips'] >= 1.3 and tt['argmax_agreement_own_chips'] >= 0.999)} |",
