@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,9 +395,25 @@ print(json.dumps(predict_scene(model, [sys.argv[1]], sys.argv[2], options=opts, 
 """
 
 
+def mosaic(base: Path, path: Path, side: int, block: int) -> Path:
+    """A ``side`` x ``side`` tiled GeoTIFF tiled with copies of ``base`` (``block`` x ``block``),
+    written block by block."""
+    with rasterio.open(base) as src:
+        data, profile, desc = src.read(), src.profile, src.descriptions
+    profile.update(width=side, height=side, tiled=True, blockxsize=block, blockysize=block,
+                   compress="deflate")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, side, block):
+            for c in range(0, side, block):
+                dst.write(data, window=rasterio.windows.Window(c, r, block, block))
+        dst.descriptions = desc
+    return path
+
+
 def test_scene_larger_than_a_memory_cap(model, tmp_path):
     """A 3584 x 3584 scene predicted in a process whose address space is capped at what the
-    loaded model needs after a small warm-up prediction + 150 MB: its float32 blend accumulators alone (4 x 51 MB) exceed the
+    loaded model needs after a warm-up prediction of 1024² (every chip shape, full batches, the
+    threads at work) + 150 MB: its float32 blend accumulators alone (4 x 51 MB) exceed the
     margin; the four outputs come out complete and valid."""
     import os
     import subprocess
@@ -404,21 +421,13 @@ def test_scene_larger_than_a_memory_cap(model, tmp_path):
 
     side, block = 3584, 256
     base, _ = make_scene(tmp_path, size=block, seed=4, name="base.tif")
-    with rasterio.open(base) as src:
-        data, profile, desc = src.read(), src.profile, src.descriptions
-    profile.update(width=side, height=side, tiled=True, blockxsize=block, blockysize=block,
-                   compress="deflate")  # fmt: skip
-    big = tmp_path / "big.tif"
-    with rasterio.open(big, "w", **profile) as dst:  # written block by block: a mosaic of base
-        for r in range(0, side, block):
-            for c in range(0, side, block):
-                dst.write(data, window=rasterio.windows.Window(c, r, block, block))
-        dst.descriptions = desc
+    big = mosaic(base, tmp_path / "big.tif", side, block)
+    warm = mosaic(base, tmp_path / "warm.tif", 1024, block)
     env = dict(os.environ, GEOTUNE_HOME=str(model.tmp / "home"), MALLOC_ARENA_MAX="2")
     env.pop("MLFLOW_TRACKING_URI", None)
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-c", CAPPED, str(big), str(out), "150", str(side), str(base)],
+        [sys.executable, "-c", CAPPED, str(big), str(out), "150", str(side), str(warm)],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -550,3 +550,38 @@ def test_fused_activations_leave_unfolded_batch_norms_alone():
         got = trunk(x)
     assert not any(type(m).__name__ in ("PointwiseConv2d", "_FusedBlock") for m in trunk.modules())
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_pointwise_convolutions_pack_their_weights_once_and_again_when_they_change():
+    """A fused convolution reorders its weight into oneDNN's layout once, not on every call:
+    the same output as the plain weight bit for bit, the same packed tensor call after call, a
+    new one when the weight changes in place or is cast to bfloat16 (as ``bfloat16_weights``
+    does to a copy: the copy carries no packed weight of the original), and a deep copy made
+    after a forward computes the same."""
+    import copy
+
+    from torch import nn
+
+    from trainer.inference import bfloat16_weights, pointwise
+
+    torch.manual_seed(0)
+    conv = pointwise(nn.Conv2d(6, 8, 3, padding=1), relu=True)
+    x = torch.rand(2, 6, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = torch.relu(nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+        got = conv(x)
+        first = conv.packed_weight()
+        assert torch.equal(got, want) and first.is_mkldnn and conv.packed_weight() is first
+        assert torch.equal(copy.deepcopy(conv)(x), want)
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    with torch.inference_mode():
+        want = torch.relu(nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+        assert torch.equal(conv(x), want) and conv.packed_weight() is not first
+        bf = bfloat16_weights(copy.deepcopy(conv))
+        assert (
+            bf.packed_weight().dtype is torch.bfloat16
+            and conv.packed_weight().dtype is torch.float32
+        )
+        with torch.autocast("cpu", torch.bfloat16):
+            assert (bf(x).float() - want).abs().max() <= 0.05 * want.abs().max()
