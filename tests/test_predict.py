@@ -396,8 +396,8 @@ print(json.dumps(predict_scene(model, [sys.argv[1]], sys.argv[2], options=opts, 
 
 
 def mosaic(base: Path, path: Path, side: int, block: int) -> Path:
-    """A ``side`` x ``side`` tiled GeoTIFF tiled with copies of ``base`` (``block`` x ``block``),
-    written block by block."""
+    """A ``side`` x ``side`` tiled GeoTIFF made of copies of ``base`` (``block`` x ``block``
+    pixels), written block by block."""
     with rasterio.open(base) as src:
         data, profile, desc = src.read(), src.profile, src.descriptions
     profile.update(width=side, height=side, tiled=True, blockxsize=block, blockysize=block,
