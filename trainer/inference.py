@@ -7,10 +7,11 @@ convolution and a normalisation pass over its output: the same function up to ro
 float32 and under bfloat16 autocast alike, see ``experiments/perf``), each convolution's ReLU
 (and a ResNet block's residual sum) run by the convolution's oneDNN primitive
 (:func:`fuse_activations`), and its other in-place ReLUs clamping a bfloat16 tensor's bits
-(:func:`sign_bit_relus`: the same numbers, a quarter of the time). The folded copy is made once per model and device and kept on the model, so concurrent
-predictions with one model share one network (the service's cached models). For a bfloat16
-forward a second copy holds its convolution and linear weights in bfloat16: autocast casts them
-to bfloat16 on every forward pass otherwise (the same rounding, so the same numbers; 3-10% of
+(:func:`sign_bit_relus`: the same numbers, a quarter of the time). The folded copy is made
+once per model and device and kept on the model, so concurrent predictions with one model
+share one network (the service's cached models). For a bfloat16 forward a second copy holds
+its convolution and linear weights in bfloat16: autocast casts them to bfloat16 on every
+forward pass otherwise (the same rounding, so the same numbers; 3-10% of
 a ResNet18-UNet's forward time).
 
 On the CPU, :func:`keep_large_buffers` has glibc's malloc keep the forward's large
@@ -220,14 +221,14 @@ def _pointwise_class():
 
         def forward(self, x, residual=None):
             pw = torch.ops.mkldnn._convolution_pointwise
-            packed = x.is_contiguous(memory_format=CHANNELS_LAST) and x.dim() == 4
-            w = self.packed_weight() if packed else self.weight
+            channels_last = x.is_contiguous(memory_format=CHANNELS_LAST)
+            w = self.packed_weight() if channels_last else self.weight
             x = x.to(w.dtype)  # under bfloat16 autocast, as autocast casts a convolution's input
             args = (w, self.bias, self.padding, self.stride, self.dilation, self.groups)
             if residual is None:
                 return pw(x, *args, "relu" if self.relu else "none", [], "")
             residual = residual.to(w.dtype)
-            if w.dtype is torch.bfloat16 and not x.is_contiguous(memory_format=CHANNELS_LAST):
+            if w.dtype is torch.bfloat16 and not channels_last:
                 # oneDNN's bfloat16 sum post-op needs channels_last; on NCHW, torch's
                 # fallback kernel has no bfloat16: the sum and ReLU as separate operations
                 y = pw(x, *args, "none", [], "").add_(residual)
