@@ -516,6 +516,34 @@ def test_merged_polygons_drop_straight_vertices_and_keep_their_type():
     assert shapely.get_num_coordinates(got).tolist() == [5, 10, 10]
 
 
+def test_a_polygon_is_written_once_no_tile_to_come_can_go_on_with_it(tmp_path):
+    """A polygon across two tiles of a row is merged and written as soon as its second tile is
+    in, before the row is finished; one that reaches down waits for the tile below it."""
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    from trainer.polygons import PolygonCollector
+    from trainer.predict import tiles
+
+    cls = np.full((40, 60), 255, np.uint8)
+    cls[5:10, 10:30] = 0  # across the first two tiles of the top row, clear of its bottom edge
+    cls[12:30, 45:55] = 1  # in the top row's last tile, down into the tile below it
+    conf = np.full(cls.shape, 0.5, np.float32)
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 5000000), 60, 40)
+    col = PolygonCollector(grid, [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}])
+    written = []
+    for w in tiles(60, 40, 20):
+        sl = (slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width))
+        col.add(w, cls[sl], conf[sl], cls[sl] != 255, 255)
+        written.append(col.count)
+    assert written == [0, 1, 1, 1, 1, 2]  # the second at the tile below its piece (last one)
+    assert not col.pieces
+    assert col.write(tmp_path / "p.geojson") == 2
+    feats = json.loads((tmp_path / "p.geojson").read_text())["features"]
+    areas = sorted(f["properties"]["area_m2"] / 100 for f in feats)  # pixels (~, on UTM)
+    assert [round(a) for a in areas] == [100, 180]
+
+
 def test_polygons_merge_across_tiles_and_finished_rows_are_released(tmp_path):
     """Tiled polygonisation gives the polygons of the whole raster at once (same shapes, areas
     and mean confidences), and pieces of finished polygons are not kept until the end."""

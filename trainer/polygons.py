@@ -4,10 +4,12 @@ Each tile's class raster is split into connected components (4-connectivity, as
 ``rasterio.features.shapes`` uses) and polygonised, each with the mean confidence of its
 pixels. A component that touches an inner tile edge is a *piece* of a polygon that may go on in
 the next tile. Pieces are joined in raster space: where two pieces of one class face each other
-across a tile edge, they belong to one polygon (a union-find over piece ids). When a row of
-tiles is finished, every polygon none of whose pieces reaches down into the next row is complete:
-its pieces are merged and written. Memory holds only the pieces of polygons still open, about
-one row of tiles' worth, not the scene's polygons.
+across a tile edge, they belong to one polygon (a union-find over piece ids). After each tile,
+every polygon none of whose pieces reaches into a tile still to come (the one below or to the
+right of its own) is complete: its pieces are merged and written. So polygons are finished while
+later tiles are predicted, and at the end only those that reach the last tile are left to merge.
+Memory holds only the pieces of polygons still open, about one row of tiles' worth, not the
+scene's polygons.
 
 Polygons are made in the grid's pixel coordinates (integers: exact) and taken to the grid's CRS
 when they are written. Pieces meet only along tile edges, so they form a *coverage*: GEOS's
@@ -43,8 +45,16 @@ class _Piece:
     cid: int
     conf_sum: float
     count: float
-    row: int  # row offset of its tile
-    open_below: bool  # touches the inner bottom edge of its tile
+    # the tiles (row, column offsets) that may go on with it: below and to the right of its
+    # own, where it touches that inner edge; None where it does not
+    below: tuple[int, int] | None
+    right: tuple[int, int] | None
+
+    def waits(self, last: tuple[int, int]) -> bool:
+        """Whether a tile that may go on with it comes after ``last`` (row-major order)."""
+        return (self.below is not None and self.below > last) or (
+            self.right is not None and self.right > last
+        )
 
 
 def _components(cls: np.ndarray, ids: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -177,7 +187,6 @@ class PolygonCollector:
         self.below_cls = np.zeros(grid.width, dtype=np.int32)
         self.right_ids = np.zeros(0, dtype=np.int64)
         self.right_cls = np.zeros(0, dtype=np.int32)
-        self.row = -1  # row offset of the tile row being added
         self.seam_x: set[float] = set()  # the inner tile edges, in pixels
         self.seam_y: set[float] = set()
 
@@ -185,9 +194,6 @@ class PolygonCollector:
         self, win, classes: np.ndarray, conf: np.ndarray, valid: np.ndarray, nodata: int
     ) -> None:
         """Polygonise one tile (``win`` in grid pixels); tiles come in row-major order."""
-        if win.row_off != self.row:
-            self._row_done()
-            self.row = win.row_off
         cls = classes.copy()
         if self.sieve:
             cls = sieve(cls, size=self.sieve, mask=valid.astype(np.uint8))
@@ -203,13 +209,16 @@ class PolygonCollector:
         # components on an inner tile edge are pieces: they get scene-wide ids
         on_edge = np.zeros(n_total + 1, dtype=bool)
         below = np.zeros(n_total + 1, dtype=bool)
-        for is_inner, line in ((top, comp[0]), (left, comp[:, 0]), (right, comp[:, -1])):
+        beside = np.zeros(n_total + 1, dtype=bool)
+        for is_inner, line in ((top, comp[0]), (left, comp[:, 0])):
             if is_inner:
                 on_edge[line] = True
         if bottom:
             below[comp[-1]] = True
-        on_edge |= below
-        on_edge[0] = below[0] = False
+        if right:
+            beside[comp[:, -1]] = True
+        on_edge |= below | beside
+        on_edge[0] = False
         gid = np.zeros(n_total + 1, dtype=np.int64)
         n_pieces = int(on_edge.sum())
         gid[on_edge] = np.arange(self.next_id, self.next_id + n_pieces)
@@ -220,11 +229,14 @@ class PolygonCollector:
         if top:
             self.seam_y.add(float(win.row_off))
         done = []
+        under, after = (win.row_off + h, win.col_off), (win.row_off, win.col_off + w)
         for poly, cid in _polygons(comp, Affine.translation(win.col_off, win.row_off)):
             item = (poly, comp_class[cid], float(conf_sum[cid]), float(count[cid]))
             if on_edge[cid]:
                 g = int(gid[cid])
-                self.pieces[g] = _Piece(*item, row=win.row_off, open_below=bool(below[cid]))
+                self.pieces[g] = _Piece(
+                    *item, below=under if below[cid] else None, right=after if beside[cid] else None
+                )
                 self.parent[g] = g
             else:
                 done.append(item)
@@ -240,6 +252,7 @@ class PolygonCollector:
         self.below_cls[cols] = cls[-1]
         self.right_ids = gid[comp[:, -1]] if right else np.zeros(h, dtype=np.int64)
         self.right_cls = cls[:, -1].astype(np.int32)
+        self._close((win.row_off, win.col_off))
 
     def _join(self, theirs, mine, their_cls, my_cls) -> None:
         same = (theirs > 0) & (mine > 0) & (their_cls == my_cls)
@@ -256,16 +269,15 @@ class PolygonCollector:
             self.parent[a], a = root, self.parent[a]
         return root
 
-    def _row_done(self, final: bool = False) -> None:
-        """A tile row is finished: write every polygon none of whose pieces goes on below."""
+    def _close(self, last: tuple[int, int] | None) -> None:
+        """Write every polygon none of whose pieces may go on in a tile after ``last`` (the
+        offsets of the tile just added; None: every tile is in)."""
         groups: dict[int, list[int]] = {}
         for g in self.pieces:
             groups.setdefault(self._find(g), []).append(g)
         still_open = set()
-        if not final:
-            still_open = {
-                self._find(g) for g, p in self.pieces.items() if p.open_below and p.row == self.row
-            }
+        if last is not None:
+            still_open = {self._find(g) for g, p in self.pieces.items() if p.waits(last)}
         done, merging = [], {}  # merging: index in done → the pieces that make its geometry
         for root, members in groups.items():
             if root in still_open:
@@ -331,7 +343,7 @@ class PolygonCollector:
     def write(self, path: str | Path) -> int:
         """Write the polygons still open, then a GeoJSON FeatureCollection (RFC 7946) to
         ``path``; returns the number of features."""
-        self._row_done(final=True)
+        self._close(None)
         self.spool.seek(0)
         with open(path, "w", encoding="utf-8") as out:
             out.write('{"type": "FeatureCollection", "features": [')

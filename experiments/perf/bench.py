@@ -25,7 +25,7 @@ Measurements:
    (``trainer.inference.keep_large_buffers``), TerraTorch's runs included. Then geotune again
    at its own default chip layout (chips fitted to the scene at the same 32 px overlap).
 3. pipeline efficiency: ``predict_scene`` on the 3000² scene (defaults; read, infer, blend,
-   write, vectorize) against a bare eager float32 forward (contiguous, one chip at a time: its
+   write, vectorize; the best of two rounds per precision, as a warm service runs it) against a bare eager float32 forward (contiguous, one chip at a time: its
    fastest) over exactly the chips ``predict_scene`` runs, held in memory.
 4. headline: ``geotune predict --model perf@champion --image s3000.tif --out DIR`` as a child
    process (start-up, MLflow, model load included), against the floor = FLOPs of the
@@ -323,15 +323,18 @@ def pipeline_efficiency(model, scene: Path, work: Path) -> dict:
 
     out = work / "ours-3000"
     times, classes, polygons = {}, {}, {}
-    for precision in ("fp32", "auto"):  # the default last: its summary is reported
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
-        s = predict_scene(model, [scene], out, progress=False,
-                          options=PredictOptions(precision=precision))  # fmt: skip
-        times[precision] = time.perf_counter() - t
-        with rasterio.open(out / "classes.tif") as src:
-            classes[precision] = src.read(1)
-        polygons[precision] = s["n_polygons"]
+    # the service's warm path: each precision's best of ROUNDS runs, alternating (the first
+    # run of a precision may still prepare its network); the default last, its summary reported
+    for _ in range(ROUNDS):
+        for precision in ("fp32", "auto"):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            s = predict_scene(model, [scene], out, progress=False,
+                              options=PredictOptions(precision=precision))  # fmt: skip
+            times[precision] = min(times.get(precision, math.inf), time.perf_counter() - t)
+            with rasterio.open(out / "classes.tif") as src:
+                classes[precision] = src.read(1)
+            polygons[precision] = s["n_polygons"]
     pipe = times["auto"]
     # the same chips, held in memory, through a bare eager forward (contiguous, same batch)
     pred = Predictor(model, open_scenes([scene]), PredictOptions())
