@@ -45,9 +45,9 @@ class PredictOptions:
     confidence_threshold: float | None = None  # pixels below it become nodata
     resolution_tolerance: float = 0.25
     channels_last: bool = True
-    # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AVX512-BF16 or AMX:
-    # about 2x the float32 forward, class agreement with float32 above 99.9% as measured in
-    # experiments/perf), float32 elsewhere; "fp32" or "bf16" to choose
+    # "auto": bfloat16 autocast where the CPU computes bfloat16 natively (AVX512-BF16: about 2x
+    # the float32 forward, AMX about 4x; class agreement with float32 above 99.9% as measured
+    # in experiments/perf), float32 elsewhere; "fp32" or "bf16" to choose
     precision: str = "auto"
     # "auto": the first CUDA GPU when torch sees one, else the CPU; or "cpu", "cuda", "cuda:N"
     device: str = "auto"
