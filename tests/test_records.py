@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlm_check import check_mlm_item
 
 from datamodules.manifest import FORMAT_VERSION, DatasetError, DatasetManifest, read_manifest
 from trainer.heads import NETS, build_net, postprocess, probabilities
@@ -67,8 +68,7 @@ def test_model_records_written_before_rebuild_the_same_network(task):
     assert {k: list(v.shape) for k, v in net.state_dict().items()} == state
     assert net.config() == rec.net  # the network describes itself as the record does
     assert rec.input_shape() == ((-1, 4, 2, -1, -1) if task == "change" else (-1, 4, -1, -1))
-    item = mlm_item(rec, 1)
-    assert item["properties"]["mlm:input"][0]["bands"] == rec.bands
+    check_mlm_item(mlm_item(rec, 1), raw)
 
 
 def test_a_version_1_record_is_upgraded_and_a_newer_one_refused():

@@ -83,6 +83,9 @@ def mlm_item(record: ModelRecord, n_params: int) -> dict:
                 "type": "application/octet-stream",
                 "roles": ["mlm:model", "mlm:weights"],
                 "mlm:artifact_type": "torch.save",
+                # STAC 1.1 allows ``bands`` in properties only when an asset carries bands too;
+                # MLM asks for them on the model asset, by name, the details in properties
+                "bands": [{"name": b} for b in record.bands],
             }
         },
     }
@@ -132,9 +135,18 @@ def _mlm_output(record: ModelRecord) -> dict:
             {
                 "value": cl["id"],
                 "name": cl["name"],
+                # the classification extension v1.1 (MLM v1.4's) requires a description
+                "description": _class_description(cl),
                 "color_hint": cl["color"].lstrip("#"),
             }
             for cl in record.classes
         ],
         "post_processing_function": None,
     }
+
+
+def _class_description(cl: dict) -> str:
+    """What a class of the model's output stands for: its label value in the training labels."""
+    value = cl.get("value", cl["name"])
+    text = f"{cl['name']}: pixels labelled {value!r} in the training labels"
+    return text + " (background)" if cl.get("background") else text
