@@ -24,6 +24,9 @@ def check_mlm_item(item: dict, record: dict) -> list[dict]:
     # MLM v1.4's JSON schema pattern of mlm:name (stac-model does not check it)
     assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", props.name), props.name
     assert props.input and props.output
+    # MLM: pretrained_source is null for a model trained from scratch
+    assert props.pretrained == (record["backbone"]["weights"] != "random")
+    assert (props.pretrained_source is None) == (not props.pretrained)
     for inp in item["properties"]["mlm:input"]:
         ModelInput.model_validate(inp)
         assert "norm_type" not in inp and "statistics" not in inp  # pre-1.3 fields

@@ -1,10 +1,14 @@
 """Fine-tuning from official-layout checkpoint files through train(cfg): weights really load,
 bands are mapped by name, the weights directory is searched, and nothing falls back to random."""
 
+import json
+
+import mlflow
 import numpy as np
 import pytest
 import rasterio
 import torch
+from mlm_check import check_mlm_item
 from rasterio.transform import from_origin
 from synth import class_map
 from test_checkpoints import _official_prithvi_file, clay_ckpt  # noqa: F401  (fixture)
@@ -82,6 +86,11 @@ def test_prithvi_official_file_with_an_added_band(home, tmp_path):
     # frozen? no: full fine-tune moved the weights, but they started from the file, not at random
     start = encoder_state["patch_embed.proj.weight"]
     assert torch.corrcoef(torch.stack([w[:, :6].flatten(), start.flatten()]))[0, 1] > 0.9
+    # the MLM card says where the weights came from: the file's name, not this machine's path
+    uri = mlflow.MlflowClient().get_model_version_download_uri("pt", result["model_version"])
+    card = json.loads(mlflow.artifacts.load_text(f"{uri}/artifacts/mlm-item.json"))
+    check_mlm_item(card, rec)
+    assert card["properties"]["mlm:pretrained_source"] == "Prithvi_EO_V2_300M.pt"
 
 
 def test_pretrained_prithvi_needs_its_bands(home, tmp_path):
@@ -104,8 +113,6 @@ def test_weights_directory_is_searched(home, tmp_path, monkeypatch):
     _dataset(tmp_path, HLS7[:6], "hls6", sensor="hls")
     result = train(compose("train", ["data.dataset=hls6", "backbone=prithvi_eo_v1_100", *RUN]))
     assert result["test"]["test/loss"] > 0
-    import mlflow
-
     assert mlflow.MlflowClient().get_run(result["run_id"]).data.tags["weights"] == str(
         wdir / "Prithvi_EO_V1_100M.pt"
     )

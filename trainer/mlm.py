@@ -4,6 +4,7 @@ beside every registered version as ``mlm-item.json``, and the shapes the pyfunc 
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 
 from .inputs import input_units
 from .record import ModelRecord, as_record
@@ -48,6 +49,8 @@ def mlm_item(record: ModelRecord, n_params: int) -> dict:
     what = f"{record.sensor or 'unknown sensor'} stored values"
     described = [f"{what}: {u.describe()}" for u in units] if units else [what] * len(record.bands)
     bands = [{"name": b, "description": d} for b, d in zip(record.bands, described, strict=True)]
+    weights = str(record.backbone["weights"])
+    pretrained = weights != "random"
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -71,8 +74,9 @@ def mlm_item(record: ModelRecord, n_params: int) -> dict:
             "mlm:tasks": MLM_TASKS[task],
             "mlm:framework": "pytorch",
             "mlm:total_parameters": n_params,
-            "mlm:pretrained": record.backbone["weights"] != "random",
-            "mlm:pretrained_source": record.backbone["weights"],
+            "mlm:pretrained": pretrained,
+            # MLM: null when trained from scratch; the weights file's name, not this machine's path
+            "mlm:pretrained_source": PurePath(weights).name if pretrained else None,
             "mlm:input": [_mlm_input(record)],
             "mlm:output": [_mlm_output(record)],
         },
