@@ -245,10 +245,12 @@ def _split_pieces(folder, t: UnitTable, cand, k, grid: Grid, block, fractions, s
         seed,
         min_count,
     )
-    psplit = np.array([bs[int(b)] for b in keys[:, 1]], dtype=object)
-    for i, u in enumerate(keys[:, 0].tolist()):
-        if not own[i]:  # a sliver follows its unit's largest piece
-            psplit[i] = psplit[largest[u]]
+    # a sliver follows its unit's largest piece (its block may hold nothing else, and then
+    # has no split of its own)
+    psplit = np.array(
+        [bs[int(keys[largest[u] if not own[i] else i, 1])] for i, u in enumerate(keys[:, 0])],
+        dtype=object,
+    )
     wsplit = np.array([bs[int(b)] for b in wb], dtype=object)
     return _Pieces(ct, keys, pn, pc, psplit, largest, unit_cls, whole, wsplit, bs)
 

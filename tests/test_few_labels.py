@@ -103,6 +103,32 @@ def test_a_small_polygon_across_a_block_edge_is_not_lost_to_the_guard_band(home,
     assert next(c["pixels"] for c in ds.classes if c["name"] == "tree") == 14 * 13
 
 
+def test_a_sliver_alone_in_its_block_follows_its_polygon(home, tmp_path):
+    # tree: one 30 x 30 px polygon over a block corner; its 3 x 3 px corner piece (a sliver,
+    # under min_class_pixels) lies in a block holding no other label (once a KeyError)
+    image, _ = make_scene(tmp_path, size=256, seed=4)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    geoms, names = [_box(t, 61, 61, 30, 30)], ["tree"]
+    rng = np.random.default_rng(0)
+    for r, c in rng.integers(0, 240, (60, 2)):
+        if (r >= 64 or c >= 64) and not (50 <= r < 100 and 50 <= c < 100):
+            geoms.append(_box(t, r, c, 10, 12))
+            names.append("crop" if len(names) % 2 else "water")
+    path = tmp_path / "corner.geojson"
+    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    with pytest.warns(UserWarning, match="tree: "):
+        ds = _ingest("corner", image, path, block_size=64)
+    assert next(c["pixels"] for c in ds.classes if c["name"] == "tree") == 30 * 30
+    assert ds.manifest["splits"]["reach"]["tree"]["splits"][0] == "train"
+    with rasterio.open(ds.file("units")) as src:
+        units = src.read(1)[61:91, 61:91]
+    with open(ds.file("units_table")) as f:
+        split = {r["unit_id"]: r["split"] for r in csv.DictReader(f)}
+    # every tree pixel is in one unit or a guard band, and the sliver's split is its polygon's
+    assert len({split[str(u)] for u in np.unique(units[units > 0])}) == 1
+
+
 def test_small_polygons_stay_whole_and_train_only(home, tmp_path):
     image, cmap = make_scene(tmp_path, size=512, seed=2)
     labels = few_polygons(tmp_path, image, cmap, {"water": 1, "forest": 1, "field": 1})
