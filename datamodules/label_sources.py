@@ -176,9 +176,17 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
     values: set = set()
     for _, w in windows(grid, 1024):
         values |= set(np.unique(vrt.read(1, window=w)).tolist())
-    values -= ignore_values
+    values = {v for v in values - ignore_values if v == v}  # NaN: no label
     if not values:
         raise LabelError(f"label raster {mask_path.name} has no labelled pixels over the imagery")
+    fractional = sorted(v for v in values if v != int(v))
+    if fractional:
+        raise LabelError(
+            f"label raster {mask_path.name} holds values that are not whole numbers "
+            f"({', '.join(f'{v:g}' for v in fractional[:5])}); a mask holds class values "
+            "(integers). Round it or write it as integers, e.g. gdal_translate -ot Int16 "
+            f"{mask_path.name} mask_int.tif"
+        )
     values = sorted(int(v) for v in values)
     if min(values) < 0:
         raise LabelError(

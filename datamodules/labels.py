@@ -60,6 +60,20 @@ class ClassTable:
 
     classes: list[dict]  # {id, name, slug, color, value[, background]}
 
+    def __post_init__(self):
+        """Each class its own slug (metric names and per-class figures are keyed by it): a name
+        with no letter or digit in ASCII ("水") is ``class_<id>``, and a slug two names share
+        gets its class id."""
+        taken: set[str] = set()
+        for c in self.classes:
+            slug = c["slug"]
+            if slug == "class" and slugify(c["name"]) == "class" and c["name"] != "class":
+                slug = f"class_{c['id']}"
+            if slug in taken:
+                slug = f"{slug}_{c['id']}"
+            c["slug"] = slug
+            taken.add(slug)
+
     def to_json(self) -> list[dict]:
         return [dict(c) for c in self.classes]
 
@@ -247,10 +261,13 @@ def read_vector(
     if split_column:
         keep[_column(gdf, path, split_column, split_column, "--split-column")] = "split"
     gdf = gdf[[*keep, gdf.geometry.name]].rename(columns=keep)
+    # " water" and "water " are "water"; an empty or blank value is no value
+    gdf["value"] = gdf["value"].map(lambda v: (v.strip() or None) if isinstance(v, str) else v)
     n_null_class = int(gdf["value"].isna().sum())
     if n_null_class:
         warnings.warn(
-            f"{n_null_class} label(s) without a class value in {column!r} were dropped",
+            f"{n_null_class} label(s) without a class value (missing or blank) in {column!r} "
+            "were dropped",
             stacklevel=2,
         )
         gdf = gdf[gdf["value"].notna()]
@@ -260,6 +277,7 @@ def read_vector(
         gdf = gdf[~empty]
     if gdf.empty:
         raise LabelError(f"{path.name} holds no labels with a geometry and a class value")
+    gdf = _collections_to_polygons(gdf, path)
     kinds = set(gdf.geom_type)
     allowed = POLYGONAL | {"Point"} if points else POLYGONAL
     if not kinds <= allowed:
@@ -276,6 +294,8 @@ def read_vector(
     if split_column:
         gdf["split"] = _splits(gdf["split"], path, split_column)
     gdf["value"] = gdf["value"].map(_multi_value if multi_label else _plain_value)
+    if not multi_label:
+        gdf["value"] = _one_spelling(gdf["value"], path, column)
     if multi_label:
         bad = int((gdf["value"].map(len) == 0).sum())
         if bad:
@@ -306,6 +326,52 @@ def _repair(gdf):
         gdf = gdf[~lost]
     warnings.warn(message, stacklevel=3)
     return gdf, n_invalid
+
+
+def _collections_to_polygons(gdf, path: Path):
+    """GeometryCollections (as GIS repairs write them) as their polygons; one without any is
+    dropped with a warning."""
+    coll = (gdf.geom_type == "GeometryCollection").to_numpy()
+    if not coll.any():
+        return gdf
+    gdf = gdf.copy()
+    polys = gdf.geometry[coll].map(_polygonal)
+    gdf.loc[coll, gdf.geometry.name] = polys
+    lost = coll & gdf.geometry.isna().to_numpy()
+    if lost.any():
+        warnings.warn(
+            f"{int(lost.sum())} GeometryCollection label(s) in {path.name} hold no polygon and "
+            "were dropped",
+            stacklevel=3,
+        )
+        gdf = gdf[~lost]
+    if gdf.empty:
+        raise LabelError(f"{path.name} holds no polygon labels")
+    return gdf
+
+
+def _one_spelling(values, path: Path, column: str):
+    """Class names that differ only in case ("Water", "water") as one class, spelled as most
+    labels spell it, with a warning naming them."""
+    names = values[values.map(lambda v: isinstance(v, str))]
+    if names.empty:
+        return values
+    counts = names.value_counts()
+    groups: dict[str, list[str]] = {}
+    for name in sorted(counts.index, key=lambda n: (-counts[n], n)):
+        groups.setdefault(name.casefold(), []).append(name)
+    rename = {}
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            kept = spellings[0]
+            rename |= {n: kept for n in spellings[1:]}
+            shown = ", ".join(f"{n!r} ({counts[n]})" for n in spellings)
+            warnings.warn(
+                f"class values {shown} in {column!r} of {path.name} differ only in case: taken "
+                f"as one class {kept!r}. If they are different classes, rename one in the file.",
+                stacklevel=3,
+            )
+    return values.map(lambda v: rename.get(v, v)) if rename else values
 
 
 def _polygonal(geom):

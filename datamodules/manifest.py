@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def check_name(name: str) -> str:
 
 
 def slugify(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
+    """Lower-case ASCII letters, digits and ``_`` ("Forêt dense" → ``foret_dense``)."""
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
     return slug or "class"
 
 

@@ -101,6 +101,8 @@ class MaskLabels:
 
     def window(self, win: Window, grid: Grid, block: int, row: int, col: int, next_unit: int):
         raw = self.vrt.read(1, window=win)
+        if raw.dtype.kind == "f":  # whole-number class values; NaN and infinities: no label
+            raw = np.where(np.isfinite(raw), raw, -1).astype(np.int64)
         inside = (raw >= 0) & (raw < len(self.lut))
         mask = np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], IGNORE_INDEX)
         mask = mask.astype(np.uint8)

@@ -470,3 +470,94 @@ def test_class_table_file_places_the_background_class(home, tmp_path, scene):
     assert set(np.unique(mask).tolist()) == {0, 1, 2, 3}
     with pytest.raises(LabelError, match=r"--background 'rest' is not a class of .*classes.json"):
         _add("tbl2", scene["image"], scene["labels"], classes_file=table, background="rest")
+
+
+# -- class values as other tools and people write them ---------------------------------------------
+def _renamed(scene, tmp_path, rename):
+    """The scene's labels with each polygon's class value replaced by ``rename(i, value)``."""
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    gdf["class_name"] = [rename(i, v) for i, v in enumerate(gdf["class_name"])]
+    path = tmp_path / "renamed.gpkg"
+    gdf.to_file(path)
+    return path
+
+
+def test_class_names_differing_in_case_or_spaces_are_one_class_and_blank_is_no_class(
+    home, scene, tmp_path
+):
+    base = _add("base", scene["image"], scene["labels"])
+
+    def rename(i, v):
+        return ["", "  "][i % 2] if i % 11 == 0 else [v, f" {v}", v.capitalize(), f"{v} "][i % 4]
+
+    with pytest.warns(UserWarning) as caught:
+        ds = _add("spelled", scene["image"], _renamed(scene, tmp_path, rename))
+    text = [str(w.message) for w in caught]
+    assert any("without a class value (missing or blank)" in t for t in text)
+    assert sum("differ only in case: taken as one class" in t for t in text) == len(CLASSES)
+    assert [c["name"].casefold() for c in ds.classes] == sorted(CLASSES)
+    # the blank ones dropped, every other pixel as in the plain file
+    mask, ref = _read(ds.file("mask")), _read(base.file("mask"))
+    assert ((mask == ref) | (mask == 255)).all() and (mask != 255).sum() > 0.8 * (ref != 255).sum()
+    slugs = [c["slug"] for c in ds.classes]
+    assert len(set(slugs)) == len(slugs) and set(ds.manifest["splits"]["reach"]) == set(slugs)
+
+
+def test_names_without_ascii_letters_keep_a_slug_of_their_own(home, scene, tmp_path):
+    names = dict(zip(sorted(CLASSES), ["水", "forêt", "森"], strict=True))
+    ds = _add("cjk", scene["image"], _renamed(scene, tmp_path, lambda i, v: names[v]))
+    by_name = {c["name"]: c for c in ds.classes}
+    assert set(by_name) == set(names.values())
+    slugs = [c["slug"] for c in ds.classes]
+    assert by_name["forêt"]["slug"] == "foret" and len(set(slugs)) == 3
+    assert {by_name["水"]["slug"], by_name["森"]["slug"]} <= {"class_0", "class_1", "class_2"}
+    # per-class figures are each class's own (once all were summed under one slug "class")
+    reach = ds.manifest["splits"]["pixels"]
+    for c in ds.classes:
+        assert sum(reach[s][c["slug"]] for s in reach) == c["pixels"], c
+
+
+def test_float_masks_with_nan_or_negative_nodata_and_fractional_values(home, scene, tmp_path):
+    with rasterio.open(scene["image"]) as src:
+        profile = src.profile | {"count": 1, "dtype": "float32"}
+    truth = scene["cmap"].astype(np.float32)
+    for nodata in (float("nan"), -1.0):
+        m = truth.copy()
+        m[:10] = nodata
+        path = tmp_path / f"mask_{nodata}.tif"
+        with rasterio.open(path, "w", **(profile | {"nodata": nodata})) as dst:
+            dst.write(m, 1)
+        ds = _add(f"f{nodata}", scene["image"], path, class_column=None)
+        assert [c["value"] for c in ds.classes] == [0, 1, 2]
+        mask = _read(ds.file("mask"))
+        assert (mask[:10] == 255).all() and (mask[10:] == scene["cmap"][10:]).all()
+    m = truth.copy()
+    m[50, 50] = 1.5
+    path = tmp_path / "fractional.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(m, 1)
+    with pytest.raises(LabelError, match=r"not whole numbers \(1.5\).*gdal_translate -ot Int16"):
+        _add("frac", scene["image"], path, class_column=None)
+    assert not (home / "datasets" / "frac").exists()
+
+
+def test_geometry_collections_count_as_their_polygons(home, scene, tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.read_file(scene["labels"])
+    line = shapely.LineString([(0, 0), (1, 1)])
+    gdf.loc[0, "geometry"] = shapely.GeometryCollection([gdf.geometry[0], line])
+    gdf.loc[1, "geometry"] = shapely.GeometryCollection([line])
+    path = tmp_path / "gc.gpkg"
+    gdf.to_file(path)
+    with pytest.warns(UserWarning, match="1 GeometryCollection label.*hold no polygon"):
+        ds = _add("gc", scene["image"], path)
+    base = _add("plain", scene["image"], scene["labels"])
+    assert len(ds.classes) == 3
+    units, ref = _read(ds.file("units")), _read(base.file("units"))
+    # the first polygon kept whole, the second (a line only) dropped
+    assert len(np.unique(units)) == len(np.unique(ref)) - 1
+    assert ((units > 0) == ((ref > 0) & (ref != 2))).all()
