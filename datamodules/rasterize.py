@@ -10,6 +10,7 @@ connected regions within each split block.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def write_rasters(
             )
             outs += [mask_out, units_out]
             next_unit = labels.first_free_unit
+        under_nodata: set = set()  # polygon units with pixels on the imagery's nodata
         step = max(block_size, (1024 // block_size) * block_size)
         wins = list(windows(grid, step))
         for (row, col), win in tqdm(wins, desc="ingest", unit="window", disable=not progress):
@@ -169,6 +171,8 @@ def write_rasters(
             if labels is None:
                 continue
             mask, units, next_unit = labels.window(win, grid, block_size, row, col, next_unit)
+            if isinstance(labels, PolygonLabels) and not valid.all():
+                under_nodata.update(np.unique(units[~valid]).tolist())
             mask[~valid] = IGNORE_INDEX
             units[~valid] = 0
             if background_id is not None:
@@ -189,7 +193,30 @@ def write_rasters(
             f.close()
         for r in readers:
             r.close()
+    if isinstance(labels, PolygonLabels):
+        _say_unused_polygons(labels, result.unit_stats, under_nodata)
     return result
+
+
+def _say_unused_polygons(labels: PolygonLabels, stats: dict, under_nodata: set) -> None:
+    """Warn about label polygons that gave no labelled pixel: those wholly on the imagery's
+    nodata, and those that cover no pixel centre of their own (smaller than a pixel, or
+    wholly under smaller polygons, which are drawn over them)."""
+    ids = set(labels.gdf["unit_id"].tolist())
+    on_nodata = (ids & under_nodata) - set(stats)
+    unseen = ids - set(stats) - under_nodata
+    if on_nodata:
+        warnings.warn(
+            f"{len(on_nodata)} label polygon(s) lie wholly on the imagery's nodata and were "
+            "not used",
+            stacklevel=3,
+        )
+    if unseen:
+        warnings.warn(
+            f"{len(unseen)} label polygon(s) cover no pixel centre of their own (smaller than "
+            "a pixel, or wholly under smaller polygons, which win) and were not used",
+            stacklevel=3,
+        )
 
 
 def accumulate_units(stats: dict, units: np.ndarray, mask: np.ndarray, row: int, col: int) -> None:

@@ -561,3 +561,94 @@ def test_geometry_collections_count_as_their_polygons(home, scene, tmp_path):
     # the first polygon kept whole, the second (a line only) dropped
     assert len(np.unique(units)) == len(np.unique(ref)) - 1
     assert ((units > 0) == ((ref > 0) & (ref != 2))).all()
+
+
+def test_a_file_with_several_layers_reads_the_one_with_the_class_column_or_asks(
+    home, scene, tmp_path
+):
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    path = tmp_path / "layers.gpkg"
+    notes = gdf.iloc[:3][["geometry"]].assign(note="check")
+    notes.to_file(path, layer="aaa_notes")  # first in the file, no class column
+    gdf.to_file(path, layer="labels")
+    with pytest.warns(UserWarning, match="holds 2 layers; reading 'labels', the only one"):
+        ds = _add("layers", scene["image"], path)
+    ref = _add("one_layer", scene["image"], scene["labels"])
+    np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
+    # two layers with the class column: which one is the user's to say
+    gdf.iloc[:3].to_file(path, layer="aaa_notes", mode="w")
+    with pytest.raises(LabelError, match="holds 2 layers and geotune reads one: .*'aaa_notes' "):
+        _add("two", scene["image"], path)
+    assert not (home / "datasets" / "two").exists()
+
+
+def test_a_zipped_shapefile_in_a_folder_of_its_zip(home, scene, tmp_path):
+    import zipfile
+
+    shp_dir = tmp_path / "shp"
+    shp_dir.mkdir()
+    make_labels(shp_dir, scene["image"], scene["cmap"], name="fields.shp")
+    out = tmp_path / "export.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("export/labels/", "")  # a folder entry, as zip -r writes it
+        for f in shp_dir.iterdir():
+            z.write(f, f"export/labels/{f.name}")
+    ds = _add("zipdir", scene["image"], out)
+    ref = _add("plain", scene["image"], scene["labels"])
+    np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+        z.writestr("readme.txt", "no labels here")
+    with pytest.raises(LabelError, match=r"holds no shapefile \(.shp\)"):
+        _add("nozip", scene["image"], tmp_path / "empty.zip")
+
+
+def test_projected_coordinates_in_a_geojson_without_crs_are_named(home, scene, tmp_path):
+    import json as _json
+
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"]).to_crs(3857)
+    raw = _json.loads(gdf.to_json())
+    raw.pop("crs", None)  # no crs member: readers take it as EPSG:4326
+    path = tmp_path / "nocrs.geojson"
+    path.write_text(_json.dumps(raw))
+    with pytest.raises(LabelError, match="projected coordinates without their CRS"):
+        _add("nocrs", scene["image"], path)
+
+
+def test_polygons_that_give_no_pixel_are_counted(home, tmp_path):
+    import re
+
+    import geopandas as gpd
+    import shapely
+
+    image, cmap = make_scene(tmp_path, size=128, seed=0, nodata_corner=40)
+    labels = make_labels(tmp_path, image, cmap)
+    gdf = gpd.read_file(labels)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    x, y = t * (5, 5)  # in the nodata corner: a 10 x 10 px polygon
+    on_nodata = shapely.box(x, y - 100, x + 100, y)
+    x, y = t * (100.1, 100.1)  # 0.3 x 0.3 px, around no pixel centre
+    tiny = shapely.box(x, y - 3, x + 3, y)
+    extra = gpd.GeoDataFrame(
+        {"class_name": [gdf["class_name"][0]] * 2}, geometry=[on_nodata, tiny], crs=crs
+    ).to_crs(gdf.crs)
+    path = tmp_path / "more.gpkg"
+    gpd.pd.concat([gdf, extra]).to_file(path)
+
+    def unused(name, labels):
+        with pytest.warns(UserWarning) as caught:
+            _add(name, image, labels)
+        found = {}
+        for w in caught:
+            m = re.match(r"(\d+) label polygon\(s\) (lie wholly on|cover no pixel)", str(w.message))
+            if m:
+                found[m[2]] = int(m[1])
+        return found
+
+    before, after = unused("plain", labels), unused("unused", path)
+    assert after["lie wholly on"] == before.get("lie wholly on", 0) + 1
+    assert after["cover no pixel"] == before.get("cover no pixel", 0) + 1
