@@ -103,6 +103,55 @@ def test_outputs_validate_and_agree(model, tmp_path):
     assert s2["n_polygons"] == s["n_polygons"]
 
 
+def test_sieve_applies_to_every_output_and_to_tiles_smaller_than_it(model, tmp_path):
+    # 300 px with 256 px tiles: the last tiles are 44 px wide, and the corner one 44 x 44 =
+    # 1936 px, smaller than the sieve (once a ValueError from rasterio's sieve)
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+    from scipy import ndimage
+
+    scene, _ = make_scene(tmp_path, size=300, seed=5, nodata_corner=20)
+    plain = predict_scene(
+        model, [scene], tmp_path / "plain", options=PredictOptions(tile_size=256), progress=False
+    )
+    size = 2000
+    s = predict_scene(
+        model,
+        [scene],
+        tmp_path / "sieved",
+        options=PredictOptions(tile_size=256, sieve_pixels=size),
+        progress=False,
+    )
+    out = tmp_path / "sieved"
+    with rasterio.open(out / "classes.tif") as src:
+        cls, crs, transform = src.read(1), src.crs, src.transform
+    with rasterio.open(tmp_path / "plain" / "classes.tif") as src:
+        before = src.read(1)
+    assert ((cls == 255) == (before == 255)).all()  # nodata stays nodata, nothing else becomes it
+    assert s["n_polygons"] < plain["n_polygons"]
+    # within each full tile, no patch under the sieve size is left
+    for r0, c0 in ((0, 0), (0, 256), (256, 0)):
+        tile = cls[r0 : r0 + 256, c0 : c0 + 256]
+        for k in np.unique(tile[tile != 255]):
+            lab, n = ndimage.label(tile == k)
+            sizes = np.bincount(lab.ravel())[1:]
+            touches = np.isin(
+                np.arange(1, n + 1), np.unique(np.r_[lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+            )
+            assert (sizes[~touches] >= size).all()  # a patch on a tile edge may go on next door
+    # the class raster, the counts and the polygons agree
+    assert [h["pixels"] for h in s["class_histogram"]] == [
+        int((cls == h["id"]).sum()) for h in s["class_histogram"]
+    ]
+    fc = json.loads((out / "polygons.geojson").read_text())
+    burnt = rasterize(
+        [(transform_geom("OGC:CRS84", crs, f["geometry"]), f["properties"]["class_id"])
+         for f in fc["features"]],
+        out_shape=cls.shape, transform=transform, fill=255, dtype="uint8",
+    )  # fmt: skip
+    assert (burnt == cls).all()
+
+
 def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path, monkeypatch):
     """Tiles share the chips on their seams: with the cache each chip of the global grid runs
     once; with room for one chip or none (shared chips run again, in the batch they ran in

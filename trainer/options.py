@@ -91,7 +91,8 @@ PREDICT = (
         "sieve_pixels",
         int,
         0,
-        "remove class patches smaller than this many pixels",
+        "give class patches smaller than this many pixels (within an output tile) the class "
+        "around them, in every output",
         ge=0,
         le=1_000_000,
         flag="--sieve",

@@ -155,12 +155,23 @@ def _merge(groups: list[list], seam_x: np.ndarray, seam_y: np.ndarray) -> list:
     return _without_straight_vertices(merged).tolist()
 
 
+def sieve_tile(classes: np.ndarray, valid: np.ndarray, size: int, nodata: int) -> np.ndarray:
+    """``classes`` with every patch of one class smaller than ``size`` pixels (4-connected,
+    within this tile) given the class of its largest neighbour; nodata stays nodata. A tile
+    of ``size`` pixels or fewer is sieved at its own size less one."""
+    size = min(size, classes.size - 1)
+    if size < 2 or not valid.any():
+        return classes
+    out = sieve(classes, size=size, mask=valid.astype(np.uint8))
+    out[~valid] = nodata
+    return out
+
+
 class PolygonCollector:
     def __init__(
         self,
         grid,
         classes: list[dict],
-        sieve: int = 0,
         clip=None,
         *,
         min_area_m2: float = 0.0,
@@ -174,7 +185,6 @@ class PolygonCollector:
         self.grid = grid
         self.classes = classes
         self.names = {c["id"]: c["name"] for c in classes}
-        self.sieve = sieve
         self.clip = clip
         self.min_area_m2, self.simplify = min_area_m2, simplify
         self.to84 = Transformer.from_crs(grid.crs.to_wkt(), "OGC:CRS84", always_xy=True)
@@ -196,10 +206,7 @@ class PolygonCollector:
         self, win, classes: np.ndarray, conf: np.ndarray, valid: np.ndarray, nodata: int
     ) -> None:
         """Polygonise one tile (``win`` in grid pixels); tiles come in row-major order."""
-        cls = classes.copy()
-        if self.sieve:
-            cls = sieve(cls, size=self.sieve, mask=valid.astype(np.uint8))
-            cls[~valid] = nodata
+        cls = classes
         comp, comp_class = _components(cls, [c["id"] for c in self.classes])
         n_total = len(comp_class) - 1
         h, w = cls.shape

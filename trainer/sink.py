@@ -16,7 +16,7 @@ from rasterio.windows import Window
 
 from .areas import class_histogram
 from .chips import coarse_grid
-from .polygons import PolygonCollector
+from .polygons import PolygonCollector, sieve_tile
 
 
 def tile_outcome(pred, res: dict) -> dict:
@@ -130,6 +130,7 @@ class OutputSink:
         self.layout, self.tmp, self.confidence = layout, Path(tmp), o.confidence
         self.classes = rec["classes"]
         self.nodata = int(rec.get("output_nodata", 255))
+        self.sieve = o.sieve_pixels
         nk = len(self.classes)
         self.counts = ChipCounts(nk) if layout.per_chip else PixelCounts(nk, pred.area_rows)
         grid = layout.grid
@@ -149,7 +150,6 @@ class OutputSink:
             self.collector = PolygonCollector(
                 grid,
                 self.classes,
-                sieve=o.sieve_pixels,
                 clip=shapely.box(*scene.bounds) if layout.per_chip else None,
                 min_area_m2=o.min_area_m2,
                 simplify=o.simplify,
@@ -158,6 +158,9 @@ class OutputSink:
     def add(self, win: Window, res: dict) -> None:
         """Write and count one predicted tile (see :func:`tile_outcome`), add its polygons."""
         classes, conf, valid = res["classes"], res["conf"], res["valid"]
+        if self.sieve:  # every output sieved alike: classes, counts and polygons agree
+            classes = sieve_tile(classes, valid, self.sieve, self.nodata)
+            res = res | {"classes": classes}
         owin = self.layout.window(win, classes.shape)
         self.cls.write(classes, 1, window=owin)
         if self.conf is not None:
