@@ -34,6 +34,7 @@ from torchgeo.datasets import GeoDataset
 
 from .dates import day_number, parse_when
 from .manifest import Dataset
+from .rasterize import valid_pixels
 
 
 def read_units(ds: Dataset) -> dict[str, np.ndarray]:
@@ -125,6 +126,9 @@ class _Reader:
     def __init__(self, ds: Dataset, keys: tuple[str, ...]):
         self.ds, self.keys, self.pid, self.files = ds, keys, None, {}
         m = ds.manifest
+        # nodata pixels are set to the band means (0 once normalised), as prediction sets them
+        self.nodata = m["nodata"]
+        self.fill = np.asarray(m["stats"]["mean"], dtype=np.float32)
         self.transform = rasterio.Affine(*m["transform"])
         self.height, self.width = m["shape"]
 
@@ -159,10 +163,15 @@ class _Reader:
         view = out.numpy()
         multi = len(files) > 1
         every_band = band_indexes == list(range(1, files[0].count + 1))
+        fill = self.fill[np.asarray(band_indexes) - 1][:, None]
         for k, win in enumerate(wins):
             for i, im in enumerate(files):
                 data = im.read(window=win) if every_band else im.read(band_indexes, window=win)
-                np.copyto(view[k, :, i] if multi else view[k], data)
+                dst = view[k, :, i] if multi else view[k]
+                np.copyto(dst, data)
+                invalid = ~valid_pixels(data, self.nodata)
+                if invalid.any():
+                    dst[:, invalid] = fill
 
     def __getstate__(self):
         return {**self.__dict__, "pid": None, "files": {}}

@@ -19,6 +19,7 @@ Several dates must be different images (not the same file twice, not byte-identi
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -74,6 +75,13 @@ class Scene:
     nodata_source: str = "none declared"  # "the file's", or the sensor's fill value
     scales: list[float] | None = None  # per band, as the file declares them (1.0 / 0.0: none)
     offsets: list[float] | None = None
+
+    @property
+    def nodata_json(self) -> float | str | None:
+        """The nodata value as JSON can hold it: NaN as ``"nan"`` (as ``gdalinfo -json``)."""
+        if self.nodata is not None and not math.isfinite(self.nodata):
+            return str(self.nodata).lower()
+        return self.nodata
 
 
 def _open(path: Path):
@@ -147,6 +155,12 @@ def open_scenes(
     infos = []
     for f in files:
         with _open(f) as ds:
+            if ds.crs is None and ds.gcps[0]:
+                raise ImageryError(
+                    f"{f.name} is georeferenced by ground control points (GCPs), not a pixel "
+                    "grid; warp it onto one first, e.g. gdalwarp -t_srs EPSG:32633 in.tif out.tif"
+                )
+            _check_grid_and_mask(ds, f)
             if ds.crs is None:
                 raise ImageryError(
                     f"{f.name} has no CRS (coordinate reference system). Georeference it first, "
@@ -204,6 +218,23 @@ def open_scenes(
                     "all dates must share CRS and resolution; reproject them to one grid first"
                 )
     return scenes
+
+
+def _check_grid_and_mask(ds, f: Path) -> None:
+    """Refuse what geotune would read wrongly: a rotated or sheared pixel grid (outputs are
+    north-up on the source grid), and nodata given only by an internal mask."""
+    t = ds.transform
+    if t.b != 0 or t.d != 0:
+        raise ImageryError(
+            f"{f.name} has a rotated pixel grid (geotransform terms {t.b:g}, {t.d:g}); outputs "
+            "sit on a north-up grid: warp it first, e.g. gdalwarp in.tif north_up.tif"
+        )
+    if ds.nodata is None and any(MaskFlags.per_dataset in fl for fl in ds.mask_flag_enums):
+        raise ImageryError(
+            f"{f.name} marks its nodata with an internal mask, which geotune does not read: "
+            "its masked pixels would be given classes. Write them as a nodata value instead, "
+            "e.g. gdalwarp -dstnodata 0 in.tif out.tif (0 if no valid pixel is 0)"
+        )
 
 
 def _nodata(declared, sens) -> tuple[float | None, str]:

@@ -74,7 +74,7 @@ def describe(path: Path, bands: list[str] | None, sensor: str | None) -> dict:
         "bands": names,
         "bands_named": named,
         "sensor": sensor,
-        "nodata": scene.nodata,
+        "nodata": scene.nodata_json,
         "dtype": scene.dtype,
         "crs": g.crs.to_string(),
         "resolution": list(g.res),

@@ -152,6 +152,48 @@ def test_sieve_applies_to_every_output_and_to_tiles_smaller_than_it(model, tmp_p
     assert (burnt == cls).all()
 
 
+def test_valid_pixels_get_the_same_classes_whatever_the_nodata_encoding(model, tmp_path):
+    # the same pixels with a nodata collar written as 0 (uint16), -9999 (int16), 65535 and NaN
+    # (float32): nodata is set to the model's band means before the forward pass, so the
+    # classes of valid pixels near the collar do not depend on the encoding (they did: -9999
+    # and NaN went into the network as they are)
+    scene, _ = make_scene(tmp_path, size=200, seed=7, nodata_corner=120)
+    with rasterio.open(scene) as src:
+        data, profile, descriptions = src.read(), src.profile, src.descriptions
+    collar = np.all(data == 0, axis=0)
+    variants = {"uint16_0": scene}
+    for name, dtype, nodata in (
+        ("int16_m9999", "int16", -9999),
+        ("uint16_65535", "uint16", 65535),
+        ("float32_nan", "float32", float("nan")),
+    ):
+        d = data.astype(dtype)
+        d[:, collar] = nodata
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", **(profile | {"dtype": dtype, "nodata": nodata})) as dst:
+            dst.write(d)
+            dst.descriptions = descriptions
+        variants[name] = path
+    classes, summaries = {}, {}
+    for name, path in variants.items():
+        out = tmp_path / f"out_{name}"
+        predict_scene(model, [path], out, options=PredictOptions(chip_size=96), progress=False)
+        with rasterio.open(out / "classes.tif") as src:
+            classes[name] = src.read(1)
+        # strict JSON (no NaN literal): the float scene's nodata is written as "nan"
+        summaries[name] = json.loads(
+            (out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c)
+        )
+    assert summaries["float32_nan"]["input"]["nodata"] == "nan"
+    ref = classes["uint16_0"]
+    assert (ref[collar] == 255).all() and (ref[~collar] != 255).all()
+    for name, cls in classes.items():
+        assert ((cls == 255) == collar).all(), name
+        # integer files hold the band means rounded; the float one holds them exactly
+        agree = float((cls == ref).mean())
+        assert agree == 1.0 if name != "float32_nan" else agree > 0.999, (name, agree)
+
+
 def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path, monkeypatch):
     """Tiles share the chips on their seams: with the cache each chip of the global grid runs
     once; with room for one chip or none (shared chips run again, in the batch they ran in
@@ -297,7 +339,7 @@ def test_missing_band_is_refused(model, tmp_path):
         dst.write(np.ones((3, 64, 64), dtype="uint16"))
         dst.descriptions = ("blue", "green", "red")
     with pytest.raises(
-        PredictError, match="needs bands blue, green, red, nir08; the dataset lacks nir08"
+        PredictError, match="needs bands blue, green, red, nir08; the scene lacks nir08"
     ):
         predict_scene(model, [path], tmp_path / "o", progress=False)
 

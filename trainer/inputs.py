@@ -54,7 +54,7 @@ class Inputs:
         out = {
             "sensor": self.sensor,
             "sensor_source": self.sensor_source,
-            "nodata": s.nodata,
+            "nodata": s.nodata_json,
             "nodata_source": s.nodata_source,
             "date_order": self.date_order,
             "conversion": None,

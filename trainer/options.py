@@ -73,12 +73,16 @@ PREDICT = (
         "chip_size",
         int,
         http=None,
+        ge=16,
+        le=4096,
         help="chip edge in px (default: CNNs: chips of at most 512 px fitted to the scene; "
         "ViTs: the training patch)",
     ),
-    Option("overlap", int, http=None, help="chip overlap in px (default: the model's)"),
-    Option("batch_size", int, http=None, help=BATCH_HELP),
-    Option("tile_size", int, 1024, "output tile edge in px; bounds memory", http=None),
+    Option("overlap", int, http=None, help="chip overlap in px (default: the model's)", ge=0),
+    Option("batch_size", int, http=None, help=BATCH_HELP, ge=1, le=1024),
+    Option(
+        "tile_size", int, 1024, "output tile edge in px; bounds memory", http=None, ge=64, le=16384
+    ),
     PRECISION,
     DEVICE,
     Option(
@@ -117,6 +121,8 @@ PREDICT = (
         "threads",
         int,
         http=None,
+        ge=1,
+        le=1024,
         help="torch threads per forward pass (default: all cores; on a cluster, each "
         "worker's share); runs with the same count give bit-identical files",
     ),

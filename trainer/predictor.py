@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from rasterio.windows import Window
 
-from datamodules.bands import map_bands
+from datamodules.bands import PREDICT_HINT, map_bands
 from datamodules.imagery import Scene, SceneReader, day_number
 
 from .areas import pixel_area_rows
@@ -84,6 +84,26 @@ def check_resolution(grid, want, tolerance: float) -> None:
             )
 
 
+def nodata_fill(mean, conversion=None) -> np.ndarray:
+    """What nodata pixels are set to before the forward pass, in the scene's stored values:
+    the model's per-band mean (0 once normalised), as training sets them, so the classes of
+    valid pixels near nodata do not depend on how a file encodes nodata."""
+    fill = np.asarray(mean, dtype=np.float64)
+    if conversion is not None:  # the model's units = stored * gain + bias
+        gains, biases = (np.asarray(v, dtype=np.float64) for v in conversion)
+        fill = (fill - biases) / gains
+    return fill
+
+
+def as_dtype(values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` in ``dtype``: rounded and clipped to its range for integers."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
 class Predictor:
     """A loaded model bound to a scene: checks inputs, then predicts windows.
 
@@ -99,7 +119,9 @@ class Predictor:
         self.task = rec.get("task", "segmentation")
         self.scenes = check_frames(scenes, self.task, int(rec.get("num_frames", 1)))
         try:
-            self.band_index = map_bands(rec["bands"], self.scenes[0].bands, any_bands=False)
+            self.band_index = map_bands(
+                rec["bands"], self.scenes[0].bands, what="scene", hint=PREDICT_HINT
+            )
         except ValueError as e:
             raise PredictError(str(e)) from None
         g = self.scenes[0].grid
@@ -108,6 +130,8 @@ class Predictor:
         self.precision = resolve_precision(options.precision, self.device)
         self._chip_geometry(g, options)
         self._prepare_net(options, conversion)
+        # a model's statistics; a bare backbone's (embeddings): its spec's, fitted to the sensor
+        self.fill = nodata_fill(rec.get("mean") or rec["backbone"]["spec"]["mean"], conversion)
         self.k = rec["num_classes"]
         self.readers = [SceneReader(s) for s in self.scenes]
         self._read_lock = threading.Lock()
@@ -194,6 +218,9 @@ class Predictor:
             if np.issubdtype(data.dtype, np.floating):
                 valid &= np.all(np.isfinite(data), axis=0)
             frames.append(data)  # converted to float32 chip by chip
+        if not valid.all():  # whatever the file's nodata value (0, -9999, NaN), the same input
+            for data in frames:
+                data[:, ~valid] = as_dtype(self.fill, data.dtype)[:, None]
         x = np.stack(frames, 1) if len(frames) > 1 else frames[0]
         return x, valid
 
