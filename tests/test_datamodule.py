@@ -58,6 +58,26 @@ def test_segmentation_batches_follow_the_contract(seg):
         )
 
 
+def test_nodata_pixels_reach_the_model_as_the_band_means(home, tmp_path):
+    # as prediction fills them: the classes beside a collar do not depend on its encoding
+    image, cmap = make_scene(tmp_path, size=128, seed=0, nodata_corner=60)
+    labels = make_labels(tmp_path, image, cmap)
+    ds = ingest(name="nd", images=[image], labels=labels, class_column="class_name",
+                block_size=32, progress=False)  # fmt: skip
+    mean = np.asarray(ds.manifest["stats"]["mean"], dtype=np.float32)
+    raw = rasterio.open(ds.images[0]).read()
+    seen = 0
+    dm = _dm(ds, chips_per_epoch=64)
+    for batch in dm.train_dataloader():
+        for img, (r, c, h, w) in zip(batch["image"], batch["window"].tolist(), strict=True):
+            want = raw[:, r : r + h, c : c + w].astype(np.float32)
+            nodata = np.all(want == 0, axis=0)
+            want[:, nodata] = mean[:, None]
+            np.testing.assert_array_equal(img.numpy(), want)
+            seen += int(nodata.sum())
+    assert seen > 0
+
+
 def test_chips_only_see_their_own_splits_labels(seg):
     dm = _dm(seg, chips_per_epoch=64, min_labelled_fraction=0.05)
     mask, units = _full(seg.file("mask")), _full(seg.file("units"))
