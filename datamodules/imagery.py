@@ -93,7 +93,7 @@ def _open(path: Path):
 
 def _names_from_descriptions(ds) -> list[str] | None:
     desc = [d for d in ds.descriptions]
-    if all(desc) and len(set(desc)) == len(desc):
+    if all(desc):  # repeated names are refused where they are used, saying which
         return [d.strip() for d in desc]
     return None
 
@@ -269,6 +269,12 @@ def _multiband_scene(info, bands, sens) -> Scene:
         raise ImageryError(
             f"cannot tell the bands of {f.name} ({count} bands, no band descriptions). "
             "Pass --sensor ID (e.g. sentinel-2-l2a) or --bands blue,green,red,..."
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ImageryError(
+            f"{f.name}: its band descriptions name {', '.join(twice)} more than once; fix the "
+            "descriptions, or name the file's bands in order with --bands"
         )
     nodata, source = _nodata(nodata, sens)
     grid = Grid(crs, transform, w, h)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,47 @@ def test_valid_pixels_get_the_same_classes_whatever_the_nodata_encoding(model, t
         # integer files hold the band means rounded; the float one holds them exactly
         agree = float((cls == ref).mean())
         assert agree == 1.0 if name != "float32_nan" else agree > 0.999, (name, agree)
+
+
+def test_a_scene_in_other_units_is_predicted_with_a_warning_that_says_so(
+    model, tmp_path, monkeypatch
+):
+    # reflectance 0..1 for a model of stored values (x 10000): geotune cannot know the units,
+    # but it can see the values are nothing like the training's, and says so plainly
+    from trainer.cli import main
+
+    scene, _ = make_scene(tmp_path, size=128, seed=2)
+    with rasterio.open(scene) as src:
+        data, profile, descriptions = src.read(), src.profile, src.descriptions
+    scaled = tmp_path / "reflectance.tif"
+    with rasterio.open(scaled, "w", **(profile | {"dtype": "float32", "nodata": None})) as dst:
+        dst.write(data.astype(np.float32) / 10000)
+        dst.descriptions = descriptions
+    monkeypatch.setenv("GEOTUNE_HOME", str(model.tmp / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.warns(UserWarning) as caught:
+        assert main(["predict", "--model", "p@champion", "--image", str(scaled),
+                     "--out", str(tmp_path / "o")]) == 0  # fmt: skip
+    (w,) = [w for w in caught if "values are about" in str(w.message)]
+    assert str(w.message).startswith("the scene's values are about 0.0001x those the model")
+    # the command prints geotune's own warnings as one plain line each
+    assert warnings.formatwarning(w.message, w.category, w.filename, w.lineno) == (
+        f"warning: {w.message}\n"
+    )
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert any("values are about" in n for n in summary["input"]["notes"])
+    # the same scene as stored: no such warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_scene(model, [scene], tmp_path / "p", progress=False)
+    assert not [w for w in caught if "values are about" in str(w.message)]
+    # two bands described alike: said, not taken for a band count mismatch
+    twice = tmp_path / "twice.tif"
+    with rasterio.open(twice, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = (*descriptions[:-1], descriptions[0])
+    with pytest.raises(PredictError, match=f"name {descriptions[0]} more than once"):
+        predict_scene(model, [twice], tmp_path / "q", progress=False)
 
 
 def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path, monkeypatch):

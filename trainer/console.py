@@ -10,17 +10,30 @@ import warnings
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ours(filename: str) -> bool:
+    """Whether a warning was raised by geotune's own code (not a library's)."""
+    path = os.path.abspath(filename)
+    return path.startswith(PROJECT + os.sep) and "site-packages" not in path
+
+
 def plain_warnings() -> None:
-    """Warnings without ANSI colour codes (MLflow colours some) when ``NO_COLOR`` is set
-    (https://no-color.org) or stderr is not a terminal."""
-    if not os.environ.get("NO_COLOR") and sys.stderr.isatty():
-        return
+    """geotune's own warnings as ``warning: <message>`` lines, as ``geotune data add`` prints
+    them (a user needs no file and line number for them); others without ANSI colour codes
+    (MLflow colours some) when ``NO_COLOR`` is set (https://no-color.org) or stderr is not a
+    terminal."""
     show = warnings.formatwarning
     if getattr(show, "plain", False):
         return
+    colour = not os.environ.get("NO_COLOR") and sys.stderr.isatty()
 
     def formatwarning(message, category, filename, lineno, line=None):
-        return ANSI_CODE.sub("", show(message, category, filename, lineno, line))
+        if issubclass(category, UserWarning) and _ours(filename):
+            return f"warning: {message}\n"
+        text = show(message, category, filename, lineno, line)
+        return text if colour else ANSI_CODE.sub("", text)
 
     formatwarning.plain = True
     warnings.formatwarning = formatwarning

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rasterio
 
 from datamodules.errors import UserError
@@ -91,7 +92,64 @@ def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
     if len(scenes) > 1:
         _order(out)
     _units(out, rec, model_sensor)
+    _values(out, rec)
     return out
+
+
+def scene_medians(scene: Scene, bands: list[str], n: int = 3, size: int = 128) -> np.ndarray | None:
+    """Per band (``bands``, by name), the median of the valid pixels in ``n`` x ``n`` windows
+    of ``size`` px spread over the scene (a few blocks read); None when none is valid."""
+    from rasterio.windows import Window
+
+    from datamodules.imagery import SceneReader
+    from datamodules.rasterize import valid_pixels
+
+    g = scene.grid
+    h, w = min(size, g.height), min(size, g.width)
+    idx = [scene.bands.index(b) for b in bands]
+    samples = []
+    with SceneReader(scene) as reader:
+        for fr in np.linspace(0, 1, n):
+            for fc in np.linspace(0, 1, n):
+                win = Window(int(fc * (g.width - w)), int(fr * (g.height - h)), w, h)
+                data = reader.read(win)
+                valid = valid_pixels(data, scene.nodata)
+                samples.append(data[idx][:, valid].astype(np.float64))
+    values = np.concatenate(samples, axis=1)
+    return np.median(values, axis=1) if values.shape[1] else None
+
+
+def _values(out: Inputs, rec: dict) -> None:
+    """Warn when the scene's values are far from those the model was trained on (e.g.
+    reflectance stored as 0..1 for a model of values x 10000, or 8-bit RGB): the classes of such
+    a scene mean little, and nothing else would say so."""
+    mean = np.asarray(rec.get("mean") or [], dtype=np.float64)
+    scene = out.scenes[0]
+    if not len(mean) or not all(b in scene.bands for b in rec["bands"]):
+        return
+    med = scene_medians(scene, list(rec["bands"]))
+    if med is None:
+        return
+    if out.conversion is not None:  # the model's units
+        med = med * np.asarray(out.conversion[0]) + np.asarray(out.conversion[1])
+    use = (mean > 0) & (med > 0)
+    if use.sum() < max(1, len(mean) // 2):
+        return
+    ratio = float(np.exp(np.mean(np.log(med[use] / mean[use]))))
+    if 0.2 <= ratio <= 5:
+        return
+    shown = ", ".join(
+        f"{b} {m:.4g} (trained {t:.4g})" for b, m, t in zip(rec["bands"], med, mean, strict=True)
+    )
+    msg = (
+        f"the scene's values are about {ratio:.2g}x those the model was trained on "
+        f"(band medians: {shown}): check its units (e.g. reflectance stored as 0..1 for a "
+        "model of values x 10000, or 8-bit display RGB). A file that declares its scale and "
+        "offset, or --sensor for imagery of another sensor, is converted exactly; otherwise "
+        "its classes mean little"
+    )
+    out.notes.append(msg)
+    warnings.warn(msg, stacklevel=3)
 
 
 def _open(images, bands, sensor, dates, rec) -> list[Scene]:
