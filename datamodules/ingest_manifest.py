@@ -6,6 +6,7 @@ Each function returns one part (labels and their split, imagery, pixel grid, sou
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,6 +229,8 @@ def units_part(
     for c in classes:
         i = c["id"]
         c["pixels"], c["units"] = part["pixel_counts"][i], part["source_counts"][i]
+    if unit_word == "regions":
+        _say_if_zero_looks_unlabelled(classes)
     counts = part["split_counts"]
     return {
         "classes": classes,
@@ -242,3 +245,15 @@ def units_part(
         "split_notes": part["notes"],
         "guard_pixels": part["guard_pixels"],
     }
+
+
+def _say_if_zero_looks_unlabelled(classes: list[dict]) -> None:
+    """A mask's value 0 covering most labelled pixels is often "unlabelled": say how to mean it."""
+    total = sum(c["pixels"] for c in classes)
+    zero = next((c for c in classes if c.get("value") == 0 and not c.get("background")), None)
+    if zero is not None and total and zero["pixels"] > total / 2:
+        warnings.warn(
+            f"mask value 0 is a class covering {zero['pixels'] / total:.0%} of the labelled "
+            "pixels; if 0 means unlabelled, add --ignore-values 0",
+            stacklevel=4,
+        )

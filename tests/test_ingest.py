@@ -652,3 +652,22 @@ def test_polygons_that_give_no_pixel_are_counted(home, tmp_path):
     before, after = unused("plain", labels), unused("unused", path)
     assert after["lie wholly on"] == before.get("lie wholly on", 0) + 1
     assert after["cover no pixel"] == before.get("cover no pixel", 0) + 1
+
+
+def test_a_mask_whose_zero_covers_most_pixels_suggests_ignoring_it(home, tmp_path, scene):
+    with rasterio.open(scene["image"]) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": None}
+    m = scene["cmap"].astype(np.uint8) + 1
+    m[:80] = 0  # most of the mask: 0, as tools write "unlabelled" without a nodata tag
+    path = tmp_path / "zero.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(m, 1)
+    with pytest.warns(
+        UserWarning, match=r"mask value 0 is a class covering 6\d% .*--ignore-values 0"
+    ):
+        ds = _add("zero", scene["image"], path, class_column=None)
+    assert [c["value"] for c in ds.classes] == [0, 1, 2, 3]
+    # the hint works: with it, 0 is unlabelled
+    ds = _add("ignored", scene["image"], path, class_column=None, mask_ignore_values=[0])
+    assert [c["value"] for c in ds.classes] == [1, 2, 3]
+    assert (_read(ds.file("mask"))[:80] == 255).all()
