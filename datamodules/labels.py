@@ -357,6 +357,17 @@ def read_vector(
     gdf = _collections_to_polygons(gdf, path)
     kinds = set(gdf.geom_type)
     allowed = POLYGONAL | {"Point"} if points else POLYGONAL
+    stray = ~gdf.geom_type.isin(allowed)
+    if stray.any() and not stray.all():  # a few stray points or lines among the labels
+        shown = ", ".join(sorted(set(gdf.geom_type[stray])))
+        warnings.warn(
+            f"{int(stray.sum())} label(s) of {path.name} are not "
+            f"{'points or polygons' if points else 'polygons'} ({shown}) and were dropped; "
+            "buffer them into polygons to use them",
+            stacklevel=2,
+        )
+        gdf = gdf[~stray]
+        kinds = set(gdf.geom_type)
     if not kinds <= allowed:
         raise LabelError(
             f"{'classification labels must be points or polygons' if points else 'segmentation and change labels must be polygons'}; "

@@ -671,3 +671,24 @@ def test_a_mask_whose_zero_covers_most_pixels_suggests_ignoring_it(home, tmp_pat
     ds = _add("ignored", scene["image"], path, class_column=None, mask_ignore_values=[0])
     assert [c["value"] for c in ds.classes] == [1, 2, 3]
     assert (_read(ds.file("mask"))[:80] == 255).all()
+
+
+def test_a_stray_point_among_polygons_is_dropped_with_a_warning(home, scene, tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.read_file(scene["labels"])
+    c = gdf.geometry[0].centroid
+    stray = gpd.GeoDataFrame(
+        {"class_name": [gdf["class_name"][0]] * 2},
+        geometry=[c, shapely.LineString([c, shapely.Point(c.x + 1e-4, c.y)])],
+        crs=gdf.crs,
+    )
+    path = tmp_path / "mixed.gpkg"
+    gpd.pd.concat([gdf, stray]).to_file(path)
+    with pytest.warns(
+        UserWarning, match=r"2 label\(s\) of mixed.gpkg are not polygons \(LineString, Point\)"
+    ):
+        ds = _add("mixed", scene["image"], path)
+    ref = _add("polys", scene["image"], scene["labels"])
+    np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
