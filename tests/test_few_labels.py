@@ -29,20 +29,29 @@ def _box(transform, r0, c0, h, w):
     return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
-def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(home, tmp_path):
-    image, cmap = make_scene(tmp_path, size=256, seed=4)
+def _one_tree(tmp_path, tree, n, away, name):
+    """A scene with ONE 'tree' polygon (``tree``: row, col, height, width in px) and ``n``
+    random 10 x 12 px boxes of two other classes, kept where ``away(row, col)``."""
+    image, _ = make_scene(tmp_path, size=256, seed=4)
     with rasterio.open(image) as src:
         t, crs = src.transform, src.crs
-    # tree: ONE polygon of 40 x 200 px over four 64-px blocks; two other classes: small
-    # polygons all over the scene (they reach every split whole)
-    geoms, names = [_box(t, 100, 28, 40, 200)], ["tree"]
+    geoms, names = [_box(t, *tree)], ["tree"]
     rng = np.random.default_rng(0)
-    for r, c in rng.integers(0, 240, (40, 2)):
-        if not 84 <= r < 150:
+    for r, c in rng.integers(0, 240, (n, 2)):
+        if away(r, c):
             geoms.append(_box(t, r, c, 10, 12))
             names.append("crop" if len(names) % 2 else "water")
-    path = tmp_path / "tree.geojson"
+    path = tmp_path / name
     gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    return image, path
+
+
+def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(home, tmp_path):
+    # tree: ONE polygon of 40 x 200 px over four 64-px blocks; two other classes: small
+    # polygons all over the scene (they reach every split whole)
+    image, path = _one_tree(
+        tmp_path, (100, 28, 40, 200), 40, lambda r, c: not 84 <= r < 150, "tree.geojson"
+    )
     with pytest.warns(UserWarning) as caught:
         ds = _ingest("cut", image, path, block_size=64)
     sp = ds.manifest["splits"]
@@ -55,7 +64,8 @@ def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(ho
     with open(ds.file("units_table")) as f:
         rows = [r for r in csv.DictReader(f) if r["source_unit"] == "1"]
     assert sorted(r["split"] for r in rows) == sorted(tree["splits"])  # one unit per split
-    assert all(int(r["unit_id"]) > len(geoms) for r in rows)  # new ids for the pieces
+    n_labels = ds.manifest["source"]["n_labels"]
+    assert all(int(r["unit_id"]) > n_labels for r in rows)  # new ids for the pieces
     with rasterio.open(ds.file("units")) as src:
         units = src.read(1)
     with rasterio.open(ds.file("mask")) as src:
@@ -82,17 +92,9 @@ def test_one_large_polygon_is_cut_into_pieces_across_splits_with_a_guard_band(ho
 def test_a_small_polygon_across_a_block_edge_is_not_lost_to_the_guard_band(home, tmp_path):
     # one 14 x 13 px polygon of 'tree' straddles a block edge 8 px from its left side: its two
     # pieces would lie within the guard band of each other; a cut would leave no tree pixel
-    image, _ = make_scene(tmp_path, size=256, seed=4)
-    with rasterio.open(image) as src:
-        t, crs = src.transform, src.crs
-    geoms, names = [_box(t, 100, 56, 14, 13)], ["tree"]
-    rng = np.random.default_rng(0)
-    for r, c in rng.integers(0, 240, (40, 2)):
-        if not 84 <= r < 130:
-            geoms.append(_box(t, r, c, 10, 12))
-            names.append("crop" if len(names) % 2 else "water")
-    path = tmp_path / "tree.geojson"
-    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    image, path = _one_tree(
+        tmp_path, (100, 56, 14, 13), 40, lambda r, c: not 84 <= r < 130, "tree.geojson"
+    )
     with pytest.warns(UserWarning, match=r"tree: train only, no held-out metric \(1 polygon\)"):
         ds = _ingest("edge", image, path, block_size=64)
     tree = ds.manifest["splits"]["reach"]["tree"]
@@ -106,17 +108,10 @@ def test_a_small_polygon_across_a_block_edge_is_not_lost_to_the_guard_band(home,
 def test_a_sliver_alone_in_its_block_follows_its_polygon(home, tmp_path):
     # tree: one 30 x 30 px polygon over a block corner; its 3 x 3 px corner piece (a sliver,
     # under min_class_pixels) lies in a block holding no other label (once a KeyError)
-    image, _ = make_scene(tmp_path, size=256, seed=4)
-    with rasterio.open(image) as src:
-        t, crs = src.transform, src.crs
-    geoms, names = [_box(t, 61, 61, 30, 30)], ["tree"]
-    rng = np.random.default_rng(0)
-    for r, c in rng.integers(0, 240, (60, 2)):
-        if (r >= 64 or c >= 64) and not (50 <= r < 100 and 50 <= c < 100):
-            geoms.append(_box(t, r, c, 10, 12))
-            names.append("crop" if len(names) % 2 else "water")
-    path = tmp_path / "corner.geojson"
-    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    def away(r, c):  # block (0, 0) holds nothing but the sliver
+        return (r >= 64 or c >= 64) and not (50 <= r < 100 and 50 <= c < 100)
+
+    image, path = _one_tree(tmp_path, (61, 61, 30, 30), 60, away, "corner.geojson")
     with pytest.warns(UserWarning, match="tree: "):
         ds = _ingest("corner", image, path, block_size=64)
     assert next(c["pixels"] for c in ds.classes if c["name"] == "tree") == 30 * 30
