@@ -15,6 +15,7 @@ and the whole read is tried again after a growing pause, up to ``retries`` attem
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -116,6 +117,16 @@ def read_to_grid(
     when the asset does not reach the block. ``kind`` is ``"band"`` or ``"mask"``;
     ``on_resampling(text)`` is told how the asset was put onto the grid."""
     env = options.gdal_env() | access.env
+    if _is_local_path(access.href):  # nothing transient about a local file: one attempt
+        try:
+            with rasterio.Env(**env), rasterio.open(access.href) as src:
+                return _read(src, dst_transform, dst_crs, shape, kind, nodata, on_resampling)
+        except rasterio.errors.RasterioIOError as e:
+            what = "does not exist" if not os.path.exists(access.href) else f"cannot be read ({e})"
+            raise AssetReadError(
+                f"the catalog's asset {access.href} {what}; check the local catalog's files, or "
+                "remove the item"
+            ) from None
     last = None
     for attempt in range(options.retries):
         if attempt:
@@ -131,6 +142,11 @@ def read_to_grid(
         f"(timeout {options.timeout:g} s each): {redact(str(last))}. Check the network and the "
         "catalog's credentials, or retry later."
     )
+
+
+def _is_local_path(href: str) -> bool:
+    """A file on this machine (not a URL, nor a GDAL /vsi path to one)."""
+    return "://" not in href and not href.startswith("/vsi")
 
 
 def _forget(href: str) -> None:

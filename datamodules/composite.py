@@ -30,7 +30,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -82,6 +82,17 @@ class Request:
     start: date
     end: date
     spans: list[tuple[date, date]]
+
+
+def widened(geom, metres: float):
+    """A CRS84 geometry's bounding box widened by ``metres`` on the ground, in CRS84."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    g = gpd.GeoSeries([geom], crs="OGC:CRS84")
+    local = g.to_crs(g.estimate_utm_crs())
+    return gpd.GeoSeries([box(*local.total_bounds).buffer(metres, join_style="mitre")],
+                         crs=local.crs).to_crs("OGC:CRS84").iloc[0]  # fmt: skip
 
 
 def check_request(
@@ -142,8 +153,14 @@ def composite_for_aoi(
         aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2, crs=crs
     )
     read = read or ReadOptions()
+    # the margin around an unclipped area is imagery too: search over it (at the sensor's
+    # finest resolution, the usual output grid's)
+    finest = float(resolution or min(b.gsd for b in get_sensor(sensor).bands))
+    search = (
+        req if clip or not margin_px else replace(req, geom=widened(req.geom, margin_px * finest))
+    )
     plan = _plan(
-        req,
+        search,
         sensor,
         bands,
         max_cloud,

@@ -11,6 +11,7 @@ This module stays import-light: ``geotune --help`` reads it.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +65,11 @@ def _typed(option: Option):
     def parse(text: str):
         try:
             value = option.type(text)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"takes {'an integer' if option.type is int else 'a number'}, not {text!r}"
+                f"takes {'an integer' if option.type is int else 'a finite number'}, not {text!r}"
             ) from None
         try:
             return option.check(value)

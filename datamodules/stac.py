@@ -319,21 +319,62 @@ def _static_search(url, spec, aoi, start, end):
     import pystac
     from shapely.geometry import box, shape
 
+    local = _is_local(str(url))
+    io = _local_stac_io()() if local else None
     try:
-        cat = pystac.Catalog.from_file(url)
-    except Exception as e:
-        raise StacError(f"cannot read the static catalog {url}: {e}") from None
-    out = []
-    for item in cat.get_items(recursive=True):
-        if item.collection_id != spec.collection:
-            continue
-        geom = shape(item.geometry) if item.geometry else box(*item.bbox)
-        if not geom.intersects(aoi):
-            continue
-        if not (start <= item_datetime(item).date() <= end):
-            continue
-        out.append(item)
+        cat = pystac.Catalog.from_file(url, stac_io=io)
+        out = []
+        for item in cat.get_items(recursive=True):
+            if item.collection_id != spec.collection:
+                continue
+            geom = shape(item.geometry) if item.geometry else box(*item.bbox)
+            if not geom.intersects(aoi):
+                continue
+            if not (start <= item_datetime(item).date() <= end):
+                continue
+            out.append(item)
+    except StacError:
+        raise
+    except Exception as e:  # pystac, JSON and OS errors of a catalog, its links and items
+        cause = e
+        while cause is not None and not isinstance(cause, StacError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # a refused link, wrapped by pystac
+            raise cause from None
+        raise StacError(
+            f"cannot read the static catalog {url}: {e}. Check the file it names (a STAC "
+            "catalog, collection or item JSON) and its links"
+        ) from None
     return out
+
+
+def _is_local(href: str) -> bool:
+    from urllib.parse import urlparse
+
+    scheme = urlparse(href).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter
+
+
+def _local_stac_io():
+    """The StacIO class of a local static catalog (made on first use: pystac is imported
+    lazily)."""
+    from pystac.stac_io import DefaultStacIO
+
+    class LocalStacIO(DefaultStacIO):
+        """A local static catalog's JSON is read from this machine only: a link out of it
+        (``https://``, ``s3://``) is refused, not fetched."""
+
+        def read_text(self, source, *args, **kwargs) -> str:
+            href = str(source)
+            if not _is_local(href):
+                raise StacError(
+                    f"the local static catalog links to {href}, which is not on this machine; "
+                    "a local catalog is read from its own files only: mirror that part too, or "
+                    "remove the link"
+                )
+            return super().read_text(source, *args, **kwargs)
+
+    return LocalStacIO
 
 
 @dataclass

@@ -18,6 +18,20 @@ from .errors import UserError
 MARGIN_PX = 64  # imagery around the labels' extent, for training chips at its edges
 
 
+def percent(text: str) -> float:
+    """An argparse type: a number from 0 to 100 (``nan`` is not one)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"takes a percentage from 0 to 100, not {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
     """The STAC options of ``geotune predict`` (``aoi=True``) and ``geotune data add``."""
     from .stac import DEFAULT_MAX_AOI_KM2, DEFAULT_MAX_CLOUD, DEFAULT_MAX_ITEMS
@@ -44,7 +58,10 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
         "with the preset's asset keys; unset: $GEOTUNE_STAC_URL, else the preset's",
     )
     g.add_argument(
-        "--max-cloud", type=float, default=DEFAULT_MAX_CLOUD, help="scene cloud cover limit (%%)"
+        "--max-cloud",
+        type=percent,
+        default=DEFAULT_MAX_CLOUD,
+        help="scene cloud cover limit (%%, 0..100)",
     )
     g.add_argument(
         "--max-items",

@@ -330,3 +330,61 @@ def test_sentinel1_rtc_linear_power_becomes_db_without_a_cloud_mask(tmp_path):
         inside = src.read(1) == 3
     assert inside.mean() > 0.9
     assert np.allclose(db[:, inside], want[:, inside], atol=1e-4)
+
+
+def test_a_local_catalog_that_cannot_be_read_whole_is_a_message(tmp_path):
+    # a link out of the local catalog is refused, not fetched; a broken item is named; a
+    # missing asset file is said at once (no retries: nothing transient about a local file)
+    import shutil
+
+    from datamodules.cog_read import AssetReadError
+    from datamodules.stac_cli import percent
+
+    def fresh(name):
+        folder = tmp_path / name
+        url = write_static_catalog(folder, write_items(folder))
+        return folder, url
+
+    folder, url = fresh("remote")
+    cat = json.loads(url.read_text())
+    cat["links"].append({"rel": "child", "href": "https://example.com/stac/other/collection.json"})
+    url.write_text(json.dumps(cat))
+    with pytest.raises(StacError, match="links to https://example.com/.*not on this machine"):
+        run({"url": str(url)}, tmp_path / "o1")
+    folder, url = fresh("broken")
+    item = next((folder / "catalog").rglob("S2A_33SVB_20210610_0_L2A.json"))
+    item.write_text("{ not json")
+    with pytest.raises(StacError, match="cannot read the static catalog"):
+        run({"url": str(url)}, tmp_path / "o2")
+    folder, url = fresh("missing")
+    shutil.rmtree(folder / "assets" / "S2A_33SVB_20210610_0_L2A")
+    with pytest.raises(
+        AssetReadError, match=r"20210610_0_L2A/\w+.tif does not exist; check the local catalog"
+    ):
+        run({"url": str(url)}, tmp_path / "o3")
+    assert percent("35") == 35.0
+    for bad in ("nan", "-5", "150", "x"):
+        with pytest.raises(Exception, match="percentage from 0 to 100"):
+            percent(bad)
+
+
+def test_the_margin_around_labels_is_searched_too(catalog, tmp_path, monkeypatch):
+    # `data add --start/--end` composites the labels' extent plus a margin: the items are
+    # searched over that margin too (a neighbouring tile that covers only the margin counts)
+    import shapely
+    from pyproj import Geod
+
+    import datamodules.composite as composite
+
+    geom = shapely.geometry.shape(aoi()["geometry"] if "geometry" in aoi() else aoi())
+    wide = composite.widened(geom, 640)
+    assert wide.contains(geom)
+    lon0, lat0, lon1, lat1 = geom.bounds
+    gap = Geod(ellps="WGS84").inv(lon1, lat0, wide.bounds[2], lat0)[2]
+    assert 635 < gap < 660  # about 640 m east of the area, on the ground
+    seen = []
+    real = composite._plan
+    monkeypatch.setattr(composite, "_plan", lambda req, *a: seen.append(req.geom) or real(req, *a))
+    run(catalog, tmp_path / "margin", clip=False, margin_px=64)
+    run(catalog, tmp_path / "clip", clip=True, margin_px=64)
+    assert seen[0].contains(geom) and seen[0].area > geom.area and seen[1].equals(geom)
