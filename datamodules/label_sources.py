@@ -170,6 +170,11 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
         raise LabelError(
             f"label raster {mask_path.name} has no CRS; georeference it like the imagery"
         )
+    if src.count != 1:
+        raise LabelError(
+            f"label raster {mask_path.name} has {src.count} bands; a mask is one band of class "
+            "values (is it the image? give the image with --image and the labels with --labels)"
+        )
     if src.nodata is not None:
         ignore_values = ignore_values | {src.nodata}
     vrt = warp_to_grid(src, grid, Resampling.nearest, nodata=src.nodata)
@@ -188,6 +193,12 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
             f"{mask_path.name} mask_int.tif"
         )
     values = sorted(int(v) for v in values)
+    if len(values) > IGNORE_INDEX - 1:
+        raise LabelError(
+            f"label raster {mask_path.name} holds {len(values)} distinct values; a mask holds "
+            f"class values, at most {IGNORE_INDEX - 1} classes (is it an image rather than "
+            "labels?)"
+        )
     if min(values) < 0:
         raise LabelError(
             f"label raster {mask_path.name} has negative class values {values[:5]}; "

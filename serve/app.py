@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import errors
-from .auth import KeyGate
+from .auth import KeyGate, SameOrigin
 from .context import Context
 from .lab import mount_lab
 from .routes import (
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
+    app.add_middleware(SameOrigin, settings=settings)  # outermost: before keys and bodies
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_assets()), name="swagger-ui")
     routes = (datasets, jobs, job_metrics, models, backbones, predict, geospatial, scenes, tiles)
     for module in (*routes, embeddings, suggestions, benchmarks):

@@ -86,9 +86,14 @@ def describe(path: Path, bands: list[str] | None, sensor: str | None) -> dict:
 
 def add_overviews(path: Path) -> None:
     """Overviews inside the stored copy (averaged), so zoomed-out tiles read few pixels."""
-    with rasterio.Env(**OPEN_ENV), rasterio.open(path, "r+", driver=RASTER_DRIVERS[0]) as dst:
-        if max(dst.width, dst.height) <= OVERVIEWS_ABOVE or dst.overviews(1):
-            return
+    with rasterio.Env(**OPEN_ENV), rasterio.open(path, driver=RASTER_DRIVERS[0]) as src:
+        if max(src.width, src.height) <= OVERVIEWS_ABOVE or src.overviews(1):
+            return  # small, or a COG with its own overviews
+    # a COG without overviews is ours to change (GDAL refuses to break its layout unless told)
+    with (
+        rasterio.Env(**OPEN_ENV),
+        rasterio.open(path, "r+", driver=RASTER_DRIVERS[0], IGNORE_COG_LAYOUT_BREAK="YES") as dst,
+    ):
         factors, f = [], 2
         while max(dst.width, dst.height) / f >= 256:
             factors.append(f)

@@ -58,6 +58,19 @@ def reader(path: Path, nodata: float | None = None):
                 yield r
 
 
+def below_minzoom(path: Path, z: int) -> bool:
+    """Whether zoom ``z`` is below the raster's TileJSON ``minzoom``: such a tile would resample
+    the whole raster into a few pixels (minutes of CPU for a z0 tile of a 768² scene without
+    overviews), and a map asking the TileJSON never requests it; it is answered empty."""
+    return z < _minzoom(str(path), path.stat().st_mtime)
+
+
+@lru_cache(maxsize=256)
+def _minzoom(path: str, mtime: float) -> int:
+    with reader(Path(path)) as r:
+        return int(r.minzoom)
+
+
 @lru_cache(maxsize=1)
 def empty_png() -> bytes:
     """A fully transparent tile, the answer for tiles outside the raster."""

@@ -692,3 +692,17 @@ def test_a_stray_point_among_polygons_is_dropped_with_a_warning(home, scene, tmp
         ds = _add("mixed", scene["image"], path)
     ref = _add("polys", scene["image"], scene["labels"])
     np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
+
+
+def test_an_image_given_as_labels_is_named(home, scene, tmp_path):
+    # the image itself (several bands), or one band of it (hundreds of values): not a mask
+    with pytest.raises(LabelError, match="has 4 bands; a mask is one band of class values"):
+        _add("image_as_labels", scene["image"], scene["image"], class_column=None)
+    with rasterio.open(scene["image"]) as src:
+        profile, band = src.profile | {"count": 1}, src.read(1)
+    one = tmp_path / "one_band.tif"
+    with rasterio.open(one, "w", **profile) as dst:
+        dst.write(band, 1)
+    with pytest.raises(LabelError, match=r"holds \d+ distinct values; .* at most 254 classes"):
+        _add("band_as_labels", scene["image"], one, class_column=None)
+    assert list_datasets() == []

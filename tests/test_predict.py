@@ -236,6 +236,19 @@ def test_a_scene_in_other_units_is_predicted_with_a_warning_that_says_so(
         predict_scene(model, [twice], tmp_path / "q", progress=False)
 
 
+def test_a_scene_without_a_valid_pixel_says_so(model, tmp_path):
+    scene, _ = make_scene(tmp_path, size=64, seed=1)
+    with rasterio.open(scene) as src:
+        profile, descriptions = src.profile, src.descriptions
+    path = tmp_path / "all_nan.tif"
+    with rasterio.open(path, "w", **(profile | {"dtype": "float32", "nodata": None})) as dst:
+        dst.write(np.full((profile["count"], 64, 64), np.nan, dtype=np.float32))
+        dst.descriptions = descriptions
+    with pytest.warns(UserWarning, match="all_nan.tif has no valid pixel"):
+        s = predict_scene(model, [path], tmp_path / "o", progress=False)
+    assert s["n_pixels"] == 0 and any("no valid pixel" in n for n in s["input"]["notes"])
+
+
 def test_each_chip_runs_once_and_the_chip_cache_changes_nothing(model, tmp_path, monkeypatch):
     """Tiles share the chips on their seams: with the cache each chip of the global grid runs
     once; with room for one chip or none (shared chips run again, in the batch they ran in

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import httpx
+import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
@@ -391,3 +392,48 @@ def test_sync_predictions_queue_with_a_bound_and_health_answers(world):
         assert int(r.headers["retry-after"]) >= 1 and body["retry_after_s"] >= 1
     ok = next(r for r in answers if r.status_code == 200).json()
     assert ok["links"]["classes"].startswith("/v1/predictions/")  # relative: no Host header in it
+
+
+def test_other_sites_pages_and_rebound_names_cannot_drive_a_dev_server(world):
+    # a --dev server takes no key: a page of another site (a form or fetch through the user's
+    # browser) may not change anything, and a name rebound to 127.0.0.1 gets no answer
+    c, image = world["c"], world["image"].read_bytes()
+    files = {"image": ("scene.tif", image)}
+    r = c.post("/v1/scenes", files=files, headers={"Origin": "https://evil.example"})
+    assert_error(r, 403, "another site's page")
+    r = c.post("/v1/scenes", files=files, headers={"Sec-Fetch-Site": "cross-site"})
+    assert_error(r, 403, "another site's page")
+    assert_error(c.get("/v1/jobs", headers={"Host": "evil.example"}), 403, "loopback host names")
+    # the Lab's own page (same origin) and scripts (no Origin) go on
+    own = str(c.base_url).rstrip("/")
+    r = c.post(
+        "/v1/scenes", files=files, headers={"Origin": own}, data={"sensor": "sentinel-2-l2a"}
+    )
+    assert r.status_code == 201, r.text
+    assert c.get("/v1/jobs", headers={"Host": "localhost"}).status_code == 200
+
+
+def test_a_cog_scene_is_stored_and_far_zooms_answer_at_once(world, tmp_path):
+    # a COG upload (once a 500: GDAL refused to add overviews to it); tiles below the
+    # TileJSON's minzoom are empty at once (a z0 tile once took minutes of CPU)
+    # over 1024 px (the store adds overviews): the 128 px scene tiled 9 x 9 (synth's class map
+    # of a 1040 px scene would take gigabytes)
+    with rasterio.open(world["image"]) as src:
+        data, profile, descriptions = src.read(), src.profile, src.descriptions
+    big = np.tile(data, (1, 9, 9))
+    cog = tmp_path / "scene_cog.tif"
+    with rasterio.open(
+        cog, "w", **(profile | {"driver": "COG", "width": big.shape[2], "height": big.shape[1]}),
+        overviews="NONE", blocksize=256,
+    ) as dst:  # fmt: skip
+        dst.write(big)
+        dst.descriptions = descriptions
+    c = world["c"]
+    r = c.post("/v1/scenes", files={"image": ("scene_cog.tif", cog.read_bytes())},
+               data={"sensor": "sentinel-2-l2a"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    links = r.json()["links"]
+    tj = c.get(links["tilejson"]).json()
+    for z in range(0, tj["minzoom"]):
+        t = c.get(links["tiles"].format(z=z, x=0, y=0), timeout=10)
+        assert t.status_code == 200 and t.headers["content-type"] == "image/png"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -180,6 +181,13 @@ def predict_scene(
     pred.close()
     give_back_free_memory()
     summary = scene_summary(model, pred, inputs, layout, written, provenance, strips)
+    if summary["n_pixels"] == 0:
+        msg = (
+            f"{Path(given[0]).name} has no valid pixel (every pixel is nodata, "
+            f"{summary['input']['nodata_source']}): nothing was predicted; check its nodata"
+        )
+        summary["input"]["notes"].append(msg)
+        warnings.warn(msg, stacklevel=2)
     summary["seconds"] = round(time.time() - t0, 2)  # everything, polygons included
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

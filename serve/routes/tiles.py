@@ -28,7 +28,9 @@ from ..schemas import ERRORS, ERRORS_AS_JSON
 from ..tiles import (
     TileError,
     band_indexes,
+    below_minzoom,
     default_stretch,
+    empty_png,
     file_colors,
     render_classes,
     render_confidence,
@@ -142,6 +144,8 @@ def _check_xyz(z: int, x: int, y: int) -> None:
 
 def render(layer: Layer, z: int, x: int, y: int, q: ImageQuery) -> Response:
     _check_xyz(z, x, y)
+    if below_minzoom(layer.path, z):
+        return Response(empty_png(), media_type="image/png", headers=CACHE)
     try:
         if layer.style == "classes":
             png = render_classes(layer.path, z, x, y, layer.colors, layer.confidence, q.threshold)
