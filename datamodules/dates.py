@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from .errors import ImageryError
 
@@ -72,3 +73,32 @@ def parse_date(text: str | None) -> date | None:
         return datetime.fromisoformat(str(text)).date()
     except ValueError:
         raise ImageryError(f"date {text!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def check_distinct(files: list[Path]) -> None:
+    """Refuse dates that are the same image: one file given twice, or byte-identical files."""
+    for i, a in enumerate(files):
+        for b in files[i + 1 :]:
+            same = a.resolve() == b.resolve()
+            if same or _same_bytes(a, b):
+                what = (
+                    f"{a.name} is given twice"
+                    if same
+                    else f"{a.name} and {b.name} are byte-identical"
+                )
+                raise ImageryError(
+                    f"the dates must be different images, but {what}: a change or a time series "
+                    "between an image and itself is only noise. Give one image per date."
+                )
+
+
+def _same_bytes(a: Path, b: Path, block: int = 1 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if x != y:
+                return False
+            if not x:
+                return True

@@ -33,7 +33,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .dates import day_number, file_date, parse_date
+from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
 from .sensors import Sensor, get_sensor
 
@@ -155,17 +155,7 @@ def open_scenes(
     infos = []
     for f in files:
         with _open(f) as ds:
-            if ds.crs is None and ds.gcps[0]:
-                raise ImageryError(
-                    f"{f.name} is georeferenced by ground control points (GCPs), not a pixel "
-                    "grid; warp it onto one first, e.g. gdalwarp -t_srs EPSG:32633 in.tif out.tif"
-                )
-            _check_grid_and_mask(ds, f)
-            if ds.crs is None:
-                raise ImageryError(
-                    f"{f.name} has no CRS (coordinate reference system). Georeference it first, "
-                    "e.g. gdal_translate -a_srs EPSG:32633 in.tif out.tif"
-                )
+            _check_file(ds, f)
             infos.append(
                 (
                     f,
@@ -220,9 +210,20 @@ def open_scenes(
     return scenes
 
 
-def _check_grid_and_mask(ds, f: Path) -> None:
-    """Refuse what geotune would read wrongly: a rotated or sheared pixel grid (outputs are
-    north-up on the source grid), and nodata given only by an internal mask."""
+def _check_file(ds, f: Path) -> None:
+    """Refuse what geotune cannot place or would read wrongly: no CRS (or only ground control
+    points), a rotated or sheared pixel grid (outputs are north-up on the source grid), and
+    nodata given only by an internal mask."""
+    if ds.crs is None and ds.gcps[0]:
+        raise ImageryError(
+            f"{f.name} is georeferenced by ground control points (GCPs), not a pixel grid; warp "
+            "it onto one first, e.g. gdalwarp -t_srs EPSG:32633 in.tif out.tif"
+        )
+    if ds.crs is None:
+        raise ImageryError(
+            f"{f.name} has no CRS (coordinate reference system). Georeference it first, e.g. "
+            "gdal_translate -a_srs EPSG:32633 in.tif out.tif"
+        )
     t = ds.transform
     if t.b != 0 or t.d != 0:
         raise ImageryError(
@@ -316,35 +317,6 @@ def _band_files_scene(infos, bands, sens) -> Scene:
     sources = [(f, 1) for f in files]
     scales, offsets = [i[10][0] for i in infos], [i[11][0] for i in infos]
     return Scene(files, names, grid, dtype, nodata, fdate, sources, source, scales, offsets)
-
-
-def check_distinct(files: list[Path]) -> None:
-    """Refuse dates that are the same image: one file given twice, or byte-identical files."""
-    for i, a in enumerate(files):
-        for b in files[i + 1 :]:
-            same = a.resolve() == b.resolve()
-            if same or _same_bytes(a, b):
-                what = (
-                    f"{a.name} is given twice"
-                    if same
-                    else f"{a.name} and {b.name} are byte-identical"
-                )
-                raise ImageryError(
-                    f"the dates must be different images, but {what}: a change or a time series "
-                    "between an image and itself is only noise. Give one image per date."
-                )
-
-
-def _same_bytes(a: Path, b: Path, block: int = 1 << 20) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(block), fb.read(block)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def date_order(scenes: list[Scene]) -> list[int] | None:

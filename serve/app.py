@@ -65,6 +65,14 @@ def file_arrays_as_binary(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+def _gates(app: FastAPI, settings: Settings) -> None:
+    """What every request passes before a route (the last added runs first): other sites'
+    pages and foreign host names, then the API key, then the body's size."""
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
+    app.add_middleware(SameOrigin, settings=settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -88,9 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
-    app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
-    app.add_middleware(SameOrigin, settings=settings)  # outermost: before keys and bodies
+    _gates(app, settings)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_assets()), name="swagger-ui")
     routes = (datasets, jobs, job_metrics, models, backbones, predict, geospatial, scenes, tiles)
     for module in (*routes, embeddings, suggestions, benchmarks):

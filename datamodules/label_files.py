@@ -1,0 +1,189 @@
+"""Label files as other tools write them: read with GDAL/OGR (the one layer with the labels, a
+zipped shapefile wherever it sits in its zip, unclosed rings closed), checked before their
+values are read (a geometry column, features, a CRS whose coordinates fit it), and class names
+spelled one way."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+
+class LabelError(UserError):
+    """Bad label input; the message says what is wrong and how to fix it."""
+
+
+def read_frame(path: Path, class_column: str | None):
+    """The features of a label file (its one labels layer) as a GeoDataFrame."""
+    import geopandas as gpd
+
+    source, layer = str(path), None
+    if not path.is_file():
+        raise LabelError(f"labels file {path} does not exist")
+    try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            return gpd.read_parquet(path)
+        source = _zipped_shapefile(path) if path.suffix.lower() == ".zip" else str(path)
+        layer = _label_layer(source, path, class_column)
+        return gpd.read_file(source, layer=layer)
+    except LabelError:
+        raise
+    except Exception as e:  # pyogrio/pyarrow raise many types for unreadable files
+        if "LinearRing" in str(e):  # GEOS cannot build a polygon whose ring is not closed
+            return _closing_rings(source, layer, path, e)
+        raise LabelError(
+            f"cannot read labels file {path.name}: {_reader_reason(e, path)}. Accepted: GeoJSON, "
+            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
+        ) from None
+
+
+def _zipped_shapefile(path: Path) -> str:
+    """What GDAL opens for a zipped shapefile: the zip itself, or its one ``.shp`` in a folder
+    of the zip (as "Export to zip" tools often write it)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise LabelError(f"{path.name} is not a readable zip file") from None
+    shps = [
+        n
+        for n in names
+        if n.lower().endswith(".shp")
+        and not n.startswith("__MACOSX/")
+        and not n.rsplit("/", 1)[-1].startswith("._")
+    ]
+    if not shps:
+        raise LabelError(
+            f"{path.name} holds no shapefile (.shp); zip one shapefile's .shp, .shx, .dbf and "
+            ".prj files"
+        )
+    if len(shps) > 1:
+        raise LabelError(
+            f"{path.name} holds {len(shps)} shapefiles ({', '.join(shps[:5])}); zip the one "
+            "with the labels on its own"
+        )
+    return f"/vsizip/{path}/{shps[0]}" if "/" in shps[0] else str(path)
+
+
+def _label_layer(source: str, path: Path, class_column: str | None) -> str | None:
+    """The layer to read from a file with several (GeoPackage, KML folders, ...): the only
+    one with features and the class column. Several candidates are refused, naming them."""
+    import pyogrio
+
+    layers = [str(name) for name, _ in pyogrio.list_layers(source)]
+    if len(layers) < 2:
+        return None
+    column = class_column or "class"
+    info = {name: pyogrio.read_info(source, layer=name) for name in layers}
+    with_column = [n for n in layers if info[n]["features"] and column in list(info[n]["fields"])]
+    if len(with_column) == 1:
+        others = ", ".join(repr(n) for n in layers if n != with_column[0])
+        warnings.warn(
+            f"{path.name} holds {len(layers)} layers; reading {with_column[0]!r}, the only one "
+            f"with features and a {column!r} column (the others: {others})",
+            stacklevel=4,
+        )
+        return with_column[0]
+
+    def described(n):
+        fields = list(info[n]["fields"])
+        cols = ", ".join(fields[:5]) + (f", ... ({len(fields)} in all)" if len(fields) > 5 else "")
+        return f"{n!r} ({info[n]['features']} features, columns: {cols or '-'})"
+
+    shown = "; ".join(described(n) for n in layers[:8]) + ("; ..." if len(layers) > 8 else "")
+    raise LabelError(
+        f"{path.name} holds {len(layers)} layers and geotune reads one: {shown}. Export the "
+        f"layer with the labels to its own file (e.g. ogr2ogr labels.gpkg {path.name} LAYER), "
+        "or merge the layers into one (e.g. QGIS's Merge vector layers)"
+    )
+
+
+def _closing_rings(source: str, layer: str | None, path: Path, error: Exception):
+    """The labels with unclosed rings closed (their first point repeated at their end), and a
+    warning naming those features; what cannot be closed so is an error naming them."""
+    import geopandas as gpd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # GDAL's own note on unclosed rings
+        bad = gpd.read_file(source, layer=layer, on_invalid="ignore").geometry.isna()
+        try:
+            gdf = gpd.read_file(source, layer=layer, on_invalid="fix")
+        except Exception:
+            gdf = None
+    rows = ", ".join(str(i + 1) for i in bad[bad].index[:10]) + (" ..." if bad.sum() > 10 else "")
+    if gdf is None:
+        raise LabelError(
+            f"feature(s) {rows} of {path.name} have a geometry that cannot be read "
+            f"({_reader_reason(error, path)}); fix them in a GIS (e.g. QGIS's Fix geometries)"
+        ) from None
+    warnings.warn(
+        f"feature(s) {rows} of {path.name} had a ring that was not closed (first and last point "
+        "differ); closed it",
+        stacklevel=4,
+    )
+    return gdf
+
+
+def _reader_reason(error: Exception, path: Path) -> str:
+    """The reader's message about ``path``, without the path and GDAL's hint about driver
+    prefixes (which a user cannot act on)."""
+    text = str(error).split("; It might help", 1)[0]
+    text = text.replace(f"'{path}'", "it").replace(str(path), "it").strip().rstrip(".")
+    return text[:300] or error.__class__.__name__
+
+
+def checked_frame(gdf, path: Path) -> None:
+    """Refuse what has no labels to read: no geometry column, no features, no CRS, or
+    coordinates that do not fit the CRS the file states."""
+    if getattr(gdf, "_geometry_column_name", None) is None:
+        raise LabelError(
+            f"{path.name} has no geometry column (a table without shapes); save the label "
+            "polygons with their geometries (e.g. export the layer as polygons from your GIS)"
+        )
+    if gdf.empty:
+        raise LabelError(
+            f"{path.name} holds no features; draw or export the label polygons into it first"
+        )
+    if gdf.crs is None:
+        raise LabelError(
+            f"{path.name} has no CRS. Save it with one (GeoJSON is EPSG:4326 by definition; "
+            "for other formats set it, e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."
+        )
+    if gdf.crs.is_geographic:
+        x0, y0, x1, y1 = gdf.total_bounds
+        if min(x0, y0) < -180.001 or x1 > 360.001 or max(abs(y0), abs(y1)) > 90.001:
+            raise LabelError(
+                f"{path.name} says its coordinates are longitude/latitude ({gdf.crs.to_string()}) "
+                f"but they reach x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}: they are projected "
+                "coordinates without their CRS (a GeoJSON without a crs member is read as "
+                "EPSG:4326). Save the labels with their CRS, e.g. ogr2ogr -s_srs EPSG:XXXX "
+                f"-t_srs EPSG:4326 labels_4326.geojson {path.name}, or as a GeoPackage."
+            )
+
+
+def one_spelling(values, path: Path, column: str):
+    """Class names that differ only in case ("Water", "water") as one class, spelled as most
+    labels spell it, with a warning naming them."""
+    names = values[values.map(lambda v: isinstance(v, str))]
+    if names.empty:
+        return values
+    counts = names.value_counts()
+    groups: dict[str, list[str]] = {}
+    for name in sorted(counts.index, key=lambda n: (-counts[n], n)):
+        groups.setdefault(name.casefold(), []).append(name)
+    rename = {}
+    for spellings in groups.values():
+        if len(spellings) > 1:
+            kept = spellings[0]
+            rename |= {n: kept for n in spellings[1:]}
+            shown = ", ".join(f"{n!r} ({counts[n]})" for n in spellings)
+            warnings.warn(
+                f"class values {shown} in {column!r} of {path.name} differ only in case: taken "
+                f"as one class {kept!r}. If they are different classes, rename one in the file.",
+                stacklevel=3,
+            )
+    return values.map(lambda v: rename.get(v, v)) if rename else values
