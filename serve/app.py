@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .auth import KeyGate, SameOrigin
 from .context import Context
+from .downloads import HeadAsGet
 from .lab import mount_lab
 from .routes import (
     backbones,
@@ -67,10 +68,12 @@ def file_arrays_as_binary(app: FastAPI) -> dict:
 
 def _gates(app: FastAPI, settings: Settings) -> None:
     """What every request passes before a route (the last added runs first): other sites'
-    pages and foreign host names, then the API key, then the body's size."""
+    pages and foreign host names, then the API key, then the body's size; HEAD is GET without the
+    body before any of them."""
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(KeyGate, settings=settings, keys_factory=lambda: app.state.ctx.keys)
     app.add_middleware(SameOrigin, settings=settings)
+    app.add_middleware(HeadAsGet)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -12,8 +12,9 @@ import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from datamodules.errors import UserError
 
@@ -30,16 +31,21 @@ class ApiError(Exception):
 
 
 class PayloadTooLarge(ApiError):
-    def __init__(self, limit_bytes: int):
+    def __init__(self, limit_bytes: int, upload: bool = True):
         mb = limit_bytes / 1024 / 1024
-        super().__init__(
-            413,
-            "payload_too_large",
-            f"the request body is larger than this server's upload limit of {mb:g} MB; send a "
-            "smaller file (crop or compress the GeoTIFF) or ask the operator to raise "
-            "`geotune serve --max-upload-mb`",
-            limit_mb=mb,
-        )
+        if upload:
+            detail = (
+                f"the request body is larger than this server's upload limit of {mb:g} MB; send "
+                "a smaller file (crop or compress the GeoTIFF) or ask the operator to raise "
+                "`geotune serve --max-upload-mb`"
+            )
+        else:
+            detail = (
+                f"a request body that is not a multipart upload may be at most {mb:g} MB; "
+                "simplify a large AOI geometry (e.g. ogr2ogr -simplify) or send files as "
+                "multipart/form-data (curl -F), as /docs shows"
+            )
+        super().__init__(413, "payload_too_large", detail, limit_mb=mb)
 
 
 def clip(value, limit: int = 80) -> str:
@@ -82,6 +88,7 @@ def validation_detail(errors: list[dict]) -> tuple[str, list[dict]]:
     return f"the request is not valid: {text}. See /docs for the expected fields.", fields
 
 
+HEAD = "geotune.head"  # the scope's mark of a HEAD request routed as GET (serve.downloads)
 MAX_FILES, MAX_FIELDS = 64, 32  # per multipart request (the predict route's own form limits)
 
 
@@ -94,7 +101,7 @@ def allowed_methods(app, scope: dict) -> list[str]:
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         trial = {**scope, "method": method}
         if any(route.matches(trial)[0] == Match.FULL for route in app.router.routes):
-            found.append(method)
+            found += ["GET", "HEAD"] if method == "GET" else [method]
     return found
 
 
@@ -116,6 +123,8 @@ def install(app: FastAPI) -> None:
         if isinstance(cause, ApiError):  # raised while FastAPI parsed the body (upload limit)
             return _json(cause.status, cause.error, cause.detail, cause.headers, **cause.extra)
         method, path = request.method, request.url.path
+        if request.scope.get(HEAD):
+            method = "HEAD"
         if exc.status_code == 404:
             return _json(
                 404,
@@ -126,6 +135,8 @@ def install(app: FastAPI) -> None:
             )
         if exc.status_code == 405:
             allow = ", ".join(allowed_methods(request.app, request.scope))
+            if method == "OPTIONS" and allow:  # what the path accepts, as HTTP's OPTIONS asks
+                return Response(status_code=204, headers={"Allow": f"{allow}, OPTIONS"})
             return _json(
                 405,
                 "method_not_allowed",
@@ -151,6 +162,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _user(request: Request, exc: UserError):
         return _json(422, "invalid_input", str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # the client left mid-upload: not a server error, and there is nobody to answer
+        log.info("the client left during %s %s", request.method, request.url.path)
+        return _json(400, "client_disconnected", "the client closed the connection")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

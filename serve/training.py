@@ -87,6 +87,39 @@ def check_backbone(req: FinetuneRequest) -> str:
     return size
 
 
+def check_dataset_fits(req: FinetuneRequest, ds, size: str) -> None:
+    """What ``geotune train`` would refuse as it starts, refused at once (422): a task that trains
+    on other labels than the dataset holds, a chip larger than the dataset's scene. The task's
+    kind is read from the config the job will compose (its overrides, as :func:`train_argv`)."""
+    from trainer.config import compose, config_error
+    from trainer.train import task_class
+
+    try:
+        kind = task_class(compose("train", train_overrides(req, dataset=ds.path, size=size))).kind
+    except Exception as e:
+        message = config_error(e)
+        if message is None:
+            raise
+        raise ApiError(422, "invalid_request", message) from None
+    have = ds.manifest.task
+    if have != kind:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"dataset {req.dataset!r} holds {have} labels but task {req.task!r} trains on "
+            f'{kind} labels; send "task": "{have}", or choose a dataset made for {kind}',
+        )
+    h, w = ds.manifest.shape[-2:]
+    if have != "classification" and req.patch_size and req.patch_size > min(h, w):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"patch_size {req.patch_size} is larger than dataset {req.dataset!r}'s scene "
+            f'({h} x {w} px); send a "patch_size" of at most {min(h, w)}, or leave it out to '
+            "take one from the labels",
+        )
+
+
 def check_name_free(client, store, owner: str, req: FinetuneRequest) -> str:
     """The MLflow name for the new model; 409 if it is taken and no new version was asked for."""
     from mlflow.exceptions import MlflowException
@@ -224,4 +257,11 @@ class FinetuneKind(JobKind):
         return [*argv, f"resume={_q(last)}"], "from its last checkpoint"
 
 
-__all__ = ["LOCAL", "FinetuneKind", "check_backbone", "check_name_free", "train_argv"]
+__all__ = [
+    "LOCAL",
+    "FinetuneKind",
+    "check_backbone",
+    "check_dataset_fits",
+    "check_name_free",
+    "train_argv",
+]

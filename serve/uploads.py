@@ -8,7 +8,8 @@ kept only for messages and provenance. So no client string becomes a path: no ``
 concern.
 
 The request body is limited (413) before it is read when it declares its length, and while it
-is read when it does not (:class:`BodyLimit`).
+is read when it does not (:class:`BodyLimit`): uploads (multipart) to the server's upload limit,
+every other body (JSON, read into memory whole) to :data:`MAX_JSON_BYTES`.
 """
 
 from __future__ import annotations
@@ -138,8 +139,12 @@ def upload_errors(names: dict[Path, str], folder: Path | None = None) -> Iterato
         raise
 
 
+MAX_JSON_BYTES = 16 * 1024 * 1024  # a body that is not multipart is parsed in memory whole
+
+
 class BodyLimit:
-    """ASGI middleware: refuse request bodies larger than ``limit`` bytes with 413."""
+    """ASGI middleware: refuse request bodies larger than ``limit`` bytes (multipart uploads) or
+    :data:`MAX_JSON_BYTES` (any other body) with 413."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -148,9 +153,11 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.limit if upload else min(self.limit, MAX_JSON_BYTES)
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            err = PayloadTooLarge(self.limit)
+        if length is not None and length.isdigit() and int(length) > limit:
+            err = PayloadTooLarge(limit, upload)
             response = JSONResponse(error_body(err.error, err.detail, **err.extra), status_code=413)
             return await response(scope, receive, send)
         seen = 0
@@ -160,8 +167,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise PayloadTooLarge(self.limit)
+                if seen > limit:
+                    raise PayloadTooLarge(limit, upload)
             return message
 
         return await self.app(scope, counting_receive, send)

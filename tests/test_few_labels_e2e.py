@@ -14,7 +14,14 @@ import pytest
 import rasterio
 from conftest import env_with_home
 from synth import few_polygons, make_scene
-from test_serve import check_prediction, create_key, ingest_job, servers, wait_job  # noqa: F401
+from test_serve import (  # noqa: F401
+    assert_error,
+    check_prediction,
+    create_key,
+    ingest_job,
+    servers,
+    wait_job,
+)
 
 from datamodules.ingest import ingest
 from trainer.config import compose
@@ -241,7 +248,7 @@ def test_few_polygons_over_http_with_no_extra_fields(home, few, servers, tmp_pat
         )
     assert answer.status_code == 200, answer.text
     check_prediction(client, answer.json(), image, tmp_path)
-    # a fine-tune that fails on the user's data says why in one line
+    # a fine-tune that cannot work on the user's data says why in one line, before any job
     bad = client.post(
         "/v1/finetunes",
         json={
@@ -252,8 +259,8 @@ def test_few_polygons_over_http_with_no_extra_fields(home, few, servers, tmp_pat
             "task": "classification",
         },
     )
-    failed = wait_job(client, bad.json()["id"], timeout=600)
-    assert failed["state"] == "failed" and failed["error"].startswith(
-        "dataset 'py' holds segmentation labels but task=classification was asked for"
+    detail = assert_error(bad, 422)["detail"]
+    assert detail.startswith("dataset 'py' holds segmentation labels but task 'classification'")
+    assert (
+        "\n" not in detail and not client.get("/v1/jobs?kind=finetune&state=queued").json()["jobs"]
     )
-    assert "Traceback" not in failed["error"]

@@ -307,10 +307,19 @@ def test_inputs_get_4xx_that_say_what_is_wrong(world):
     r = c.post("/v1/finetunes", json={"dataset": "m", "model_name": "m2", "seed": 2**40})
     assert_error(r, 422, "seed")
     assert_error(c.get("/v1/jobs?state=bogus"), 422, "state")
+    # what the trainer would refuse as it starts is refused before a job is queued
+    m3 = {"dataset": "m", "model_name": "m3", "weights": "random", "size": "tiny"}
+    r = c.post("/v1/finetunes", json=m3 | {"task": "classification"})
+    assert_error(r, 422, "holds segmentation labels", '"task": "segmentation"')
+    r = c.post("/v1/finetunes", json=m3 | {"patch_size": 256})
+    assert_error(r, 422, "(128 x 128 px)", "at most 128")
+    assert not [
+        j for j in c.get("/v1/jobs").json()["jobs"] if j["params"].get("model_name") == "m3"
+    ]
     # every method a path accepts is named
     r = c.put("/v1/datasets")
-    assert_error(r, 405, "GET, POST")
-    assert r.headers["allow"] == "GET, POST"
+    assert_error(r, 405, "GET, HEAD, POST")
+    assert r.headers["allow"] == "GET, HEAD, POST"
     # the documented example with a tiny size is accepted as it stands
     examples = c.get("/openapi.json").json()["components"]["schemas"]["FinetuneRequest"]["examples"]
     tiny = next(e for e in examples if e.get("size") == "tiny")

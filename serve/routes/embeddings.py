@@ -16,6 +16,7 @@ from trainer.options import EMBED, ENCODER
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..downloads import Download
 from ..embedding_requests import (
     EmbedAoiRequest,
     EmbedParams,
@@ -329,7 +330,7 @@ def get_embeddings_file(emb_id: str, owner: str = Depends(current_owner)):
     folder = _owned(owner, emb_id)
     if not (folder / SUMMARY).is_file():
         raise not_found("file", f"{emb_id}/{FILE}", "The set is not ready yet; see its job.")
-    return FileResponse(
+    return Download(
         folder / FILE, media_type="application/vnd.apache.parquet", filename=f"{emb_id}.parquet"
     )
 

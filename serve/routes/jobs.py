@@ -12,7 +12,7 @@ from ..errors import ApiError, not_found
 from ..jobs import FINISHED, clean_log, job_view
 from ..predictions import result as prediction_result
 from ..schemas import ERRORS, ERRORS_AS_JSON, FinetuneRequest, JobKindName, JobOut, JobState
-from ..training import check_alias, check_backbone, check_name_free, train_argv
+from ..training import check_alias, check_backbone, check_dataset_fits, check_name_free, train_argv
 
 router = APIRouter(prefix="/v1")
 HINT = "List your jobs with GET /v1/jobs."
@@ -43,6 +43,7 @@ def create_finetune(
     if req.alias:
         check_alias(req.alias)
     size = check_backbone(req)
+    check_dataset_fits(req, ds, size)
     with ctx.jobs.lock:  # the name check and the new record go together
         name = check_name_free(ctx.client(), ctx.jobs, owner, req)
         params = req.model_dump() | {"size": size, "mlflow_name": name}

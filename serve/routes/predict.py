@@ -7,7 +7,7 @@ import shutil
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -16,6 +16,7 @@ from trainer.options import PREDICT
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..downloads import Download
 from ..errors import MAX_FIELDS, MAX_FILES, ApiError, not_found, validation_detail
 from ..forms import multipart_properties
 from ..jobs import job_view, write_json
@@ -304,7 +305,7 @@ def get_prediction_file(
     folder = ctx.predictions.folder(prediction_id, owner)
     if folder is None or filename not in FILES or not (folder / "outputs" / filename).is_file():
         raise not_found("file", f"{prediction_id}/{filename}", HINT)
-    return FileResponse(
+    return Download(
         folder / "outputs" / filename,
         media_type=FILES[filename],
         filename=f"{prediction_id}-{filename}",

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from ..auth import current_owner
 from ..context import Context, get_ctx
+from ..downloads import Download
 from ..errors import not_found
 from ..scenes import SceneStore, add_overviews, describe, record, save_record
 from ..schemas import ERRORS, ERRORS_AS_JSON
@@ -96,7 +97,7 @@ def get_scene(
 )
 def get_scene_file(scene_id: str, owner: str = Depends(current_owner)):
     rec = owned(owner, scene_id)
-    return FileResponse(scene_store().path(scene_id), media_type="image/tiff", filename=rec["name"])
+    return Download(scene_store().path(scene_id), media_type="image/tiff", filename=rec["name"])
 
 
 @router.delete("/{scene_id}", status_code=204, summary="Delete a scene")

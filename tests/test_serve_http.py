@@ -1,0 +1,105 @@
+"""HTTP as clients speak it, against a real `geotune serve --dev`: HEAD and OPTIONS, range reads
+of a stored file (GDAL's /vsicurl/ among the clients), bodies over the JSON limit, and a client
+that leaves mid-upload."""
+
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from synth import make_scene
+from test_serve import Server, assert_error
+
+from serve.uploads import MAX_JSON_BYTES
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("http")
+    image, _ = make_scene(tmp, size=128, seed=3)
+    srv = Server(tmp / "home", "--dev").start()
+    yield {"srv": srv, "c": srv.client(), "image": image}
+    srv.stop()
+
+
+def test_head_answers_every_get_endpoint_and_options_names_the_methods(dev):
+    c = dev["c"]
+    r = c.head("/v1/datasets")
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(c.get("/v1/datasets").content)
+    r = c.head("/v1/finetunes")  # a POST-only path
+    assert_error(c.get("/v1/finetunes"), 405, "does not accept GET")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = c.options("/v1/datasets")
+    assert r.status_code == 204 and r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+    assert_error(c.put("/v1/datasets"), 405, "it accepts GET, HEAD, POST")
+    # HEAD stays out of the API's document
+    paths = c.get("/openapi.json").json()["paths"]
+    assert not any("head" in item for item in paths.values())
+
+
+def test_a_stored_file_is_read_by_ranges_and_bad_ranges_are_json(dev):
+    c = dev["c"]
+    with open(dev["image"], "rb") as f:
+        r = c.post(
+            "/v1/scenes", files={"image": ("scene.tif", f)}, data={"sensor": "sentinel-2-l2a"}
+        )
+    assert r.status_code == 201, r.text
+    url = f"{dev['srv'].url}/v1/scenes/{r.json()['id']}/scene.tif"
+    whole = c.get(url).content
+    head = c.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(whole)
+    r = c.get(url, headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == whole[100:200]
+    for spec in ("bytes=abc", "items=0-10", "bytes=50-10"):
+        body = assert_error(c.get(url, headers={"Range": spec}), 400, "bytes=0-16383")
+        assert body["error"] == "bad_range"
+    r = c.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
+    assert assert_error(r, 416, f"{len(whole):,} bytes")["size"] == len(whole)
+    assert r.headers["content-range"] == f"bytes */{len(whole)}"
+    # GDAL reads the COG over HTTP: the same pixels as the file
+    with rasterio.open(dev["image"]) as src:
+        expected = src.read()
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        with rasterio.open(f"/vsicurl/{url}") as remote:
+            assert np.array_equal(remote.read(), expected)
+
+
+def test_a_json_body_is_bounded_whatever_its_framing(dev):
+    c = dev["c"]
+    pad = b'{"dataset": "m", "model_name": "x", "pad": "' + b"y" * MAX_JSON_BYTES + b'"}'
+    r = c.post("/v1/finetunes", content=pad, headers={"Content-Type": "application/json"})
+    body = assert_error(r, 413, "not a multipart upload", "16 MB", "ogr2ogr -simplify")
+    assert body["limit_mb"] == 16
+
+    def chunks():  # no Content-Length: counted while it is read
+        for i in range(0, len(pad), 1 << 20):
+            yield pad[i : i + (1 << 20)]
+
+    r = c.post("/v1/finetunes", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_error(r, 413, "not a multipart upload")
+    # an upload of the same size is not held to the JSON limit
+    r = c.post("/v1/scenes", files={"image": ("junk.tif", b"II*\x00" + bytes(MAX_JSON_BYTES))})
+    assert r.status_code == 422, r.text
+
+
+def test_a_client_that_leaves_mid_upload_is_not_a_server_error(dev):
+    srv = dev["srv"]
+    for path in ("/v1/embeddings", "/v1/models/m/predict", "/v1/scenes"):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\nContent-Disposition: "
+            'form-data; name="image"; filename="a.tif"\r\n\r\n'.encode()
+            + b"x" * 100_000
+        )
+        time.sleep(0.5)
+        s.close()
+    time.sleep(1)
+    assert httpx.get(f"{srv.url}/healthz").status_code == 200
+    log = srv.log.read_text()
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
