@@ -76,6 +76,16 @@ class Scene:
     scales: list[float] | None = None  # per band, as the file declares them (1.0 / 0.0: none)
     offsets: list[float] | None = None
 
+    def fill_value_note(self) -> str | None:
+        """What is nodata when the file declares none and the sensor's fill value stands in."""
+        if "fill value" not in self.nodata_source:
+            return None
+        where = "any band file" if len(set(self.files)) > 1 else "every band"
+        return (
+            f"{self.files[0].name} declares no nodata; pixels where {where} equals "
+            f"{self.nodata:g} ({self.nodata_source}) are nodata"
+        )
+
     @property
     def nodata_json(self) -> float | str | None:
         """The nodata value as JSON can hold it: NaN as ``"nan"`` (as ``gdalinfo -json``)."""
@@ -362,45 +372,6 @@ def bound_block_cache() -> None:
     outputs too (a lost tile; GDAL OSGeo/gdal#2011)."""
     if "GDAL_CACHEMAX" not in os.environ:
         rasterio.env.set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_BYTES)
-
-
-class SceneReader:
-    """Read windows of a :class:`Scene` on its grid, all bands stacked ``[C, h, w]``."""
-
-    def __init__(self, scene: Scene):
-        self.scene = scene
-        self._handles: dict[Path, object] = {}
-        g = scene.grid
-        for f, _ in scene.band_sources:
-            if f in self._handles:
-                continue
-            ds = rasterio.open(f)
-            if ds.transform != g.transform or ds.width != g.width or ds.height != g.height:
-                ds = warp_to_grid(ds, g, Resampling.bilinear)
-            self._handles[f] = ds
-        # one read per run of bands from the same file: a pixel-interleaved file's blocks hold
-        # every band, and reading band by band decompressed each block once per band (8x slower
-        # on a 6-band deflate COG, measured)
-        self._runs: list[tuple[Path, list[int]]] = []
-        for f, b in scene.band_sources:
-            if self._runs and self._runs[-1][0] == f:
-                self._runs[-1][1].append(b)
-            else:
-                self._runs.append((f, [b]))
-
-    def read(self, window: Window) -> np.ndarray:
-        out = [self._handles[f].read(bands, window=window) for f, bands in self._runs]
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-    def close(self) -> None:
-        for h in self._handles.values():
-            h.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def gtiff_profile(grid: Grid, count: int, dtype: str, nodata, *, layout: str = "labels") -> dict:

@@ -114,13 +114,9 @@ def _check_dates(scenes, labels_after: bool) -> None:
             f"the images are dated {given}: give them oldest first, one --image per date in "
             f"date order{labels}."
         )
-    s = scenes[0]
-    if "fill value" in s.nodata_source:
-        warnings.warn(
-            f"{s.files[0].name} declares no nodata; pixels where every band equals "
-            f"{s.nodata:g} ({s.nodata_source}) are nodata",
-            stacklevel=3,
-        )
+    note = scenes[0].fill_value_note()
+    if note:
+        warnings.warn(note, stacklevel=3)
 
 
 @dataclass(frozen=True, kw_only=True)

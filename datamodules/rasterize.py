@@ -19,8 +19,9 @@ import rasterio
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .imagery import Grid, Scene, SceneReader, gtiff_profile
+from .imagery import Grid, Scene, gtiff_profile
 from .labels import rasterize_window
+from .scene_reader import SceneReader
 
 IGNORE_INDEX = 255
 # per label unit: pixel count, sums of rows and columns (centroid), class id, bounding box

@@ -298,6 +298,39 @@ def test_band_files_at_different_resolutions_are_stacked_on_the_finest_grid(home
     assert np.corrcoef(coarse.ravel(), full["B04"].astype(float).ravel())[0, 1] > 0.5
 
 
+def test_a_pixel_missing_from_one_band_file_is_nodata_in_every_band(home, tmp_path, scene):
+    # the 20 m files cropped one 20 m pixel short of the 10 m ones, and one 20 m pixel of B04 at
+    # its fill value: those pixels were stacked with 0 in two bands and counted valid
+
+    from datamodules.imagery import open_scenes
+    from datamodules.scene_reader import SceneReader
+
+    paths, full = _band_files(tmp_path)
+    for path in paths[2:]:
+        with rasterio.open(path) as src:
+            data, profile = src.read(1)[:63, :63], src.profile
+        if path.name.endswith("B04.tif"):
+            data[10, 20] = 0
+        with rasterio.open(path, "w", **(profile | {"width": 63, "height": 63})) as dst:
+            dst.write(data, 1)
+    ds = _add("short", paths, scene["labels"], sensor="sentinel-2-l2a")
+    with rasterio.open(ds.images[0]) as src:
+        img = src.read()
+    missing = np.zeros((128, 128), dtype=bool)
+    missing[126:, :] = missing[:, 126:] = True  # beyond the 20 m files
+    missing[20:22, 40:42] = True  # B04's fill value, a 20 m pixel
+    assert (img[:, missing] == 0).all()  # every band, so the pixel is nodata
+    assert (img[:, ~missing] != 0).all()
+    np.testing.assert_array_equal(img[0][~missing], full["B02"][~missing])
+    # without a nodata value nothing could mark those pixels: refused with a hint
+    for path in paths:
+        with rasterio.open(path, "r+") as dst:
+            dst.nodata = None
+    bare = open_scenes(paths, bands=["blue", "green", "red", "nir08"])[0]
+    with pytest.raises(ImageryError, match="cover different areas .* rio edit-info --nodata 0"):
+        SceneReader(bare)
+
+
 def test_dates_from_file_metadata_from_the_user_or_unknown(home, tmp_path, scene):
     paths, _ = _band_files(tmp_path, date_tag="2024-06-12T10:30:00")
     tagged = _add("tagged", paths, scene["labels"], sensor="sentinel-2-l2a").manifest["dates"]

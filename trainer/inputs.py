@@ -82,12 +82,9 @@ def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
     sensor = sensor or model_sensor
     scenes = _open(images, bands, sensor, dates, rec)
     out = Inputs(scenes, list(images), sensor, source)
-    first = scenes[0]
-    if "fill value" in first.nodata_source:
-        out.notes.append(
-            f"{first.files[0].name} declares no nodata; pixels where every band equals "
-            f"{first.nodata:g} ({first.nodata_source}) are nodata in every output"
-        )
+    note = scenes[0].fill_value_note()
+    if note:
+        out.notes.append(f"{note} in every output")
         warnings.warn(out.notes[-1], stacklevel=2)
     if len(scenes) > 1:
         _order(out)
@@ -101,8 +98,8 @@ def scene_medians(scene: Scene, bands: list[str], n: int = 3, size: int = 128) -
     of ``size`` px spread over the scene (a few blocks read); None when none is valid."""
     from rasterio.windows import Window
 
-    from datamodules.imagery import SceneReader
     from datamodules.rasterize import valid_pixels
+    from datamodules.scene_reader import SceneReader
 
     g = scene.grid
     h, w = min(size, g.height), min(size, g.width)

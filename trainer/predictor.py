@@ -16,7 +16,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from datamodules.bands import PREDICT_HINT, map_bands
-from datamodules.imagery import Scene, SceneReader, day_number
+from datamodules.imagery import Scene, day_number
+from datamodules.scene_reader import SceneReader
 
 from .areas import pixel_area_rows
 from .backbones.variants import get_entry

@@ -48,9 +48,10 @@ def prepare(work: Path, sample: Path, n_polygons: int) -> dict:
     import rasterio
 
     from datamodules.demo_labels import CLASSES, make_demo_labels
-    from datamodules.imagery import SceneReader, gtiff_profile, open_scenes
+    from datamodules.imagery import gtiff_profile, open_scenes
     from datamodules.ingest import ingest
     from datamodules.manifest import DatasetError, delete_dataset
+    from datamodules.scene_reader import SceneReader
 
     bands = [sample / f for f in BAND_FILES]
     scene = open_scenes(bands, sensor="sentinel-2-l1c")[0]

@@ -74,7 +74,8 @@ def write_stack(folder: Path, sample: Path) -> tuple[Path, dict]:
     import rasterio
     from rasterio.windows import Window
 
-    from datamodules.imagery import SceneReader, open_scenes
+    from datamodules.imagery import open_scenes
+    from datamodules.scene_reader import SceneReader
 
     sys.path.insert(0, str(HERE))
     from bench import BAND_FILES
