@@ -41,6 +41,21 @@ KIND_NAMES = {
 }
 
 
+# kinds named in a refusal, never stored: what a user may upload instead of a GeoTIFF
+OTHER_RASTERS = {
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "a JPEG 2000 file (Sentinel-2 SAFE bands are)",
+    b"\x89HDF\r\n\x1a\n": "an HDF5/netCDF-4 file",
+    b"CDF\x01": "a netCDF file",
+    b"CDF\x02": "a netCDF file",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+}
+TO_GEOTIFF = (
+    "; convert it to a GeoTIFF first, e.g. `rio convert IN OUT.tif --driver GTiff` (rasterio's "
+    "command, installed with geotune) or `gdal_translate -of COG IN OUT.tif`"
+)
+
+
 class UploadError(UserError):
     pass
 
@@ -86,9 +101,13 @@ def save_upload(
     if kind not in allowed:
         accepted = ", ".join(KIND_NAMES[k] for k in sorted(allowed))
         # a zip is only sniffed as one: what it holds is not known before it is unpacked
-        what = {None: "not a format geotune reads", "zip": "a zip archive"}.get(kind)
+        other = next(
+            (name for magic, name in OTHER_RASTERS.items() if head.startswith(magic)), None
+        )
+        what = {None: other or "not a format geotune reads", "zip": "a zip archive"}.get(kind)
         what = what or f"a {KIND_NAMES[kind]}"
-        raise UploadError(f"{role} {shown!r} is {what}; {role} must be: {accepted}")
+        hint = TO_GEOTIFF if allowed == RASTER and kind != "zip" else ""
+        raise UploadError(f"{role} {shown!r} is {what}; {role} must be: {accepted}{hint}")
     stem = safe_stem(upload.filename)
     path = folder / (f"{base}-{stem}.{kind}" if stem else f"{base}.{kind}")
     upload.file.seek(0)

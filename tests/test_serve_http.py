@@ -3,7 +3,10 @@ of a stored file (GDAL's /vsicurl/ among the clients), bodies over the JSON limi
 that leaves mid-upload."""
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -103,3 +106,26 @@ def test_a_client_that_leaves_mid_upload_is_not_a_server_error(dev):
     assert httpx.get(f"{srv.url}/healthz").status_code == 200
     log = srv.log.read_text()
     assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+
+
+def test_a_jpeg2000_band_is_named_and_the_conversion_hint_works(dev, tmp_path):
+    c = dev["c"]
+    jp2 = tmp_path / "T18SUJ_20240612T153819_B02_10m.jp2"
+    with rasterio.open(dev["image"]) as src:
+        profile = {k: src.profile[k] for k in ("width", "height", "crs", "transform", "dtype")}
+        band = src.read(1)
+    with rasterio.open(jp2, "w", driver="JP2OpenJPEG", count=1, **profile) as dst:
+        dst.write(band, 1)
+    r = c.post("/v1/scenes", files={"image": (jp2.name, jp2.read_bytes())})
+    detail = assert_error(r, 422, "a JPEG 2000 file", "rio convert IN OUT.tif --driver GTiff")[
+        "detail"
+    ]
+    # the hint, as written, with rasterio's command from this environment
+    command = (
+        detail.split("`")[1].replace("IN", str(jp2)).replace("OUT.tif", str(tmp_path / "b.tif"))
+    )
+    rio = Path(sys.executable).with_name("rio")
+    subprocess.run([str(rio), *command.split()[1:]], check=True, timeout=120)
+    with open(tmp_path / "b.tif", "rb") as f:
+        r = c.post("/v1/scenes", files={"image": ("b.tif", f)}, data={"bands": "blue"})
+    assert r.status_code == 201, r.text
