@@ -153,9 +153,11 @@ def composite_for_aoi(
         aoi, start, end, frames=frames, max_items=max_items, max_aoi_km2=max_aoi_km2, crs=crs
     )
     read = read or ReadOptions()
-    # the margin around an unclipped area is imagery too: search over it (at the sensor's
-    # finest resolution, the usual output grid's)
-    finest = float(resolution or min(b.gsd for b in get_sensor(sensor).bands))
+    # the margin around an unclipped area is imagery too: search over it (at the finest
+    # resolution of the bands asked for, the output grid's)
+    sens = get_sensor(sensor)
+    asked = [b for b in bands or [] if b in sens.band_names] or sens.band_names
+    finest = float(resolution or min(sens.band(b).gsd for b in asked))
     search = (
         req if clip or not margin_px else replace(req, geom=widened(req.geom, margin_px * finest))
     )
@@ -169,7 +171,7 @@ def composite_for_aoi(
         read,
         bands_hint,
     )
-    res = float(resolution or min(get_sensor(sensor).band(b).gsd for b in plan.bands))
+    res = float(resolution or min(sens.band(b).gsd for b in plan.bands))
     grids = item_grids(plan.picked, plan.bands, plan.cat.access_for, read)
     grid, plan.grid = output_grid(req.geom, grids, res, crs, margin_px=0 if clip else margin_px)
     reader = BlockReader(plan.cat, plan.source, plan.bands, grid, req.geom if clip else None, read)

@@ -7,6 +7,7 @@ is warped onto the grid with its values looked up in the class table (:func:`mas
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -166,22 +167,24 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
         src = rasterio.open(mask_path)
     except rasterio.errors.RasterioIOError as e:
         raise LabelError(f"cannot read label raster {mask_path.name}: {e}") from None
+    problem = None
     if src.crs is None:
-        raise LabelError(
-            f"label raster {mask_path.name} has no CRS; georeference it like the imagery"
-        )
-    if src.count != 1:
-        raise LabelError(
+        problem = f"label raster {mask_path.name} has no CRS; georeference it like the imagery"
+    elif src.count != 1:
+        problem = (
             f"label raster {mask_path.name} has {src.count} bands; a mask is one band of class "
             "values (is it the image? give the image with --image and the labels with --labels)"
         )
+    if problem:
+        src.close()
+        raise LabelError(problem)
     if src.nodata is not None:
         ignore_values = ignore_values | {src.nodata}
     vrt = warp_to_grid(src, grid, Resampling.nearest, nodata=src.nodata)
     values: set = set()
     for _, w in windows(grid, 1024):
         values |= set(np.unique(vrt.read(1, window=w)).tolist())
-    values = {v for v in values - ignore_values if v == v}  # NaN: no label
+    values = {v for v in values - ignore_values if math.isfinite(v)}  # NaN, ±inf: no label
     if not values:
         raise LabelError(f"label raster {mask_path.name} has no labelled pixels over the imagery")
     fractional = sorted(v for v in values if v != int(v))

@@ -49,7 +49,8 @@ def reader(path: Path, nodata: float | None = None):
     ``nodata`` for files that do not declare the value their sensor uses."""
     from rio_tiler.io import Reader
 
-    options = {"nodata": nodata} if nodata is not None else {}
+    # a stored record holds NaN as "nan" (JSON has no NaN)
+    options = {"nodata": float(nodata)} if nodata is not None else {}
     bound_block_cache()
     with open_raster(path) as src:
         with warnings.catch_warnings():

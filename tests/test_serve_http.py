@@ -129,3 +129,27 @@ def test_a_jpeg2000_band_is_named_and_the_conversion_hint_works(dev, tmp_path):
     with open(tmp_path / "b.tif", "rb") as f:
         r = c.post("/v1/scenes", files={"image": ("b.tif", f)}, data={"bands": "blue"})
     assert r.status_code == 201, r.text
+
+
+def test_a_scene_whose_nodata_is_nan_is_drawn_as_tiles(dev, tmp_path):
+    # its record holds nodata as "nan" (JSON has no NaN); the tile reader was handed that text
+    with rasterio.open(dev["image"]) as src:
+        data, profile, names = src.read().astype("float32"), src.profile, src.descriptions
+    data[:, :16] = np.nan
+    path = tmp_path / "nan.tif"
+    with rasterio.open(path, "w", **(profile | {"dtype": "float32", "nodata": np.nan})) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    c = dev["c"]
+    r = c.post("/v1/scenes", files={"image": ("nan.tif", path.read_bytes())},
+               data={"sensor": "sentinel-2-l2a"})  # fmt: skip
+    assert r.status_code == 201 and r.json()["nodata"] == "nan", r.text
+    links = r.json()["links"]
+    tj = c.get(links["tilejson"]).json()
+    lon, lat = (tj["bounds"][0] + tj["bounds"][2]) / 2, (tj["bounds"][1] + tj["bounds"][3]) / 2
+    z = tj["maxzoom"]
+    n = 2**z
+    x = int((lon + 180) / 360 * n)
+    y = int((1 - np.arcsinh(np.tan(np.radians(lat))) / np.pi) / 2 * n)
+    t = c.get(links["tiles"].format(z=z, x=x, y=y))
+    assert t.status_code == 200 and t.headers["content-type"] == "image/png", t.text
