@@ -126,7 +126,8 @@ class _Reader:
     def __init__(self, ds: Dataset, keys: tuple[str, ...]):
         self.ds, self.keys, self.pid, self.files = ds, keys, None, {}
         m = ds.manifest
-        # nodata pixels are set to the band means (0 once normalised), as prediction sets them
+        # nodata pixels are set to the band means (0 once normalised), date by date; prediction
+        # sets them too, in every date of a pixel missing from one (its output is nodata there)
         self.nodata = m["nodata"]
         self.fill = np.asarray(m["stats"]["mean"], dtype=np.float32)
         self.transform = rasterio.Affine(*m["transform"])

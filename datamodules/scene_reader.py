@@ -84,8 +84,11 @@ class SceneReader:
     def _mask_missing(self, data: np.ndarray, window: Window) -> None:
         """Every band nodata where one band is missing (outside its file, or its nodata)."""
         r, c = int(window.row_off), int(window.col_off)
-        missing = np.zeros(data.shape[1:], dtype=bool)
+        h, w = data.shape[1:]
+        missing = np.zeros((h, w), dtype=bool)
         for r0, r1, c0, c1 in self._outside:
+            if r0 <= r and r + h <= r1 and c0 <= c and c + w <= c1:
+                continue  # the window lies inside this file
             inside = np.zeros_like(missing)
             inside[max(0, r0 - r) : max(0, r1 - r), max(0, c0 - c) : max(0, c1 - c)] = True
             missing |= ~inside

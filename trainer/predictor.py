@@ -17,6 +17,7 @@ from rasterio.windows import Window
 
 from datamodules.bands import PREDICT_HINT, map_bands
 from datamodules.imagery import Scene, day_number
+from datamodules.rasterize import valid_pixels
 from datamodules.scene_reader import SceneReader
 
 from .areas import pixel_area_rows
@@ -214,10 +215,7 @@ class Predictor:
         for reader, nd in zip(self.readers, self.nodata, strict=True):
             with self._read_lock:  # a GDAL dataset is read by one thread at a time
                 data = reader.read(win)[self.band_index]
-            if nd is not None:
-                valid &= ~np.all(data == nd, axis=0)
-            if np.issubdtype(data.dtype, np.floating):
-                valid &= np.all(np.isfinite(data), axis=0)
+            valid &= valid_pixels(data, nd)
             frames.append(data)  # converted to float32 chip by chip
         if not valid.all():  # whatever the file's nodata value (0, -9999, NaN), the same input
             for data in frames:
