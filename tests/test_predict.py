@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -403,6 +405,14 @@ def test_resolution_far_from_training_is_refused(model, tmp_path):
     scene, _ = make_scene(tmp_path, size=64, seed=1, res=30.0)
     with pytest.raises(PredictError, match="resolution is 30 m but the model was trained at 10 m"):
         predict_scene(model, [scene], tmp_path / "o", progress=False)
+    # the hint, as written, with rasterio's command from this environment
+    with pytest.raises(PredictError) as e:
+        predict_scene(model, [scene], tmp_path / "o", progress=False)
+    command = str(e.value).split(": ", 2)[-1].split(", or ")[0]
+    args = command.replace("IN", str(scene)).replace("OUT.tif", str(tmp_path / "r.tif")).split()
+    subprocess.run([str(Path(sys.executable).with_name("rio")), *args[1:]], check=True, timeout=120)
+    summary = predict_scene(model, [tmp_path / "r.tif"], tmp_path / "o", progress=False)
+    assert summary["n_pixels"] > 0
 
 
 def test_geodesic_pixel_areas_on_epsg4326():

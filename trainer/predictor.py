@@ -75,14 +75,13 @@ def check_resolution(grid, want, tolerance: float) -> None:
     """Raise unless the scene's ground resolution is within ``tolerance`` of the model's."""
     for have, need in zip(ground_resolution(grid), want, strict=True):
         if abs(have - need) > tolerance * need:
-            how = (
-                f"gdalwarp -tr {want[0]:g} {want[1]:g} -t_srs <a UTM zone>"
-                if grid.crs.is_geographic
-                else f"gdalwarp -tr {want[0]:g} {want[1]:g}"
-            )
+            utm = " --dst-crs <a UTM zone, e.g. EPSG:32633>" if grid.crs.is_geographic else ""
             raise PredictError(
                 f"the scene's resolution is {have:.3g} m but the model was trained at "
-                f"{need:g} m; resample the scene to {need:g} m (e.g. {how}) first"
+                f"{need:g} m; resample the scene to {need:g} m first, e.g. with rasterio's "
+                f"command (installed with geotune): rio warp IN OUT.tif --res {want[0]:g} "
+                f"--resampling bilinear{utm}, or gdalwarp -tr {want[0]:g} {want[1]:g}"
+                + (" -t_srs <a UTM zone>" if utm else "")
             )
 
 
