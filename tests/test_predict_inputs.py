@@ -240,3 +240,42 @@ def test_a_model_registered_before_units_were_recorded_still_predicts(
     a = predict_scene(new, [scene], tmp_path / "new", options=FP32, progress=False)
     b = predict_scene(loaded, [scene], tmp_path / "old", options=FP32, progress=False)
     assert a["class_histogram"] == b["class_histogram"] and b["n_pixels"] == valid.sum()
+
+
+def test_scene_medians_read_a_one_file_scenes_coarsest_overview(tmp_path):
+    # the units check samples the scene's values before the first forward pass: from a file's
+    # overview when it has one (a block or two), else from windows spread over the scene
+    from datamodules.imagery import open_scenes
+    from trainer.inputs import scene_medians
+
+    profile = {"driver": "GTiff", "width": 1024, "height": 1024, "count": 2, "dtype": "uint16",
+               "crs": "EPSG:32633", "transform": rasterio.Affine(10, 0, 500000, 0, -10, 4e6),
+               "nodata": 0, "tiled": True, "blockxsize": 256, "blockysize": 256}  # fmt: skip
+    data = np.stack([np.full((1024, 1024), 1000), np.full((1024, 1024), 2000)]).astype(np.uint16)
+    data[:, :, :300] = 0  # a nodata collar: no value of the samples
+    with_ov, without = tmp_path / "ov.tif", tmp_path / "plain.tif"
+    for path in (with_ov, without):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.descriptions = ("red", "nir08")
+    with rasterio.open(with_ov, "r+") as dst:
+        dst.build_overviews([2, 4, 16], rasterio.enums.Resampling.nearest)
+        dst.write(data * 3)  # the full resolution changed after: the overviews hold the old
+    (scene,) = open_scenes([with_ov])
+    assert scene_medians(scene, ["nir08", "red"]).tolist() == [2000, 1000]  # from 1024/4 = 256²
+    (scene,) = open_scenes([without])
+    assert scene_medians(scene, ["nir08", "red"]).tolist() == [2000, 1000]
+    # band files: windows on the scene's grid, which SceneReader stacks
+    parts = []
+    for i, name in enumerate(("red", "nir08")):
+        parts.append(tmp_path / f"{name}.tif")
+        with rasterio.open(parts[-1], "w", **(profile | {"count": 1})) as dst:
+            dst.write(data[i : i + 1] * 3)
+            dst.descriptions = (name,)
+    (scene,) = open_scenes(parts)
+    assert scene_medians(scene, ["red", "nir08"]).tolist() == [3000, 6000]
+    data[:] = 0
+    with rasterio.open(without, "r+") as dst:
+        dst.write(data)
+    (scene,) = open_scenes([without])
+    assert scene_medians(scene, ["red"]) is None

@@ -35,7 +35,6 @@ import numpy as np
 import shapely
 from rasterio.features import shapes, sieve
 from rasterio.transform import Affine
-from scipy import ndimage
 
 from .areas import geometry_areas_m2
 
@@ -61,6 +60,10 @@ class _Piece:
 def _components(cls: np.ndarray, ids: list[int]) -> tuple[np.ndarray, list[int]]:
     """Connected components of equal class (4-connectivity) numbered 1.. across classes, and
     each number's class (index 0: none)."""
+    # imported here: scipy.ndimage takes 0.18 s to import, which `geotune predict` would pay
+    # before its first forward pass; here it is paid on the thread that finishes tiles, beside it
+    from scipy import ndimage
+
     comp = np.zeros(cls.shape, dtype=np.int32)
     lab = np.empty(cls.shape, dtype=np.int32)
     comp_class = [0]

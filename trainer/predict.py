@@ -73,12 +73,13 @@ def _classified(pred: Predictor, win, data) -> dict:
     return tile_outcome(pred, pred.classify_window(win, data))
 
 
-def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None, concurrent=True):
-    """``(window, tile_outcome)`` for each window, in order. ``cache``: a :class:`ChipCache`
+def tile_jobs(pred: Predictor, windows, cache, threads=None, concurrent=True):
+    """``(window, Future of its tile_outcome)`` for each window, in order, each as soon as its
+    forward passes are done: its blend may still be running. ``cache``: a :class:`ChipCache`
     (dense tasks) or None.
 
-    ``concurrent``: reading the next window and blending the last one's chips (GDAL and numpy,
-    which release the GIL) overlap running the model on this one; without, each step runs in
+    ``concurrent``: reading the next window and blending this one's chips (GDAL and numpy,
+    which release the GIL) overlap running the model on the next; without, each step runs in
     turn on this thread. The outcomes are the same: a chip's probabilities depend on (model,
     chip) only, and the blend adds them in a fixed order.
     """
@@ -87,7 +88,6 @@ def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None, con
         _executor(concurrent) as reader,
         _executor(concurrent) as blender,
     ):
-        pending = None
         for win, data in read_ahead(reader, pred.read_for, windows, cache):
             if pred.task == "classification":
                 job = blender.submit(_classified, pred, win, data)
@@ -96,9 +96,19 @@ def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None, con
                 cache.done(win)
                 job = blender.submit(_blended, pred, win, probs, data)
             del data
-            if pending is not None:
-                yield _finished(*pending, bar)
-            pending = win, job
+            yield win, job
+
+
+def predicted_tiles(pred: Predictor, windows, cache, bar=None, threads=None, concurrent=True):
+    """``(window, tile_outcome)`` for each window, in order (:func:`tile_jobs`), one tile
+    behind: a tile is given once the next one's forward passes are done, so that its blend
+    overlaps them; ``bar`` counts the tiles given."""
+    pending = None
+    for win, job in tile_jobs(pred, windows, cache, threads, concurrent):
+        if pending is not None:
+            yield _finished(*pending, bar)
+        pending = win, job
+    if pending is not None:
         yield _finished(*pending, bar)
 
 
@@ -109,17 +119,27 @@ def _finished(win, job: Future, bar):
     return win, out
 
 
-def drain(source, sink: OutputSink, concurrent: bool = True) -> None:
+def drain(source, sink: OutputSink, concurrent: bool = True, bar=None) -> None:
     """Every ``(window, outcome)`` of ``source`` into ``sink``, in order; ``concurrent``:
-    finishing a tile (writing, counting, polygons) overlaps predicting the next ones."""
+    finishing a tile (writing, counting, polygons) overlaps predicting the next ones. An
+    outcome may be a Future (:func:`tile_jobs`: the tile's blend may still run): the finisher
+    waits for it, so a tile is finished while the next one's forward passes run, and after
+    the last forward pass only the last tile is left to finish. ``bar`` counts the tiles
+    finished."""
     with _executor(concurrent) as finisher:
         done = None
         for win, res in source:
             if done is not None:
                 done.result()
-            done = finisher.submit(sink.add, win, res)
+            done = finisher.submit(_finish, sink, win, res, bar)
         if done is not None:
             done.result()
+
+
+def _finish(sink: OutputSink, win, res, bar) -> None:
+    sink.add(win, res.result() if isinstance(res, Future) else res)
+    if bar is not None:
+        bar.update(1)
 
 
 def predict_scene(
@@ -168,14 +188,14 @@ def predict_scene(
             cache = None
             if pred.task != "classification":
                 cache = ChipCache(pred, layout.tile, int(o.cache_mb * 2**20))
-            source = predicted_tiles(pred, windows, cache, bar, o.threads, concurrent)
+            source, counts = tile_jobs(pred, windows, cache, o.threads, concurrent), bar
         else:
             from .strips import StripRun
 
             scene = {"bands": bands, "sensor": sensor, "dates": dates}
             strips = StripRun(cluster, model, given, scene, pred, windows, layout.tile, tmp)
-            source = strips.tiles(bar)
-        drain(source, sink, concurrent)
+            source, counts = strips.tiles(bar), None  # the strips count their tiles
+        drain(source, sink, concurrent, counts)
         bar.close()
         written = sink.finish(out)
     pred.close()
@@ -307,6 +327,7 @@ __all__ = [
     "predict_aoi",
     "predict_scene",
     "predicted_tiles",
+    "tile_jobs",
     "ramp",
     "read_ahead",
     "resolve_device",
