@@ -117,18 +117,9 @@ def read_to_grid(
     when the asset does not reach the block. ``kind`` is ``"band"`` or ``"mask"``;
     ``on_resampling(text)`` is told how the asset was put onto the grid."""
     env = options.gdal_env() | access.env
-    if _is_local_path(access.href):  # nothing transient about a local file: one attempt
-        try:
-            with rasterio.Env(**env), rasterio.open(access.href) as src:
-                return _read(src, dst_transform, dst_crs, shape, kind, nodata, on_resampling)
-        except rasterio.errors.RasterioIOError as e:
-            what = "does not exist" if not os.path.exists(access.href) else f"cannot be read ({e})"
-            raise AssetReadError(
-                f"the catalog's asset {access.href} {what}; check the local catalog's files, or "
-                "remove the item"
-            ) from None
+    local = _is_local_path(access.href)  # nothing transient about a local file: one attempt
     last = None
-    for attempt in range(options.retries):
+    for attempt in range(1 if local else options.retries):
         if attempt:
             time.sleep(options.backoff * 2 ** (attempt - 1))
             _forget(access.href)  # GDAL caches a failed file; ask the server again
@@ -137,6 +128,12 @@ def read_to_grid(
                 return _read(src, dst_transform, dst_crs, shape, kind, nodata, on_resampling)
         except rasterio.errors.RasterioIOError as e:
             last = e
+    if local:
+        what = "does not exist" if not os.path.exists(access.href) else f"cannot be read ({last})"
+        raise AssetReadError(
+            f"the catalog's asset {access.href} {what}; check the local catalog's files, or "
+            "remove the item"
+        )
     raise AssetReadError(
         f"could not read {redact(access.href)} after {options.retries} attempts "
         f"(timeout {options.timeout:g} s each): {redact(str(last))}. Check the network and the "

@@ -85,14 +85,18 @@ class Request:
 
 
 def widened(geom, metres: float):
-    """A CRS84 geometry's bounding box widened by ``metres`` on the ground, in CRS84."""
-    import geopandas as gpd
-    from shapely.geometry import box
+    """A CRS84 geometry's bounding box in its UTM zone (:func:`~datamodules.aoi.local_crs`, as
+    the output grid's), widened by ``metres`` on the ground, in CRS84 (its edges densified,
+    straight in that zone)."""
+    import shapely
+    from pyproj import Transformer
 
-    g = gpd.GeoSeries([geom], crs="OGC:CRS84")
-    local = g.to_crs(g.estimate_utm_crs())
-    return gpd.GeoSeries([box(*local.total_bounds).buffer(metres, join_style="mitre")],
-                         crs=local.crs).to_crs("OGC:CRS84").iloc[0]  # fmt: skip
+    from .aoi import _xy, local_crs, project
+
+    crs = local_crs(geom)
+    wide = shapely.box(*project(geom, crs).bounds).buffer(metres, join_style="mitre")
+    back = Transformer.from_crs(crs.to_wkt(), "OGC:CRS84", always_xy=True)
+    return shapely.transform(shapely.segmentize(wide, 1000.0), _xy(back))
 
 
 def check_request(

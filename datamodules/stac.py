@@ -14,6 +14,7 @@ URL: a mirror, a private STAC API, or a local static catalog with the same asset
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -355,8 +356,9 @@ def _is_local(href: str) -> bool:
     return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter
 
 
+@functools.cache
 def _local_stac_io():
-    """The StacIO class of a local static catalog (made on first use: pystac is imported
+    """The StacIO class of a local static catalog (made once, on first use: pystac is imported
     lazily)."""
     from pystac.stac_io import DefaultStacIO
 
