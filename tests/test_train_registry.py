@@ -134,3 +134,11 @@ def test_random_weights_needs_opt_in(dataset):
         WeightsError, match="resnet18_sentinel2_all_moco-59bfdff9.pth.*backbone.weights=random"
     ):
         train(cfg)
+
+
+def test_importing_the_registry_prints_no_mlflow_warning():
+    # every command that registers or loads a model imports it: MLflow warned there that the
+    # pyfunc model's predict has no type hints (the first lines a new user's demo printed)
+    r = subprocess.run([sys.executable, "-c", "import trainer.registry"], capture_output=True,
+                       text=True, check=True)  # fmt: skip
+    assert "Warning" not in r.stderr, r.stderr
