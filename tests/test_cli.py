@@ -122,6 +122,15 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
     ]
     p = run(["train", *overrides], home)
     assert "test/mIoU" in p.stdout and "registered: clim version 1" in p.stdout
+    # what libraries print that a user can do nothing about is left out
+    for noise in (
+        "litlogger",
+        "LeafSpec",
+        "Downloading artifacts",
+        "Add type hints",
+        "CloudPickle",
+    ):
+        assert noise not in p.stdout + p.stderr, noise
     run(["train", *overrides[:-1]], home)  # a second version, no alias change
     p = run(["models", "list"], home)
     rows = [line.split() for line in p.stdout.splitlines()]

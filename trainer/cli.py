@@ -18,7 +18,7 @@ from .cli_hydra import HYDRA_COMMANDS, add_hydra_parsers, run_hydra
 from .cli_models import add_models_parsers, cmd_backbones, cmd_models
 from .cli_predict import add_predict_parser, cmd_predict
 from .cli_serve import add_serve_parsers, cmd_demo, cmd_keys, cmd_serve
-from .console import plain_warnings
+from .console import plain_warnings, quiet_libraries
 from .embed_cli import add_embed_parser
 
 DESCRIPTION = """geotune: fine-tune Clay, Prithvi-EO and ResNet on your labels, track and register
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     plain_warnings()
+    quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HYDRA_COMMANDS:
         config_name, task = HYDRA_COMMANDS[argv[0]]

@@ -37,3 +37,33 @@ def plain_warnings() -> None:
 
     formatwarning.plain = True
     warnings.formatwarning = formatwarning
+
+
+# what libraries print that tells a geotune user nothing they can act on
+_LIBRARY_NOISE = (
+    # torch's own pytree deprecation, raised inside Lightning on every fit/test
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def quiet_libraries() -> None:
+    """Leave out of the commands' output what libraries print that a user can do nothing
+    about: torch's pytree deprecation raised inside Lightning, Lightning's advertisement of its
+    cloud logger, MLflow's progress bars for artifacts it copies on this machine (a value of
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept). Warnings and errors that
+    concern the user's run are untouched."""
+    import logging
+
+    for pattern in _LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tip = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(getattr(f, "geotune", False) for f in tip.filters):
+        tip.addFilter(_no_tip)
+
+
+def _no_tip(record) -> bool:
+    return "litlogger" not in str(record.msg)
+
+
+_no_tip.geotune = True

@@ -109,7 +109,8 @@ def log_model(run_id: str, net, record: dict, config_yaml: str):
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="model",
-                python_model=GeotuneModel(),
+                # from code, not a pickled object (which MLflow warns about when logging)
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={
                     k: str(tmp / f)
                     for k, f in (
