@@ -66,15 +66,18 @@ def _components(cls: np.ndarray, ids: list[int]) -> tuple[np.ndarray, list[int]]
 
     comp = np.zeros(cls.shape, dtype=np.int32)
     lab = np.empty(cls.shape, dtype=np.int32)
+    # per class value, the numbers of the classes before it: added once, at the end
+    offset = np.zeros(max([*ids, int(cls.max(initial=0))]) + 1, dtype=np.int32)
     comp_class = [0]
     for cid in ids:
-        mask = cls == cid
-        n = ndimage.label(mask, output=lab)
+        n = ndimage.label(cls == cid, output=lab)
         if n:
-            # classes are disjoint: outside ``mask`` the labels are 0, so adding them is placing
-            np.add(lab, len(comp_class) - 1, out=lab, where=mask)
+            # classes are disjoint and each labels all its pixels (1..n), 0 elsewhere: the
+            # sum of the labels is each pixel's number within its class
             comp += lab
+            offset[cid] = len(comp_class) - 1
             comp_class += [cid] * n
+    comp += offset[cls]
     return comp, comp_class
 
 
