@@ -57,13 +57,9 @@ def quiet_libraries() -> None:
     for pattern in _LIBRARY_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tip = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(getattr(f, "geotune", False) for f in tip.filters):
-        tip.addFilter(_no_tip)
+    # a logger keeps a filter once, however often it is added
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tip)
 
 
 def _no_tip(record) -> bool:
     return "litlogger" not in str(record.msg)
-
-
-_no_tip.geotune = True

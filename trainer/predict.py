@@ -131,12 +131,12 @@ def drain(source, sink: OutputSink, concurrent: bool = True, bar=None) -> None:
         for win, res in source:
             if done is not None:
                 done.result()
-            done = finisher.submit(_finish, sink, win, res, bar)
+            done = finisher.submit(_add_tile, sink, win, res, bar)
         if done is not None:
             done.result()
 
 
-def _finish(sink: OutputSink, win, res, bar) -> None:
+def _add_tile(sink: OutputSink, win, res, bar) -> None:
     sink.add(win, res.result() if isinstance(res, Future) else res)
     if bar is not None:
         bar.update(1)
