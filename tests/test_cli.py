@@ -131,6 +131,8 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
         "CloudPickle",
     ):
         assert noise not in p.stdout + p.stderr, noise
+    # Lightning's info lines once (they went through its own handler and Hydra's root)
+    assert (p.stdout + p.stderr).count("GPU available") == 1, p.stderr[-2000:]
     run(["train", *overrides[:-1]], home)  # a second version, no alias change
     p = run(["models", "list"], home)
     rows = [line.split() for line in p.stdout.splitlines()]

@@ -19,6 +19,7 @@ def run_hydra(config_name: str, task) -> int:
     import hydra
 
     from .config import CONFIG_PATH, register_resolvers
+    from .console import lightning_logs_once
 
     register_resolvers()
     original = list(sys.argv)
@@ -30,6 +31,7 @@ def run_hydra(config_name: str, task) -> int:
     def _app(cfg):
         sys.argv = original  # Lightning's DDP launcher re-executes this exact command line
         try:
+            lightning_logs_once()
             task(cfg)
         except Exception as e:
             if not report_error(e, original[1], verbose):

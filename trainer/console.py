@@ -63,3 +63,20 @@ def quiet_libraries() -> None:
 
 def _no_tip(record) -> bool:
     return "litlogger" not in str(record.msg)
+
+
+def lightning_logs_once() -> None:
+    """Each Lightning info line once under Hydra. Hydra gives the root logger a console handler
+    (and the run's log file); the ``lightning`` package adds a console handler of its own to its
+    logger on import, and its lines went through both: every one was printed twice. Lightning's
+    own console handler goes where the root has handlers; its lines reach the console and the
+    run's log once, through the root."""
+    import logging
+
+    import lightning  # noqa: F401  (its handler is added on import)
+
+    own = logging.getLogger("lightning")
+    if own.propagate and logging.getLogger().handlers:
+        for handler in list(own.handlers):
+            if type(handler) is logging.StreamHandler:
+                own.removeHandler(handler)
