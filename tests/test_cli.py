@@ -162,9 +162,10 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
 
     out = tmp_path / "pred"
     p = run(
-        ["predict", "--model", "clim@champion", "--image", str(scene["image"]), "--out", str(out)],
+        ["predict", "--model", "clim@champion", "--image", str(scene["image"]), "--out", f"{out}/"],
         home,
     )
+    assert f"  classes: {out / 'classes.tif'}\n" in p.stdout  # one slash, as typed or not
     assert {"classes.tif", "confidence.tif", "polygons.geojson", "summary.json"} <= {
         f.name for f in out.iterdir()
     }

@@ -3,6 +3,8 @@ confidence COG, polygons and class areas. The options are :data:`trainer.options
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datamodules.options import HelpFormatter, add_options
 from datamodules.options import csv_list as _csv
 
@@ -22,8 +24,6 @@ def add_predict_parser(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from pathlib import Path
-
     from datamodules.stac_cli import check_imagery_args, fetch_options, report_imagery
 
     from .cluster import check_spec, connect_or_none
@@ -75,4 +75,4 @@ def print_summary(summary: dict, out: str) -> None:
             f"  {row['name']:20s} {row['pixels']:>10d} px  {row['area_m2'] / 1e6:10.3f} km²  {row['fraction']:7.2%}"
         )
     for k, v in summary["outputs"].items():
-        print(f"  {k}: {out}/{v}")
+        print(f"  {k}: {Path(out) / v}")  # results/ + classes.tif: results/classes.tif
