@@ -317,22 +317,28 @@ def _cut_thin_classes(
         return t, split, []
     improved = {c for c in thin if len(after[c]) > len(reach[c])}
     ct = p.units
-    plan, cut_ids, keep_whole = _cut_plan(ct, p, improved, int(t.id.max()) + 1)
-    if not cut_ids:
-        return t, split, []
-    cut = ct.take(np.isin(ct.id, cut_ids))
-    new, stats = rewrite_units(folder, plan, cut, block, guard, (grid.height, grid.width))
-    rest, out_split = _after_cut(
-        t, plan, cut_ids, keep_whole, p.block_split, stats, block, grid.width
-    )
-    # the guard band can swallow small pieces whole (a polygon of 13 px cut 8 px from its edge
-    # is all guard band): keep the cut only if the pieces that remain still help
-    after = class_reach(split_counts(rest.cls, rest.pixels, out_split, k, requested), min_count)
-    if not _improves(reach, after, thin):
+    while improved:
+        plan, cut_ids, keep_whole = _cut_plan(ct, p, improved, int(t.id.max()) + 1)
+        if not cut_ids:
+            break
+        cut = ct.take(np.isin(ct.id, cut_ids))
+        new, stats = rewrite_units(folder, plan, cut, block, guard, (grid.height, grid.width))
+        rest, out_split = _after_cut(
+            t, plan, cut_ids, keep_whole, p.block_split, stats, block, grid.width
+        )
+        # the guard band can swallow small pieces whole (a polygon of 13 px cut 8 px from its
+        # edge is all guard band): a class whose remaining pieces no longer reach more splits
+        # is not cut (its units stay whole), and the others are planned again without it
+        after = class_reach(split_counts(rest.cls, rest.pixels, out_split, k, requested), min_count)
+        lost = {c for c in improved if len(after[c]) <= len(reach[c])}
+        if not lost and _improves(reach, after, thin):
+            new.replace(folder / "units.tif")
+            return rest, out_split, cut_ids
         new.unlink()
-        return t, split, []
-    new.replace(folder / "units.tif")
-    return rest, out_split, cut_ids
+        if not lost:
+            break
+        improved -= lost
+    return t, split, []
 
 
 def split_units(

@@ -186,7 +186,9 @@ def reach_notes(
         elif "train" not in got:
             notes.append(f"{name}: no training labels ({what}), the model cannot learn it")
         elif cut[c]:
-            cuts = f"cut into {pieces[c]} pieces" if cut[c] == n else f"{cut[c]} cut into pieces"
+            cuts = f"cut into {pieces[c]} pieces"
+            if cut[c] < n:  # "2 polygons, 1 of them cut into 3 pieces across train/val"
+                cuts = f"{cut[c]} of them {cuts}"
             notes.append(
                 f"{name}: {what}, {cuts} across {'/'.join(got)} (metrics on it are optimistic)"
             )

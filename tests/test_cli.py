@@ -129,6 +129,7 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
         "Downloading artifacts",
         "Add type hints",
         "CloudPickle",
+        "NumExpr defaulting",
     ):
         assert noise not in p.stdout + p.stderr, noise
     # Lightning's info lines once (they went through its own handler and Hydra's root)

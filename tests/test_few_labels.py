@@ -105,6 +105,38 @@ def test_a_small_polygon_across_a_block_edge_is_not_lost_to_the_guard_band(home,
     assert next(c["pixels"] for c in ds.classes if c["name"] == "tree") == 14 * 13
 
 
+def test_a_polygon_lost_to_the_guard_band_leaves_the_other_classes_cut(home, tmp_path):
+    # tree: the large polygon of the first test; shrub: the small one of the second, which a
+    # cut would leave all guard band. Once, the shrub's loss undid every cut: the tree stayed
+    # train only. Now the shrub alone stays whole, and the large tree is cut.
+    image, _ = make_scene(tmp_path, size=256, seed=4)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    geoms, names = [_box(t, 100, 28, 40, 200), _box(t, 20, 56, 14, 13)], ["tree", "shrub"]
+    geoms, names = [*geoms, _box(t, 20, 140, 10, 12)], [*names, "tree"]  # a second tree, whole
+    rng = np.random.default_rng(0)
+    for r, c in rng.integers(0, 240, (60, 2)):
+        if not (84 <= r < 150 or 8 <= r < 40):
+            geoms.append(_box(t, r, c, 10, 12))
+            names.append("crop" if len(names) % 2 else "water")
+    path = tmp_path / "two.geojson"
+    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    with pytest.warns(UserWarning) as caught:
+        ds = _ingest("two", image, path, block_size=64)
+    reach = ds.manifest["splits"]["reach"]
+    tree, shrub = reach["tree"], reach["shrub"]
+    assert tree["how"] == "cut" and tree["splits"] == ["train", "val", "test"]
+    assert tree["note"].startswith(
+        "tree: 2 polygons, 1 of them cut into 3 pieces across train/val/test"
+    )
+    assert shrub["how"] == "blocks" and shrub["splits"] == ["train"]
+    assert shrub["note"].startswith("shrub: train only, no held-out metric (1 polygon)")
+    assert {tree["note"], shrub["note"]} <= {str(w.message) for w in caught}
+    with rasterio.open(ds.file("units")) as src:
+        units = src.read(1)
+    assert (units[20:34, 56:69] == 2).all()  # the shrub whole, as its own unit
+
+
 def test_a_sliver_alone_in_its_block_follows_its_polygon(home, tmp_path):
     # tree: one 30 x 30 px polygon over a block corner; its 3 x 3 px corner piece (a sliver,
     # under min_class_pixels) lies in a block holding no other label (once a KeyError)

@@ -49,9 +49,9 @@ _LIBRARY_NOISE = (
 def quiet_libraries() -> None:
     """Leave out of the commands' output what libraries print that a user can do nothing
     about: torch's pytree deprecation raised inside Lightning, Lightning's advertisement of its
-    cloud logger, MLflow's progress bars for artifacts it copies on this machine (a value of
-    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept). Warnings and errors that
-    concern the user's run are untouched."""
+    cloud logger, numexpr's thread count, MLflow's progress bars for artifacts it copies on
+    this machine (a value of ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept).
+    Warnings and errors that concern the user's run are untouched."""
     import logging
 
     for pattern in _LIBRARY_NOISE:
@@ -59,6 +59,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # a logger keeps a filter once, however often it is added
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tip)
+    # "NumExpr defaulting to N threads", at INFO when pandas loads numexpr: Hydra's root logger
+    # prints INFO lines, and a user has nothing to do about this one
+    logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
 
 
 def _no_tip(record) -> bool:
