@@ -152,21 +152,43 @@ class ClassTable:
         return table
 
 
+# columns that usually hold the classes, most likely first, compared in lower case ("Name" is
+# where KML from Google Earth keeps a placemark's text)
+_CLASS_COLUMNS = (
+    "class_name", "classname", "class", "label", "labels", "landcover", "land_cover", "lulc",
+    "category", "type", "name", "class_id", "value",
+)  # fmt: skip
+
+
 def _column(gdf, path: Path, wanted: str | None, default: str, flag: str) -> str:
     columns = [c for c in gdf.columns if c != gdf.geometry.name]
     column = wanted or default
     if column in gdf.columns:
         return column
-    hint = next(
-        (c for c in ("class_name", "label", "class_id", "landcover") if c in columns),
-        columns[0] if columns else None,
-    )
-    if flag != "--class-column":
-        hint = None
-    raise LabelError(
-        f"{path.name} has no column {column!r}; columns are: {', '.join(columns + [gdf.geometry.name])}."
-        + (f" Pass {flag} {hint}." if hint else f" Pass {flag} with one of them.")
-    )
+    hint = _class_column_hint(gdf, columns) if flag == "--class-column" else None
+    listed = f"{path.name} has no column {column!r}; columns are: {', '.join(columns + [gdf.geometry.name])}."
+    if hint is None:
+        raise LabelError(f"{listed} Pass {flag} with one of them.")
+    values = hint[1][:8]
+    more = ", ..." if len(hint[1]) > 8 else ""
+    raise LabelError(f"{listed} Pass {flag} {hint[0]} (its values: {', '.join(values)}{more}).")
+
+
+def _class_column_hint(gdf, columns: list[str]) -> tuple[str, list[str]] | None:
+    """The column most likely to hold the classes, and its distinct values: a usual name, else
+    the first column whose values repeat (classes, not one id or place name per feature), else
+    the first with a value; columns without a value (KML's empty ``id``, ``timestamp``) never."""
+    values = {}
+    for c in columns:
+        cell = gdf[c].dropna().astype(str).str.strip()
+        cell = cell[cell != ""]
+        values[c] = (len(cell), sorted(cell.unique().tolist()))
+    usable = [c for c in columns if values[c][0]]
+    lower = {c.lower(): c for c in reversed(usable)}
+    named = [lower[n] for n in _CLASS_COLUMNS if n in lower]
+    repeated = [c for c in usable if 2 <= len(values[c][1]) < values[c][0]]
+    pick = next(iter(named + repeated + usable), None)
+    return None if pick is None else (pick, values[pick][1])
 
 
 def read_vector(

@@ -4,8 +4,9 @@ The scene is cut into square blocks; every label unit belongs to the block holdi
 whole blocks go to train/val/test, greedily to the split whose per-class pixel counts are
 furthest below their target share. Of several seeded block orders, the assignment kept has the
 fewest classes missing from train, then the fewest (class, split) pairs with under
-``min_count`` pixels, then per-class shares closest to target; a class still missing from train
-then gets its largest block moved to train. Units of a block share its split, and val/test
+``min_count`` pixels, then per-class shares closest to target; a class held out nowhere then has
+one of its train blocks moved to val (or test) where no class loses a split by it, and a class
+still missing from train gets its largest block moved to train. Units of a block share its split, and val/test
 pixels are spatially held out.
 
 Few labels are the normal case, so a split is never refused for coverage: a class may reach
@@ -81,11 +82,46 @@ def assign_blocks(
         cost = (no_train, short, float((((share - target[:, None]) ** 2)[:, present]).sum()))
         if best_cost is None or cost < best_cost:
             best, best_cost = choice, cost
+    if train is not None and len(names) > 1:
+        best = _hold_out(best, per_block, present, len(names), train, min_count)
     if train is not None:
         in_train = (per_block[best == train] > 0).any(0)
         for c in np.nonzero(present & ~in_train)[0]:  # still missing from train: its largest block
             best[int(np.argmax(per_block[:, c]))] = train
     return {int(blocks[i]): names[int(best[i])] for i in range(len(blocks))}
+
+
+def _hold_out(choice, per_block, present, n_splits: int, train: int, min_count: int):
+    """``choice`` with blocks moved out of train so that classes held out nowhere reach a
+    held-out split: a class's two polygons in two blocks go one to train, one to validation.
+    The shares alone keep both in train (half a class's pixels is still under train's 70%).
+
+    Per class held out nowhere, its blocks in train are tried smallest first, each to the first
+    held-out split that takes it (val, then test). A move is kept when every (class, split) pair
+    that had ``min_count`` pixels keeps them, and fewer classes are held out nowhere."""
+    held = [s for s in range(n_splits) if s != train]
+
+    def reach(ch):
+        have = np.zeros((n_splits, per_block.shape[1]))
+        np.add.at(have, ch, per_block)
+        return (have >= min_count) & present
+
+    reached = reach(choice)
+    nowhere = present & ~reached[held].any(0)
+    for c in np.nonzero(nowhere)[0]:
+        mine = np.nonzero((choice == train) & (per_block[:, c] > 0))[0]
+        for i in mine[np.argsort(per_block[mine, c], kind="stable")]:
+            if not nowhere[c]:  # held out now (by an earlier move too)
+                break
+            for s in held:
+                trial = choice.copy()
+                trial[i] = s
+                after = reach(trial)
+                still = present & ~after[held].any(0)
+                if (after >= reached).all() and still.sum() < nowhere.sum():
+                    choice, reached, nowhere = trial, after, still
+                    break
+    return choice
 
 
 def unit_splits(

@@ -156,6 +156,34 @@ def test_a_sliver_alone_in_its_block_follows_its_polygon(home, tmp_path):
     assert len({split[str(u)] for u in np.unique(units[units > 0])}) == 1
 
 
+def test_two_polygons_of_a_class_far_apart_go_one_to_train_one_to_validation(home, tmp_path):
+    # three classes, two 30 x 40 px polygons each, every polygon in a 64-px block of its own
+    # (the first: top row). The block shares alone kept both of a class in train (half its
+    # pixels is under train's 70%): no validation at all.
+    image, _ = make_scene(tmp_path, size=256, seed=4)
+    with rasterio.open(image) as src:
+        t, crs = src.transform, src.crs
+    where = {"water": [(10, 10), (200, 140)], "forest": [(10, 140), (140, 10)],
+             "field": [(10, 200), (140, 200)]}  # fmt: skip
+    names = [n for n, at in where.items() for _ in at]
+    geoms = [_box(t, r, c, 30, 40) for at in where.values() for r, c in at]
+    path = tmp_path / "pairs.geojson"
+    gpd.GeoDataFrame({"class_name": names}, geometry=geoms, crs=crs).to_file(path)
+    with pytest.warns(UserWarning, match="no test labels"):
+        ds = _ingest("pairs", image, path, block_size=64)
+    sp = ds.manifest["splits"]
+    for name in where:
+        assert sp["reach"][name]["splits"] == ["train", "val"], sp["reach"][name]
+        assert sp["pixels"]["train"][name] == sp["pixels"]["val"][name] == 1200
+    assert sp["units"] == {"train": 3, "val": 3, "test": 0}
+    # one polygon per class: it stays in train, nothing to hold out
+    one = gpd.GeoDataFrame({"class_name": list(where)}, geometry=geoms[::2], crs=crs)
+    one.to_file(tmp_path / "one.geojson")
+    with pytest.warns(UserWarning, match="no validation labels"):
+        ds = _ingest("one", image, tmp_path / "one.geojson", block_size=64)
+    assert all(r["splits"] == ["train"] for r in ds.manifest["splits"]["reach"].values())
+
+
 def test_small_polygons_stay_whole_and_train_only(home, tmp_path):
     image, cmap = make_scene(tmp_path, size=512, seed=2)
     labels = few_polygons(tmp_path, image, cmap, {"water": 1, "forest": 1, "field": 1})

@@ -405,6 +405,32 @@ def test_labels_without_crs(home, tmp_path, scene):
         _add("x", scene["image"], path)
 
 
+def test_kml_from_google_earth_names_its_class_column(home, tmp_path, scene):
+    # Google Earth keeps a placemark's text in Name; KML's empty id column is no hint
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"]).to_crs("OGC:CRS84")
+    marks = []
+    for name, geom in zip(gdf["class_name"], gdf.geometry, strict=True):
+        ring = " ".join(f"{x:.7f},{y:.7f},0" for x, y in geom.exterior.coords)
+        marks.append(
+            f"<Placemark><name>{name}</name><Polygon><outerBoundaryIs><LinearRing><coordinates>"
+            f"{ring}</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+        )
+    path = tmp_path / "drawn.kml"
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><kml xmlns="http://www.opengis.net/kml/2.2">'
+        f"<Document>{''.join(marks)}</Document></kml>"
+    )
+    values = ", ".join(sorted(set(gdf["class_name"])))
+    with pytest.raises(LabelError) as e:
+        _add("x", scene["image"], path)
+    assert str(e.value).endswith(f"Pass --class-column Name (its values: {values}).")
+    ds = _add("x", scene["image"], path, class_column="Name")  # the hint, as given
+    assert sorted(c["name"] for c in ds.classes) == sorted(set(gdf["class_name"]))
+    assert ds.manifest["source"]["n_labels"] == len(gdf)
+
+
 def test_one_polygon_of_a_class_among_many_does_not_block_the_dataset(home, tmp_path, scene):
     import geopandas as gpd
 
