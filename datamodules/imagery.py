@@ -94,6 +94,16 @@ class Scene:
         return self.nodata
 
 
+def is_nodata(data: np.ndarray, nodata: float) -> np.ndarray:
+    """``data == nodata`` as GDAL compares them: in the data's type (a float32 file's nodata
+    -0.2 is the float32 nearest -0.2, which the double -0.2 never equals); NaN is NaN."""
+    if np.isnan(nodata):
+        return np.isnan(data)
+    if np.issubdtype(data.dtype, np.floating):
+        return data == data.dtype.type(nodata)
+    return data == nodata
+
+
 def _open(path: Path):
     try:
         return rasterio.open(path)
@@ -110,12 +120,15 @@ def _names_from_descriptions(ds) -> list[str] | None:
 
 def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[str] | None:
     """Band names from a file's band descriptions for ``sensor``: its STAC common names or its
-    asset ids (``B04``, ``SR_B4``), in any case, order and subset. None when no description
+    asset ids (``B04``, ``SR_B4``; ``B4`` as Google Earth Engine writes it), in any case, order
+    and subset. None when no description
     names a band of the sensor (then the descriptions are not band names); an error naming the
     descriptions that do not, when others do."""
     lookup = {b.name.lower(): b.name for b in sensor.bands}
-    lookup |= {b.asset.lower(): b.name for b in sensor.bands if b.asset and not b.asset.isdigit()}
-    names = [lookup.get(d.strip().lower()) for d in desc]
+    for b in sensor.bands:
+        if b.asset and not b.asset.isdigit():
+            lookup |= {b.asset.lower(): b.name, _unpadded(b.asset): b.name}
+    names = [lookup.get(_unpadded(d.strip())) or lookup.get(d.strip().lower()) for d in desc]
     if not any(names):
         return None
     unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
@@ -131,6 +144,13 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
         f"{file_name}: {problem}; the sensor's bands are: {', '.join(sensor.band_names)}. Fix "
         "the band descriptions, or name the file's bands in order with --bands"
     )
+
+
+def _unpadded(band_id: str) -> str:
+    """A band id in lower case without the zeros before its number: ``B02``, ``b2`` → ``b2``;
+    ``B8A`` → ``b8a``; ``SR_B04`` → ``sr_b4`` (Google Earth Engine names Sentinel-2's bands
+    ``B2``, ESA ``B02``)."""
+    return re.sub(r"(?<=[a-z_])0+(?=\d)", "", band_id.lower())
 
 
 def _name_from_filename(path: Path, sensor: Sensor | None) -> str | None:

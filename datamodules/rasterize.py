@@ -19,7 +19,7 @@ import rasterio
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .imagery import Grid, Scene, gtiff_profile
+from .imagery import Grid, Scene, gtiff_profile, is_nodata
 from .labels import rasterize_window
 from .scene_reader import SceneReader
 
@@ -57,7 +57,7 @@ def valid_pixels(data: np.ndarray, nodata) -> np.ndarray:
     """Pixels where not every band equals nodata (and, for floats, all bands are finite)."""
     valid = np.ones(data.shape[1:], dtype=bool)
     if nodata is not None and not np.isnan(nodata):
-        valid &= ~np.all(data == nodata, axis=0)
+        valid &= ~np.all(is_nodata(data, nodata), axis=0)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
     return valid

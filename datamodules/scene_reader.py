@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import ImageryError
-from .imagery import Grid, Scene, warp_to_grid
+from .imagery import Grid, Scene, is_nodata, warp_to_grid
 
 
 def footprint(ds, g: Grid) -> tuple[int, int, int, int] | None:
@@ -94,7 +94,7 @@ class SceneReader:
             missing |= ~inside
         nd = self.scene.nodata
         if nd is not None:
-            missing |= np.any(np.isnan(data) if np.isnan(nd) else data == nd, axis=0)
+            missing |= np.any(is_nodata(data, nd), axis=0)
         if missing.any():
             data[:, missing] = np.asarray(self._fill).astype(data.dtype)
 

@@ -290,6 +290,9 @@ def test_band_descriptions_name_the_bands_for_the_sensor(home, tmp_path):
         "green",
         "blue",
     ]
+    # as Google Earth Engine names Sentinel-2's bands: B2 for ESA's B02
+    gee = _described(tmp_path, ["B8A", "B4", "b3", "B2"], name="gee.tif")
+    assert open_scenes([gee], sensor="sentinel-2-l2a")[0].bands == ["nir08", "red", "green", "blue"]
     bad = _described(tmp_path, ["red", "green", "ndvi", "blue"], name="bad.tif")
     with pytest.raises(
         ImageryError,

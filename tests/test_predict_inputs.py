@@ -201,6 +201,47 @@ def test_another_sensor_is_converted_exactly_and_loudly(models, tmp_path):
     assert np.abs(ca - cb).max() <= 1 and a["n_pixels"] == b["n_pixels"] == valid.sum()
 
 
+def test_reflectance_as_floats_is_converted_exactly_and_said(models, tmp_path):
+    """The Landsat scene as Google Earth Engine exports it: surface reflectance 0..1 as float32
+    (the collar too: Landsat's 0 is -0.2), nodata -0.2, which a float32 band holds only as the
+    float32 nearest it. It predicts what the stored values predict, and says so."""
+    scene, valid = collar_scene(tmp_path)
+    with rasterio.open(scene) as src:
+        ls, profile = src.read().astype(np.float64), src.profile
+    refl = (ls * 2.75e-5 - 0.2).astype(np.float32)
+    with rasterio.open(
+        tmp_path / "gee.tif", "w", **profile | {"dtype": "float32", "nodata": -0.2}
+    ) as dst:
+        dst.write(refl)
+        dst.descriptions = tuple(LANDSAT6)
+    a = predict_scene(models["ls"], [scene], tmp_path / "ls", options=FP32, progress=False)
+    with pytest.warns(UserWarning, match=r"gee.tif holds reflectance as floats \(band medians"):
+        b = predict_scene(
+            models["ls"], [tmp_path / "gee.tif"], tmp_path / "gee", options=FP32, progress=False
+        )
+    gain, bias = b["input"]["conversion"]["gain"], b["input"]["conversion"]["bias"]
+    assert gain[0] == pytest.approx(1 / 2.75e-5) and bias[0] == pytest.approx(0.2 / 2.75e-5)
+    assert any("read as reflectance 0..1" in n for n in b["input"]["notes"])
+    assert not any("check its units" in n for n in b["input"]["notes"])
+    with (
+        rasterio.open(tmp_path / "ls" / "confidence.tif") as x,
+        rasterio.open(tmp_path / "gee" / "confidence.tif") as y,
+    ):
+        ca, cb = x.read(1).astype(int), y.read(1).astype(int)
+    assert np.abs(ca - cb).max() <= 1 and a["n_pixels"] == b["n_pixels"] == valid.sum()
+    # the same floats x 10000 (not reflectance 0..1): no conversion, the units warning
+    with rasterio.open(
+        tmp_path / "x1e4.tif", "w", **profile | {"dtype": "float32", "nodata": -2000.0}
+    ) as dst:
+        dst.write(refl * 1e4)
+        dst.descriptions = tuple(LANDSAT6)
+    with pytest.warns(UserWarning, match="check its units"):
+        c = predict_scene(
+            models["ls"], [tmp_path / "x1e4.tif"], tmp_path / "x1e4", options=FP32, progress=False
+        )
+    assert c["input"]["conversion"] is None
+
+
 def test_values_that_cannot_be_converted_are_refused(models, tmp_path):
     """Landsat C2 L1 stores thermal radiance where the model was trained on L2 surface
     temperature: refused, naming the sensor to use."""

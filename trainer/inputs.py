@@ -164,11 +164,10 @@ def _values(out: Inputs, rec: dict) -> None:
         return
     if out.conversion is not None:  # the model's units
         med = med * np.asarray(out.conversion[0]) + np.asarray(out.conversion[1])
-    use = (mean > 0) & (med > 0)
-    if use.sum() < max(1, len(mean) // 2):
+    ratio = _ratio(med, mean)
+    if ratio is None or 0.2 <= ratio <= 5:
         return
-    ratio = float(np.exp(np.mean(np.log(med[use] / mean[use]))))
-    if 0.2 <= ratio <= 5:
+    if out.conversion is None and _as_reflectance(out, rec, med, mean):
         return
     shown = ", ".join(
         f"{b} {m:.4g} (trained {t:.4g})" for b, m, t in zip(rec["bands"], med, mean, strict=True)
@@ -182,6 +181,42 @@ def _values(out: Inputs, rec: dict) -> None:
     )
     out.notes.append(msg)
     warnings.warn(msg, stacklevel=3)
+
+
+def _ratio(med: np.ndarray, mean: np.ndarray) -> float | None:
+    """The geometric mean of the scene's band medians over the model's band means (None when
+    too few bands have positive values to tell)."""
+    use = (mean > 0) & (med > 0)
+    if use.sum() < max(1, len(mean) // 2):
+        return None
+    return float(np.exp(np.mean(np.log(med[use] / mean[use]))))
+
+
+def _as_reflectance(out: Inputs, rec: dict, med: np.ndarray, mean: np.ndarray) -> bool:
+    """Floating-point reflectance (0..1) for a model of scaled reflectance (x 10000, or
+    Landsat's 2.75e-5 - 0.2), as Google Earth Engine exports, SNAP and many scripts write it: a
+    float scene whose values, read as reflectance and converted exactly to the model's units,
+    are those the model was trained on is converted so, and the summary says it. True when it
+    was."""
+    want = input_units(rec)
+    scene = out.scenes[0]
+    if want is None or not np.issubdtype(np.dtype(scene.dtype), np.floating):
+        return False
+    if any(u.quantity != "reflectance" or u.scale >= 1.0 for u in want) or med.max() > 2.0:
+        return False
+    conv = affine([Unit(u.quantity, 1.0, 0.0, u.level) for u in want], want)
+    ratio = _ratio(med * np.asarray(conv[0]) + np.asarray(conv[1]), mean)
+    if ratio is None or not 0.2 <= ratio <= 5:
+        return False
+    out.conversion = conv
+    msg = (
+        f"{Path(out.images[0]).name} holds reflectance as floats (band medians "
+        f"{', '.join(f'{m:.3g}' for m in med)}): read as reflectance 0..1 and converted exactly "
+        f"to the model's units ({'; '.join(sorted({u.describe() for u in want}))})"
+    )
+    out.notes.append(msg)
+    warnings.warn(msg, stacklevel=4)
+    return True
 
 
 def _open(images, bands, sensor, dates, rec) -> list[Scene]:
