@@ -49,9 +49,10 @@ _LIBRARY_NOISE = (
 def quiet_libraries() -> None:
     """Leave out of the commands' output what libraries print that a user can do nothing
     about: torch's pytree deprecation raised inside Lightning, Lightning's advertisement of its
-    cloud logger, numexpr's thread count, MLflow's progress bars for artifacts it copies on
-    this machine (a value of ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept).
-    Warnings and errors that concern the user's run are untouched."""
+    cloud logger, numexpr's thread count, MLflow's INFO lines about its database and model
+    signature, MLflow's progress bars for artifacts it copies on this machine (a value of
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept). Warnings and errors that
+    concern the user's run are untouched."""
     import logging
 
     for pattern in _LIBRARY_NOISE:
@@ -62,6 +63,11 @@ def quiet_libraries() -> None:
     # "NumExpr defaulting to N threads", at INFO when pandas loads numexpr: Hydra's root logger
     # prints INFO lines, and a user has nothing to do about this one
     logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
+    # MLflow's INFO lines about its own plumbing: "Creating initial MLflow database tables",
+    # "Updating database tables" (a new store) and "Validating input example against model
+    # signature" (each registration); its warnings still show
+    for name in ("mlflow.store.db.utils", "mlflow.pyfunc"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _no_tip(record) -> bool:
