@@ -218,6 +218,9 @@ def test_a_scene_in_other_units_is_predicted_with_a_warning_that_says_so(
                      "--out", str(tmp_path / "o")]) == 0  # fmt: skip
     (w,) = [w for w in caught if "values are about" in str(w.message)]
     assert str(w.message).startswith("the scene's values are about 0.0001x those the model")
+    # a model of no sensor has no units to convert from: the hint says what works
+    assert "The model records no sensor (its dataset was added without --sensor)" in str(w.message)
+    assert "--sensor for imagery of another sensor" not in str(w.message)
     # the command prints geotune's own warnings as one plain line each
     assert warnings.formatwarning(w.message, w.category, w.filename, w.lineno) == (
         f"warning: {w.message}\n"

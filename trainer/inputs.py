@@ -172,12 +172,21 @@ def _values(out: Inputs, rec: dict) -> None:
     shown = ", ".join(
         f"{b} {m:.4g} (trained {t:.4g})" for b, m, t in zip(rec["bands"], med, mean, strict=True)
     )
+    if input_units(rec) is None:  # nothing to convert from or to
+        fix = (
+            "The model records no sensor (its dataset was added without --sensor), so geotune "
+            "cannot convert values for it: give a scene stored as its training imagery was; "
+            "otherwise its classes mean little"
+        )
+    else:
+        fix = (
+            "A file that declares its scale and offset, or --sensor for imagery of another "
+            "sensor, is converted exactly; otherwise its classes mean little"
+        )
     msg = (
         f"the scene's values are about {ratio:.2g}x those the model was trained on "
         f"(band medians: {shown}): check its units (e.g. reflectance stored as 0..1 for a "
-        "model of values x 10000, or 8-bit display RGB). A file that declares its scale and "
-        "offset, or --sensor for imagery of another sensor, is converted exactly; otherwise "
-        "its classes mean little"
+        f"model of values x 10000, or 8-bit display RGB). {fix}"
     )
     out.notes.append(msg)
     warnings.warn(msg, stacklevel=3)
