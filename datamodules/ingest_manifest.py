@@ -18,6 +18,8 @@ from .imagery import Grid
 from .label_units import split_units
 from .labels import ClassTable, LabelError
 from .rasterize import IGNORE_INDEX
+from .sensors import get_sensor, stored_units
+from .units import float_reflectance
 
 if TYPE_CHECKING:
     from .ingest import IngestRequest
@@ -48,7 +50,7 @@ def manifest(
         "output_nodata": IGNORE_INDEX,
         "background": req.background,
         "sensor": req.sensor,
-        **imagery_part(scenes, result),
+        **imagery_part(scenes, result, req.sensor),
         **part,  # the label files and the split's: guard_pixels also under splits
         **grid_part(scenes[0].grid, result),
         "label_kind": label_kind(req.task, req.is_mask, req.labels_after is not None),
@@ -131,9 +133,12 @@ def labels_part(
     return part, splits
 
 
-def imagery_part(scenes, result) -> dict:
-    """The manifest's part about the imagery as stored: bands, type, nodata, units, dates."""
+def imagery_part(scenes, result, sensor: str | None = None) -> dict:
+    """The manifest's part about the imagery as stored: bands, type, nodata, units, dates.
+    ``value_units`` is there only when they are not the sensor's and the file declares none:
+    reflectance as floats 0..1 (:func:`stored_as_floats`)."""
     first = scenes[0]
+    units = stored_as_floats(first, sensor, result.moments.mean)
     return {
         "bands": first.bands,
         "dtype": first.dtype,
@@ -146,7 +151,29 @@ def imagery_part(scenes, result) -> dict:
             for n, s in zip(result.image_names, scenes, strict=True)
         ],
         "dates": [s.date.isoformat() if s.date else None for s in scenes],
-    }
+    } | ({"value_units": [u.to_dict() for u in units]} if units else {})
+
+
+def stored_as_floats(scene, sensor: str | None, mean) -> list | None:
+    """The units of a scene that holds reflectance as floats 0..1 where ``sensor`` stores it
+    scaled (x 10000), judged by its per-band means against the sensor's typical stored values
+    (:func:`datamodules.units.float_reflectance`); None for any other scene. Said as a warning:
+    models trained on it convert other imagery of the sensor exactly."""
+    if sensor is None or not np.issubdtype(np.dtype(scene.dtype), np.floating):
+        return None
+    default = stored_units(sensor, scene.bands)
+    if default is None or stored_units(sensor, scene.bands, scene.scales, scene.offsets) != default:
+        return None  # an unknown sensor, or the file declares its own scale/offset
+    typical = [get_sensor(sensor).band(b).mean for b in scene.bands]
+    units = float_reflectance(default, mean, typical, default)
+    if units is not None:
+        warnings.warn(
+            f"{scene.files[0].name} holds reflectance as floats (band means "
+            f"{', '.join(f'{m:.3g}' for m in mean)}): recorded as reflectance 0..1, so that "
+            f"models trained on it convert {sensor} imagery exactly",
+            stacklevel=2,
+        )
+    return units
 
 
 def grid_part(grid: Grid, result) -> dict:

@@ -105,4 +105,65 @@ def affine(src: list[Unit], dst: list[Unit]) -> tuple[list[float], list[float]] 
     return gains, biases
 
 
-__all__ = ["Unit", "UnitError", "affine", "conversion", "conversion_note", "fold"]
+def value_ratio(values, expected) -> float | None:
+    """How far per-band ``values`` (medians, means) are from ``expected`` ones: the geometric
+    mean of their ratios over the bands where both are positive (None when under half of them
+    are)."""
+    import numpy as np
+
+    values, expected = np.asarray(values, dtype=float), np.asarray(expected, dtype=float)
+    use = (values > 0) & (expected > 0)
+    if use.sum() < max(1, len(expected) // 2):
+        return None
+    return float(np.exp(np.mean(np.log(values[use] / expected[use]))))
+
+
+def alike(values, expected) -> bool:
+    """Whether ``values`` are within 5x of ``expected`` (:func:`value_ratio`)."""
+    ratio = value_ratio(values, expected)
+    return ratio is not None and 0.2 <= ratio <= 5
+
+
+def converted(values, src: list[Unit], dst: list[Unit]):
+    """Per-band ``values`` in ``src`` units, in ``dst`` units."""
+    import numpy as np
+
+    conv = affine(src, dst)
+    values = np.asarray(values, dtype=float)
+    return values if conv is None else values * np.asarray(conv[0]) + np.asarray(conv[1])
+
+
+def float_reflectance(units: list[Unit], values, expected, expected_units: list[Unit]):
+    """Reflectance stored as floats 0..1 (as Google Earth Engine exports, SNAP and many scripts
+    write it) where the sensor stores it scaled (``units``: Sentinel-2 x 10000, Landsat's
+    2.75e-5 - 0.2): the units of such values (scale 1) when ``values`` (per-band medians or
+    means, at most 2) read so are :func:`alike` ``expected`` (in ``expected_units``), and read
+    in ``units`` are not; else None. The caller checks that the values are floats and that the
+    file declares no scale of its own."""
+    import numpy as np
+
+    if any(u.quantity != "reflectance" or u.scale >= 1.0 for u in units):
+        return None
+    if np.max(values) > 2.0:
+        return None
+    as_floats = [Unit(u.quantity, 1.0, 0.0, u.level) for u in units]
+    try:
+        if alike(converted(values, units, expected_units), expected):
+            return None
+        return as_floats if alike(converted(values, as_floats, expected_units), expected) else None
+    except UnitError:
+        return None
+
+
+__all__ = [
+    "Unit",
+    "UnitError",
+    "affine",
+    "alike",
+    "conversion",
+    "conversion_note",
+    "converted",
+    "float_reflectance",
+    "fold",
+    "value_ratio",
+]

@@ -242,6 +242,43 @@ def test_reflectance_as_floats_is_converted_exactly_and_said(models, tmp_path):
     assert c["input"]["conversion"] is None
 
 
+def test_a_model_of_reflectance_as_floats_predicts_the_sensors_stored_values(home, tmp_path):
+    """Trained on Landsat reflectance as floats 0..1 (a Google Earth Engine export), a model
+    predicts the scene as Landsat C2 L2 stores it (converted exactly) and as floats (its own
+    units) alike."""
+    with pytest.warns(UserWarning, match="holds reflectance as floats"):
+        dataset(tmp_path, "fl", LANDSAT6, "landsat-c2-l2", low=0.02, high=0.3, dtype="float32")
+    train(
+        compose(
+            "train",
+            ["data.dataset=fl", "backbone.weights=random", "register.name=fl",
+             "data.num_workers=0", "data.patch_size=32", "+trainer.fast_dev_run=true",
+             "backbone.size=tiny", "register.alias=champion"],
+        )
+    )  # fmt: skip
+    model = load_model("fl@champion")
+    assert model.record["normalization"]["input_units"][0]["scale"] == 1.0
+    with rasterio.open(tmp_path / "fl.tif") as src:
+        refl, profile = src.read().astype(np.float64), src.profile
+    with rasterio.open(
+        tmp_path / "dn.tif", "w", **profile | {"dtype": "uint16", "nodata": 0}
+    ) as dst:
+        dst.write(np.round((refl + 0.2) / 2.75e-5).astype(np.uint16))
+        dst.descriptions = tuple(LANDSAT6)
+    a = predict_scene(model, [tmp_path / "fl.tif"], tmp_path / "a", options=FP32, progress=False)
+    b = predict_scene(model, [tmp_path / "dn.tif"], tmp_path / "b", options=FP32, progress=False)
+    assert a["input"]["conversion"] is None
+    assert any("read as reflectance 0..1, the model's units" in n for n in a["input"]["notes"])
+    assert b["input"]["conversion"]["gain"][0] == pytest.approx(2.75e-5)
+    assert b["input"]["conversion"]["bias"][0] == pytest.approx(-0.2)
+    assert not any("declares its own scale" in n for n in a["input"]["notes"] + b["input"]["notes"])
+    with (
+        rasterio.open(tmp_path / "a" / "confidence.tif") as x,
+        rasterio.open(tmp_path / "b" / "confidence.tif") as y,
+    ):
+        assert np.abs(x.read(1).astype(int) - y.read(1).astype(int)).max() <= 1
+
+
 def test_values_that_cannot_be_converted_are_refused(models, tmp_path):
     """Landsat C2 L1 stores thermal radiance where the model was trained on L2 surface
     temperature: refused, naming the sensor to use."""

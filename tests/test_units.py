@@ -147,6 +147,27 @@ def test_prithvi_on_landsat_c2_l2_sees_hls_reflectance(home, tmp_path):
     assert norm["published_mean"] == list(PRITHVI_V2_MEAN) and "exact" in norm["conversion"]
 
 
+def test_prithvi_on_reflectance_stored_as_floats_sees_hls_reflectance(home, tmp_path):
+    # Landsat C2 L2 surface reflectance as Google Earth Engine exports it: floats 0..1. Read
+    # as the sensor's stored values (x 1/2.75e-5), Prithvi got them 36,000x too small.
+    ckpt = tmp_path / "Prithvi_EO_V2_300M.pt"
+    _official_prithvi_file("prithvi_eo_v2_300", ckpt)
+    with pytest.warns(
+        UserWarning, match=r"holds reflectance as floats .* recorded as reflectance 0..1"
+    ):
+        ds = dataset(tmp_path, "f", LANDSAT6, "landsat-c2-l2", low=0.02, high=0.3, dtype="float32")
+    assert ds.manifest["value_units"][0] == {
+        "quantity": "reflectance", "scale": 1.0, "offset": 0.0, "level": "surface"
+    }  # fmt: skip
+    b = {"name": "prithvi_eo_v2_300", "weights": str(ckpt), "size": "tiny"}
+    backbone, _ = backbone_for_dataset(b, ds, 32)
+    expected = (0.1 * 10000 - PRITHVI_V2_MEAN) / PRITHVI_V2_STD
+    np.testing.assert_allclose(seen(backbone, 0.1), expected, atol=1e-5)
+    # the same scene as the sensor stores it: no value_units, the sensor's
+    plain = dataset(tmp_path, "s", LANDSAT6, "landsat-c2-l2")
+    assert "value_units" not in plain.manifest
+
+
 @pytest.mark.parametrize(
     "sensor, scale, stored, to_clay_unit",
     [  # Clay's Sentinel-2 statistics are on reflectance x 10000, its Landsat ones on stored values

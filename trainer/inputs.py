@@ -26,7 +26,7 @@ import rasterio
 from datamodules.errors import UserError
 from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
 from datamodules.sensors import stored_units
-from datamodules.units import Unit, UnitError, affine
+from datamodules.units import Unit, UnitError, affine, float_reflectance, value_ratio
 
 
 class PredictError(UserError):
@@ -40,6 +40,10 @@ class Inputs:
     sensor: str | None
     sensor_source: str
     conversion: tuple[list[float], list[float]] | None = None
+    # the units of the scene's stored values in the model's band order, as the sensor stores
+    # them (None: unknown, or the file declares a scale/offset of its own)
+    sensor_units: list[Unit] | None = None
+    units_note: str | None = None  # what the conversion from sensor_units is, in notes
     notes: list[str] = field(default_factory=list)
     date_order: str = "one date"
     order: list[int] | None = None  # the given dates' indices, oldest first, when reordered
@@ -162,12 +166,15 @@ def _values(out: Inputs, rec: dict) -> None:
     med = scene_medians(scene, list(rec["bands"]))
     if med is None:
         return
+    raw = med
     if out.conversion is not None:  # the model's units
         med = med * np.asarray(out.conversion[0]) + np.asarray(out.conversion[1])
-    ratio = _ratio(med, mean)
-    if ratio is None or 0.2 <= ratio <= 5:
+    ratio = value_ratio(med, mean)
+    if ratio is not None and 0.2 <= ratio <= 5:
         return
-    if out.conversion is None and _as_reflectance(out, rec, med, mean):
+    # not alike, or nothing to compare (reflectance floats taken for Landsat's stored values
+    # convert to negatives): reflectance as floats, if that is what they are
+    if _as_reflectance(out, rec, raw, mean) or ratio is None:
         return
     shown = ", ".join(
         f"{b} {m:.4g} (trained {t:.4g})" for b, m, t in zip(rec["bands"], med, mean, strict=True)
@@ -192,39 +199,33 @@ def _values(out: Inputs, rec: dict) -> None:
     warnings.warn(msg, stacklevel=3)
 
 
-def _ratio(med: np.ndarray, mean: np.ndarray) -> float | None:
-    """The geometric mean of the scene's band medians over the model's band means (None when
-    too few bands have positive values to tell)."""
-    use = (mean > 0) & (med > 0)
-    if use.sum() < max(1, len(mean) // 2):
-        return None
-    return float(np.exp(np.mean(np.log(med[use] / mean[use]))))
-
-
-def _as_reflectance(out: Inputs, rec: dict, med: np.ndarray, mean: np.ndarray) -> bool:
-    """Floating-point reflectance (0..1) for a model of scaled reflectance (x 10000, or
-    Landsat's 2.75e-5 - 0.2), as Google Earth Engine exports, SNAP and many scripts write it: a
-    float scene whose values, read as reflectance and converted exactly to the model's units,
-    are those the model was trained on is converted so, and the summary says it. True when it
-    was."""
-    want = input_units(rec)
-    scene = out.scenes[0]
-    if want is None or not np.issubdtype(np.dtype(scene.dtype), np.floating):
+def _as_reflectance(out: Inputs, rec: dict, raw: np.ndarray, mean: np.ndarray) -> bool:
+    """A float scene of reflectance 0..1 where its sensor stores reflectance scaled
+    (:func:`datamodules.units.float_reflectance`, against the model's training values): its
+    values are converted from reflectance, and the summary says so. True when they were."""
+    want, have = input_units(rec), out.sensor_units
+    if (
+        want is None
+        or have is None
+        or not np.issubdtype(np.dtype(out.scenes[0].dtype), np.floating)
+    ):
         return False
-    if any(u.quantity != "reflectance" or u.scale >= 1.0 for u in want) or med.max() > 2.0:
+    as_floats = float_reflectance(have, raw, mean, want)
+    if as_floats is None:
         return False
-    conv = affine([Unit(u.quantity, 1.0, 0.0, u.level) for u in want], want)
-    ratio = _ratio(med * np.asarray(conv[0]) + np.asarray(conv[1]), mean)
-    if ratio is None or not 0.2 <= ratio <= 5:
-        return False
-    out.conversion = conv
+    out.conversion = affine(as_floats, want)
+    if out.units_note in out.notes:  # the conversion from the sensor's units: not made
+        out.notes.remove(out.units_note)
     msg = (
         f"{Path(out.images[0]).name} holds reflectance as floats (band medians "
-        f"{', '.join(f'{m:.3g}' for m in med)}): read as reflectance 0..1 and converted exactly "
-        f"to the model's units ({'; '.join(sorted({u.describe() for u in want}))})"
+        f"{', '.join(f'{m:.3g}' for m in raw)}): read as reflectance 0..1"
     )
-    out.notes.append(msg)
-    warnings.warn(msg, stacklevel=4)
+    if out.conversion is None:  # a model trained on such floats
+        out.notes.append(f"{msg}, the model's units")
+        return True
+    units = "; ".join(sorted({u.describe() for u in want}))
+    out.notes.append(f"{msg} and converted exactly to the model's units ({units})")
+    warnings.warn(out.notes[-1], stacklevel=4)
     return True
 
 
@@ -302,6 +303,8 @@ def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:
     have = stored_units(out.sensor, list(rec["bands"]), scales, offsets)
     if have is None:
         return
+    if have == stored_units(out.sensor, list(rec["bands"])):  # nothing declared by the file
+        out.sensor_units = have
     try:
         conv = affine(have, want)
     except UnitError:
@@ -322,11 +325,17 @@ def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:
             "the results before trusting them"
         )
         warnings.warn(msg, stacklevel=3)
-    else:
+    elif out.sensor_units is None:
         msg = (
             "the file declares its own scale/offset; its values are converted to the model's units"
         )
+    else:  # a model of reflectance as floats (datamodules.ingest_manifest.stored_as_floats)
+        msg = (
+            f"the model takes {'; '.join(sorted({u.describe() for u in want}))}; this scene's "
+            f"values ({'; '.join(sorted({u.describe() for u in have}))}) are converted exactly"
+        )
     out.notes.append(msg)
+    out.units_note = msg
 
 
 __all__ = ["Inputs", "describe", "prepare_inputs"]

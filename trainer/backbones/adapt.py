@@ -153,6 +153,8 @@ def backbone_for_dataset(b: dict, ds, patch_size: int) -> tuple[nn.Module, dict]
 def dataset_units(ds, bands: list[str]):
     """The units of the dataset's stored values for ``bands`` (None: the dataset names no
     sensor); a scale/offset the source file declared takes precedence over the sensor's."""
+    if ds.manifest.get("value_units"):  # reflectance as floats (datamodules.ingest_manifest)
+        return [Unit.from_dict(ds.manifest["value_units"][ds.bands.index(b)]) for b in bands]
     scales, offsets = ds.manifest.get("scales"), ds.manifest.get("offsets")
     if scales and offsets:
         idx = [ds.bands.index(b) for b in bands]
