@@ -6,8 +6,8 @@ furthest below their target share. Of several seeded block orders, the assignmen
 fewest classes missing from train, then the fewest (class, split) pairs with under
 ``min_count`` pixels, then per-class shares closest to target; a class held out nowhere then has
 one of its train blocks moved to val (or test) where no class loses a split by it, and a class
-still missing from train gets its largest block moved to train. Units of a block share its split, and val/test
-pixels are spatially held out.
+still missing from train gets its largest block moved to train. Units of a block share its
+split, and val/test pixels are spatially held out.
 
 Few labels are the normal case, so a split is never refused for coverage: a class may reach
 only some splits (train only: no held-out metric for it). Classes that miss a split can have
