@@ -50,6 +50,11 @@ OTHER_RASTERS = {
     b"\x89PNG": "a PNG image",
     b"\xff\xd8\xff": "a JPEG image",
 }
+TO_GEOPACKAGE = (
+    '; convert it to a GeoPackage first, e.g. `python -c "import geopandas as g; '
+    "g.read_file('IN').to_file('OUT.gpkg')\"` (geopandas, installed with geotune), "
+    "`ogr2ogr OUT.gpkg IN` (GDAL) or QGIS's Export > Save Features As"
+)
 TO_GEOTIFF = (
     "; convert it to a GeoTIFF first, e.g. `rio convert IN OUT.tif --driver GTiff` (rasterio's "
     "command, installed with geotune) or `gdal_translate -of COG IN OUT.tif`"
@@ -101,12 +106,16 @@ def save_upload(
     if kind not in allowed:
         accepted = ", ".join(KIND_NAMES[k] for k in sorted(allowed))
         # a zip is only sniffed as one: what it holds is not known before it is unpacked
-        other = next(
-            (name for magic, name in OTHER_RASTERS.items() if head.startswith(magic)), None
-        )
+        raster = next((n for magic, n in OTHER_RASTERS.items() if head.startswith(magic)), None)
+        other = "a KML file" if b"<kml" in head else raster
         what = {None: other or "not a format geotune reads", "zip": "a zip archive"}.get(kind)
         what = what or f"a {KIND_NAMES[kind]}"
-        hint = TO_GEOTIFF if allowed == RASTER and kind != "zip" else ""
+        hint = ""
+        if kind is None:  # a raster format where rasters go, else a vector one where they go
+            if RASTER <= allowed and (raster or not VECTOR <= allowed):
+                hint = TO_GEOTIFF
+            elif VECTOR <= allowed:
+                hint = TO_GEOPACKAGE
         raise UploadError(f"{role} {shown!r} is {what}; {role} must be: {accepted}{hint}")
     stem = safe_stem(upload.filename)
     path = folder / (f"{base}-{stem}.{kind}" if stem else f"{base}.{kind}")

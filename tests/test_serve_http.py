@@ -108,6 +108,54 @@ def test_a_client_that_leaves_mid_upload_is_not_a_server_error(dev):
     assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
 
 
+def test_kml_labels_are_named_and_the_conversion_hint_works(dev, tmp_path):
+    """Google Earth's KML is not read from uploads (it may link to other files and URLs): the
+    message names it, and its hint, run as written, makes a GeoPackage the server takes."""
+    import geopandas as gpd
+    import shapely
+
+    c = dev["c"]
+    with rasterio.open(dev["image"]) as src:
+        box = gpd.GeoSeries([shapely.box(*src.bounds)], crs=src.crs).to_crs("OGC:CRS84")
+    x0, y0, x1, y1 = box.total_bounds
+    marks = []
+    for i, name in enumerate(["water", "forest", "water", "forest"]):
+        a, b = x0 + (x1 - x0) * (0.1 + 0.2 * i), y0 + (y1 - y0) * 0.4
+        ring = [
+            (a, b),
+            (a + (x1 - x0) * 0.1, b),
+            (a + (x1 - x0) * 0.1, b + (y1 - y0) * 0.1),
+            (a, b),
+        ]
+        coords = " ".join(f"{x:.7f},{y:.7f},0" for x, y in ring)
+        marks.append(
+            f"<Placemark><name>{name}</name><Polygon><outerBoundaryIs><LinearRing><coordinates>"
+            f"{coords}</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+        )
+    kml = tmp_path / "drawn.kml"
+    kml.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="http://www.opengis.net/kml/2.2">'
+        f"<Document>{''.join(marks)}</Document></kml>"
+    )
+    image = Path(dev["image"]).read_bytes()
+    r = c.post(
+        "/v1/datasets", data={"name": "kml", "class_column": "Name"},
+        files={"image": ("scene.tif", image), "labels": (kml.name, kml.read_bytes())},
+    )  # fmt: skip
+    detail = assert_error(r, 422, "labels 'drawn.kml' is a KML file", "OUT.gpkg")["detail"]
+    command = (
+        detail.split("`")[1].replace("IN", str(kml)).replace("OUT.gpkg", str(tmp_path / "l.gpkg"))
+    )
+    assert command.startswith("python -c ")
+    code = command[len("python -c ") :].strip('"')
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    r = c.post(
+        "/v1/datasets", data={"name": "kml", "class_column": "Name", "block_size": "32"},
+        files={"image": ("scene.tif", image), "labels": ("l.gpkg", (tmp_path / "l.gpkg").read_bytes())},
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+
+
 def test_a_jpeg2000_band_is_named_and_the_conversion_hint_works(dev, tmp_path):
     c = dev["c"]
     jp2 = tmp_path / "T18SUJ_20240612T153819_B02_10m.jp2"
