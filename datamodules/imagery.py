@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -118,12 +119,13 @@ def _names_from_descriptions(ds) -> list[str] | None:
     return None
 
 
-def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[str] | None:
+def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[str | None] | None:
     """Band names from a file's band descriptions for ``sensor``: its STAC common names or its
     asset ids (``B04``, ``SR_B4``; ``B4`` as Google Earth Engine writes it), in any case, order
-    and subset. None when no description
-    names a band of the sensor (then the descriptions are not band names); an error naming the
-    descriptions that do not, when others do."""
+    and subset; None for a description that names no band of the sensor (a quality or index
+    band: ``QA60``, ``SCL``, ``NDVI``), which the caller leaves out. None when no description
+    names a band of the sensor (then the descriptions are not band names); an error when two
+    name the same band."""
     lookup = {b.name.lower(): b.name for b in sensor.bands}
     for b in sensor.bands:
         if b.asset and not b.asset.isdigit():
@@ -131,19 +133,23 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
     names = [lookup.get(_unpadded(d.strip())) or lookup.get(d.strip().lower()) for d in desc]
     if not any(names):
         return None
-    unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
     twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise ImageryError(
+            f"{file_name}: band descriptions name {', '.join(twice)} more than once; the "
+            f"sensor's bands are: {', '.join(sensor.band_names)}. Fix the band descriptions, or "
+            "name the file's bands in order with --bands"
+        )
+    unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
     if unknown:
-        what = f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a band"
-        problem = f"band description {what} of sensor {sensor.id}"
-    elif twice:
-        problem = f"band descriptions name {', '.join(twice)} more than once"
-    else:
-        return names
-    raise ImageryError(
-        f"{file_name}: {problem}; the sensor's bands are: {', '.join(sensor.band_names)}. Fix "
-        "the band descriptions, or name the file's bands in order with --bands"
-    )
+        warnings.warn(
+            f"{file_name}: band description{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} name{'' if len(unknown) > 1 else 's'} no band of "
+            f"sensor {sensor.id} ({', '.join(sensor.band_names)}): "
+            f"{'those bands are' if len(unknown) > 1 else 'that band is'} left out",
+            stacklevel=4,
+        )
+    return names
 
 
 def _unpadded(band_id: str) -> str:
@@ -268,6 +274,10 @@ def _check_file(ds, f: Path) -> None:
         )
 
 
+def _take(values, keep: list[int]):
+    return None if values is None else [values[i] for i in keep]
+
+
 def _nodata(declared, sens) -> tuple[float | None, str]:
     if declared is not None:
         return declared, "the file's"
@@ -301,15 +311,17 @@ def _multiband_scene(info, bands, sens) -> Scene:
             f"cannot tell the bands of {f.name} ({count} bands, no band descriptions). "
             "Pass --sensor ID (e.g. sentinel-2-l2a) or --bands blue,green,red,..."
         )
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted({n for n in names if n and names.count(n) > 1})
     if twice:
         raise ImageryError(
             f"{f.name}: its band descriptions name {', '.join(twice)} more than once; fix the "
             "descriptions, or name the file's bands in order with --bands"
         )
+    keep = [i for i, n in enumerate(names) if n is not None]  # quality bands left out
+    names, scales, offsets = [names[i] for i in keep], _take(scales, keep), _take(offsets, keep)
     nodata, source = _nodata(nodata, sens)
     grid = Grid(crs, transform, w, h)
-    sources = [(f, i + 1) for i in range(count)]
+    sources = [(f, i + 1) for i in keep]
     return Scene([f], names, grid, dtype, nodata, fdate, sources, source, scales, offsets)
 
 

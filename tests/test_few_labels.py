@@ -293,12 +293,16 @@ def test_band_descriptions_name_the_bands_for_the_sensor(home, tmp_path):
     # as Google Earth Engine names Sentinel-2's bands: B2 for ESA's B02
     gee = _described(tmp_path, ["B8A", "B4", "b3", "B2"], name="gee.tif")
     assert open_scenes([gee], sensor="sentinel-2-l2a")[0].bands == ["nir08", "red", "green", "blue"]
-    bad = _described(tmp_path, ["red", "green", "ndvi", "blue"], name="bad.tif")
-    with pytest.raises(
-        ImageryError,
-        match=r"bad.tif: band description 'ndvi' is not a band of sensor sentinel-2-l2a; the sensor's bands are: coastal, blue, green, red,.*--bands",
+    # an index or quality band beside the sensor's (GEE's QA60, SCL; an NDVI) is left out, said
+    extra = _described(tmp_path, ["red", "green", "ndvi", "blue"], name="extra.tif")
+    with pytest.warns(
+        UserWarning,
+        match=r"extra.tif: band description 'ndvi' names no band of sensor sentinel-2-l2a \(coastal, blue, green, red,.*\): that band is left out",
     ):
-        _ingest("x", bad, labels, sensor="sentinel-2-l2a")
+        ds = _ingest("x", extra, labels, sensor="sentinel-2-l2a")
+    assert ds.bands == ["red", "green", "blue"]
+    with rasterio.open(extra) as src, rasterio.open(ds.path / "image.tif") as got:
+        assert got.count == 3 and (got.read(3) == src.read(4)).all()  # blue, the file's 4th
     twice = _described(tmp_path, ["red", "B04", "green", "blue"], name="twice.tif")
     with pytest.raises(ImageryError, match="band descriptions name red more than once"):
         open_scenes([twice], sensor="sentinel-2-l2a")
