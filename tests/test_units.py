@@ -149,7 +149,7 @@ def test_prithvi_on_landsat_c2_l2_sees_hls_reflectance(home, tmp_path):
 
 def test_prithvi_on_reflectance_stored_as_floats_sees_hls_reflectance(home, tmp_path):
     # Landsat C2 L2 surface reflectance as Google Earth Engine exports it: floats 0..1. Read
-    # as the sensor's stored values (x 1/2.75e-5), Prithvi got them 36,000x too small.
+    # as the sensor's stored values (x 2.75e-5 - 0.2), every pixel reached Prithvi as -0.2.
     ckpt = tmp_path / "Prithvi_EO_V2_300M.pt"
     _official_prithvi_file("prithvi_eo_v2_300", ckpt)
     with pytest.warns(
