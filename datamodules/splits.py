@@ -97,29 +97,33 @@ def _hold_out(choice, per_block, present, n_splits: int, train: int, min_count: 
     The shares alone keep both in train (half a class's pixels is still under train's 70%).
 
     Per class held out nowhere, its blocks in train are tried smallest first, each to the first
-    held-out split that takes it (val, then test). A move is kept when every (class, split) pair
-    that had ``min_count`` pixels keeps them, and fewer classes are held out nowhere."""
+    held-out split that takes it (val, then test). A move is kept when train keeps at least as
+    many of the class's pixels as the block takes away, every (class, split) pair reached
+    (:func:`class_reach`: train from one pixel, the others from ``min_count``) stays reached,
+    and fewer classes are held out nowhere."""
     held = [s for s in range(n_splits) if s != train]
 
     def reach(ch):
         have = np.zeros((n_splits, per_block.shape[1]))
         np.add.at(have, ch, per_block)
-        return (have >= min_count) & present
+        reached = have >= min_count
+        reached[train] = have[train] > 0
+        return have, reached & present
 
-    reached = reach(choice)
+    have, reached = reach(choice)
     nowhere = present & ~reached[held].any(0)
     for c in np.nonzero(nowhere)[0]:
         mine = np.nonzero((choice == train) & (per_block[:, c] > 0))[0]
         for i in mine[np.argsort(per_block[mine, c], kind="stable")]:
-            if not nowhere[c]:  # held out now (by an earlier move too)
-                break
+            if not nowhere[c] or have[train, c] - per_block[i, c] < per_block[i, c]:
+                break  # held out now; or train would keep less of it than it gives
             for s in held:
                 trial = choice.copy()
                 trial[i] = s
-                after = reach(trial)
+                t_have, after = reach(trial)
                 still = present & ~after[held].any(0)
                 if (after >= reached).all() and still.sum() < nowhere.sum():
-                    choice, reached, nowhere = trial, after, still
+                    choice, have, reached, nowhere = trial, t_have, after, still
                     break
     return choice
 
