@@ -326,9 +326,8 @@ def _cut_thin_classes(
         rest, out_split = _after_cut(
             t, plan, cut_ids, keep_whole, p.block_split, stats, block, grid.width
         )
-        # the guard band can swallow small pieces whole (a polygon of 13 px cut 8 px from its
-        # edge is all guard band): a class whose remaining pieces no longer reach more splits
-        # is not cut (its units stay whole), and the others are planned again without it
+        # the guard band can swallow small pieces whole (13 px cut 8 px from an edge): a class
+        # whose pieces then reach no more splits stays whole, the others are cut without it
         after = class_reach(split_counts(rest.cls, rest.pixels, out_split, k, requested), min_count)
         lost = {c for c in improved if len(after[c]) <= len(reach[c])}
         if not lost and _improves(reach, after, thin):
