@@ -335,7 +335,8 @@ def _units(out: Inputs, rec: dict, model_sensor: str | None) -> None:
             f"values ({'; '.join(sorted({u.describe() for u in have}))}) are converted exactly"
         )
     out.notes.append(msg)
-    out.units_note = msg
+    if out.sensor == model_sensor:  # about the conversion alone; another sensor stays said
+        out.units_note = msg
 
 
 __all__ = ["Inputs", "describe", "prepare_inputs"]
