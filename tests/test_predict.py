@@ -311,6 +311,63 @@ def test_overlapped_pipeline_equals_the_sequential_one(model, tmp_path):
         assert len(np.unique(src.read(1))) > 2
 
 
+def _strip_scene(folder: Path, width: int, height: int) -> Path:
+    """A scene wider than a COG block and low: make_scene's pixels repeated along the row."""
+    small, _ = make_scene(folder, size=128, seed=4, nodata_corner=20, name="small.tif")
+    with rasterio.open(small) as src:
+        profile, data, desc = src.profile, src.read(), src.descriptions
+    data = np.tile(data, (1, 1, -(-width // 128)))[:, :height, :width]
+    path = folder / "strip.tif"
+    with rasterio.open(path, "w", **(profile | {"width": width, "height": height})) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    return path
+
+
+def test_cog_overviews_made_tile_by_tile_are_gdals_levels(model, tmp_path):
+    """The COGs' overviews, made as the tiles are written: GDAL's levels, each pixel the mode
+    (classes) or mean (confidence) of the level below whatever tile it came from, and close to
+    what GDAL makes itself; where tiles do not reduce to whole pixels GDAL makes them."""
+    from trainer.overviews import mean2, mode2
+
+    scene = _strip_scene(tmp_path, 1100, 70)
+    runs = {}
+    for tile in (96, 100):  # 96 halves twice (the second level in memory: 24 px); 100 not
+        out = tmp_path / f"tile{tile}"
+        opts = PredictOptions(chip_size=64, overlap=16, tile_size=tile)
+        predict_scene(model, [scene], out, options=opts, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [
+            "classes.tif", "confidence.tif", "polygons.geojson", "summary.json"
+        ]  # fmt: skip
+        runs[tile] = {}
+        for name, reduce in (("classes", mode2), ("confidence", mean2)):
+            path = out / f"{name}.tif"
+            valid, errors, _ = cog_validate(str(path))
+            assert valid, errors
+            with rasterio.open(path) as src:
+                assert src.overviews(1) == [2, 4]
+                levels = [src.read(1)]
+            for i in (0, 1):
+                with rasterio.open(path, overview_level=i) as src:
+                    levels.append(src.read(1))
+            runs[tile][name] = levels
+            assert [a.shape for a in levels] == [(70, 1100), (35, 550), (18, 275)]
+            if tile == 96:
+                for below, level in zip(levels, levels[1:], strict=False):
+                    assert np.array_equal(level, reduce(below, 255))
+    made, gdal = runs[96], runs[100]
+    for name in ("classes", "confidence"):
+        assert np.array_equal(made[name][0], gdal[name][0])  # the same pixels either way
+    # against GDAL's own overviews of the same pixels
+    assert (made["classes"][1] == gdal["classes"][1]).mean() > 0.97
+    assert (made["classes"][1] != 255).all() == (gdal["classes"][1] != 255).all()
+    diff = made["confidence"][1].astype(int) - gdal["confidence"][1].astype(int)
+    assert np.abs(diff).max() <= 1
+    assert len(np.unique(made["classes"][0])) > 2
+    with rasterio.open(tmp_path / "tile96" / "classes.tif") as src:
+        assert src.colormap(1)[0][:3] == (0x1F, 0x77, 0xB4) and src.nodata == 255
+
+
 def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
     """``precision``: bf16 autocast changes the class of at most a few near-tie pixels, keeps
     probabilities in float32 (confidence within 2 points), and is recorded; auto picks bf16 only

@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from .areas import class_histogram
 from .chips import coarse_grid
+from .overviews import Overviews, mean2, mode2
 from .polygons import PolygonCollector, sieve_tile
 
 
@@ -25,14 +26,25 @@ def tile_outcome(pred, res: dict) -> dict:
     ``pixels`` and ``area`` per chip."""
     o, nod = pred.o, int(pred.record.get("output_nodata", 255))
     prob, valid = res["prob"], res["valid"]
-    classes = prob.argmax(0).astype(np.uint8)
-    conf = prob.max(0)
+    classes, conf = top_class(prob)
     if o.confidence_threshold is not None:
         valid = valid & (conf >= o.confidence_threshold)
     classes[~valid] = nod
     return {"classes": classes, "conf": conf, "valid": valid} | {
         k: res[k] for k in ("pixels", "area") if k in res
     }
+
+
+def top_class(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's class (uint8, the first of the most probable: ``argmax``) and its
+    probability, from ``[K, h, w]`` probabilities: the maximum, then each class plane compared
+    with it. Half the time of ``argmax`` over the first axis (16 against 32 ms for 5 classes
+    on 1024², with the maximum), which numpy runs along strided lines."""
+    conf = prob.max(0)
+    classes = np.full(conf.shape, len(prob) - 1, dtype=np.uint8)
+    for k in range(len(prob) - 2, -1, -1):  # the first class of the maximum is set last
+        classes[prob[k] == conf] = k
+    return classes, conf
 
 
 @dataclass(frozen=True)
@@ -133,16 +145,16 @@ class OutputSink:
         self.sieve = o.sieve_pixels
         nk = len(self.classes)
         self.counts = ChipCounts(nk) if layout.per_chip else PixelCounts(nk, pred.area_rows)
-        grid = layout.grid
-        self.cls = rasterio.open(
-            self.tmp / "classes.tif", "w", **_profile(grid, "uint8", self.nodata, layout.block)
-        )
+        grid, edge = layout.grid, layout.tile // layout.step
+        profile = _profile(grid, "uint8", self.nodata, layout.block)
+        self.cls = rasterio.open(self.tmp / "classes.tif", "w", **profile)
         self.cls.write_colormap(1, {c["id"]: _hex_to_rgba(c["color"]) for c in self.classes})
-        self.conf = None
+        self.cls_levels = Overviews.fit(self.tmp / "classes.tif", profile, edge, mode2)
+        self.conf = self.conf_levels = None
         if o.confidence:
-            self.conf = rasterio.open(
-                self.tmp / "confidence.tif", "w", **_profile(grid, "uint8", 255, layout.block)
-            )
+            profile = _profile(grid, "uint8", 255, layout.block)
+            self.conf = rasterio.open(self.tmp / "confidence.tif", "w", **profile)
+            self.conf_levels = Overviews.fit(self.tmp / "confidence.tif", profile, edge, mean2)
         self.collector = None
         if o.polygons:
             # a per-chip grid's last cells overhang the scene: polygons are cut to it
@@ -163,11 +175,15 @@ class OutputSink:
             res = res | {"classes": classes}
         owin = self.layout.window(win, classes.shape)
         self.cls.write(classes, 1, window=owin)
+        if self.cls_levels is not None:
+            self.cls_levels.add(owin, classes)
         if self.conf is not None:
             c8 = np.multiply(conf, 100)
             c8 = np.round(c8, out=c8).astype(np.uint8)
             c8[~valid] = 255
             self.conf.write(c8, 1, window=owin)
+            if self.conf_levels is not None:
+                self.conf_levels.add(owin, c8)
         self.counts.add(win, res)
         if self.collector is not None:
             self.collector.add(owin, classes, conf, valid, self.nodata)
@@ -183,11 +199,13 @@ class OutputSink:
         self.close()
         outputs = {"classes": "classes.tif"}
         with ThreadPoolExecutor(3) as pool:
-            jobs = [pool.submit(to_cog, self.tmp / "classes.tif", out / "classes.tif", "mode")]
+            src = _with_levels(self.tmp / "classes.tif", self.cls_levels)
+            jobs = [pool.submit(to_cog, src, out / "classes.tif", "mode")]
             if self.conf is not None:
                 outputs["confidence"] = "confidence.tif"
-                tmp, dst = self.tmp / "confidence.tif", out / "confidence.tif"
-                jobs.append(pool.submit(to_cog, tmp, dst, "average", level=4, predictor=True))
+                src = _with_levels(self.tmp / "confidence.tif", self.conf_levels)
+                dst = out / "confidence.tif"
+                jobs.append(pool.submit(to_cog, src, dst, "average", level=4, predictor=True))
             polygons = None
             if self.collector is not None:
                 polygons = pool.submit(self.collector.write, out / "polygons.geojson")
@@ -203,6 +221,11 @@ class OutputSink:
             summary["n_polygons"] = n_polygons
             outputs["polygons"] = "polygons.geojson"
         return summary
+
+
+def _with_levels(path: Path, levels: Overviews | None) -> Path:
+    """What the COG copy reads: ``path``, with the overviews made as it was written."""
+    return path if levels is None else levels.source()
 
 
 def _profile(grid, dtype: str, nodata, block: int) -> dict:
@@ -230,7 +253,8 @@ def to_cog(
     src: Path, dst: Path, resampling: str, *, level: int = 6, predictor: bool = False
 ) -> None:
     """Copy a finished tiled GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver), DEFLATE
-    at ``level``, with horizontal differencing when ``predictor``. The confidence COG of the
+    at ``level``, with horizontal differencing when ``predictor``; its overviews are the
+    source's where it has them (:mod:`trainer.overviews`), else made by ``resampling``. The confidence COG of the
     3000² perf scene took 0.30 s at level 6 (4.49 MB) and 0.19 s at level 4 with the predictor
     (4.31 MB); the class COG (long runs of a few values) is larger with the predictor, and
     level 6 writes it 29-36% smaller than levels 1-4 for 0.05 s more."""
