@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from .errors import UserError
 
 
@@ -109,8 +111,6 @@ def value_ratio(values, expected) -> float | None:
     """How far per-band ``values`` (medians, means) are from ``expected`` ones: the geometric
     mean of their ratios over the bands where both are positive (None when under half of them
     are)."""
-    import numpy as np
-
     values, expected = np.asarray(values, dtype=float), np.asarray(expected, dtype=float)
     use = (values > 0) & (expected > 0)
     if use.sum() < max(1, len(expected) // 2):
@@ -126,8 +126,6 @@ def alike(values, expected) -> bool:
 
 def converted(values, src: list[Unit], dst: list[Unit]):
     """Per-band ``values`` in ``src`` units, in ``dst`` units."""
-    import numpy as np
-
     conv = affine(src, dst)
     values = np.asarray(values, dtype=float)
     return values if conv is None else values * np.asarray(conv[0]) + np.asarray(conv[1])
@@ -140,8 +138,6 @@ def float_reflectance(units: list[Unit], values, expected, expected_units: list[
     means, at most 2) read so are :func:`alike` ``expected`` (in ``expected_units``), and read
     in ``units`` are not; else None. The caller checks that the values are floats and that the
     file declares no scale of its own."""
-    import numpy as np
-
     if any(u.quantity != "reflectance" or u.scale >= 1.0 for u in units):
         return None
     if np.max(values) > 2.0:
