@@ -11,8 +11,8 @@ The levels are GDAL's: halved (rounding up) until the larger side is at most the
 (512), each from the one before, so a tile's pixels reduce to whole pixels of every level
 when the tile's edge divides by 2 at every level (:meth:`Overviews.fit`: else None, and GDAL
 makes the overviews as before). A level whose tile edge is not a multiple of 16 (GeoTIFF's
-block) is small (at most 1/128 of the raster's side): it is held in memory and written at
-the end.
+block) is held in memory and written at the end: with the default 1024-pixel tiles, the levels
+from the seventh on (1/128 of the raster's side at most); never more than 4096² pixels.
 """
 
 from __future__ import annotations
