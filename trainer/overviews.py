@@ -38,6 +38,14 @@ def overview_sizes(width: int, height: int, block: int = COG_BLOCK) -> list[tupl
     return sizes
 
 
+def whole_blocks(edge: int) -> int | None:
+    """The largest GeoTIFF block edge (a multiple of 16) of at most 1024 that divides a tile's
+    ``edge``, so that each tile writes whole blocks; None when GeoTIFF allows none."""
+    if edge % 16:
+        return None
+    return next(b for b in range(min(edge, 1024), 15, -16) if edge % b == 0)
+
+
 def _even(x: np.ndarray, nodata: int) -> np.ndarray:
     h, w = x.shape
     if h % 2 or w % 2:  # the raster's last row or column: it reduces to a pixel of its own
@@ -81,9 +89,8 @@ class Overviews:
         self.files, self.memory = [], {}
         for level, (w, h) in enumerate(sizes, 1):
             path = self.base.with_name(f"{self.base.stem}.{level}.tif")
-            edge = tile >> level
-            if edge % 16 == 0:  # each tile writes whole blocks, as the base does
-                block = max(b for b in range(16, min(edge, 1024) + 1, 16) if edge % b == 0)
+            block = whole_blocks(tile >> level)
+            if block:  # each tile writes whole blocks, as the base does
                 f = rasterio.open(path, "w", **self._profile(profile, level, w, h, block))
             else:
                 f, self.memory[level] = None, np.full((h, w), self.nodata, profile["dtype"])

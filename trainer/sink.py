@@ -16,7 +16,7 @@ from rasterio.windows import Window
 
 from .areas import class_histogram
 from .chips import coarse_grid
-from .overviews import Overviews, mean2, mode2
+from .overviews import Overviews, mean2, mode2, whole_blocks
 from .polygons import PolygonCollector, sieve_tile
 
 
@@ -72,10 +72,7 @@ class OutputLayout:
         divides a tile's output edge, when GeoTIFF allows one (a multiple of 16). Each tile then
         writes whole blocks, which GDAL encodes at once without its block cache: nothing
         written waits in that cache, which every thread shares and any may flush."""
-        edge = self.tile // self.step
-        if edge % 16:
-            return 512
-        return next(b for b in range(min(edge, 1024), 15, -16) if edge % b == 0)
+        return whole_blocks(self.tile // self.step) or 512
 
     def window(self, win: Window, shape: tuple[int, int]) -> Window:
         """The output window of scene tile ``win`` whose outputs are ``shape`` (rows, cols)."""
