@@ -360,7 +360,8 @@ def test_cog_overviews_made_tile_by_tile_are_gdals_levels(model, tmp_path):
         assert np.array_equal(made[name][0], gdal[name][0])  # the same pixels either way
     # against GDAL's own overviews of the same pixels
     assert (made["classes"][1] == gdal["classes"][1]).mean() > 0.97
-    assert (made["classes"][1] != 255).all() == (gdal["classes"][1] != 255).all()
+    assert (made["classes"][1] == 255).any()  # the nodata corners, repeated along the strip
+    assert np.array_equal(made["classes"][1] == 255, gdal["classes"][1] == 255)
     diff = made["confidence"][1].astype(int) - gdal["confidence"][1].astype(int)
     assert np.abs(diff).max() <= 1
     assert len(np.unique(made["classes"][0])) > 2
