@@ -99,6 +99,8 @@ def describe(ds: Dataset) -> str:
             f"{src['labels_after']} ({src['n_labels_after']}): {m['label_kind']}, change as "
             f"{src['change_classes']} classes where both dates are labelled"
         )
+    if src.get("legend"):
+        labels += f", {src['legend']}"
     if src.get("n_invalid_repaired"):
         labels += f", {src['n_invalid_repaired']} invalid geometries repaired"
     if task == "classification":

@@ -72,6 +72,7 @@ def manifest(
             req.labels_after,
             req.change_classes,
             req.imagery,
+            table.legend,
         ),
     }
 
@@ -201,8 +202,11 @@ def label_kind(task: str, is_mask: bool, two_dates: bool) -> str:
     return "before/after class polygons" if two_dates else "polygons"
 
 
-def source_part(images, labels: Path, class_column, gdf, labels_after, change_classes, imagery):
-    """The manifest's ``source``: the files given, and what reading the labels found."""
+def source_part(
+    images, labels: Path, class_column, gdf, labels_after, change_classes, imagery, legend=""
+):
+    """The manifest's ``source``: the files given, and what reading the labels found (``legend``:
+    where a mask's class names and colours came from)."""
     source = {
         "images": [str(Path(p).name) for p in images],
         "labels": labels.name,
@@ -218,6 +222,8 @@ def source_part(images, labels: Path, class_column, gdf, labels_after, change_cl
         }
     if imagery is not None:
         source["imagery"] = imagery
+    if legend:
+        source["legend"] = legend
     if gdf is not None:
         source["n_labels"] = len(gdf)
         source["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))

@@ -16,6 +16,7 @@ import rasterio
 
 from .imagery import Grid, warp_to_grid
 from .labels import ClassTable, LabelError, read_vector
+from .mask_classes import mask_legend
 from .rasterize import IGNORE_INDEX, MaskLabels
 
 CHANGE_CLASSES = ("binary", "transitions")
@@ -158,7 +159,9 @@ def _pixels_per_polygon(gdf, grid: Grid, size: int = 2048) -> np.ndarray:
 
 
 def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, background):
-    """The mask warped onto the image grid (nearest), its class table and value lookup."""
+    """The mask warped onto the image grid (nearest), its class table and value lookup. Without
+    a class table file, classes are named and coloured by the mask's own legend where it has one
+    (:mod:`.mask_classes`)."""
     from rasterio.enums import Resampling
 
     from .rasterize import windows
@@ -207,7 +210,12 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
             f"label raster {mask_path.name} has negative class values {values[:5]}; "
             "list them with --ignore-values or remap them to 0..254"
         )
-    table = _class_table(classes_file, values, background)
+    if classes_file:
+        table = ClassTable.from_file(classes_file, values, background)
+    else:
+        legend = mask_legend(src, values)
+        table = ClassTable.infer(values, background, names=legend.names, colors=legend.colors)
+        table.legend = legend.describe()
     lut = np.full(max(values) + 1, IGNORE_INDEX, dtype=np.uint8)
     for c in table.classes:
         if not c.get("background"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class ClassTable:
     """
 
     classes: list[dict]  # {id, name, slug, color, value[, background]}
+    legend: str = ""  # where names and colours came from, when from the labels file itself
 
     def __post_init__(self):
         """Each class its own slug (metric names and per-class figures are keyed by it): a name
@@ -85,20 +87,31 @@ class ClassTable:
         return next((c["id"] for c in self.classes if c.get("background")), None)
 
     @classmethod
-    def infer(cls, values, background: str | None = None, first=None) -> ClassTable:
+    def infer(
+        cls, values, background: str | None = None, first=None, names=None, colors=None
+    ) -> ClassTable:
         """Classes sorted by value (integers first); ``background``, then the values in
-        ``first`` (those present), lead."""
+        ``first`` (those present), lead. ``names`` and ``colors`` (by value: a mask's own legend)
+        name and colour the values they cover; a name two values share gets its value."""
         vals = sorted(set(values), key=lambda v: (isinstance(v, str), v))
         lead = [v for v in first or [] if v in vals]
         vals = lead + [v for v in vals if v not in lead]
         if background is not None:
             vals = [background] + [v for v in vals if str(v) != background]
+        names, colors = names or {}, colors or {}
+        shared = Counter(names[v].lower() for v in vals if v in names)
+
+        def name(v) -> str:
+            if v not in names:
+                return str(v)
+            return f"{names[v]} ({v})" if shared[names[v].lower()] > 1 else names[v]
+
         classes = [
             {
                 "id": i,
-                "name": str(v),
-                "slug": slugify(v),
-                "color": PALETTE[i % len(PALETTE)],
+                "name": name(v),
+                "slug": slugify(name(v)),
+                "color": colors.get(v, PALETTE[i % len(PALETTE)]),
                 "value": v,
             }
             for i, v in enumerate(vals)
