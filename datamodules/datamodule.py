@@ -98,6 +98,15 @@ class GeotuneDataModule(L.LightningDataModule):
         self._loaders.clear()
         return [self.ds.bands[i] for i in self.band_indices]
 
+    def example_image(self):
+        """One chip of zeros shaped as a training batch's images (``[1, C, H, W]``, or
+        ``[1, C, T, H, W]`` for several dates): the model summary's example input, from which
+        Lightning reports each layer's sizes and FLOPs."""
+        import torch
+
+        c, t, p = len(self.band_indices), len(self.ds.images), self.patch_size
+        return torch.zeros((1, c, t, p, p) if t > 1 else (1, c, p, p))
+
     def _rank_world(self) -> tuple[int, int]:
         t = getattr(self, "trainer", None)
         return (t.global_rank, t.world_size) if t is not None else (0, 1)

@@ -328,3 +328,29 @@ def test_early_stopping_best_checkpoint_restore_and_resume(seg_dataset, tmp_path
     assert resumed["epochs"] == 5
     steps = mlflow.MlflowClient().get_metric_history(resumed["run_id"], "train/loss_epoch")
     assert sorted(s.step for s in steps)[0] > 0  # training went on from the checkpoint's step
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_model_summary_counts_flops_on_a_chip_shaped_as_training_batches(
+    home, tmp_path, scene, experiment
+):
+    """Lightning's summary runs the task's example input: one chip of a training batch's shape
+    (dates, bands, patch), so it reports each layer's sizes and FLOPs (it printed "FLOPs 0")."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from trainer.train import build, task_class
+
+    kind = experiment.rsplit("_", 1)[1]
+    if kind == "segmentation":
+        ds = ingest(name="synth", images=[scene["image"]], labels=scene["labels"],
+                    class_column="class_name", block_size=32, progress=False)  # fmt: skip
+    else:
+        ds = (classification_dataset if kind == "classification" else change_dataset)(tmp_path)
+    cfg = compose("train", [f"experiment={experiment}", f"data.dataset={ds.id}", *TINY,
+                            "data.patch_size=32"])  # fmt: skip
+    built = build(cfg, task_class(cfg))
+    batch = next(iter(built.dm.val_dataloader()))
+    summary = ModelSummary(built.task, max_depth=1)
+    net = summary.layer_names.index("net")
+    assert summary.in_sizes[net] == [1, *batch["image"].shape[1:]]
+    assert summary.total_flops > 0

@@ -95,6 +95,7 @@ def build(cfg: DictConfig, cls) -> Built:
         last_n=cfg.backbone.last_n,
         _convert_="all",
     )
+    task.example_input_array = dm.example_image()
     return Built(dm, ds, backbone, b_kwargs, bands, task)
 
 
