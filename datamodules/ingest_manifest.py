@@ -17,6 +17,7 @@ from .chips import build_chips
 from .imagery import Grid
 from .label_units import split_units
 from .labels import ClassTable, LabelError
+from .mask_classes import looks_unlabelled
 from .rasterize import IGNORE_INDEX
 from .sensors import get_sensor, stored_units
 from .units import float_reflectance
@@ -284,6 +285,8 @@ def _say_if_zero_looks_unlabelled(classes: list[dict]) -> None:
     """A mask's value 0 covering most labelled pixels is often "unlabelled": say how to mean it."""
     total = sum(c["pixels"] for c in classes)
     zero = next((c for c in classes if c.get("value") == 0 and not c.get("background")), None)
+    if zero is not None and looks_unlabelled(zero["name"]):
+        return  # the mask's legend calls it no class: said already, with the same hint
     if zero is not None and total and zero["pixels"] > total / 2:
         warnings.warn(
             f"mask value 0 is a class covering {zero['pixels'] / total:.0%} of the labelled "

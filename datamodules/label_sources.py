@@ -16,7 +16,7 @@ import rasterio
 
 from .imagery import Grid, warp_to_grid
 from .labels import ClassTable, LabelError, read_vector
-from .mask_classes import mask_legend
+from .mask_classes import looks_unlabelled, mask_legend
 from .rasterize import IGNORE_INDEX, MaskLabels
 
 CHANGE_CLASSES = ("binary", "transitions")
@@ -216,8 +216,22 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
         legend = mask_legend(src, values)
         table = ClassTable.infer(values, background, names=legend.names, colors=legend.colors)
         table.legend = legend.describe()
+        _say_if_named_unlabelled(mask_path.name, legend.names)
     lut = np.full(max(values) + 1, IGNORE_INDEX, dtype=np.uint8)
     for c in table.classes:
         if not c.get("background"):
             lut[int(c["value"])] = c["id"]
     return MaskLabels(vrt, lut, len(table.classes)), table
+
+
+def _say_if_named_unlabelled(name: str, names: dict[int, str]) -> None:
+    """Values the mask's own legend calls no class ("Unclassified", "No Data") but that no nodata
+    or ``--ignore-values`` left out: say they are trained as classes, and how to leave them out."""
+    hit = {v: n for v, n in sorted(names.items()) if looks_unlabelled(n)}
+    if hit:
+        listed = ", ".join(f"{v} ({n!r})" for v, n in hit.items())
+        warnings.warn(
+            f"{name}'s legend names mask value(s) {listed} as no class, yet they are classes "
+            f"here; if they mean unlabelled, add --ignore-values {','.join(map(str, hit))}",
+            stacklevel=4,
+        )

@@ -12,6 +12,7 @@ Where GDAL's VRT driver is not available (the server's upload reader allows GeoT
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -22,6 +23,16 @@ from pathlib import Path
 _NAME, _MINMAX, _RED, _GREEN, _BLUE = 2, 5, 6, 7, 8
 # a string column that names the classes, when none has GDAL's "Name" usage (lower case parts)
 _NAME_HINTS = ("class", "name", "label", "land", "category", "legend", "descr", "type")
+# names tools give the value that means "no class here" (NLCD's 0 "Unclassified", "No Data", ...)
+_UNLABELLED = re.compile(
+    r"(no[ _-]?data|unclassified|not classified|unlabell?ed|no[ _-]?label|fill|void|null|missing)",
+    re.IGNORECASE,
+)
+
+
+def looks_unlabelled(name: str) -> bool:
+    """Whether a legend's class name says the value is no class (``No Data``, ``Unclassified``)."""
+    return bool(_UNLABELLED.fullmatch(name.strip()))
 
 
 @dataclass

@@ -18,12 +18,13 @@ NAMES = {11: "Open Water", 21: "Deciduous Forest", 31: "Cultivated Crops"}
 COLOURS = {11: (70, 107, 159), 21: (104, 171, 95), 31: (171, 108, 40)}
 
 
-def _mask(scene, path, values=(11, 21, 31), colours=None):
-    """The scene's classes (water, forest, field) as ``values``, the top rows unlabelled (0)."""
+def _mask(scene, path, values=(11, 21, 31), colours=None, blank=8):
+    """The scene's classes (water, forest, field) as ``values``, ``blank`` top rows unlabelled
+    (0)."""
     with rasterio.open(scene["image"]) as src:
         profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 0, "driver": "GTiff"}
     m = np.array(values, dtype=np.uint8)[scene["cmap"]]
-    m[:8] = 0
+    m[:blank] = 0
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(m, 1)
         if colours:
@@ -162,3 +163,33 @@ def test_the_upload_reader_without_gdals_vrt_driver_reads_the_colour_table(scene
     names, colours, said = json.loads(out.stdout)
     assert names == {} and said == "colours from its colour table"
     assert colours == {str(v): _hex(c) for v, c in COLOURS.items()}
+
+
+def test_a_value_the_legend_calls_unclassified_is_named_in_a_warning_whose_hint_works(home, scene):
+    """NLCD's value 0 is "Unclassified" and its files often declare no nodata: trained as a class
+    unless the user says otherwise; one warning says which value and how (not a second one for
+    0 covering most pixels)."""
+    import warnings
+
+    import pandas as pd
+    import pyogrio
+
+    path = _mask(scene, scene["dir"] / "nlcd.tif", blank=80)  # 0: most pixels
+    with rasterio.open(path, "r+") as dst:
+        dst.nodata = None  # the top rows' 0 is now a value like any other
+    vat = pd.DataFrame({"Value": [0, *NAMES], "Land_Cover": ["Unclassified", *NAMES.values()]})  # fmt: skip
+    pyogrio.write_dataframe(vat, scene["dir"] / "nlcd.tif.vat.dbf", driver="ESRI Shapefile")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ds = _add("nlcd", scene, path)
+    said = [str(w.message) for w in seen if "ignore-values" in str(w.message)]
+    assert said == [
+        "nlcd.tif's legend names mask value(s) 0 ('Unclassified') as no class, yet they are "
+        "classes here; if they mean unlabelled, add --ignore-values 0"
+    ]
+    assert [c["name"] for c in ds.classes] == ["Unclassified", *NAMES.values()]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ds = _add("nlcd2", scene, path, mask_ignore_values=[0])
+    assert not [w for w in seen if "ignore-values" in str(w.message)]  # followed: said no more
+    assert [c["name"] for c in ds.classes] == list(NAMES.values())
