@@ -136,6 +136,12 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
         assert noise not in p.stdout + p.stderr, noise
     # Lightning's info lines once (they went through its own handler and Hydra's root)
     assert (p.stdout + p.stderr).count("GPU available") == 1, p.stderr[-2000:]
+    # as Lightning prints them, without Hydra's timestamp and logger prefix (the log file has it)
+    lines = (p.stdout + p.stderr).splitlines()
+    assert "GPU available: False, used: False" in lines
+    assert not [line for line in lines if "][INFO] - " in line]
+    logs = list((home / "runs").glob("*/*/train.log"))
+    assert "][INFO] - GPU available: False" in logs[0].read_text()
     run(["train", *overrides[:-1]], home)  # a second version, no alias change
     p = run(["models", "list"], home)
     rows = [line.split() for line in p.stdout.splitlines()]
@@ -181,3 +187,17 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
     )
     p = run(["backbones", "list"], home)
     assert "resnet18" in p.stdout and "absent" in p.stdout
+
+
+def test_console_log_lines_are_messages_and_a_library_warning_says_its_level():
+    import logging
+
+    from trainer.console import ConsoleFormatter
+
+    def line(level, msg):
+        return ConsoleFormatter().format(logging.LogRecord("x", level, __file__, 1, msg, (), None))
+
+    assert line(logging.INFO, "Seed set to 0") == "Seed set to 0"
+    assert line(logging.WARNING, "store is old") == "WARNING: store is old"
+    # not geotune's own "error: ..." line, which a service job's failure is read from
+    assert line(logging.ERROR, "run failed") == "ERROR: run failed"

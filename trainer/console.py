@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -53,8 +54,6 @@ def quiet_libraries() -> None:
     signature, MLflow's progress bars for artifacts it copies on this machine (a value of
     ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` the user set is kept). Warnings and errors that
     concern the user's run are untouched."""
-    import logging
-
     for pattern in _LIBRARY_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -80,8 +79,6 @@ def lightning_logs_once() -> None:
     logger on import, and its lines went through both: every one was printed twice. Lightning's
     own console handler goes where the root has handlers; its lines reach the console and the
     run's log once, through the root."""
-    import logging
-
     import lightning  # noqa: F401  (its handler is added on import)
 
     own = logging.getLogger("lightning")
@@ -89,3 +86,16 @@ def lightning_logs_once() -> None:
         for handler in list(own.handlers):
             if type(handler) is logging.StreamHandler:
                 own.removeHandler(handler)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Log lines on the console as Lightning prints them without Hydra: an INFO line is its
+    message (``GPU available: False, used: False``); a library's warning or error starts with
+    its level in capitals (``WARNING: ...``: geotune's own ``error: ...`` line stays the one a
+    service job's failure is read from, :func:`serve.jobs.error_from_log`). Hydra's console
+    handler uses it (``hydra.job_logging`` in ``conf/train.yaml`` and ``conf/benchmark.yaml``);
+    the run's log file keeps Hydra's timestamped lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
