@@ -27,7 +27,10 @@ def read_frame(path: Path, class_column: str | None):
             return gpd.read_parquet(path)
         source = _zipped_shapefile(path) if path.suffix.lower() == ".zip" else str(path)
         layer = _label_layer(source, path, class_column)
-        return gpd.read_file(source, layer=layer)
+        frame = gpd.read_file(source, layer=layer)
+        if path.suffix.lower() in TABLE_SUFFIXES and not isinstance(frame, gpd.GeoDataFrame):
+            return points_from_lonlat(frame, path)
+        return frame
     except LabelError:
         raise
     except Exception as e:  # pyogrio/pyarrow raise many types for unreadable files
@@ -35,8 +38,72 @@ def read_frame(path: Path, class_column: str | None):
             return _closing_rings(source, layer, path, e)
         raise LabelError(
             f"cannot read labels file {path.name}: {_reader_reason(e, path)}. Accepted: GeoJSON, "
-            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, or a mask raster (GeoTIFF)."
+            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, KML/KMZ, a CSV of points "
+            "(lon/lat columns), or a mask raster (GeoTIFF)."
         ) from None
+
+
+# a table of points (a field survey; ODK, KoboToolbox or Collect Earth exports): without a WKT
+# column, its points are its longitude and latitude columns
+TABLE_SUFFIXES = (".csv", ".tsv")
+_LONGITUDE = ("longitude", "lon", "long", "lng")
+_LATITUDE = ("latitude", "lat")
+
+
+def _named(columns, names: tuple[str, ...]) -> str | None:
+    """The column called one of ``names`` (any case), else one ending so after ``_``, ``.``,
+    ``-`` or a space (ODK's ``_location_longitude``, ``gps-latitude``)."""
+    lower = {str(c).strip().lower(): c for c in columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    for low, c in lower.items():
+        if any(low.endswith(sep + n) for n in names for sep in "_.- "):
+            return c
+    return None
+
+
+def points_from_lonlat(frame, path: Path):
+    """The rows of a table as points at their longitude/latitude columns, in EPSG:4326 (what
+    such columns mean); rows without both numbers are left out with a warning."""
+    import geopandas as gpd
+    import pandas as pd
+
+    x, y = _named(frame.columns, _LONGITUDE), _named(frame.columns, _LATITUDE)
+    if x is None or y is None:
+        raise LabelError(
+            f"{path.name} is a table without geometries; geotune reads one of points with "
+            "longitude and latitude columns (lon/lat, longitude/latitude, ..._longitude/"
+            f"..._latitude) or a WKT column. Its columns: {', '.join(map(str, frame.columns))}"
+        )
+
+    def numbers(col):  # "12,5" where a comma is the decimal separator
+        text = frame[col].astype(str).str.strip().str.replace(",", ".", regex=False)
+        return pd.to_numeric(text.where(text != ""), errors="coerce")
+
+    lon, lat = numbers(x), numbers(y)
+    missing = lon.isna() | lat.isna()
+    if missing.all():
+        raise LabelError(f"{path.name}: columns {x!r} and {y!r} hold no numbers")
+    if ((lon.abs() > 180) | (lat.abs() > 90)).any():
+        raise LabelError(
+            f"{path.name}: columns {x!r} and {y!r} reach {lon.min():.6g}..{lon.max():.6g} and "
+            f"{lat.min():.6g}..{lat.max():.6g}, not longitudes and latitudes. Projected "
+            "coordinates need their CRS: save the points as a GeoPackage or GeoJSON with it"
+        )
+    if missing.any():
+        rows = ", ".join(str(i + 2) for i in missing[missing].index[:10])  # + header, 1-based
+        warnings.warn(
+            f"{int(missing.sum())} row(s) of {path.name} have no {x}/{y} numbers (lines {rows}"
+            f"{' ...' if missing.sum() > 10 else ''}); left out",
+            stacklevel=4,
+        )
+    keep = ~missing
+    return gpd.GeoDataFrame(
+        frame.loc[keep].drop(columns=[x, y]),
+        geometry=gpd.points_from_xy(lon[keep], lat[keep]),
+        crs="EPSG:4326",
+    ).reset_index(drop=True)
 
 
 def _zipped_shapefile(path: Path) -> str:
@@ -132,6 +199,8 @@ def _reader_reason(error: Exception, path: Path) -> str:
     """The reader's message about ``path``, without the path and GDAL's hint about driver
     prefixes (which a user cannot act on)."""
     text = str(error).split("; It might help", 1)[0]
+    if "not recognized as being in a supported file format" in text:
+        return "GDAL does not recognise its format"
     text = text.replace(f"'{path}'", "it").replace(str(path), "it").strip().rstrip(".")
     return text[:300] or error.__class__.__name__
 

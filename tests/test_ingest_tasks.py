@@ -290,3 +290,42 @@ def test_task_option_errors(home, tmp_path):
     ):
         ingest(name="x", images=[before], labels=lines, progress=False)
     assert list_datasets() == []
+
+
+def test_a_field_survey_table_of_longitudes_and_latitudes_gives_the_same_chips(home, tmp_path):
+    """A CSV of points (a survey; ODK/KoboToolbox exports: semicolons, decimal commas, a blank
+    row) is read as its longitude/latitude columns in EPSG:4326: the same chips as a GeoPackage
+    of the same points."""
+    import pandas as pd
+
+    image, cmap = make_scene(tmp_path, size=256, seed=0)
+    gpkg, rc = _points(tmp_path, image, cmap, n=60)
+    pts = gpd.read_file(gpkg)
+    kw = dict(images=[image], class_column="lc", task="classification", chip_size=32,
+              block_size=64, progress=False)  # fmt: skip
+    ref = _chips(ingest(name="gpkg", labels=gpkg, **kw))
+    table = pd.DataFrame({"lat": pts.geometry.y, "lon": pts.geometry.x, "lc": pts["lc"]})
+    table.to_csv(tmp_path / "survey.csv", index=False)
+    assert _chips(ingest(name="csv", labels=tmp_path / "survey.csv", **kw)) == ref
+
+    odk = pd.DataFrame({
+        "start": "2024-05-01",
+        "_gps_latitude": [f"{v:.9f}".replace(".", ",") for v in pts.geometry.y],
+        "_gps_longitude": [f"{v:.9f}".replace(".", ",") for v in pts.geometry.x],
+        "lc": pts["lc"],
+    })  # fmt: skip
+    odk = pd.concat([odk.iloc[:3], odk.iloc[:1].assign(_gps_latitude=""), odk.iloc[3:]])
+    odk.to_csv(tmp_path / "odk.csv", sep=";", index=False)
+    with pytest.warns(UserWarning, match=r"1 row\(s\) of odk.csv have no _gps_longitude/_gps_lat"
+                      r"itude numbers \(lines 5\); left out"):  # fmt: skip
+        assert _chips(ingest(name="odk", labels=tmp_path / "odk.csv", **kw)) == ref
+
+    # projected coordinates in lon/lat columns, and a table with no coordinates, are refused
+    xy = pd.DataFrame({"lon": [500100.0], "lat": [4199900.0], "lc": ["water"]})
+    xy.to_csv(tmp_path / "utm.csv", index=False)
+    with pytest.raises(LabelError, match=r"not longitudes and latitudes. Projected coordinates"):
+        ingest(name="utm", labels=tmp_path / "utm.csv", **kw)
+    pd.DataFrame({"site": [1], "lc": ["water"]}).to_csv(tmp_path / "bare.csv", index=False)
+    with pytest.raises(LabelError, match=r"bare.csv is a table without geometries.*Its columns"):
+        ingest(name="bare", labels=tmp_path / "bare.csv", **kw)
+    assert [d.id for d in list_datasets()] == ["csv", "gpkg", "odk"]
