@@ -43,7 +43,7 @@ def read_frame(path: Path, class_column: str | None):
         ) from None
 
 
-# a table of points (a field survey; ODK, KoboToolbox or Collect Earth exports): without a WKT
+# a table of points (a field survey; ODK Central or KoboToolbox exports): without a WKT
 # column, its points are its longitude and latitude columns
 TABLE_SUFFIXES = (".csv", ".tsv")
 _LONGITUDE = ("longitude", "lon", "long", "lng")
