@@ -99,6 +99,33 @@ def test_a_missing_alias_says_what_exists_and_its_hint_works(at_home):
     assert load_model("p@staging").resolved == "models:/p/2"
 
 
+def test_a_name_without_version_lists_what_resolves_and_each_hint_works(at_home):
+    with pytest.raises(ModelRefError) as e:
+        load_model("p")
+    msg = str(e.value)  # (another test points p@staging at 2: every alias is listed)
+    assert msg.startswith("say which version of 'p' (versions: 1, 2): p@champion (version 1)")
+    assert msg.endswith(", or --version 2")
+    assert load_model("p@champion").resolved == "models:/p/1"
+    assert load_model("p", version=2).resolved == "models:/p/2"
+    with pytest.raises(ModelRefError, match=r"no registered model 'q'. Registered models: p\."):
+        load_model("q")
+
+
+def test_a_model_without_an_alias_is_told_to_give_a_version_or_name_one(home, tmp_path):
+    train_tiny(tmp_path, name="solo", alias=None)
+    with pytest.raises(ModelRefError) as e:
+        load_model("solo")
+    msg = str(e.value)
+    assert msg == (
+        "say which version of 'solo' (versions: 1): --version 1; or name one with an alias, "
+        "`geotune models alias solo champion 1`, and predict with solo@champion"
+    )
+    assert load_model("solo", version=1).resolved == "models:/solo/1"
+    r = geotune(home, *msg.split("`")[1].split()[1:])
+    assert r.returncode == 0, r.stderr
+    assert load_model("solo@champion").resolved == "models:/solo/1"
+
+
 def test_unknown_names_and_versions_are_user_errors(at_home):
     with pytest.raises(ModelRefError, match=r"no registered model 'q'. Registered models: p\."):
         load_model("q@champion")

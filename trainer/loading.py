@@ -49,7 +49,57 @@ def model_uri(ref: str, version: int | str | None = None, alias: str | None = No
         return f"models:/{ref}/{version}"
     if alias:
         return f"models:/{ref}@{alias}"
-    raise ModelRefError(f"say which version of {ref!r}: {ref}@champion, or --version N")
+    raise ModelRefError(which_version(ref))
+
+
+def which_version(name: str) -> str:
+    """What to say when a model is named without a version or alias: its versions and aliases
+    as the local store has them (each hint one that resolves), else the general forms."""
+    db = _local_db()
+    found = None
+    if db is not None:
+        try:
+            with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+                found = _versions_and_aliases(con, name)
+        except sqlite3.Error:
+            found = None
+    if isinstance(found, str):
+        return found  # no such model: what there is
+    if not found or not found[0]:
+        return f"say which version of {name!r}: {name}@ALIAS or --version N. {LIST_HINT}"
+    versions, aliases = found
+    last = versions[-1]
+    said = f"say which version of {name!r} (versions: {', '.join(map(str, versions))}): "
+    if aliases:
+        shown = ", ".join(f"{name}@{a} (version {v})" for a, v in aliases)
+        return said + f"{shown}, or --version {last}"
+    return (
+        said + f"--version {last}; or name one with an alias, `geotune models alias {name} "
+        f"champion {last}`, and predict with {name}@champion"
+    )
+
+
+_LIVE = "name = ? AND current_stage != 'Deleted_Internal' AND workspace = 'default'"
+
+
+def _versions_and_aliases(con, name: str):
+    """(versions, [(alias, version)]) of a registered model; for a name not registered, the
+    message that says so and lists the names there are."""
+    ws = "AND workspace = 'default'"
+    if not con.execute(f"SELECT 1 FROM registered_models WHERE name = ? {ws}", (name,)).fetchone():
+        from .models import not_found_message
+
+        known = [r[0] for r in con.execute(f"SELECT name FROM registered_models WHERE 1 {ws}")]
+        return not_found_message(name, sorted(known), LIST_HINT)
+    versions = sorted(
+        int(r[0]) for r in con.execute(f"SELECT version FROM model_versions WHERE {_LIVE}", (name,))
+    )
+    aliases = sorted(
+        con.execute(
+            f"SELECT alias, version FROM registered_model_aliases WHERE name = ? {ws}", (name,)
+        ).fetchall()
+    )
+    return versions, aliases
 
 
 def load_parts(record_path: Path, weights_path: Path) -> tuple[ModelRecord, object]:
@@ -110,41 +160,28 @@ def resolve_local(uri: str) -> tuple[Path, str] | None:
 
 
 def _resolve(con, name: str, alias: str | None, version: str | None):
-    ws = "AND workspace = 'default'"
-    if not con.execute(f"SELECT 1 FROM registered_models WHERE name = ? {ws}", (name,)).fetchone():
-        from .models import not_found_message
-
-        known = [r[0] for r in con.execute(f"SELECT name FROM registered_models WHERE 1 {ws}")]
-        raise ModelRefError(not_found_message(name, sorted(known), LIST_HINT))
-    live = f"name = ? AND current_stage != 'Deleted_Internal' {ws}"
-    versions = sorted(
-        int(r[0]) for r in con.execute(f"SELECT version FROM model_versions WHERE {live}", (name,))
-    )
+    found = _versions_and_aliases(con, name)
+    if isinstance(found, str):
+        raise ModelRefError(found)
+    versions, aliases = found
     if alias is not None:
-        row = con.execute(
-            f"SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ? {ws}",
-            (name, alias),
-        ).fetchone()
-        if row is None:
-            have = con.execute(
-                f"SELECT alias, version FROM registered_model_aliases WHERE name = ? {ws}",
-                (name,),
-            ).fetchall()
-            shown = ", ".join(f"{a} → {v}" for a, v in sorted(have)) or "none"
+        hit = dict(aliases).get(alias)
+        if hit is None:
+            shown = ", ".join(f"{a} → {v}" for a, v in aliases) or "none"
             last = versions[-1] if versions else "N"
             raise ModelRefError(
                 f"model {name!r} has no alias {alias!r} (its aliases: {shown}; versions: "
                 f"{', '.join(map(str, versions)) or 'none'}). Point it at a version with "
                 f"`geotune models alias {name} {alias} {last}`, or predict with --version N."
             )
-        version = str(row[0])
+        version = str(hit)
     if int(version) not in versions:
         raise ModelRefError(
             f"model {name!r} has no version {version}; its versions: "
             f"{', '.join(map(str, versions)) or 'none'}. {LIST_HINT}"
         )
     row = con.execute(
-        f"SELECT storage_location, status FROM model_versions WHERE {live} AND version = ?",
+        f"SELECT storage_location, status FROM model_versions WHERE {_LIVE} AND version = ?",
         (name, int(version)),
     ).fetchone()
     folder = _local_folder(row[0]) if row and row[1] == "READY" else None
