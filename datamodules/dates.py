@@ -9,10 +9,42 @@ from pathlib import Path
 
 from .errors import ImageryError
 
+# acquisition dates in the product names of the missions' own files (the first date of a
+# Landsat name is the acquisition, the second the processing; a Sentinel-2 name's first
+# date-time is the sensing start, the last the product's discriminator)
+_SENTINEL2 = re.compile(r"(?:^|_)(?:S2[ABCD]_MSIL[12][AC]_|T\d{2}[A-Z]{3}_)(\d{8})T(\d{6})(?:_|$)")
+_LANDSAT = re.compile(r"^L[COTEM]0\d_L[12][A-Z]{2}_\d{6}_(\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)")
+_HLS = re.compile(r"^HLS\.[LS]30\.T\d{2}[A-Z]{3}\.(\d{4})(\d{3})T(\d{6})\.")
+
+
+def name_date(path: str | Path) -> date | None:
+    """The acquisition date (a UTC ``datetime`` where the name gives the time) in a Sentinel-2
+    (``S2B_MSIL2A_20240315T101021_...``, ``T33UUP_20240315T101021_B04_10m.jp2``), Landsat
+    Collection 2 (``LC09_L2SP_191026_20230612_20230620_02_T1_SR_B4.TIF``) or HLS
+    (``HLS.S30.T33UUP.2024075T101021.v2.0.B04.tif``) file name; None for other names."""
+    name = Path(path).name
+    try:
+        if m := _SENTINEL2.search(name):
+            return datetime.strptime(m[1] + m[2], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        if m := _LANDSAT.match(name):
+            return datetime.strptime(m[1], "%Y%m%d").date()
+        if m := _HLS.match(name):
+            day = datetime.strptime(m[1] + m[2] + m[3], "%Y%j%H%M%S")
+            return day.replace(tzinfo=UTC)
+    except ValueError:  # digits that are no calendar date
+        return None
+    return None
+
 
 def file_date(ds) -> date | None:
     """The acquisition date in the file's tags: a UTC ``datetime`` when the tag gives the time
-    of day (as composites' ``ACQUISITION_DATE`` does), else a ``date``."""
+    of day (as composites' ``ACQUISITION_DATE`` does), else a ``date``; without such a tag, the
+    date in a mission's product name (:func:`name_date`)."""
+    found = _tag_date(ds)
+    return found if found is not None else name_date(ds.name)
+
+
+def _tag_date(ds) -> date | None:
     tags = {k.upper(): v for k, v in ds.tags().items()}
     for key in ("ACQUISITION_DATE", "DATETIME", "TIFFTAG_DATETIME", "DATE"):
         if key in tags:

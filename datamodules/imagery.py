@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -30,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from .band_names import name_from_filename, names_for_sensor, names_from_descriptions
 from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
-from .sensors import Sensor, get_sensor
+from .image_masks import mask_fill, mask_of
+from .sensors import get_sensor
 
 
 @dataclass
@@ -76,6 +76,8 @@ class Scene:
     nodata_source: str = "none declared"  # "the file's", or the sensor's fill value
     scales: list[float] | None = None  # per band, as the file declares them (1.0 / 0.0: none)
     offsets: list[float] | None = None
+    masked: bool = False  # nodata is the file's alpha band or internal mask, read as ``nodata``
+    alpha_band: int | None = None  # the file's alpha band (1-based) when it is the mask
 
     def fill_value_note(self) -> str | None:
         """What is nodata when the file declares none and the sensor's fill value stands in."""
@@ -112,65 +114,6 @@ def _open(path: Path):
         raise ImageryError(f"cannot read image {path}: {e}. Give a GeoTIFF/COG file.") from None
 
 
-def _names_from_descriptions(ds) -> list[str] | None:
-    desc = [d for d in ds.descriptions]
-    if all(desc):  # repeated names are refused where they are used, saying which
-        return [d.strip() for d in desc]
-    return None
-
-
-def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[str | None] | None:
-    """Band names from a file's band descriptions for ``sensor``: its STAC common names or its
-    asset ids (``B04``, ``SR_B4``; ``B4`` as Google Earth Engine writes it), in any case, order
-    and subset; None for a description that names no band of the sensor (a quality or index
-    band: ``QA60``, ``SCL``, ``NDVI``), which the caller leaves out. None when no description
-    names a band of the sensor (then the descriptions are not band names); an error when two
-    name the same band."""
-    lookup = {b.name.lower(): b.name for b in sensor.bands}
-    for b in sensor.bands:
-        if b.asset and not b.asset.isdigit():
-            lookup |= {b.asset.lower(): b.name, _unpadded(b.asset): b.name}
-    names = [lookup.get(_unpadded(d.strip())) or lookup.get(d.strip().lower()) for d in desc]
-    if not any(names):
-        return None
-    twice = sorted({n for n in names if n and names.count(n) > 1})
-    if twice:
-        raise ImageryError(
-            f"{file_name}: band descriptions name {', '.join(twice)} more than once; the "
-            f"sensor's bands are: {', '.join(sensor.band_names)}. Fix the band descriptions, or "
-            "name the file's bands in order with --bands"
-        )
-    unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
-    if unknown:
-        warnings.warn(
-            f"{file_name}: band description{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))} name{'' if len(unknown) > 1 else 's'} no band of "
-            f"sensor {sensor.id} ({', '.join(sensor.band_names)}): "
-            f"{'those bands are' if len(unknown) > 1 else 'that band is'} left out",
-            stacklevel=4,
-        )
-    return names
-
-
-def _unpadded(band_id: str) -> str:
-    """A band id in lower case without the zeros before its number: ``B02``, ``b2`` → ``b2``;
-    ``B8A`` → ``b8a``; ``SR_B04`` → ``sr_b4`` (Google Earth Engine names Sentinel-2's bands
-    ``B2``, ESA ``B02``)."""
-    return re.sub(r"(?<=[a-z_])0+(?=\d)", "", band_id.lower())
-
-
-def _name_from_filename(path: Path, sensor: Sensor | None) -> str | None:
-    if sensor is None:
-        return None
-    stem = path.stem.upper()
-    hits = [
-        b.name
-        for b in sensor.bands
-        if b.asset and re.search(rf"(^|[_\-.]){re.escape(b.asset.upper())}($|[_\-.])", stem)
-    ]
-    return hits[0] if len(hits) == 1 else None
-
-
 def open_scenes(
     paths: list[str | Path],
     *,
@@ -202,10 +145,11 @@ def open_scenes(
                     ds.height,
                     ds.dtypes[0],
                     ds.nodata,
-                    _names_from_descriptions(ds),
+                    names_from_descriptions(ds),
                     file_date(ds),
                     list(ds.scales),
                     list(ds.offsets),
+                    mask_of(ds),
                 )
             )
     counts = {i[1] for i in infos}
@@ -247,9 +191,8 @@ def open_scenes(
 
 
 def _check_file(ds, f: Path) -> None:
-    """Refuse what geotune cannot place or would read wrongly: no CRS (or only ground control
-    points), a rotated or sheared pixel grid (outputs are north-up on the source grid), and
-    nodata given only by an internal mask."""
+    """Refuse what geotune cannot place: no CRS (or only ground control points), a rotated or
+    sheared pixel grid (outputs are north-up on the source grid)."""
     if ds.crs is None and ds.gcps[0]:
         raise ImageryError(
             f"{f.name} is georeferenced by ground control points (GCPs), not a pixel grid; warp "
@@ -266,12 +209,6 @@ def _check_file(ds, f: Path) -> None:
             f"{f.name} has a rotated pixel grid (geotransform terms {t.b:g}, {t.d:g}); outputs "
             "sit on a north-up grid: warp it first, e.g. gdalwarp in.tif north_up.tif"
         )
-    if ds.nodata is None and any(MaskFlags.per_dataset in fl for fl in ds.mask_flag_enums):
-        raise ImageryError(
-            f"{f.name} marks its nodata with an internal mask, which geotune does not read: "
-            "its masked pixels would be given classes. Write them as a nodata value instead, "
-            "e.g. gdalwarp -dstnodata 0 in.tif out.tif (0 if no valid pixel is 0)"
-        )
 
 
 def _take(values, keep: list[int]):
@@ -287,11 +224,16 @@ def _nodata(declared, sens) -> tuple[float | None, str]:
 
 
 def _multiband_scene(info, bands, sens) -> Scene:
-    f, count, crs, transform, w, h, dtype, nodata, desc, fdate, scales, offsets = info
+    f, count, crs, transform, w, h, dtype, nodata, desc, fdate, scales, offsets, mask = info
+    kind, alpha = mask
+    if alpha:  # the mask, not an image band: named and counted without it
+        count -= len(alpha)
+        scales, offsets = _without(scales, alpha), _without(offsets, alpha)
+    what = f"{count} bands" + (" besides its alpha band" if alpha else "")
     if bands:
         if len(bands) != count:
             raise ImageryError(
-                f"{f.name} has {count} bands but --bands names {len(bands)}: {','.join(bands)}"
+                f"{f.name} has {what} but --bands names {len(bands)}: {','.join(bands)}"
             )
         names = list(bands)
     elif desc and sens is None:
@@ -301,14 +243,14 @@ def _multiband_scene(info, bands, sens) -> Scene:
     elif sens is not None:
         if count != len(sens.bands):
             raise ImageryError(
-                f"{f.name} has {count} bands but sensor {sens.id} has {len(sens.bands)} "
+                f"{f.name} has {what} but sensor {sens.id} has {len(sens.bands)} "
                 f"({', '.join(sens.band_names)}). Name the file's bands in order with --bands, "
                 f"e.g. --bands {','.join(sens.band_names[:count])}"
             )
         names = sens.band_names
     else:
         raise ImageryError(
-            f"cannot tell the bands of {f.name} ({count} bands, no band descriptions). "
+            f"cannot tell the bands of {f.name} ({what}, no band descriptions). "
             "Pass --sensor ID (e.g. sentinel-2-l2a) or --bands blue,green,red,..."
         )
     twice = sorted({n for n in names if n and names.count(n) > 1})
@@ -319,14 +261,36 @@ def _multiband_scene(info, bands, sens) -> Scene:
         )
     keep = [i for i, n in enumerate(names) if n is not None]  # quality bands left out
     names, scales, offsets = [names[i] for i in keep], _take(scales, keep), _take(offsets, keep)
-    nodata, source = _nodata(nodata, sens)
+    if kind is not None and nodata is not None:  # masked pixels written as its nodata value
+        source = f"the file's, and its {kind}"
+    elif kind is not None:
+        nodata, source = mask_fill(dtype), f"the file's {kind}"
+    else:
+        nodata, source = _nodata(nodata, sens)
     grid = Grid(crs, transform, w, h)
-    sources = [(f, i + 1) for i in keep]
-    return Scene([f], names, grid, dtype, nodata, fdate, sources, source, scales, offsets)
+    bands_of_file = [i for i in range(count + len(alpha)) if i not in alpha]
+    sources = [(f, bands_of_file[i] + 1) for i in keep]
+    alpha_band = alpha[0] + 1 if kind == "alpha band" else None
+    return Scene(
+        [f], names, grid, dtype, nodata, fdate, sources, source, scales, offsets,
+        kind is not None, alpha_band,
+    )  # fmt: skip
+
+
+def _without(values, drop: list[int]):
+    return None if values is None else [v for i, v in enumerate(values) if i not in drop]
 
 
 def _band_files_scene(infos, bands, sens) -> Scene:
     files = [i[0] for i in infos]
+    for i in infos:
+        if i[12][0] is not None:
+            raise ImageryError(
+                f"{i[0].name} marks its nodata with an {i[12][0]}, which geotune reads in a "
+                "multi-band file, not in band files. Stack the bands into one file (e.g. "
+                "gdalbuildvrt -separate stack.vrt B*.tif && gdal_translate stack.vrt stack.tif), "
+                "or write the masked pixels as a nodata value (gdalwarp -dstnodata 0 in.tif out.tif)"
+            )
     if bands:
         if len(bands) != len(files):
             raise ImageryError(f"{len(files)} band files but --bands names {len(bands)}")
@@ -336,7 +300,7 @@ def _band_files_scene(infos, bands, sens) -> Scene:
         for f, *_rest in infos:
             desc = _rest[7]
             named = names_for_sensor(desc, sens, f.name) if desc and sens else None
-            name = (named or desc)[0] if desc else _name_from_filename(f, sens)
+            name = (named or desc)[0] if desc else name_from_filename(f, sens)
             if name is None:
                 raise ImageryError(
                     f"cannot tell which band {f.name} holds. Pass --sensor ID so band ids in file "

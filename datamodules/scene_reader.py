@@ -1,6 +1,7 @@
 """Windows of a :class:`~datamodules.imagery.Scene` read on its grid: its files stacked band by
-band, band files warped onto the finest band's grid, and a band file's missing pixels (outside
-it, or its nodata) made nodata in every band."""
+band, band files warped onto the finest band's grid, a band file's missing pixels (outside
+it, or its nodata) made nodata in every band, and the pixels a file's alpha band or internal
+mask masks written as the scene's nodata value."""
 
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ class SceneReader:
         data = out[0] if len(out) == 1 else np.concatenate(out)
         if self._per_band:
             self._mask_missing(data, window)
+        if self.scene.masked:  # its alpha band or internal mask: masked pixels read as nodata
+            ds = self._handles[self.scene.files[0]]
+            if self.scene.alpha_band is not None:  # GDAL takes it as the mask of RGBA files only
+                masked = ds.read(self.scene.alpha_band, window=window) == 0
+            else:
+                masked = ds.dataset_mask(window=window) == 0
+            if masked.any():
+                data[:, masked] = np.asarray(self._fill).astype(data.dtype)
         return data
 
     def _mask_missing(self, data: np.ndarray, window: Window) -> None:

@@ -125,6 +125,22 @@ def few_polygons(
     return path
 
 
+def tiny_model(tmp: Path):
+    """:func:`train_tiny`'s model ``p`` in a home of its own under ``tmp``, loaded (``p@champion``),
+    with ``tmp`` as its ``.tmp``: a module's fixture, so without pytest's per-test ``home``."""
+    import pytest
+
+    from trainer.registry import load_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOTUNE_HOME", str(tmp / "home"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        train_tiny(tmp)
+        model = load_model("p@champion")
+    model.tmp = tmp
+    return model
+
+
 def train_tiny(
     folder: Path, name: str = "p", *, size: int = 128, seed: int = 0, keep: float = 0.7,
     chips_per_epoch: int = 32, alias: str | None = "champion",

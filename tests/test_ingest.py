@@ -344,6 +344,27 @@ def test_dates_from_file_metadata_from_the_user_or_unknown(home, tmp_path, scene
         _add("bad", [scene["image"]], scene["labels"], dates=["12/06/2024"])
 
 
+def test_dates_from_the_missions_file_names_where_no_tag_gives_one(home, tmp_path, scene):
+    import shutil
+
+    paths, _ = _band_files(tmp_path)
+    named = []
+    for p in paths:  # as ESA names a granule's band files
+        band = p.stem.rsplit("_", 1)[1]
+        named.append(shutil.copy(p, tmp_path / f"T33UUP_20240612T101031_{band}_10m.tif"))
+    s2 = _add("s2", named, scene["labels"], sensor="sentinel-2-l2a")
+    assert s2.manifest["dates"] == ["2024-06-12T10:10:31+00:00"]
+    landsat = tmp_path / "LC09_L2SP_191026_20230612_20230620_02_T1_SR.tif"
+    shutil.copy(scene["image"], landsat)
+    assert _add("ls", [landsat], scene["labels"]).manifest["dates"] == ["2023-06-12"]
+    with rasterio.open(landsat, "r+") as dst:
+        dst.update_tags(ACQUISITION_DATE="2023-06-13")  # a tag says more than a name
+    assert _add("tag", [landsat], scene["labels"]).manifest["dates"] == ["2023-06-13"]
+    odd = tmp_path / "LC09_L2SP_191026_20231399_20230620_02_T1_SR.tif"  # no calendar date
+    shutil.copy(scene["image"], odd)
+    assert _add("odd", [odd], scene["labels"]).manifest["dates"] == [None]
+
+
 # -- geometries, nodata, bad input -----------------------------------------------------------------
 def test_invalid_geometries_are_repaired_with_a_warning_and_counted(home, scene, tmp_path):
     import geopandas as gpd

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import shapely
 from rio_cogeo.cogeo import cog_validate
-from synth import make_labels, make_scene, train_tiny
+from synth import make_labels, make_scene, tiny_model
 
 from datamodules.imagery import Grid
 from datamodules.ingest import ingest
@@ -25,14 +25,7 @@ from trainer.train import train
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("predict")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOTUNE_HOME", str(tmp / "home"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        train_tiny(tmp)
-        m = load_model("p@champion")
-    m.tmp = tmp
-    return m
+    return tiny_model(tmp_path_factory.mktemp("predict"))
 
 
 def test_outputs_validate_and_agree(model, tmp_path):

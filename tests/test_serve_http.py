@@ -201,3 +201,28 @@ def test_a_scene_whose_nodata_is_nan_is_drawn_as_tiles(dev, tmp_path):
     y = int((1 - np.arcsinh(np.tan(np.radians(lat))) / np.pi) / 2 * n)
     t = c.get(links["tiles"].format(z=z, x=x, y=y))
     assert t.status_code == 200 and t.headers["content-type"] == "image/png", t.text
+
+
+def test_an_orthomosaic_with_an_alpha_band_is_uploaded_as_a_dataset(dev, tmp_path):
+    """An RGBA orthomosaic over HTTP, read by the ingest job (GeoTIFF driver only): its alpha
+    band is its nodata, not an image band."""
+    from synth import make_labels
+    from test_masks import STRIP, _masked_copy
+    from test_serve import wait_job
+
+    scene, cmap = make_scene(tmp_path, size=96, seed=8)
+    ortho = _masked_copy(scene, tmp_path / "ortho.tif", "alpha")
+    labels = make_labels(tmp_path, scene, cmap)
+    c = dev["c"]
+    r = c.post(
+        "/v1/datasets", data={"name": "ortho", "class_column": "class_name", "block_size": "32"},
+        files={"image": ("ortho.tif", ortho.read_bytes()),
+               "labels": ("l.geojson", labels.read_bytes())},
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    ds = c.get("/v1/datasets/ortho").json()
+    assert ds["nodata_source"] == "the file's alpha band" and len(ds["bands"]) == 4
+    with rasterio.open(dev["srv"].home / "datasets" / "ortho" / "image.tif") as src:
+        assert (src.read()[:, :, :STRIP] == src.nodata).all()
