@@ -99,7 +99,7 @@ def test_gdal_category_names_name_the_values_they_cover(home, scene):
     assert "legend" not in plain.manifest["source"]
 
 
-def test_an_erdas_imagine_mask_with_a_binned_table_and_fractional_colours(home, scene):
+def test_an_erdas_imagine_mask_with_a_binned_table_and_colour_columns(home, scene):
     """ERDAS keeps one row per value from 0 (no value column) and colours as fractions 0..1
     (GDAL shows them as 0..255 and writes them as fractions)."""
     tif = _mask(scene, scene["dir"] / "m.tif", values=(1, 2, 3))
