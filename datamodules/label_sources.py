@@ -16,7 +16,7 @@ import rasterio
 
 from .imagery import Grid, warp_to_grid
 from .labels import ClassTable, LabelError, read_vector
-from .mask_classes import looks_unlabelled, mask_legend
+from .mask_classes import MaskLegend, looks_unlabelled, mask_legend
 from .rasterize import IGNORE_INDEX, MaskLabels
 
 CHANGE_CLASSES = ("binary", "transitions")
@@ -87,10 +87,12 @@ def vector_source(
     return gdf, table
 
 
-def _class_table(classes_file, values, background, first=None) -> ClassTable:
+def _class_table(classes_file, values, background, first=None, **legend) -> ClassTable:
+    """The class table file's, else inferred from the values (``legend``: a mask's own
+    ``names`` and ``colors`` by value)."""
     if classes_file:
         return ClassTable.from_file(classes_file, values, background)
-    return ClassTable.infer(values, background, first=first)
+    return ClassTable.infer(values, background, first=first, **legend)
 
 
 def change_labels(before, after, mode: str, grid: Grid, before_name: str, after_name: str):
@@ -210,13 +212,10 @@ def mask_source(mask_path: Path, grid: Grid, ignore_values: set, classes_file, b
             f"label raster {mask_path.name} has negative class values {values[:5]}; "
             "list them with --ignore-values or remap them to 0..254"
         )
-    if classes_file:
-        table = ClassTable.from_file(classes_file, values, background)
-    else:
-        legend = mask_legend(src, values)
-        table = ClassTable.infer(values, background, names=legend.names, colors=legend.colors)
-        table.legend = legend.describe()
-        _say_if_named_unlabelled(mask_path.name, legend.names)
+    legend = MaskLegend() if classes_file else mask_legend(src, values)  # a table file decides
+    table = _class_table(classes_file, values, background, names=legend.names, colors=legend.colors)
+    table.legend = legend.describe()
+    _say_if_named_unlabelled(mask_path.name, legend.names)
     lut = np.full(max(values) + 1, IGNORE_INDEX, dtype=np.uint8)
     for c in table.classes:
         if not c.get("background"):
