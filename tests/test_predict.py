@@ -395,6 +395,37 @@ def test_bfloat16_forward_agrees_with_float32(model, tmp_path):
         resolve_precision("fp16")
 
 
+def test_bfloat16_asked_for_where_the_cpu_emulates_it_is_said(model, tmp_path, monkeypatch):
+    """On a CPU without native bfloat16 (AVX2 only), auto is float32; bf16 asked for is what
+    runs (its classes agree with float32), said as a warning and in the summary's notes, because
+    it is several times slower there; fp32 says nothing."""
+    import warnings
+
+    import trainer.device as device
+    import trainer.inference as inference
+
+    monkeypatch.setattr(device, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(inference, "onednn_bfloat16", lambda: False)
+    assert device.resolve_precision("auto") == "fp32"
+    scene, _ = make_scene(tmp_path, size=96, seed=9)
+    opts = {"polygons": False, "confidence": False}
+    with pytest.warns(UserWarning, match="no native bfloat16.*choose fp32"):
+        s = predict_scene(model, [scene], tmp_path / "bf16", progress=False,
+                          options=PredictOptions(precision="bf16", **opts))  # fmt: skip
+    assert s["options"]["precision"] == "bf16"
+    assert any("no native bfloat16" in n for n in s["input"]["notes"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        f = predict_scene(model, [scene], tmp_path / "fp32", progress=False,
+                          options=PredictOptions(precision="fp32", **opts))  # fmt: skip
+    assert not any("bfloat16" in n for n in f["input"]["notes"])
+    with (
+        rasterio.open(tmp_path / "bf16" / "classes.tif") as a,
+        rasterio.open(tmp_path / "fp32" / "classes.tif") as b,
+    ):
+        assert (a.read(1) == b.read(1)).mean() >= 0.99
+
+
 def test_device_choice(model, tmp_path):
     """``device``: auto is the first CUDA GPU torch sees, else the CPU, and is recorded; a GPU
     that is not there, or an unknown device, is a clear error."""

@@ -564,6 +564,36 @@ def test_fused_activations_compute_the_folded_network(name):
         assert (got - want).abs().max() <= 0.05 * want.abs().max()
 
 
+def test_bfloat16_copies_run_where_onednn_computes_no_bfloat16(monkeypatch):
+    """On a CPU whose oneDNN computes no bfloat16 (AVX2 only: its bfloat16 primitives refuse to
+    run), the fused network's bfloat16 copy runs torch's own convolution, residual sum and ReLU,
+    with nothing packed: the same classes as the folded network's bfloat16 forward."""
+    import copy
+
+    import trainer.inference as inference
+    from trainer.backbones import build_backbone
+    from trainer.heads import SegmentationNet
+
+    monkeypatch.setattr(inference, "onednn_bfloat16", lambda: False)
+    torch.manual_seed(0)
+    bands = ["blue", "green", "red", "nir08"]
+    kw = {"size": "tiny", "bands": bands, "mean": [1000.0] * 4, "std": [500.0] * 4}
+    net = _with_running_statistics(
+        SegmentationNet(build_backbone("resnet18", "random", **kw), 4, gsd=10.0)
+    )
+    fold = inference.fold_batch_norms
+    folded = inference.bfloat16_weights(fold(copy.deepcopy(net)))
+    fused = inference.bfloat16_weights(inference.fuse_activations(fold(copy.deepcopy(net))))
+    convs = [m for m in fused.modules() if type(m).__name__ == "PointwiseConv2d"]
+    assert convs and all(c.packed_weight() is c.weight for c in convs)
+    x = (torch.rand(2, 4, 64, 64) * 3000).contiguous(memory_format=torch.channels_last)
+    a, b = (n.to(memory_format=torch.channels_last) for n in (folded, fused))
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        want, got = a(x).float(), b(x).float()
+    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.99
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
 def test_fused_activations_leave_unfolded_batch_norms_alone():
     """A batch norm that was not folded (still a ``BatchNorm2d``) stands between a convolution
     and its ReLU: nothing there is fused, and the output is the network's."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from .inputs import PredictError
@@ -16,14 +17,35 @@ def resolve_precision(precision: str, device=None) -> str:
 
     if precision not in PRECISIONS:
         raise PredictError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if note := emulated_bfloat16(precision, device):
+        warnings.warn(note, stacklevel=3)
     if precision != "auto":
         return precision
     if device is not None and device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bfloat16() else "fp32"
+
+
+def emulated_bfloat16(precision: str, device=None) -> str | None:
+    """What a user who asked for a bfloat16 forward on a CPU without native bfloat16 is told
+    (the forward computes it, emulated); None otherwise."""
+    if precision != "bf16" or (device is not None and device.type != "cpu") or native_bfloat16():
+        return None
+    return (
+        "precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so the forward "
+        "pass emulates it, several times slower than float32 (a ResNet18-UNet on an AVX2 CPU: "
+        "5x); leave the precision at auto (float32 on this CPU) or choose fp32"
+    )
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    import torch
+
     native = [
         getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
-    return "bf16" if any(f is not None and f() for f in native) else "fp32"
+    return any(f is not None and f() for f in native)
 
 
 # Chips of ``max_chip``² per forward pass by default, from experiments/perf's forward table

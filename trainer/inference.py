@@ -179,6 +179,17 @@ def pointwise_convolutions() -> bool:
 
 
 @functools.cache
+def onednn_bfloat16() -> bool:
+    """Whether oneDNN computes bfloat16 convolutions on this CPU (it needs AVX512BW/VL/DQ or
+    AVX-NE-CONVERT; an AVX2-only CPU has neither). Where it does not, a fused convolution with
+    bfloat16 weights runs torch's own convolution, sum and ReLU (:class:`PointwiseConv2d`)."""
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
+@functools.cache
 def _pointwise_class():
     import torch
     from torch import nn
@@ -205,6 +216,8 @@ def _pointwise_class():
             NCHW inputs the packed weight leads oneDNN to another summation order: there the
             plain weight is used (:meth:`forward`)."""
             w = self.weight
+            if w.dtype is torch.bfloat16 and not onednn_bfloat16():
+                return w  # no oneDNN layout to pack for: torch's convolution takes it as it is
             version = None if w.is_inference() else w._version  # inference tensors have none
             key = (w.dtype, w.data_ptr(), version)
             if self._packed is None or self._packed[0] != key:
@@ -220,6 +233,8 @@ def _pointwise_class():
             return state
 
         def forward(self, x, residual=None):
+            if self.weight.dtype is torch.bfloat16 and not onednn_bfloat16():
+                return self._separate(x, residual)
             pw = torch.ops.mkldnn._convolution_pointwise
             channels_last = x.is_contiguous(memory_format=CHANNELS_LAST)
             w = self.packed_weight() if channels_last else self.weight
@@ -235,6 +250,15 @@ def _pointwise_class():
                 return y.relu_() if self.relu else y
             unary = "relu" if self.relu else None
             return pw(x, residual, *args, "add", 1.0, unary, [], "")
+
+        def _separate(self, x, residual=None):
+            """The convolution, the sum and the ReLU as torch's separate operations, for
+            bfloat16 weights on a CPU where oneDNN computes no bfloat16."""
+            w = self.weight
+            y = self._conv_forward(x.to(w.dtype), w, self.bias)
+            if residual is not None:
+                y = y.add_(residual.to(y.dtype))
+            return y.relu_() if self.relu else y
 
     return PointwiseConv2d
 

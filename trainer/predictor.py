@@ -23,7 +23,7 @@ from datamodules.scene_reader import SceneReader
 from .areas import pixel_area_rows
 from .backbones.variants import get_entry
 from .chips import ChipCache, ChipGrid, crop, fit_chip, ground_resolution, ramp
-from .device import batch_chips, resolve_device, resolve_precision, to_device
+from .device import batch_chips, emulated_bfloat16, resolve_device, resolve_precision, to_device
 from .inference import inference_net, lane, uses_channels_last
 from .inputs import PredictError
 
@@ -129,6 +129,7 @@ class Predictor:
         check_resolution(g, rec["resolution"], options.resolution_tolerance)
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
+        self.precision_note = emulated_bfloat16(self.precision, self.device)
         self._chip_geometry(g, options)
         self._prepare_net(options, conversion)
         # a model's statistics; a bare backbone's (embeddings): its spec's, fitted to the sensor
@@ -402,4 +403,7 @@ def open_predictor(model, images, *, bands=None, sensor=None, dates=None, option
     from .inputs import prepare_inputs
 
     inputs = prepare_inputs(model.record, list(images), bands, sensor, dates)
-    return Predictor(model, inputs.scenes, options, inputs.conversion), inputs
+    pred = Predictor(model, inputs.scenes, options, inputs.conversion)
+    if pred.precision_note:  # bf16 asked for where the CPU emulates it: said in the summary
+        inputs.notes.append(pred.precision_note)
+    return pred, inputs
