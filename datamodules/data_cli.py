@@ -91,6 +91,11 @@ def describe(ds: Dataset) -> str:
     lines.append(
         f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}"
     )
+    images = m.get("images") or []
+    for image in images:  # ESA band files: the offset of baseline >= 04.00 taken off
+        if image.get("values"):
+            when = f"{image['date'] or image['path']}: " if len(images) > 1 else ""
+            lines.append(when + image["values"])
     src = m.get("source", {})
     labels = f"labels: {src.get('labels', '?')} ({m.get('label_kind', '?')})"
     if src.get("labels_after"):

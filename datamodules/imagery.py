@@ -4,7 +4,10 @@ Rules for ``--image`` files:
 - one multi-band file is one scene; several multi-band files with the same bands are several
   dates of one area (multi-temporal / change detection);
 - several single-band files are the bands of one scene (as Sentinel-2 delivers them), stacked
-  onto the grid of the finest band, coarser bands resampled bilinearly.
+  onto the grid of the finest band, coarser bands resampled bilinearly;
+- a Sentinel-2 product folder (``S2B_MSIL2A_....SAFE``) is one scene: its band files, each band
+  at its finest resolution; ESA's offset of baseline >= 04.00 is taken off its band files'
+  values (:mod:`datamodules.s2_products`).
 
 Band names come from ``--bands`` (in file/band order), else from the files' band descriptions,
 else from the sensor's asset ids in the file names (``..._B8A.tif`` → ``nir08``), else from the
@@ -35,7 +38,9 @@ from rasterio.windows import Window
 from .band_names import name_from_filename, names_for_sensor, names_from_descriptions
 from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
+from .image_checks import check_file, check_one_unit
 from .image_masks import mask_fill, mask_of
+from .s2_products import esa_band_file, product_bands, product_folder, scene_offsets
 from .sensors import get_sensor
 
 
@@ -78,6 +83,21 @@ class Scene:
     offsets: list[float] | None = None
     masked: bool = False  # nodata is the file's alpha band or internal mask, read as ``nodata``
     alpha_band: int | None = None  # the file's alpha band (1-based) when it is the mask
+    # per band: the offset of an ESA product's band file, subtracted when read (s2_products)
+    product_offsets: list | None = None
+    # (n, size) and the valid pixels sampled from it (scene_reader.sample_pixels), read once
+    pixel_sample: tuple | None = field(default=None, repr=False, compare=False)
+
+    def offset_note(self) -> str | None:
+        """What was done to the values of ESA band files with the offset of baseline >= 04.00."""
+        if not self.product_offsets:
+            return None
+        done = [(b, o) for b, o in zip(self.bands, self.product_offsets, strict=True) if o]
+        how = sorted({o.describe() for _, o in done})
+        return (
+            f"values of {', '.join(b for b, _ in done)}: ESA's offset {'; '.join(how)} taken "
+            "off, as reflectance x 10000 like products before processing baseline 04.00"
+        )
 
     def fill_value_note(self) -> str | None:
         """What is nodata when the file declares none and the sensor's fill value stands in."""
@@ -121,20 +141,60 @@ def open_scenes(
     sensor: str | None = None,
     dates: list[str | date | None] | None = None,
 ) -> list[Scene]:
-    """Inspect the files, name their bands, and return one :class:`Scene` per date."""
+    """Inspect the files (or Sentinel-2 product folders), name their bands, and return one
+    :class:`Scene` per date."""
     if not paths:
         raise ImageryError(
             "no imagery given: pass --image scene.tif (repeat for band files or dates)"
         )
     sens = get_sensor(sensor) if sensor else None
     files = [Path(p).expanduser() for p in paths]
+    products = [product_folder(f) for f in files]
+    if any(products):  # one Sentinel-2 .SAFE folder per date: its band files
+        if not all(products):
+            raise ImageryError(
+                "mixing Sentinel-2 product folders and image files: give one .SAFE folder per "
+                "date, or image files"
+            )
+        groups = [product_bands(p, sens, bands) for p in products]
+        scenes = [_scenes(band_files, names, sens)[0] for band_files, names in groups]
+        files = [band_files[0] for band_files, _ in groups]  # one per date, for check_distinct
+    else:
+        scenes = _scenes(files, bands, sens)
+    if dates:
+        if len(dates) != len(scenes):
+            raise ImageryError(f"{len(dates)} date(s) given for {len(scenes)} scene(s)")
+        for s, d in zip(scenes, dates, strict=True):
+            s.date = d if isinstance(d, date) else parse_date(d)
+    if sens is not None:
+        unknown = [b for b in scenes[0].bands if b not in sens.band_names]
+        if unknown:
+            raise ImageryError(
+                f"bands {unknown} are not bands of sensor {sens.id} ({', '.join(sens.band_names)}). "
+                "Fix --bands or --sensor."
+            )
+    if len(scenes) > 1:
+        check_distinct(files)
+        check_one_unit(scenes)
+        g0 = scenes[0].grid
+        for s in scenes[1:]:
+            if s.grid.crs != g0.crs or s.grid.res != g0.res:
+                raise ImageryError(
+                    "all dates must share CRS and resolution; reproject them to one grid first"
+                )
+    return scenes
+
+
+def _scenes(files: list[Path], bands, sens) -> list[Scene]:
+    """The scenes of ``files``: one of band files, or one per multi-band file."""
     for f in files:
         if not f.is_file():
-            raise ImageryError(f"image file {f} does not exist")
+            what = "is a folder, not an image file" if f.is_dir() else "does not exist"
+            raise ImageryError(f"image file {f} {what}")
     infos = []
     for f in files:
         with _open(f) as ds:
-            _check_file(ds, f)
+            check_file(ds, f)
             infos.append(
                 (
                     f,
@@ -167,48 +227,14 @@ def open_scenes(
             "mixing single-band and multi-band files: give either one multi-band file per date, "
             "or one single-band file per band of a single scene"
         )
-    if dates:
-        if len(dates) != len(scenes):
-            raise ImageryError(f"{len(dates)} date(s) given for {len(scenes)} scene(s)")
-        for s, d in zip(scenes, dates, strict=True):
-            s.date = d if isinstance(d, date) else parse_date(d)
-    if sens is not None:
-        unknown = [b for b in scenes[0].bands if b not in sens.band_names]
-        if unknown:
-            raise ImageryError(
-                f"bands {unknown} are not bands of sensor {sens.id} ({', '.join(sens.band_names)}). "
-                "Fix --bands or --sensor."
-            )
-    if len(scenes) > 1:
-        check_distinct(files)
-        g0 = scenes[0].grid
-        for s in scenes[1:]:
-            if s.grid.crs != g0.crs or s.grid.res != g0.res:
-                raise ImageryError(
-                    "all dates must share CRS and resolution; reproject them to one grid first"
-                )
+    for s in scenes:
+        band_files = [f for f, _ in s.band_sources]
+        if len(set(band_files)) == len(band_files):  # ESA's products come as band files
+            s.product_offsets = scene_offsets(band_files)
+            if s.nodata is None and all(esa_band_file(f) for f in band_files):
+                s.nodata = 0  # outside the swath; ESA's files do not declare it
+                s.nodata_source = "Sentinel-2 products' NODATA fill value; the files declare none"
     return scenes
-
-
-def _check_file(ds, f: Path) -> None:
-    """Refuse what geotune cannot place: no CRS (or only ground control points), a rotated or
-    sheared pixel grid (outputs are north-up on the source grid)."""
-    if ds.crs is None and ds.gcps[0]:
-        raise ImageryError(
-            f"{f.name} is georeferenced by ground control points (GCPs), not a pixel grid; warp "
-            "it onto one first, e.g. gdalwarp -t_srs EPSG:32633 in.tif out.tif"
-        )
-    if ds.crs is None:
-        raise ImageryError(
-            f"{f.name} has no CRS (coordinate reference system). Georeference it first, e.g. "
-            "gdal_translate -a_srs EPSG:32633 in.tif out.tif"
-        )
-    t = ds.transform
-    if t.b != 0 or t.d != 0:
-        raise ImageryError(
-            f"{f.name} has a rotated pixel grid (geotransform terms {t.b:g}, {t.d:g}); outputs "
-            "sit on a north-up grid: warp it first, e.g. gdalwarp in.tif north_up.tif"
-        )
 
 
 def _take(values, keep: list[int]):

@@ -29,6 +29,7 @@ from .label_sources import CHANGE_CLASSES, mask_source, vector_source
 from .labels import RASTER_SUFFIXES, LabelError
 from .manifest import Dataset, DatasetWriter, check_name
 from .rasterize import IGNORE_INDEX, PolygonLabels, write_rasters
+from .s2_products import offset_suspect
 
 TASKS = ("segmentation", "classification", "change")
 
@@ -191,6 +192,9 @@ def ingest(**options) -> Dataset:
     scenes = open_scenes(req.images, bands=req.bands, sensor=req.sensor, dates=req.dates)
     _check_scene_count(req.task, len(scenes))
     _check_dates(scenes, after is not None)
+    for scene in scenes:  # a file written from an ESA product after 04.00, offset and all
+        if suspect := offset_suspect(scene, req.sensor):
+            warnings.warn(suspect, stacklevel=2)
     gdf, source, table = _read_labels(req, scenes[0].grid)
     writer = DatasetWriter(dataset_id, req.root)
     try:

@@ -150,6 +150,7 @@ def imagery_part(scenes, result, sensor: str | None = None) -> dict:
         "offsets": first.offsets,
         "images": [
             {"path": n, "date": s.date.isoformat() if s.date else None}
+            | ({"values": s.offset_note()} if s.product_offsets else {})
             for n, s in zip(result.image_names, scenes, strict=True)
         ],
         "dates": [s.date.isoformat() if s.date else None for s in scenes],

@@ -11,7 +11,7 @@ of one overpass, clearest first.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from datetime import datetime
 
 import numpy as np
 import rasterio
@@ -20,10 +20,9 @@ from rasterio.windows import Window
 from .aoi import AoiError, project
 from .cog_read import ReadOptions, read_to_grid
 from .imagery import Grid
+from .s2_products import BASELINE_04_DATE, harmonised
 from .sensors import get_sensor
 from .stac import Found, Observation, StacError
-
-S2_BASELINE_04_DATE = date(2022, 1, 25)  # ESA's switch to processing baseline 04.00
 
 
 # -- radiometric harmonisation to the values of the sensor table ---------------------------------
@@ -36,14 +35,13 @@ def s2_offset_applies(item) -> bool:
     if baseline is not None:
         return float(baseline) >= 4.0
     when = item.datetime or datetime.fromisoformat(props["start_datetime"].replace("Z", "+00:00"))
-    return when.date() >= S2_BASELINE_04_DATE
+    return when.date() >= BASELINE_04_DATE
 
 
 def _s2_boa_offset(arr: np.ndarray, item) -> tuple[np.ndarray, str | None]:
     if not s2_offset_applies(item):
         return arr, None
-    # as before baseline 04.00: reflectance x 10000, negative values clamped to 1
-    return np.maximum(arr - 1000.0, 1.0), "subtracted the -1000 offset (baseline >= 04.00)"
+    return harmonised(arr, -1000.0), "subtracted the -1000 offset (baseline >= 04.00)"
 
 
 def _linear_to_db(arr: np.ndarray, item) -> tuple[np.ndarray, str | None]:

@@ -21,7 +21,9 @@ def footprint(ds, g: Grid) -> tuple[int, int, int, int] | None:
     """The grid's pixels whose centre lies inside file ``ds`` (row0, row1, col0, col1), or None
     when the file covers the whole grid."""
     b = ds.bounds
-    (c0, r0), (c1, r1) = ~g.transform * (b.left, b.top), ~g.transform * (b.right, b.bottom)
+    inv = ~g.transform  # pixel (column, row) of a point, written out: affine deprecates ``*``
+    c0, r0 = inv.a * b.left + inv.b * b.top + inv.c, inv.d * b.left + inv.e * b.top + inv.f
+    c1, r1 = inv.a * b.right + inv.b * b.bottom + inv.c, inv.d * b.right + inv.e * b.bottom + inv.f
     rows = (max(0, math.ceil(min(r0, r1) - 0.5)), min(g.height, math.ceil(max(r0, r1) - 0.5)))
     cols = (max(0, math.ceil(min(c0, c1) - 0.5)), min(g.width, math.ceil(max(c0, c1) - 0.5)))
     return None if rows == (0, g.height) and cols == (0, g.width) else (*rows, *cols)
@@ -88,6 +90,9 @@ class SceneReader:
                 masked = ds.dataset_mask(window=window) == 0
             if masked.any():
                 data[:, masked] = np.asarray(self._fill).astype(data.dtype)
+        for band, offset in zip(data, self.scene.product_offsets or (), strict=False):
+            if offset is not None:  # an ESA band file of baseline >= 04.00: offset taken off
+                offset.harmonise(band, self.scene.nodata)
         return data
 
     def _mask_missing(self, data: np.ndarray, window: Window) -> None:
@@ -116,3 +121,61 @@ class SceneReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def spread_windows(width: int, height: int, n: int, size: int) -> list:
+    """``n`` x ``n`` windows of ``size`` px spread evenly over a ``width`` x ``height`` raster,
+    or the whole raster when they would cover it."""
+    if width <= n * size and height <= n * size:
+        return [Window(0, 0, width, height)]
+    h, w = min(size, height), min(size, width)
+    return [
+        Window(int(fc * (width - w)), int(fr * (height - h)), w, h)
+        for fr in np.linspace(0, 1, n)
+        for fc in np.linspace(0, 1, n)
+    ]
+
+
+def sample_pixels(scene: Scene, n: int = 3, size: int = 128) -> np.ndarray:
+    """The valid pixels ``[bands, N]`` (float64) of ``n`` x ``n`` windows of ``size`` px spread
+    over the scene (a few blocks read), or of the coarsest overview of a one-file scene that is
+    at least ``size`` px on each edge (its pixels span the whole scene: on the 3000² perf scene
+    one block read instead of nine, 0.17 s less before the first forward pass). Read once per
+    scene: the checks of its values share it."""
+    from .rasterize import valid_pixels
+
+    if scene.pixel_sample is not None and scene.pixel_sample[0] == (n, size):
+        return scene.pixel_sample[1]
+    overview = _coarsest_overview(scene, size)
+    if overview is None:
+        with SceneReader(scene) as reader:
+            g = scene.grid
+            samples = [reader.read(w) for w in spread_windows(g.width, g.height, n, size)]
+    else:
+        path, level = overview
+        indexes = [b for _, b in scene.band_sources]
+        with rasterio.open(path, overview_level=level) as ds:
+            samples = [
+                ds.read(indexes, window=w) for w in spread_windows(ds.width, ds.height, n, size)
+            ]
+    values = np.concatenate(
+        [d[:, valid_pixels(d, scene.nodata)].astype(np.float64) for d in samples], axis=1
+    )
+    scene.pixel_sample = ((n, size), values)
+    return values
+
+
+def _coarsest_overview(scene: Scene, size: int) -> tuple[Path, int] | None:
+    """``(file, overview level)`` of the coarsest overview at least ``size`` px on each edge,
+    for a scene that is one file on the scene's grid, read as stored; else None."""
+    files = {f for f, _ in scene.band_sources}
+    if len(files) != 1 or scene.masked or scene.product_offsets:
+        return None
+    path = files.pop()
+    g = scene.grid
+    with rasterio.open(path) as ds:
+        if (ds.width, ds.height, ds.transform) != (g.width, g.height, g.transform):
+            return None
+        factors = ds.overviews(1)
+    levels = [i for i, f in enumerate(factors) if min(g.width // f, g.height // f) >= size]
+    return (path, levels[-1]) if levels else None

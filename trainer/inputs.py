@@ -25,6 +25,7 @@ import rasterio
 
 from datamodules.errors import UserError
 from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
+from datamodules.s2_products import offset_suspect
 from datamodules.sensors import stored_units
 from datamodules.units import Unit, UnitError, affine, float_reflectance, value_ratio
 
@@ -67,6 +68,9 @@ class Inputs:
         }
         if self.conversion is not None:
             out["conversion"] = {"gain": self.conversion[0], "bias": self.conversion[1]}
+        values = [s.offset_note() for s in self.scenes]
+        if any(values):  # ESA band files with the offset of baseline >= 04.00, taken off
+            out["values"] = values
         return out
 
 
@@ -90,6 +94,10 @@ def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
     if note:
         out.notes.append(f"{note} in every output")
         warnings.warn(out.notes[-1], stacklevel=2)
+    for scene in scenes:  # a file written from an ESA product after 04.00, offset and all
+        if suspect := offset_suspect(scene, sensor):
+            out.notes.append(suspect)
+            warnings.warn(suspect, stacklevel=2)
     if len(scenes) > 1:
         _order(out)
     _units(out, rec, model_sensor)
@@ -97,62 +105,13 @@ def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
     return out
 
 
-def scene_medians(scene: Scene, bands: list[str], n: int = 3, size: int = 128) -> np.ndarray | None:
-    """Per band (``bands``, by name), the median of the valid pixels in ``n`` x ``n`` windows
-    of ``size`` px spread over the scene (a few blocks read), or over the coarsest overview of
-    a one-file scene that is at least ``size`` px on each edge (its pixels span the whole
-    scene: on the 3000² perf scene one block read instead of nine, 0.17 s less before the
-    first forward pass); None when none is valid."""
-    from datamodules.rasterize import valid_pixels
-    from datamodules.scene_reader import SceneReader
+def scene_medians(scene: Scene, bands: list[str]) -> np.ndarray | None:
+    """Per band (``bands``, by name), the median of the scene's valid pixels in its sample
+    (:func:`datamodules.scene_reader.sample_pixels`); None when none is valid."""
+    from datamodules.scene_reader import sample_pixels
 
-    idx = [scene.bands.index(b) for b in bands]
-    overview = _coarsest_overview(scene, size)
-    if overview is None:
-        with SceneReader(scene) as reader:
-            samples = [
-                reader.read(w) for w in _spread(scene.grid.width, scene.grid.height, n, size)
-            ]
-    else:
-        path, level = overview
-        indexes = [b for _, b in scene.band_sources]
-        with rasterio.open(path, overview_level=level) as ds:
-            samples = [ds.read(indexes, window=w) for w in _spread(ds.width, ds.height, n, size)]
-    values = np.concatenate(
-        [d[idx][:, valid_pixels(d, scene.nodata)].astype(np.float64) for d in samples], axis=1
-    )
+    values = sample_pixels(scene)[[scene.bands.index(b) for b in bands]]
     return np.median(values, axis=1) if values.shape[1] else None
-
-
-def _spread(width: int, height: int, n: int, size: int) -> list:
-    """``n`` x ``n`` windows of ``size`` px spread evenly over a ``width`` x ``height`` raster,
-    or the whole raster when they would cover it."""
-    from rasterio.windows import Window
-
-    if width <= n * size and height <= n * size:
-        return [Window(0, 0, width, height)]
-    h, w = min(size, height), min(size, width)
-    return [
-        Window(int(fc * (width - w)), int(fr * (height - h)), w, h)
-        for fr in np.linspace(0, 1, n)
-        for fc in np.linspace(0, 1, n)
-    ]
-
-
-def _coarsest_overview(scene: Scene, size: int) -> tuple[Path, int] | None:
-    """``(file, overview level)`` of the coarsest overview at least ``size`` px on each edge,
-    for a scene that is one file on the scene's grid; else None."""
-    files = {f for f, _ in scene.band_sources}
-    if len(files) != 1:
-        return None
-    path = files.pop()
-    g = scene.grid
-    with rasterio.open(path) as ds:
-        if (ds.width, ds.height, ds.transform) != (g.width, g.height, g.transform):
-            return None
-        factors = ds.overviews(1)
-    levels = [i for i, f in enumerate(factors) if min(g.width // f, g.height // f) >= size]
-    return (path, levels[-1]) if levels else None
 
 
 def _values(out: Inputs, rec: dict) -> None:

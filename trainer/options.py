@@ -42,7 +42,7 @@ IMAGE = Option(
     http="upload",
     required="http",
     help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
-    "dates (CLI: --aoi, --start, --end)",
+    "dates (CLI: --aoi, --start, --end; or a Sentinel-2 .SAFE folder per date)",
 )
 
 PREDICT = (
