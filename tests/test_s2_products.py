@@ -291,3 +291,18 @@ def test_a_level_1c_product_reads_its_radiometric_offset(surface, tmp_path):
     with SceneReader(scene) as reader:
         got = reader.read(rasterio.windows.Window(0, 0, 128, 128))
     np.testing.assert_array_equal(got, _read(surface["before"])[0])
+
+
+def test_embed_says_what_it_took_off_a_product(home, surface, tmp_path, capsys):
+    """`geotune embed` prints the same input lines as `predict`: ESA's offset, taken off."""
+    from trainer.cli import main
+
+    out = tmp_path / "e.parquet"
+    args = ["embed", "--backbone", "clay_v1_5", "--size", "tiny", "--weights", "random",
+            "--chip-size", "64", "--sensor", SENSOR, "--image", _folder(surface["after"]),
+            "--out", out]  # fmt: skip
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    printed = capsys.readouterr().out
+    assert "input: sentinel-2-l2a (given)" in printed
+    assert "ESA's offset -1000 (MTD_MSIL2A.xml of S2B_MSIL2A_2023" in printed

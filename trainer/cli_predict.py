@@ -65,9 +65,8 @@ def print_summary(summary: dict, out: str) -> None:
 
     what = f" in {summary['n_chips']} chips" if "n_chips" in summary else ""
     print(f"{summary['n_pixels']} pixels predicted{what} in {summary['seconds']} s → {out}")
-    print(f"  {describe(summary['input'])}")
-    for note in filter(None, summary["input"].get("values", [])):
-        print(f"  {note}")
+    for line in describe(summary["input"]):
+        print(f"  {line}")
     if "cluster" in summary:
         c = summary["cluster"]
         again = f"; run again: strips {[r['strip'] for r in c['retried']]}" if c["retried"] else ""

@@ -137,7 +137,8 @@ def run_embed(args) -> int:
         print(
             f"  {skipped} chips with less than {args.min_valid:.0%} of their pixels valid: skipped"
         )
-    print(f"  {describe(summary['input'])}")
+    for line in describe(summary["input"]):
+        print(f"  {line}")
     return 0
 
 

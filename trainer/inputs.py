@@ -74,13 +74,15 @@ class Inputs:
         return out
 
 
-def describe(summary: dict) -> str:
-    """One line of what was decided about the input (an :meth:`Inputs.summary`)."""
+def describe(summary: dict) -> list[str]:
+    """What was decided about the input (an :meth:`Inputs.summary`): one line, then one per
+    scene whose stored values had something taken off (ESA's offset)."""
     converted = ", converted exactly to the model's units" if summary["conversion"] else ""
-    return (
+    line = (
         f"input: {summary['sensor'] or 'sensor unknown'} ({summary['sensor_source']}){converted}; "
         f"nodata {summary['nodata']} ({summary['nodata_source']}); dates {summary['date_order']}"
     )
+    return [line, *filter(None, summary.get("values", []))]
 
 
 def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
