@@ -1,7 +1,7 @@
 """STAC imagery sources: catalog presets (``conf/stac/*.yaml``) and item search by AOI + dates.
 
 A catalog is a STAC API (searched with pystac-client) or a static catalog (a ``catalog.json``,
-walked with pystac). Its config says, per geotune sensor id, which collection(s) to search, which
+``collection.json``, item or ItemCollection file: :mod:`datamodules.stac_static`). Its config says, per geotune sensor id, which collection(s) to search, which
 asset holds which band (geotune band names from :mod:`datamodules.sensors`), which asset is the
 cloud/quality mask and which of its classes or bits mean "not a clear view", which radiometric
 harmonisation applies, and how assets are accessed (:mod:`datamodules.stac_access`).
@@ -9,12 +9,11 @@ harmonisation applies, and how assets are accessed (:mod:`datamodules.stac_acces
 Presets: ``earth_search`` (Element 84, the default), ``planetary_computer`` (Microsoft) and
 ``earthdata_lpcloud`` (NASA LP DAAC, for HLS). ``--catalog`` takes a preset name or the path of a
 YAML file of the same shape; ``--catalog-url`` (or ``GEOTUNE_STAC_URL``) points a preset at another
-URL: a mirror, a private STAC API, or a local static catalog with the same asset keys.
+URL: a mirror, a private STAC API, or a static copy (on disk or at a URL) with the same asset keys.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -235,9 +234,13 @@ def search_items(
     ``max_cloud``, clearest first (items that do not state their cover after those that do: their
     pixels are masked like any other's), then earliest."""
     found: list[Found] = []
+    if catalog.is_static:
+        from .stac_static import static_search
+
+        held = static_search(catalog, source, aoi, start, end)
     for spec in source.collections:
         if catalog.is_static:
-            items = _static_search(catalog.url, spec, aoi, start, end)
+            items = held[spec.collection]
         else:
             items = _api_search(catalog, spec, aoi, start, end, max_cloud, timeout)
         for it in items:
@@ -314,69 +317,6 @@ def _api_search(catalog, spec, aoi, start, end, max_cloud, timeout):
             f"searching {catalog.url} ({spec.collection}) failed: {e}. Check the catalog URL "
             "(--catalog-url / GEOTUNE_STAC_URL) and the network."
         ) from None
-
-
-def _static_search(url, spec, aoi, start, end):
-    import pystac
-    from shapely.geometry import box, shape
-
-    local = _is_local(str(url))
-    io = _local_stac_io()() if local else None
-    try:
-        cat = pystac.Catalog.from_file(url, stac_io=io)
-        out = []
-        for item in cat.get_items(recursive=True):
-            if item.collection_id != spec.collection:
-                continue
-            geom = shape(item.geometry) if item.geometry else box(*item.bbox)
-            if not geom.intersects(aoi):
-                continue
-            if not (start <= item_datetime(item).date() <= end):
-                continue
-            out.append(item)
-    except StacError:
-        raise
-    except Exception as e:  # pystac, JSON and OS errors of a catalog, its links and items
-        cause = e
-        while cause is not None and not isinstance(cause, StacError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:  # a refused link, wrapped by pystac
-            raise cause from None
-        raise StacError(
-            f"cannot read the static catalog {url}: {e}. Check the file it names (a STAC "
-            "catalog, collection or item JSON) and its links"
-        ) from None
-    return out
-
-
-def _is_local(href: str) -> bool:
-    from urllib.parse import urlparse
-
-    scheme = urlparse(href).scheme
-    return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter
-
-
-@functools.cache
-def _local_stac_io():
-    """The StacIO class of a local static catalog (made once, on first use: pystac is imported
-    lazily)."""
-    from pystac.stac_io import DefaultStacIO
-
-    class LocalStacIO(DefaultStacIO):
-        """A local static catalog's JSON is read from this machine only: a link out of it
-        (``https://``, ``s3://``) is refused, not fetched."""
-
-        def read_text(self, source, *args, **kwargs) -> str:
-            href = str(source)
-            if not _is_local(href):
-                raise StacError(
-                    f"the local static catalog links to {href}, which is not on this machine; "
-                    "a local catalog is read from its own files only: mirror that part too, or "
-                    "remove the link"
-                )
-            return super().read_text(source, *args, **kwargs)
-
-    return LocalStacIO
 
 
 @dataclass

@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
     g.add_argument(
         "--catalog-url",
         default=None,
-        help="the catalog at another URL: a mirror, a private STAC API or a static catalog.json "
-        "with the preset's asset keys; unset: $GEOTUNE_STAC_URL, else the preset's",
+        help="the catalog at another URL: a mirror, a private STAC API or a static copy (a "
+        "catalog.json, collection.json, item JSON or ItemCollection file) with the preset's "
+        "asset keys; unset: $GEOTUNE_STAC_URL, else the preset's",
     )
     g.add_argument(
         "--max-cloud",

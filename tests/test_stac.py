@@ -3,6 +3,7 @@ from a static catalog of small COGs written here (the same code path as a remote
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -14,7 +15,14 @@ from stac_synth import CLOUD, aoi, write_items, write_static_catalog
 from datamodules.aoi import AoiError, AoiTooLargeError, grid_for, parse_aoi
 from datamodules.composite import composite_for_aoi
 from datamodules.observe import s2_offset_applies
-from datamodules.stac import MaskSpec, NoImageryError, StacError, load_catalog, presets
+from datamodules.stac import (
+    PRESETS_DIR,
+    MaskSpec,
+    NoImageryError,
+    StacError,
+    load_catalog,
+    presets,
+)
 from datamodules.stac_access import (
     AccessError,
     EarthdataLogin,
@@ -366,6 +374,63 @@ def test_a_local_catalog_that_cannot_be_read_whole_is_a_message(tmp_path):
     for bad in ("nan", "-5", "150", "x"):
         with pytest.raises(Exception, match="percentage from 0 to 100"):
             percent(bad)
+
+
+def test_a_local_copy_in_any_of_stacs_shapes_gives_the_same_composite(catalog, tmp_path):
+    """A catalog.json, a collection.json, an ItemCollection of relative hrefs (the file a
+    search saves, with the API's self links) and one item's JSON are all catalogs; a copy of
+    another collection, items naming none and plain GeoJSON are said, each with its fix."""
+    import copy
+
+    def composite(url, name, preset="earth_search"):
+        r = composite_for_aoi(aoi(), "2021-01-01", "2023-12-31", "sentinel-2-l2a", tmp_path / name,
+                              bands=BANDS, catalog=preset, catalog_url=str(url), progress=False)  # fmt: skip
+        with rasterio.open(r.images[0]) as src:
+            return src.read(), sorted(i["id"] for i in r.provenance["items"])
+
+    want = composite(catalog["url"], "catalog")
+    collection = Path(catalog["url"]).parent / "sentinel-2-l2a" / "collection.json"
+    folder = catalog["dir"]
+    features = []
+    for item in copy.deepcopy(catalog["items"]):
+        for asset in item["assets"].values():
+            asset["href"] = Path(asset["href"]).relative_to(folder).as_posix()
+        item["links"] = [{"rel": "self", "href": f"https://example.com/items/{item['id']}"}]
+        features.append(item)
+    found = folder / "search.json"
+    found.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    for url in (collection, found):
+        got = composite(url, url.stem)
+        assert got[1] == want[1] and np.array_equal(got[0], want[0])
+    one = next(Path(catalog["url"]).parent.rglob(f"{C}.json"))
+    assert composite(one, "one")[1] == [C]
+
+    c1 = folder / "c1.json"
+    for item in features:
+        item["collection"] = "sentinel-2-c1-l2a"
+    c1.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(StacError, match="holds 6 items, none of collection sentinel-2-l2a") as e:
+        composite(c1, "c1")
+    assert "It holds sentinel-2-c1-l2a (6)" in str(e.value)
+    # the hint, followed: the preset copied with its collection set
+    preset = (PRESETS_DIR / "earth_search.yaml").read_text()
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        preset.replace("- collection: sentinel-2-l2a", "- collection: sentinel-2-c1-l2a")
+    )
+    got = composite(c1, "own", preset=str(own))
+    assert got[1] == want[1] and np.array_equal(got[0], want[0])
+
+    for item in features:
+        del item["collection"]
+    c1.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(StacError, match='6 items name no collection: add "collection": "sentinel'):
+        composite(c1, "none")
+    plain = folder / "aoi.geojson"
+    plain.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": aoi()}]}))  # fmt: skip
+    with pytest.raises(StacError, match="GeoJSON, but its features are not STAC items"):
+        composite(plain, "plain")
 
 
 def test_the_margin_around_labels_is_searched_too(catalog, tmp_path, monkeypatch):
