@@ -271,7 +271,9 @@ def _plan(req, sensor, bands, max_cloud, max_items, cat, read, bands_hint) -> Pl
             f"no {sensor} items in {cat.name} ({cat.url}) over the AOI between {req.start} and "
             f"{req.end}{_cloud_text(max_cloud)}. Widen the dates or raise --max-cloud."
         )
-    bands, left_out, found, skipped = usable_bands(searched, sensor, configured, bands, bands_hint)
+    bands, left_out, found, skipped = usable_bands(
+        searched, sensor, configured, bands, bands_hint, cat.name
+    )
     chosen, over_cap = choose(found, req.spans, max_items)
     _check_periods(chosen, req.spans, sensor, max_cloud)
     return Plan(

@@ -38,14 +38,21 @@ class AssetGrid:
 
 # -- bands ----------------------------------------------------------------------------------------
 def usable_bands(
-    found: list[Found], sensor: str, configured: list[str], asked: list[str] | None, what: str
+    found: list[Found],
+    sensor: str,
+    configured: list[str],
+    asked: list[str] | None,
+    what: str,
+    catalog: str | None = None,
 ) -> tuple[list[str], list[str], list[Found], dict[str, str]]:
     """The bands to composite, the configured bands left out, the items kept, and why others
     were skipped (item id → reason).
 
     Without ``asked`` (the default bands) the bands are those every item has; with ``asked``
     (``--bands`` or a model's), items lacking one are skipped, and when no item has them all
-    the message names the missing assets and ``what`` to change."""
+    the message names the missing assets and ``what`` to change; and, where the items' asset
+    keys are another preset's than ``catalog``'s (a copy of Planetary Computer's items read
+    with ``earth_search``), that preset."""
 
     def missing(f: Found, bands) -> list[str]:
         return [b for b in bands if f.spec.assets[b] not in f.item.assets]
@@ -55,24 +62,26 @@ def usable_bands(
         f = mask_less[0]
         raise StacError(
             f"item {f.item.id} of {f.spec.collection} has no quality-mask asset "
-            f"{f.spec.mask.asset!r} (its assets: {', '.join(f.item.assets)}); set the mask's "
-            "asset key in the catalog config (mask: {asset: KEY, ...})"
-        )
+            f"{f.spec.mask.asset!r} (its assets: {', '.join(f.item.assets)}). "
+            + (_preset_of_keys(found, sensor, catalog) or "Set the mask's asset key in the "
+               "catalog config (mask: {asset: KEY, ...})")
+        )  # fmt: skip
     if not asked:
         bands = [b for b in configured if all(not missing(f, [b]) for f in found)]
         left_out = [b for b in configured if b not in bands]
         if not bands:
             raise StacError(
                 f"no {sensor} band is in every item found; {_lack_text(found, configured)}. "
-                "Fix the asset keys of the catalog config."
-            )
+                + (_preset_of_keys(found, sensor, catalog) or "Fix the asset keys of the catalog config.")
+            )  # fmt: skip
         return bands, left_out, found, {}
     keep = [f for f in found if not missing(f, asked)]
     if not keep:
         have = [b for b in configured if any(not missing(f, [b]) for f in found)]
+        other = _preset_of_keys(found, sensor, catalog)
         raise StacError(
-            f"no item found has every band asked for: {_lack_text(found, asked)}. {what} "
-            f"(bands the items have: {', '.join(have) or 'none'})"
+            f"no item found has every band asked for: {_lack_text(found, asked)}. "
+            + (other or f"{what} (bands the items have: {', '.join(have) or 'none'})")
         )
     skipped = {
         f.item.id: "lacks the asset(s) "
@@ -81,6 +90,32 @@ def usable_bands(
         if missing(f, asked)
     }
     return list(asked), [], keep, skipped
+
+
+def _preset_of_keys(found: list[Found], sensor: str, catalog: str | None) -> str:
+    """'these are PRESET's asset keys: pass --catalog PRESET' where another preset's collection
+    of ``sensor`` names more of the first item's assets than the one searched; else ''."""
+    from .stac import _preset_sensors, load_catalog, presets
+
+    item, spec = found[0].item, found[0].spec
+
+    def named(s) -> int:
+        keys = set(s.assets.values()) | ({s.mask.asset} if s.mask else set())
+        return len(keys & set(item.assets))
+
+    best, most = None, named(spec)
+    for name in presets():
+        if name == catalog or sensor not in _preset_sensors(name):
+            continue
+        for other in load_catalog(name).source(sensor).collections:
+            if named(other) > most:
+                best, most = name, named(other)
+    if best is None:
+        return ""
+    return (
+        f"The items' asset keys are the {best} preset's: pass --catalog {best} (keeping "
+        "--catalog-url), or set the asset keys in your catalog config"
+    )
 
 
 def _lack_text(found: list[Found], bands: list[str]) -> str:

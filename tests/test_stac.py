@@ -433,6 +433,29 @@ def test_a_local_copy_in_any_of_stacs_shapes_gives_the_same_composite(catalog, t
         composite(plain, "plain")
 
 
+def test_a_copy_with_another_presets_asset_keys_names_that_preset(catalog, tmp_path):
+    """Planetary Computer's items (assets B02, ..., SCL) copied to disk and read with the
+    default preset: the message names the preset whose keys they are, and it works."""
+    import copy
+
+    from stac_synth import ASSET_KEYS
+
+    items = copy.deepcopy(catalog["items"])
+    for item in items:
+        item["assets"] = {ASSET_KEYS.get(k, k.upper()): v for k, v in item["assets"].items()}
+    url = tmp_path / "pc.json"
+    url.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    with pytest.raises(StacError, match="asset keys are the planetary_computer preset's: pass "
+                       "--catalog planetary_computer"):  # fmt: skip
+        run({"url": str(url)}, tmp_path / "es")
+    r = composite_for_aoi(aoi(), "2021-01-01", "2023-12-31", "sentinel-2-l2a", tmp_path / "pc",
+                          bands=BANDS, catalog="planetary_computer", catalog_url=str(url),
+                          progress=False)  # fmt: skip
+    want = run(catalog, tmp_path / "want")
+    with rasterio.open(r.images[0]) as got, rasterio.open(want.images[0]) as src:
+        assert np.array_equal(got.read(), src.read())
+
+
 def test_the_margin_around_labels_is_searched_too(catalog, tmp_path, monkeypatch):
     # `data add --start/--end` composites the labels' extent plus a margin: the items are
     # searched over that margin too (a neighbouring tile that covers only the margin counts)
