@@ -327,6 +327,12 @@ def _band_files_scene(infos, bands, sens) -> Scene:
             desc = _rest[7]
             named = names_for_sensor(desc, sens, f.name) if desc and sens else None
             name = (named or desc)[0] if desc else name_from_filename(f, sens)
+            if name is None and sens is not None:
+                raise ImageryError(
+                    f"{f.name} names no band of sensor {sens.id} ({', '.join(sens.band_names)}) "
+                    "that geotune can tell (a thermal or quality band, or no band id in its "
+                    "name): leave the file out, or name the bands in file order with --bands"
+                )
             if name is None:
                 raise ImageryError(
                     f"cannot tell which band {f.name} holds. Pass --sensor ID so band ids in file "
