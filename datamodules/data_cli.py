@@ -26,6 +26,7 @@ def add(args, images: list[str], imagery: dict | None = None) -> Dataset:
             images=images,
             labels=args.labels,
             class_column=args.class_column,
+            labels_layer=args.labels_layer,
             sensor=args.sensor,
             bands=_csv(args.bands),
             dates=args.dates,

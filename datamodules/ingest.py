@@ -135,6 +135,7 @@ class IngestRequest:
     images: list[str | Path]
     labels: Path
     class_column: str | None = None
+    labels_layer: str | None = None  # the layer of a labels file with several
     sensor: str | None = None
     bands: list[str] | None = None
     dates: list[str | None] | None = None
@@ -249,6 +250,7 @@ def _read_labels(req: IngestRequest, grid):
             req.class_column,
             grid,
             req.classes_file,
+            layer=req.labels_layer,
             task=req.task,
             split_column=req.split_column,
             multi_label=req.multi_label,

@@ -74,6 +74,7 @@ def manifest(
             req.change_classes,
             req.imagery,
             table.legend,
+            req.labels_layer,
         ),
     }
 
@@ -205,15 +206,16 @@ def label_kind(task: str, is_mask: bool, two_dates: bool) -> str:
 
 
 def source_part(
-    images, labels: Path, class_column, gdf, labels_after, change_classes, imagery, legend=""
-):
+    images, labels: Path, class_column, gdf, labels_after, change_classes, imagery, legend="",
+    layer=None,
+):  # fmt: skip
     """The manifest's ``source``: the files given, and what reading the labels found (``legend``:
     where a mask's class names and colours came from)."""
     source = {
         "images": [str(Path(p).name) for p in images],
         "labels": labels.name,
         "class_column": class_column,
-    }
+    } | ({"labels_layer": layer} if layer else {})
     if labels_after is not None:
         source |= {
             "labels_after": labels_after.name,

@@ -1,10 +1,12 @@
 """Label files as other tools write them: read with GDAL/OGR (the one layer with the labels, a
 zipped shapefile wherever it sits in its zip, unclosed rings closed), checked before their
 values are read (a geometry column, features, a CRS whose coordinates fit it), and class names
-spelled one way."""
+spelled one way. An Esri File Geodatabase (a ``.gdb`` folder, or zipped) is read on the command
+line; over HTTP a zip holds a shapefile only (:mod:`serve.untrusted`)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -15,18 +17,24 @@ class LabelError(UserError):
     """Bad label input; the message says what is wrong and how to fix it."""
 
 
-def read_frame(path: Path, class_column: str | None):
-    """The features of a label file (its one labels layer) as a GeoDataFrame."""
+def read_frame(path: Path, class_column: str | None, layer: str | None = None):
+    """The features of a label file (``layer``, else its one labels layer) as a GeoDataFrame."""
     import geopandas as gpd
 
-    source, layer = str(path), None
-    if not path.is_file():
+    source, asked = str(path), layer
+    if path.is_dir() and path.suffix.lower() != ".gdb":
+        inside = sorted(p.name for p in path.iterdir())[:5]
+        raise LabelError(
+            f"{path} is a folder, not a labels file; give the file with the labels"
+            + (f" (it holds: {', '.join(inside)})" if inside else " (it is empty)")
+        )
+    if not path.exists():
         raise LabelError(f"labels file {path} does not exist")
     try:
         if path.suffix.lower() in (".parquet", ".geoparquet"):
             return gpd.read_parquet(path)
-        source = _zipped_shapefile(path) if path.suffix.lower() == ".zip" else str(path)
-        layer = _label_layer(source, path, class_column)
+        source = _zipped_vectors(path) if path.suffix.lower() == ".zip" else str(path)
+        layer = _label_layer(source, path, class_column, asked)
         frame = gpd.read_file(source, layer=layer)
         if path.suffix.lower() in TABLE_SUFFIXES and not isinstance(frame, gpd.GeoDataFrame):
             return points_from_lonlat(frame, path)
@@ -38,8 +46,8 @@ def read_frame(path: Path, class_column: str | None):
             return _closing_rings(source, layer, path, e)
         raise LabelError(
             f"cannot read labels file {path.name}: {_reader_reason(e, path)}. Accepted: GeoJSON, "
-            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, KML/KMZ, a CSV of points "
-            "(lon/lat columns), or a mask raster (GeoTIFF)."
+            "GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf, KML/KMZ, File Geodatabase "
+            "(.gdb), a CSV of points (lon/lat columns), or a mask raster (GeoTIFF)."
         ) from None
 
 
@@ -106,9 +114,10 @@ def points_from_lonlat(frame, path: Path):
     ).reset_index(drop=True)
 
 
-def _zipped_shapefile(path: Path) -> str:
+def _zipped_vectors(path: Path) -> str:
     """What GDAL opens for a zipped shapefile: the zip itself, or its one ``.shp`` in a folder
-    of the zip (as "Export to zip" tools often write it)."""
+    of the zip (as "Export to zip" tools often write it); or for a zipped File Geodatabase (as
+    ArcGIS shares one), its ``.gdb`` folder in the zip."""
     import zipfile
 
     try:
@@ -116,17 +125,20 @@ def _zipped_shapefile(path: Path) -> str:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError):
         raise LabelError(f"{path.name} is not a readable zip file") from None
-    shps = [
+    names = [
         n
         for n in names
-        if n.lower().endswith(".shp")
-        and not n.startswith("__MACOSX/")
-        and not n.rsplit("/", 1)[-1].startswith("._")
+        if not n.startswith("__MACOSX/") and not n.rsplit("/", 1)[-1].startswith("._")
     ]
+    shps = [n for n in names if n.lower().endswith(".shp")]
+    gdbs = sorted({m[1] for n in names if (m := re.match(r"^((?:[^/]*/)*?[^/]+\.gdb)/", n, re.I))})
+    if not shps and len(gdbs) == 1:
+        return f"/vsizip/{path}/{gdbs[0]}"
     if not shps:
         raise LabelError(
-            f"{path.name} holds no shapefile (.shp); zip one shapefile's .shp, .shx, .dbf and "
-            ".prj files"
+            f"{path.name} holds no shapefile (.shp)"
+            + (f" and {len(gdbs)} File Geodatabases ({', '.join(gdbs[:5])})" if gdbs else "")
+            + "; zip one shapefile's .shp, .shx, .dbf and .prj files, or one .gdb folder"
         )
     if len(shps) > 1:
         raise LabelError(
@@ -136,12 +148,22 @@ def _zipped_shapefile(path: Path) -> str:
     return f"/vsizip/{path}/{shps[0]}" if "/" in shps[0] else str(path)
 
 
-def _label_layer(source: str, path: Path, class_column: str | None) -> str | None:
-    """The layer to read from a file with several (GeoPackage, KML folders, ...): the only
-    one with features and the class column. Several candidates are refused, naming them."""
+def _label_layer(
+    source: str, path: Path, class_column: str | None, asked: str | None
+) -> str | None:
+    """The layer to read: ``asked`` (``--labels-layer``), else from a file with several
+    (GeoPackage, File Geodatabase, KML folders, ...) the only one with features and the class
+    column. Several candidates are refused, naming them."""
     import pyogrio
 
     layers = [str(name) for name, _ in pyogrio.list_layers(source)]
+    if asked is not None:
+        if asked not in layers:
+            raise LabelError(
+                f"{path.name} has no layer {asked!r}; its layers: "
+                f"{', '.join(repr(n) for n in layers[:20])}. Pass --labels-layer with one of them"
+            )
+        return asked
     if len(layers) < 2:
         return None
     column = class_column or "class"
@@ -163,9 +185,9 @@ def _label_layer(source: str, path: Path, class_column: str | None) -> str | Non
 
     shown = "; ".join(described(n) for n in layers[:8]) + ("; ..." if len(layers) > 8 else "")
     raise LabelError(
-        f"{path.name} holds {len(layers)} layers and geotune reads one: {shown}. Export the "
-        f"layer with the labels to its own file (e.g. ogr2ogr labels.gpkg {path.name} LAYER), "
-        "or merge the layers into one (e.g. QGIS's Merge vector layers)"
+        f"{path.name} holds {len(layers)} layers and geotune reads one: {shown}. Name the "
+        "layer with the labels (--labels-layer NAME), or merge the layers into one (e.g. "
+        "QGIS's Merge vector layers)"
     )
 
 

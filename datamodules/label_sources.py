@@ -43,10 +43,12 @@ def vector_source(
     labels_after: Path | None = None,
     change_classes: str = "binary",
     vector_check=None,
+    layer: str | None = None,
 ):
     gdf = read_vector(
         labels,
         class_column,
+        layer=layer,
         points=task == "classification",
         split_column=split_column,
         multi_label=multi_label,

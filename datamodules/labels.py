@@ -211,8 +211,10 @@ def read_vector(
     points: bool = False,
     split_column: str | None = None,
     multi_label: bool = False,
+    layer: str | None = None,
 ):
-    """Read label features, check CRS/columns/geometries; returns a GeoDataFrame.
+    """Read label features (of ``layer``, in a file of several), check CRS/columns/geometries;
+    returns a GeoDataFrame.
 
     Columns: ``value`` (a class name or integer; with ``multi_label`` a tuple of them from a
     ``;``-separated cell), ``split`` when ``split_column`` is given, and the geometry. Polygons
@@ -220,7 +222,7 @@ def read_vector(
     polygons are repaired with ``make_valid`` and counted in ``attrs["n_invalid_repaired"]``.
     """
     path = Path(path).expanduser()
-    gdf = read_frame(path, class_column)
+    gdf = read_frame(path, class_column, layer)
     checked_frame(gdf, path)
     column = _column(gdf, path, class_column, "class", "--class-column")
     keep = {column: "value"}

@@ -142,10 +142,16 @@ INGEST = (
         "labels",
         FILE,
         required=True,
-        help="polygons (GeoJSON, GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf) or a "
-        "mask GeoTIFF",
+        help="polygons (GeoJSON, GeoPackage, zipped Shapefile, GeoParquet, FlatGeobuf; on the "
+        "command line also KML/KMZ, File Geodatabase, a CSV of points) or a mask GeoTIFF",
     ),
     Option("class_column", help="the labels' class column (default: 'class')", example=""),
+    Option(
+        "labels_layer",
+        example="",
+        help="the layer with the labels, in a labels file of several (GeoPackage, File "
+        "Geodatabase, KML folders); default: the one layer with features and the class column",
+    ),
     Option(
         "sensor",
         example="",

@@ -48,7 +48,7 @@ def check_dataset(args, frames: int) -> CheckedLabels:
             f"({', '.join(sensor.band_names)})"
         )
     path = Path(args.labels).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"labels file {path} does not exist")
     after = Path(args.labels_after).expanduser() if args.labels_after else None
     is_mask = path.suffix.lower() in RASTER_SUFFIXES
@@ -71,6 +71,7 @@ def check_dataset(args, frames: int) -> CheckedLabels:
     gdf = read_vector(
         path,
         args.class_column,
+        layer=args.labels_layer,
         points=args.task == "classification",
         split_column=args.split_column,
         multi_label=args.multi_label,

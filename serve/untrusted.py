@@ -198,9 +198,16 @@ def _shapefile_members(members: list[zipfile.ZipInfo], shown: str) -> dict[str, 
         stem, dot, ext = base.rpartition(".")
         ext = f".{ext.lower()}" if dot else ""
         if ext not in SHAPEFILE_PARTS:
+            gdb = ".gdb/" in name.lower()
             raise UntrustedFileError(
                 f"{shown} holds {_printable(base)!r}; a labels zip may hold one shapefile's own "
                 f"files only ({allowed})"
+                + (
+                    ", not a File Geodatabase: export its labels layer, e.g. ogr2ogr -f GPKG "
+                    "labels.gpkg parcels.gdb LAYER, and upload labels.gpkg"
+                    if gdb
+                    else ""
+                )
             )
         if ext in parts:
             raise UntrustedFileError(

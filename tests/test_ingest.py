@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -660,9 +661,41 @@ def test_a_file_with_several_layers_reads_the_one_with_the_class_column_or_asks(
     np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
     # two layers with the class column: which one is the user's to say
     gdf.iloc[:3].to_file(path, layer="aaa_notes", mode="w")
-    with pytest.raises(LabelError, match="holds 2 layers and geotune reads one: .*'aaa_notes' "):
+    with pytest.raises(LabelError, match="holds 2 layers and geotune reads one: .*'aaa_notes' "
+                       r".*--labels-layer NAME"):  # fmt: skip
         _add("two", scene["image"], path)
     assert not (home / "datasets" / "two").exists()
+    # the hint, followed on the command line; a layer it does not have is named with the others
+    from trainer.cli import main
+
+    args = ["data", "add", "--image", str(scene["image"]), "--labels", str(path),
+            "--class-column", "class_name", "--block-size", "32"]  # fmt: skip
+    assert main([*args, "--name", "two", "--labels-layer", "labels"]) == 0
+    two = load_dataset("two")
+    np.testing.assert_array_equal(_read(two.file("mask")), _read(ref.file("mask")))
+    assert two.manifest["source"]["labels_layer"] == "labels"
+    with pytest.raises(
+        LabelError, match="has no layer 'Labels'; its layers: 'labels', 'aaa_notes'"
+    ):
+        _add("three", scene["image"], path, labels_layer="Labels")
+
+
+def test_labels_in_a_file_geodatabase_folder_or_zipped(home, scene, tmp_path):
+    """ArcGIS keeps labels in a File Geodatabase (a .gdb folder) and shares it zipped."""
+    import shutil
+
+    import geopandas as gpd
+
+    gdb = tmp_path / "share" / "fields.gdb"
+    gdb.parent.mkdir()
+    gpd.read_file(scene["labels"]).to_file(gdb, layer="training", driver="OpenFileGDB")
+    zipped = shutil.make_archive(str(tmp_path / "fields.gdb"), "zip", tmp_path / "share")
+    ref = _add("plain", scene["image"], scene["labels"])
+    for name, labels in (("folder", gdb), ("zipped", Path(zipped))):
+        ds = _add(name, scene["image"], labels)
+        np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
+    with pytest.raises(LabelError, match="share is a folder, not a labels file.*fields.gdb"):
+        _add("other", scene["image"], gdb.parent)
 
 
 def test_a_zipped_shapefile_in_a_folder_of_its_zip(home, scene, tmp_path):

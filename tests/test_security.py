@@ -146,6 +146,9 @@ def test_labels_never_reach_other_files_or_urls(world):
         (("l.zip", zip_bytes({f"../../{k}": v for k, v in shp.items()})), ["outside the zip"]),
         (("l.zip", zip_bytes(shp | {f"b/{k.replace('fields', 'other')}": v for k, v in shp.items()})),
          ["more than one"]),
+        # an ArcGIS File Geodatabase, zipped: not opened over HTTP, the export line said
+        (("l.zip", zip_bytes({"fields.gdb/a00000001.gdbtable": b"\x03\x00\x00\x00"})),
+         ["a00000001.gdbtable", "not a File Geodatabase", "ogr2ogr -f GPKG"]),
         # JSON that is a GDAL pipeline, not GeoJSON; a GeoJSON whose CRS is a URL
         (("l.geojson", gdalg(f"/vsicurl/{url}/x.geojson")), ["cannot read labels"]),
         (("l.geojson", gdalg(secret)), ["cannot read labels"]),

@@ -226,3 +226,39 @@ def test_an_orthomosaic_with_an_alpha_band_is_uploaded_as_a_dataset(dev, tmp_pat
     assert ds["nodata_source"] == "the file's alpha band" and len(ds["bands"]) == 4
     with rasterio.open(dev["srv"].home / "datasets" / "ortho" / "image.tif") as src:
         assert (src.read()[:, :, :STRIP] == src.nodata).all()
+
+
+def test_a_geopackage_of_several_labelled_layers_takes_the_layer_named(dev, tmp_path):
+    """QGIS keeps drafts and final labels as layers of one GeoPackage: which one is the
+    user's to say, with the labels_layer field the failed job names."""
+    import geopandas as gpd
+    from synth import make_labels
+    from test_serve import wait_job
+
+    scene, cmap = make_scene(tmp_path, size=96, seed=5)
+    gdf = gpd.read_file(make_labels(tmp_path, scene, cmap))
+    path = tmp_path / "project.gpkg"
+    gdf.iloc[:2].to_file(path, layer="draft")
+    gdf.to_file(path, layer="final")
+    c = dev["c"]
+
+    def post(name, **fields):
+        r = c.post(
+            "/v1/datasets",
+            data={"name": name, "class_column": "class_name", "block_size": "32"} | fields,
+            files={
+                "image": ("s.tif", scene.read_bytes()),
+                "labels": (path.name, path.read_bytes()),
+            },
+        )
+        assert r.status_code == 202, r.text
+        return wait_job(c, r.json()["id"])
+
+    job = post("layers")
+    assert (
+        job["state"] == "failed" and "Name the layer with the labels (labels_layer" in job["error"]
+    )
+    job = post("layers", labels_layer="final")
+    assert job["state"] == "succeeded", job
+    source = c.get("/v1/datasets/layers").json()["source"]
+    assert source["labels_layer"] == "final" and source["n_labels"] == len(gdf) > 2

@@ -54,6 +54,7 @@ def create_dataset(
     _check_free(ctx, owner, dataset_id)
     options = {
         "class_column": form["class_column"] or None,
+        "labels_layer": form["labels_layer"] or None,
         "sensor": sensor or None,
         "bands": _csv(form["bands"]),
         "dates": _csv(form["dates"]),
