@@ -135,7 +135,8 @@ INGEST = (
         repeat=True,
         required="http",
         help="GeoTIFF/COG: one multi-band file per date, or one file per band (CLI: repeat "
-        "--image, or give a Sentinel-2 .SAFE folder per date; or fetch imagery for the labels' "
+        "--image, or give a product folder per date: a Sentinel-2 .SAFE, a Landsat scene's; or "
+        "fetch imagery for the labels' "
         "extent: --start, --end, --sensor)",
     ),
     Option(

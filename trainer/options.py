@@ -42,7 +42,8 @@ IMAGE = Option(
     http="upload",
     required="http",
     help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
-    "dates (CLI: --aoi, --start, --end; or a Sentinel-2 .SAFE folder per date)",
+    "dates (CLI: --aoi, --start, --end; or a product folder per date: a Sentinel-2 .SAFE, a "
+    "Landsat scene's)",
 )
 
 PREDICT = (
