@@ -100,9 +100,11 @@ class Catalog:
 
     @property
     def is_static(self) -> bool:
-        """A static catalog (a local path, ``file://`` or a ``.json`` URL) rather than an API."""
+        """A static catalog (a local path, ``file://``, a ``.json`` or ``.parquet`` URL) rather
+        than an API."""
         u = self.url
-        return "://" not in u or u.startswith("file://") or u.split("?")[0].endswith(".json")
+        path = u.split("?")[0].lower()
+        return "://" not in u or u.startswith("file://") or path.endswith((".json", ".parquet"))
 
     def source(self, sensor: str) -> SensorSource:
         get_sensor(sensor)

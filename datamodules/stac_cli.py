@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser, *, aoi: bool) -> None:
         "--catalog-url",
         default=None,
         help="the catalog at another URL: a mirror, a private STAC API or a static copy (a "
-        "catalog.json, collection.json, item JSON or ItemCollection file) with the preset's "
-        "asset keys; unset: $GEOTUNE_STAC_URL, else the preset's",
+        "catalog.json, collection.json, item JSON, ItemCollection or stac-geoparquet file) with "
+        "the preset's asset keys; unset: $GEOTUNE_STAC_URL, else the preset's",
     )
     g.add_argument(
         "--max-cloud",

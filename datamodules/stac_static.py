@@ -1,10 +1,11 @@
 """Static STAC catalogs: the file a catalog's ``--catalog-url`` names, on disk or at a URL.
 
-What people keep of a public catalog comes in four shapes, all read here: a ``catalog.json`` or
-a ``collection.json`` (walked with pystac, children and items), one item's JSON, and an
+What people keep of a public catalog comes in five shapes, all read here: a ``catalog.json`` or
+a ``collection.json`` (walked with pystac, children and items), one item's JSON, an
 ItemCollection (a GeoJSON FeatureCollection of items, as STAC APIs answer searches and as
 ``stac-client search --save`` and ``stac-asset download`` write them; its items' relative asset
-hrefs are relative to that file). A local catalog's JSON is read from this machine only: a link
+hrefs are relative to that file), and a stac-geoparquet file (the bulk copies Planetary Computer
+publishes of whole collections; read with pyarrow, from disk only). A local catalog's JSON is read from this machine only: a link
 out of it (``https://``, ``s3://``) is refused, not fetched.
 
 Items are matched to the catalog config's collections by their ``collection`` field. A file
@@ -51,7 +52,10 @@ def static_items(url: str) -> list:
 
     io = _local_stac_io()() if _is_local(url) else DefaultStacIO()
     try:
-        d = io.read_json(url)
+        if url.split("?")[0].lower().endswith(GEOPARQUET):
+            d = {"type": "FeatureCollection", "features": _geoparquet_items(url)}
+        else:
+            d = io.read_json(url)
         kind = d.get("type") if isinstance(d, dict) else None
         # an item's relative asset hrefs are relative to the file that holds it: its href
         # replaces whatever self link the item kept from where it was copied
@@ -77,6 +81,56 @@ def static_items(url: str) -> list:
             "collection.json, item JSON or ItemCollection (a FeatureCollection of items), and "
             "check the files its links name"
         ) from None
+
+
+GEOPARQUET = (".parquet", ".geoparquet")
+_CORE = {"type", "stac_version", "stac_extensions", "id", "geometry", "bbox", "links", "assets",
+         "collection"}  # fmt: skip
+
+
+def _geoparquet_items(url: str) -> list[dict]:
+    """The items of a stac-geoparquet file (one row per item; its properties are columns,
+    ``geometry`` WKB, ``bbox`` a struct, unset fields null), as item dicts. Read from this
+    machine only."""
+    import pyarrow.parquet as pq
+    import shapely
+    from shapely.geometry import mapping
+
+    if not _is_local(url):
+        raise StacError(
+            f"{url} is a stac-geoparquet file on another machine; a stac-geoparquet copy is read "
+            "from disk: download it and give its path"
+        )
+    rows = pq.read_table(url.removeprefix("file://")).to_pylist()
+    items = []
+    for row in rows:
+        row = _without_nulls(row)
+        bbox = row.get("bbox")
+        if isinstance(bbox, dict):
+            keys = ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")
+            row["bbox"] = [bbox[k] for k in keys if k in bbox]
+        if isinstance(row.get("geometry"), bytes):
+            row["geometry"] = mapping(shapely.from_wkb(row["geometry"]))
+        props = {k: _json_value(v) for k, v in row.items() if k not in _CORE}
+        items.append({k: v for k, v in row.items() if k in _CORE} | {"properties": props})
+    return items
+
+
+def _without_nulls(value):
+    """Struct columns unify their fields over all rows: a field an item does not have is null."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _json_value(value):
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 def _other_collections(catalog: Catalog, source: SensorSource, held: Counter) -> str:

@@ -2,7 +2,7 @@
 from a static catalog of small COGs written here (the same code path as a remote catalog)."""
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from datamodules.stac import (
     StacError,
     load_catalog,
     presets,
+    search_items,
 )
 from datamodules.stac_access import (
     AccessError,
@@ -83,6 +84,11 @@ def test_presets_load_offline_with_bands_from_the_sensor_table():
     with pytest.raises(StacError, match="presets: "):
         load_catalog("no-such-catalog")
     assert load_catalog("earth_search", "/data/catalog.json").is_static
+    remote = load_catalog("earth_search", "https://example.com/s2/items.parquet")
+    assert remote.is_static  # and refused before any request: a bulk copy is read from disk
+    with pytest.raises(StacError, match="stac-geoparquet file on another machine; .* download"):
+        search_items(remote, remote.source("sentinel-2-l2a"), parse_aoi(aoi()), date(2021, 1, 1),
+                     date(2021, 12, 31), max_cloud=None)  # fmt: skip
 
 
 def test_mask_rules():
@@ -378,7 +384,8 @@ def test_a_local_catalog_that_cannot_be_read_whole_is_a_message(tmp_path):
 
 def test_a_local_copy_in_any_of_stacs_shapes_gives_the_same_composite(catalog, tmp_path):
     """A catalog.json, a collection.json, an ItemCollection of relative hrefs (the file a
-    search saves, with the API's self links) and one item's JSON are all catalogs; a copy of
+    search saves, with the API's self links), a stac-geoparquet file and one item's JSON are all
+    catalogs; a copy of
     another collection, items naming none and plain GeoJSON are said, each with its fix."""
     import copy
 
@@ -399,7 +406,11 @@ def test_a_local_copy_in_any_of_stacs_shapes_gives_the_same_composite(catalog, t
         features.append(item)
     found = folder / "search.json"
     found.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    for url in (collection, found):
+    import rustac  # the stac-geoparquet writer of the STAC tools (a bulk copy of a collection)
+
+    bulk = folder / "items.parquet"
+    rustac.write_sync(str(bulk), catalog["items"])
+    for url in (collection, found, bulk):
         got = composite(url, url.stem)
         assert got[1] == want[1] and np.array_equal(got[0], want[0])
     one = next(Path(catalog["url"]).parent.rglob(f"{C}.json"))
