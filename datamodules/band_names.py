@@ -171,3 +171,16 @@ def _check_tm_descriptions(desc, sensor: Sensor, file_name: str, ids: dict[str, 
             "product id (LE07_L2SP_..., LT05_L2SP_... or LC08_L2SP_...), or name the bands in "
             "order with --bands"
         )
+
+
+def product_band_names(product: str, have: list[str], bands: list[str] | None) -> list[str]:
+    """The bands to read of a product folder that holds ``have``: ``bands`` (``--bands``),
+    each of which it must hold, else all it holds."""
+    names = list(bands) if bands else have
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ImageryError(
+            f"{product} holds no band file of {', '.join(missing)}; its bands: "
+            f"{', '.join(have)}. Fix --bands"
+        )
+    return names

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .band_names import band_ids
+from .band_names import band_ids, product_band_names
 from .errors import ImageryError
 
 # LC09_L2SP_191026_20230612_20230620_02_T1: mission, level, path/row, acquired, processed
@@ -78,14 +78,7 @@ def product_bands(where: Path, sensor, bands: list[str] | None) -> tuple[list[Pa
             f"{folder.name} holds no band files of {scene} ({scene}_SR_B4.TIF or {scene}_B4.TIF): "
             "is the download complete and unpacked?"
         )
-    have = [b for b in sensor.band_names if b in found]
-    names = list(bands) if bands else have
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise ImageryError(
-            f"{folder.name} holds no band file of {', '.join(missing)}; its bands: "
-            f"{', '.join(have)}. Fix --bands"
-        )
+    names = product_band_names(folder.name, [b for b in sensor.band_names if b in found], bands)
     return [found[n] for n in names], names
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .band_names import product_band_names
 from .errors import ImageryError
 
 BASELINE_04_DATE = date(2022, 1, 25)  # ESA's switch to processing baseline 04.00
@@ -215,13 +216,7 @@ def product_bands(folder: Path, sensor, bands: list[str] | None) -> tuple[list[P
             "the download complete and unzipped?"
         )
     have = [b.name for b in sensor.bands if b.asset in found]
-    names = list(bands) if bands else have
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise ImageryError(
-            f"{folder.name} holds no band file of {', '.join(missing)}; its bands: "
-            f"{', '.join(have)}. Fix --bands"
-        )
+    names = product_band_names(folder.name, have, bands)
     return [found[sensor.band(n).asset][1] for n in names], names
 
 
