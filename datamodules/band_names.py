@@ -77,11 +77,12 @@ def _unpadded(band_id: str) -> str:
 def name_from_filename(path: Path, sensor: Sensor | None) -> str | None:
     if sensor is None:
         return None
-    stem = path.stem.upper()
+    stem = _unpadded(path.stem)  # B2 (Earth Engine, SNAP) is B02 (ESA), in any case
     hits = [
         name
         for band_id, name in band_ids(sensor, path.name).items()
-        if re.search(rf"(^|[_\-.]){re.escape(band_id.upper())}($|[_\-.])", stem)
+        # Landsat's SR_B5/ST_B10 are not another sensor's B5/B10
+        if re.search(rf"(^|[_\-.])(?<!sr_)(?<!st_){re.escape(_unpadded(band_id))}($|[_\-.])", stem)
     ]
     return hits[0] if len(hits) == 1 else None
 

@@ -117,3 +117,13 @@ def test_a_landsat_7_dataset_holds_its_bands_in_the_tables_order(home, tmp_path,
     with rasterio.open(image) as src:
         assert src.descriptions == ("blue", "green", "red", "nir08")
         np.testing.assert_array_equal(src.read(), stack)
+
+
+def test_band_ids_without_their_zeros_name_bands_and_landsat_ids_are_not_sentinel_2s(tmp_path):
+    """Earth Engine and SNAP write Sentinel-2's B02 as B2; Landsat's SR_B5 is no B05."""
+    files = [_file(tmp_path / f"export_{b}.tif", i) for i, b in enumerate(("B2", "b4", "B8A"), 1)]
+    assert _bands(open_scenes(files, sensor="sentinel-2-l2a")[0]) == {
+        "blue": 1, "red": 2, "nir08": 3}  # fmt: skip
+    landsat = _file(tmp_path / "SR_B5.TIF", 5)
+    with pytest.raises(ImageryError, match="SR_B5.TIF names no band of sensor sentinel-2-l2a"):
+        open_scenes([*files, landsat], sensor="sentinel-2-l2a")
