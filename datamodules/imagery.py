@@ -335,7 +335,10 @@ def _band_files_scene(infos, bands, sens) -> Scene:
         for f, *_rest in infos:
             desc = _rest[7]
             named = names_for_sensor(desc, sens, f.name) if desc and sens else None
-            name = (named or desc)[0] if desc else name_from_filename(f, sens)
+            if named:
+                name = named[0]
+            else:  # a description that names no band of the sensor ("Band 1": ENVI, SNAP)
+                name = name_from_filename(f, sens) if sens else (desc or [None])[0]
             if name is None and sens is not None:
                 raise ImageryError(
                     f"{f.name} names no band of sensor {sens.id} ({', '.join(sens.band_names)}) "

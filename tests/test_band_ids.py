@@ -127,3 +127,21 @@ def test_band_ids_without_their_zeros_name_bands_and_landsat_ids_are_not_sentine
     landsat = _file(tmp_path / "SR_B5.TIF", 5)
     with pytest.raises(ImageryError, match="SR_B5.TIF names no band of sensor sentinel-2-l2a"):
         open_scenes([*files, landsat], sensor="sentinel-2-l2a")
+
+
+def test_snaps_band_files_are_named_by_their_file_names(tmp_path):
+    """SNAP's BEAM-DIMAP output: one ENVI file per band (scene.data/B2.img), each described
+    'Band 1' by GDAL; the description names no band, so the file name does."""
+    folder = tmp_path / "subset.data"
+    folder.mkdir()
+    files = []
+    for i, band in enumerate(("B2", "B3", "B4", "B8"), 1):
+        with rasterio.open(folder / f"{band}.img", "w", driver="ENVI", width=16, height=16,
+                           count=1, dtype="uint16", crs="EPSG:32633",
+                           transform=from_origin(500000.0, 4200000.0, 10.0, 10.0)) as dst:  # fmt: skip
+            dst.write(np.full((1, 16, 16), i, "uint16"))
+        files.append(folder / f"{band}.img")
+    with rasterio.open(files[0]) as src:
+        assert src.descriptions == ("Band 1",)
+    scene = open_scenes(files, sensor="sentinel-2-l2a")[0]
+    assert _bands(scene) == {"blue": 1, "green": 2, "red": 3, "nir": 4}
