@@ -35,12 +35,12 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from . import landsat_products, s2_products
 from .band_names import name_from_filename, names_for_sensor, names_from_descriptions
 from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
 from .image_checks import check_file, check_one_unit
 from .image_masks import mask_fill, mask_of
+from .products import product_of, product_scenes
 from .s2_products import esa_band_file, scene_offsets
 from .sensors import get_sensor
 
@@ -142,24 +142,17 @@ def open_scenes(
     sensor: str | None = None,
     dates: list[str | date | None] | None = None,
 ) -> list[Scene]:
-    """Inspect the files (or Sentinel-2 product folders), name their bands, and return one
-    :class:`Scene` per date."""
+    """Inspect the files (or products as delivered: :mod:`datamodules.products`), name their
+    bands, and return one :class:`Scene` per date."""
     if not paths:
         raise ImageryError(
             "no imagery given: pass --image scene.tif (repeat for band files or dates)"
         )
     sens = get_sensor(sensor) if sensor else None
     files = [Path(p).expanduser() for p in paths]
-    products = [_product(f) for f in files]
-    if any(products):  # one product folder (.SAFE, a Landsat scene's) per date: its band files
-        if not all(products):
-            raise ImageryError(
-                "mixing product folders (a Sentinel-2 .SAFE, a Landsat scene's) and image files: "
-                "give one product folder per date, or image files"
-            )
-        groups = [read(where, sens, bands) for read, where in products]
-        scenes = [_scenes(band_files, names, sens)[0] for band_files, names in groups]
-        files = [band_files[0] for band_files, _ in groups]  # one per date, for check_distinct
+    products = [product_of(f) for f in files]
+    if any(products):  # one product (.SAFE, a Landsat scene, a SNAP .dim) per date
+        scenes, files = product_scenes(products, sens, bands, _scenes)
     else:
         scenes = _scenes(files, bands, sens)
     if dates:
@@ -184,14 +177,6 @@ def open_scenes(
                     "all dates must share CRS and resolution; reproject them to one grid first"
                 )
     return scenes
-
-
-def _product(path: Path):
-    """(how to read its band files, the product) when ``path`` names a product as delivered."""
-    for module in (s2_products, landsat_products):
-        if (where := module.product_folder(path)) is not None:
-            return module.product_bands, where
-    return None
 
 
 def _scenes(files: list[Path], bands, sens) -> list[Scene]:

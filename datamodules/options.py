@@ -135,7 +135,8 @@ INGEST = (
         repeat=True,
         required="http",
         help="GeoTIFF/COG: one multi-band file per date, or one file per band (CLI: repeat "
-        "--image, or give a product folder per date: a Sentinel-2 .SAFE, a Landsat scene's; or "
+        "--image, or give a product per date: a Sentinel-2 .SAFE, a Landsat scene's folder, a "
+        "SNAP .dim; or "
         "fetch imagery for the labels' "
         "extent: --start, --end, --sensor)",
     ),

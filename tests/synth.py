@@ -125,7 +125,7 @@ def few_polygons(
     return path
 
 
-def tiny_model(tmp: Path):
+def tiny_model(tmp: Path, sensor: str | None = None):
     """:func:`train_tiny`'s model ``p`` in a home of its own under ``tmp``, loaded (``p@champion``),
     with ``tmp`` as its ``.tmp``: a module's fixture, so without pytest's per-test ``home``."""
     import pytest
@@ -135,7 +135,7 @@ def tiny_model(tmp: Path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GEOTUNE_HOME", str(tmp / "home"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        train_tiny(tmp)
+        train_tiny(tmp, sensor=sensor)
         model = load_model("p@champion")
     model.tmp = tmp
     return model
@@ -143,11 +143,12 @@ def tiny_model(tmp: Path):
 
 def train_tiny(
     folder: Path, name: str = "p", *, size: int = 128, seed: int = 0, keep: float = 0.7,
-    chips_per_epoch: int = 32, alias: str | None = "champion",
+    chips_per_epoch: int = 32, alias: str | None = "champion", sensor: str | None = None,
 ) -> Path:  # fmt: skip
     """A tiny random-init ResNet UNet fine-tuned for one epoch on a synthetic ``size``² scene and
-    its labels (dataset and registered model ``name``, with ``alias``) in the current
-    ``GEOTUNE_HOME``. Returns the scene."""
+    its labels (dataset and registered model ``name``, with ``alias``; the scene's ``sensor``,
+    so that the model knows its input units) in the current ``GEOTUNE_HOME``. Returns the
+    scene."""
     from datamodules.ingest import ingest
     from trainer.config import compose
     from trainer.train import train
@@ -155,7 +156,7 @@ def train_tiny(
     scene, cmap = make_scene(folder, size=size, seed=seed)
     labels = make_labels(folder, scene, cmap, keep=keep)
     ingest(name=name, images=[scene], labels=labels, class_column="class_name", block_size=32,
-           progress=False)  # fmt: skip
+           sensor=sensor, progress=False)  # fmt: skip
     overrides = [f"data.dataset={name}", "backbone.size=tiny", "backbone.weights=random",
                  "data.patch_size=64", "data.num_workers=0",
                  f"data.chips_per_epoch={chips_per_epoch}", "trainer.max_epochs=1",

@@ -217,7 +217,7 @@ def test_a_product_folder_is_a_scene_of_its_finest_band_files(surface, tmp_path)
         ("wrong level", r"product, not sentinel-2-l1c: pass --sensor sentinel-2-l2a"),
         ("a band it lacks", r"holds no band file of swir16; its bands: blue, green, red, nir08"),
         ("zipped", r"is a zipped Sentinel-2 product: unzip it \(unzip S2B_MSIL2A_.*\.SAFE\.zip\)"),
-        ("with a file", r"mixing product folders \(a Sentinel-2 .SAFE, a Landsat scene.s\) and image"),
+        ("with a file", r"mixing product folders \(a Sentinel-2 .SAFE, a Landsat scene.s, a SNAP"),
         ("another folder", r"is a folder, not an image file"),
     ],
 )

@@ -42,8 +42,8 @@ IMAGE = Option(
     http="upload",
     required="http",
     help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
-    "dates (CLI: --aoi, --start, --end; or a product folder per date: a Sentinel-2 .SAFE, a "
-    "Landsat scene's)",
+    "dates (CLI: --aoi, --start, --end; or a product per date: a Sentinel-2 .SAFE, a Landsat "
+    "scene's folder, a SNAP .dim)",
 )
 
 PREDICT = (
