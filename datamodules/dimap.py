@@ -89,11 +89,8 @@ def _bands_of(dim: Path) -> dict[str, dict]:
     data = dim.with_suffix(".data").resolve()
     files = {}
     for entry in root.iter("Data_File"):
-        href = (
-            (entry.find("DATA_FILE_PATH").get("href") or "")
-            if entry.find("DATA_FILE_PATH") is not None
-            else ""
-        )
+        path = entry.find("DATA_FILE_PATH")
+        href = (path.get("href") if path is not None else None) or ""
         target = (dim.parent / href).with_suffix(".img").resolve()
         if data not in target.parents:  # the document names files in its own folder only
             raise ImageryError(
