@@ -152,11 +152,12 @@ def _label_layer(
     source: str, path: Path, class_column: str | None, asked: str | None
 ) -> str | None:
     """The layer to read: ``asked`` (``--labels-layer``), else from a file with several
-    (GeoPackage, File Geodatabase, KML folders, ...) the only one with features and the class
-    column. Several candidates are refused, naming them."""
+    (GeoPackage, File Geodatabase, KML folders, ...) the only one with geometries, features and
+    the class column. Several candidates are refused, naming them."""
     import pyogrio
 
-    layers = [str(name) for name, _ in pyogrio.list_layers(source)]
+    listed = pyogrio.list_layers(source)
+    layers = [str(name) for name, _ in listed]
     if asked is not None:
         if asked not in layers:
             raise LabelError(
@@ -168,12 +169,17 @@ def _label_layer(
         return None
     column = class_column or "class"
     info = {name: pyogrio.read_info(source, layer=name) for name in layers}
-    with_column = [n for n in layers if info[n]["features"] and column in list(info[n]["fields"])]
+    spatial = {str(name) for name, geometry in listed if geometry is not None}
+    with_column = [  # a table without geometry (a legend of the classes) holds no labels
+        n
+        for n in layers
+        if n in spatial and info[n]["features"] and column in list(info[n]["fields"])
+    ]
     if len(with_column) == 1:
         others = ", ".join(repr(n) for n in layers if n != with_column[0])
         warnings.warn(
             f"{path.name} holds {len(layers)} layers; reading {with_column[0]!r}, the only one "
-            f"with features and a {column!r} column (the others: {others})",
+            f"with geometries and a {column!r} column (the others: {others})",
             stacklevel=4,
         )
         return with_column[0]

@@ -649,19 +649,24 @@ def test_a_file_with_several_layers_reads_the_one_with_the_class_column_or_asks(
     home, scene, tmp_path
 ):
     import geopandas as gpd
+    import pandas as pd
+    import pyogrio
 
     gdf = gpd.read_file(scene["labels"])
     path = tmp_path / "layers.gpkg"
     notes = gdf.iloc[:3][["geometry"]].assign(note="check")
     notes.to_file(path, layer="aaa_notes")  # first in the file, no class column
     gdf.to_file(path, layer="labels")
-    with pytest.warns(UserWarning, match="holds 2 layers; reading 'labels', the only one"):
+    # a table without geometries that names the classes too (a legend) holds no labels
+    legend = pd.DataFrame({"class_name": sorted(set(gdf["class_name"])), "colour": "#00aa00"})
+    pyogrio.write_dataframe(legend, path, layer="legend")
+    with pytest.warns(UserWarning, match="holds 3 layers; reading 'labels', the only one"):
         ds = _add("layers", scene["image"], path)
     ref = _add("one_layer", scene["image"], scene["labels"])
     np.testing.assert_array_equal(_read(ds.file("mask")), _read(ref.file("mask")))
     # two layers with the class column: which one is the user's to say
     gdf.iloc[:3].to_file(path, layer="aaa_notes", mode="w")
-    with pytest.raises(LabelError, match="holds 2 layers and geotune reads one: .*'aaa_notes' "
+    with pytest.raises(LabelError, match="holds 3 layers and geotune reads one: .*'aaa_notes' "
                        r".*--labels-layer NAME"):  # fmt: skip
         _add("two", scene["image"], path)
     assert not (home / "datasets" / "two").exists()
