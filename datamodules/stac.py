@@ -15,6 +15,7 @@ URL: a mirror, a private STAC API, or a static copy (on disk or at a URL) with t
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -236,6 +237,7 @@ def search_items(
     ``max_cloud``, clearest first (items that do not state their cover after those that do: their
     pixels are masked like any other's), then earliest."""
     found: list[Found] = []
+    others: Counter = Counter()  # items of platforms the catalog config does not read
     if catalog.is_static:
         from .stac_static import static_search
 
@@ -250,10 +252,20 @@ def search_items(
             if not (start <= f.when.date() <= end):
                 continue  # APIs differ on inclusive ends and time zones: one rule here
             if spec.platforms and it.properties.get("platform") not in spec.platforms:
+                others[str(it.properties.get("platform"))] += 1
                 continue
             if max_cloud is not None and f.cloud is not None and f.cloud > max_cloud:
                 continue
             found.append(f)
+    if not found and others:
+        took = sorted({p for spec in source.collections for p in spec.platforms})
+        raise NoImageryError(
+            f"the {sum(others.values())} {source.sensor} items over the AOI in these dates are "
+            f"from {', '.join(sorted(others))}; catalog {catalog.name} reads {source.sensor} "
+            f"from {', '.join(took)} only (the sensor table's bands). Choose dates those cover, "
+            "or give the other scenes as files with --image (a Landsat 4-7 scene folder is "
+            "read by its own band numbers)"
+        )
     found.sort(key=lambda f: (f.cloud is None, f.cloud or 0.0, f.when, f.item.id))
     return found
 

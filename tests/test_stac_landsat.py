@@ -247,3 +247,18 @@ def test_items_stating_other_units_are_put_in_the_sensor_tables(tmp_path, no_aws
     want = np.rint((on_grid(stored(scene), r.grid) * 1e-4 + 0.2) / 2.75e-5).clip(max=65535)
     diff = np.abs(comp[:, ok] - want[:, ok])  # float32 pixels: a .5 may round either way
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+
+
+def test_items_of_platforms_the_catalog_does_not_read_are_said(landsat, tmp_path, no_aws):
+    """A local copy of Landsat 7 items: 'widen the dates' would not help, so it is not said."""
+    from datamodules.stac_static import static_items
+
+    items = [i.to_dict() for i in static_items(landsat["url"])]
+    for item in items:
+        item["properties"]["platform"] = "landsat-7"
+    copy = tmp_path / "l7.json"
+    copy.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    with pytest.raises(NoImageryError, match=r"items over the AOI in these dates are from "
+                       r"landsat-7; catalog earth_search reads landsat-c2-l2 from landsat-8, "
+                       r"landsat-9 only .* --image"):  # fmt: skip
+        run({"url": str(copy)}, tmp_path / "out")
