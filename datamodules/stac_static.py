@@ -112,7 +112,8 @@ def _geoparquet_items(url: str) -> list[dict]:
         if isinstance(row.get("geometry"), bytes):
             row["geometry"] = mapping(shapely.from_wkb(row["geometry"]))
         props = {k: _json_value(v) for k, v in row.items() if k not in _CORE}
-        items.append({k: v for k, v in row.items() if k in _CORE} | {"properties": props})
+        core = {"type": "Feature", "stac_version": "1.0.0", "links": [], "assets": {}}
+        items.append(core | {k: v for k, v in row.items() if k in _CORE} | {"properties": props})
     return items
 
 
