@@ -39,11 +39,12 @@ def product_bands(dim: Path, sensor, bands: list[str] | None):
             f"{dim.name} is a SNAP product; name its sensor (--sensor sentinel-2-l2a) or the "
             f"bands to read (--bands, from its bands: {', '.join(info)})"
         )
+    lookup = _sensor_lookup(sensor) if sensor is not None else {}
     by_name = {}
     for snap_name, band in info.items():
         if bands and snap_name in bands:
             by_name[snap_name] = band
-        elif sensor is not None and (name := _sensor_band(snap_name, sensor)):
+        elif name := lookup.get(_unpadded(snap_name)) or lookup.get(snap_name.lower()):
             by_name.setdefault(name, band)
     have = [b for b in (sensor.band_names if sensor else []) if b in by_name]
     have += [b for b in by_name if b not in have]
@@ -72,10 +73,10 @@ def apply(scene, declared: dict) -> None:
         scene.nodata_source = f"{declared['source']}'s NO_DATA_VALUE"
 
 
-def _sensor_band(snap_name: str, sensor) -> str | None:
+def _sensor_lookup(sensor) -> dict[str, str]:
+    """A SNAP band name (``B2``, ``B8A``, or a common name) in lower case → the table's band."""
     lookup = {_unpadded(i): n for i, n in band_ids(sensor, "").items()}
-    lookup |= {n.lower(): n for n in sensor.band_names}
-    return lookup.get(_unpadded(snap_name)) or lookup.get(snap_name.lower())
+    return lookup | {n.lower(): n for n in sensor.band_names}
 
 
 def _bands_of(dim: Path) -> dict[str, dict]:

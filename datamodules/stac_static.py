@@ -135,8 +135,10 @@ def _json_value(value):
 
 
 def _other_collections(catalog: Catalog, source: SensorSource, held: Counter) -> str:
-    wanted = ", ".join(sorted({s.collection for s in source.collections}))
-    found = ", ".join(f"{c} ({n})" for c, n in held.most_common() if c is not None)
+    collections = sorted({s.collection for s in source.collections})
+    wanted = ", ".join(collections)
+    named = [(c, n) for c, n in held.most_common() if c is not None]
+    found = ", ".join(f"{c} ({n})" for c, n in named)
     unnamed = held.get(None, 0)
     preset = PRESETS_DIR / f"{catalog.name}.yaml"
     config = str(preset) if preset.is_file() else "your catalog YAML"
@@ -147,12 +149,12 @@ def _other_collections(catalog: Catalog, source: SensorSource, held: Counter) ->
     if found:
         text += (
             f". It holds {found}: if that is {source.sensor} imagery, copy {config} to a file of "
-            f"your own, set the `collection:` under `{source.sensor}:` to {found.split(' (')[0]} "
+            f"your own, set the `collection:` under `{source.sensor}:` to {named[0][0]} "
             "(and its `assets:` to the items' asset keys), and pass --catalog that-file.yaml"
         )
     if unnamed:
         text += (
-            f'. {unnamed} items name no collection: add "collection": "{wanted.split(", ")[0]}" '
+            f'. {unnamed} items name no collection: add "collection": "{collections[0]}" '
             "to each item's JSON"
         )
     return text
