@@ -44,6 +44,7 @@ def add(args, images: list[str], imagery: dict | None = None) -> Dataset:
             labels_after=args.labels_after,
             change_classes=args.change_classes,
             imagery=imagery,
+            mask_clouds=args.mask_clouds,
         )
     for w in caught:
         if issubclass(w.category, UserWarning):

@@ -73,6 +73,20 @@ def apply(scene, declared: dict) -> None:
         scene.nodata_source = f"{declared['source']}'s NO_DATA_VALUE"
 
 
+def quality_band(dim: Path, sensor) -> tuple[Path, str]:
+    """A Sentinel-2 L2A product's scene classification band, as SNAP names it, for
+    --mask-clouds."""
+    info = _bands_of(dim)
+    scl = info.get("quality_scene_classification")
+    if scl is None or sensor is None or sensor.id != "sentinel-2-l2a":
+        raise ImageryError(
+            f"{dim.name} has no band quality_scene_classification (a Sentinel-2 L2A product's "
+            "scene classification, as SNAP names it) to mask clouds with (--mask-clouds): keep "
+            "that band when you resample or subset in SNAP, or leave out --mask-clouds"
+        )
+    return scl["file"], "scl"
+
+
 def _sensor_lookup(sensor) -> dict[str, str]:
     """A SNAP band name (``B2``, ``B8A``, or a common name) in lower case → the table's band."""
     lookup = {_unpadded(i): n for i, n in band_ids(sensor, "").items()}
@@ -126,4 +140,4 @@ def _text(node, tag: str) -> str | None:
     return child.text.strip() if child is not None and child.text else None
 
 
-__all__ = ["apply", "product_bands", "product_folder"]
+__all__ = ["apply", "product_bands", "product_folder", "quality_band"]

@@ -40,6 +40,7 @@ from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
 from .image_checks import check_file, check_one_unit
 from .image_masks import mask_fill, mask_of
+from .product_quality import masked_scenes, quality_hint
 from .products import product_of, product_scenes
 from .s2_products import esa_band_file, scene_offsets
 from .sensors import get_sensor
@@ -86,6 +87,7 @@ class Scene:
     alpha_band: int | None = None  # the file's alpha band (1-based) when it is the mask
     # per band: the offset of an ESA product's band file, subtracted when read (s2_products)
     product_offsets: list | None = None
+    quality: object = None  # a product's quality band (product_quality.Quality; masks with spec)
     # (n, size) and the valid pixels sampled from it (scene_reader.sample_pixels), read once
     pixel_sample: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -141,9 +143,11 @@ def open_scenes(
     bands: list[str] | None = None,
     sensor: str | None = None,
     dates: list[str | date | None] | None = None,
+    mask_clouds: bool = False,
 ) -> list[Scene]:
     """Inspect the files (or products as delivered: :mod:`datamodules.products`), name their
-    bands, and return one :class:`Scene` per date."""
+    bands, and return one :class:`Scene` per date. ``mask_clouds``: a product's quality band
+    makes its clouds nodata (:mod:`datamodules.product_quality`)."""
     if not paths:
         raise ImageryError(
             "no imagery given: pass --image scene.tif (repeat for band files or dates)"
@@ -152,7 +156,9 @@ def open_scenes(
     files = [Path(p).expanduser() for p in paths]
     products = [product_of(f) for f in files]
     if any(products):  # one product (.SAFE, a Landsat scene, a SNAP .dim) per date
-        scenes, files = product_scenes(products, sens, bands, _scenes)
+        scenes, files = product_scenes(products, sens, bands, _scenes, mask_clouds)
+    elif mask_clouds:  # image files and their quality band file
+        scenes = masked_scenes(files, lambda rest: _scenes(rest, bands, sens))
     else:
         scenes = _scenes(files, bands, sens)
     if dates:
@@ -324,6 +330,8 @@ def _band_files_scene(infos, bands, sens) -> Scene:
                 name = named[0]
             else:  # a description that names no band of the sensor ("Band 1": ENVI, SNAP)
                 name = name_from_filename(f, sens) if sens else (desc or [None])[0]
+            if name is None and (hint := quality_hint(f)):
+                raise ImageryError(hint)
             if name is None and sens is not None:
                 raise ImageryError(
                     f"{f.name} names no band of sensor {sens.id} ({', '.join(sens.band_names)}) "

@@ -28,6 +28,7 @@ from .ingest_manifest import labels_part, manifest
 from .label_sources import CHANGE_CLASSES, mask_source, vector_source
 from .labels import RASTER_SUFFIXES, LabelError
 from .manifest import Dataset, DatasetWriter, check_name
+from .product_quality import cloud_note
 from .rasterize import IGNORE_INDEX, PolygonLabels, write_rasters
 from .s2_products import offset_suspect
 
@@ -118,6 +119,8 @@ def _check_dates(scenes, labels_after: bool) -> None:
     note = scenes[0].fill_value_note()
     if note:
         warnings.warn(note, stacklevel=3)
+    for note in filter(None, map(cloud_note, scenes)):
+        warnings.warn(note, stacklevel=3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +161,7 @@ class IngestRequest:
     change_classes: str = "binary"
     vector_check: object = None
     imagery: dict | None = None
+    mask_clouds: bool = False  # products' quality bands make their clouds nodata
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -190,7 +194,10 @@ def ingest(**options) -> Dataset:
         block_size=req.block_size,
         change_classes=req.change_classes,
     )
-    scenes = open_scenes(req.images, bands=req.bands, sensor=req.sensor, dates=req.dates)
+    masking = req.mask_clouds and req.imagery is None  # a fetched composite is masked already
+    scenes = open_scenes(
+        req.images, bands=req.bands, sensor=req.sensor, dates=req.dates, mask_clouds=masking
+    )
     _check_scene_count(req.task, len(scenes))
     _check_dates(scenes, after is not None)
     for scene in scenes:  # a file written from an ESA product after 04.00, offset and all

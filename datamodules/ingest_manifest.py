@@ -18,6 +18,7 @@ from .imagery import Grid
 from .label_units import split_units
 from .labels import ClassTable, LabelError
 from .mask_classes import looks_unlabelled
+from .product_quality import cloud_note
 from .rasterize import IGNORE_INDEX
 from .sensors import get_sensor, stored_units
 from .units import float_reflectance
@@ -152,6 +153,7 @@ def imagery_part(scenes, result, sensor: str | None = None) -> dict:
         "images": [
             {"path": n, "date": s.date.isoformat() if s.date else None}
             | ({"values": s.offset_note()} if s.product_offsets else {})
+            | ({"clouds": cloud_note(s)} if s.quality else {})
             for n, s in zip(result.image_names, scenes, strict=True)
         ],
         "dates": [s.date.isoformat() if s.date else None for s in scenes],

@@ -7,7 +7,8 @@ unpacked folder (or its MTL file) with ``--image``, geotune reads its band files
 the sensor it holds, or those of ``--bands``, named by the numbers of the mission that wrote them
 (:func:`datamodules.band_names.band_ids`: Landsat 4-7's ``SR_B3`` is red). Their values are the
 products' stored values, the units of the sensor table (Level-2: reflectance = value x 0.0000275
-- 0.2), so nothing is converted. The quality bands are not read: clouds stay in the image.
+- 0.2), so nothing is converted. ``QA_PIXEL`` is read with ``--mask-clouds`` only
+(:mod:`datamodules.product_quality`): without it, clouds stay in the image.
 """
 
 from __future__ import annotations
@@ -57,11 +58,7 @@ def _scenes_in(folder: Path) -> list[str]:
 def product_bands(where: Path, sensor, bands: list[str] | None) -> tuple[list[Path], list[str]]:
     """The band files of the scene ``where`` names (:func:`product_folder`) for ``bands``
     (default: every band of ``sensor`` it holds, in the sensor table's order) and their names."""
-    if where.is_file():  # its MTL file
-        folder, scene = where.parent, _METADATA.match(where.name)[1]
-    else:
-        folder = where
-        scene = where.name if _PRODUCT.match(where.name) else _scenes_in(where)[0]
+    folder, scene = _locate(where)
     level = "landsat-c2-l2" if _PRODUCT.match(scene)[2].startswith("L2") else "landsat-c2-l1"
     if sensor is None or sensor.id != level:
         said = f", not {sensor.id}" if sensor is not None else ""
@@ -82,4 +79,23 @@ def product_bands(where: Path, sensor, bands: list[str] | None) -> tuple[list[Pa
     return [found[n] for n in names], names
 
 
-__all__ = ["product_bands", "product_folder"]
+def _locate(where: Path) -> tuple[Path, str]:
+    """The folder and the scene id of what :func:`product_folder` returned."""
+    if where.is_file():  # its MTL file
+        return where.parent, _METADATA.match(where.name)[1]
+    return where, where.name if _PRODUCT.match(where.name) else _scenes_in(where)[0]
+
+
+def quality_band(where: Path, sensor) -> tuple[Path, str]:
+    """The scene's ``QA_PIXEL`` file (Level-1 and Level-2 share its bits), for --mask-clouds."""
+    folder, scene = _locate(where)
+    for f in folder.iterdir():
+        if f.name.upper() in (f"{scene}_QA_PIXEL.TIF".upper(), f"{scene}_QA_PIXEL.TIFF".upper()):
+            return f, "qa_pixel"
+    raise ImageryError(
+        f"{folder.name} holds no {scene}_QA_PIXEL.TIF to mask clouds with (--mask-clouds): "
+        "unpack the whole scene's .tar, or leave out --mask-clouds"
+    )
+
+
+__all__ = ["product_bands", "product_folder", "quality_band"]

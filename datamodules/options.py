@@ -120,6 +120,17 @@ class DescribedHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter
 
 MAX_SEED = 2**32 - 1  # numpy's seeds
 
+# the quality band of a product as delivered, or a quality file beside the image files
+MASK_CLOUDS = Option(
+    "mask_clouds",
+    bool,
+    False,
+    help="make clouds and their shadows nodata with the scene's quality band: a product's "
+    "(a Landsat scene's QA_PIXEL, a Sentinel-2 L2A product's SCL) or a quality file given "
+    "with the image files (..._QA_PIXEL.TIF, SCL.tif, HLS's ...Fmask.tif); imagery fetched "
+    "by area and dates is always cloud-masked",
+)
+
 # ``geotune data add`` and ``POST /v1/datasets``
 INGEST = (
     Option(
@@ -173,6 +184,7 @@ INGEST = (
         help="acquisition date (YYYY-MM-DD) per scene, when the files do not say (HTTP: "
         "comma-separated)",
     ),
+    MASK_CLOUDS,
     Option("classes", FILE, http=None, help="class table JSON: [{id, name, color, value}]"),
     Option(
         "ignore_values", example="", help="mask values that mean 'unlabelled' (comma-separated)"

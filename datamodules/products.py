@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import dimap, landsat_products, s2_products
 from .errors import ImageryError
+from .product_quality import Quality, mask_with
 
 READERS = (s2_products, landsat_products, dimap)
 
@@ -22,9 +23,13 @@ def product_of(path: Path):
     return None
 
 
-def product_scenes(products: list, sens, bands, scenes_of) -> tuple[list, list[Path]]:
+def product_scenes(
+    products: list, sens, bands, scenes_of, mask_clouds: bool = False
+) -> tuple[list, list[Path]]:
     """One scene per product (``scenes_of(band_files, names, sens)`` makes a scene of band
-    files), and each product's first band file (to tell dates apart)."""
+    files), and each product's first band file (to tell dates apart). Each scene knows its
+    product's quality band (:mod:`.product_quality`), read as a cloud mask with
+    ``mask_clouds``."""
     if not all(products):
         raise ImageryError(
             "mixing product folders (a Sentinel-2 .SAFE, a Landsat scene's, a SNAP .dim) and "
@@ -36,6 +41,22 @@ def product_scenes(products: list, sens, bands, scenes_of) -> tuple[list, list[P
         scene = scenes_of(files, names, sens)[0]
         if declared:
             reader.apply(scene, declared[0])
+        _quality(scene, reader, where, sens, mask_clouds)
         scenes.append(scene)
         firsts.append(files[0])
     return scenes, firsts
+
+
+def _quality(scene, reader, where: Path, sens, mask_clouds: bool) -> None:
+    """The product's quality band onto its scene: its cloud mask (``mask_clouds``; a product
+    without one is refused), or only that it is there, for the note that it was not read."""
+    try:
+        path, kind = reader.quality_band(where, sens)
+    except ImageryError:
+        if mask_clouds:
+            raise
+        return
+    if not mask_clouds:
+        scene.quality = Quality(path, kind)
+        return
+    mask_with(scene, path, kind)

@@ -220,6 +220,23 @@ def product_bands(folder: Path, sensor, bands: list[str] | None) -> tuple[list[P
     return [found[sensor.band(n).asset][1] for n in names], names
 
 
+def quality_band(folder: Path, sensor) -> tuple[Path, str]:
+    """An L2A product's scene classification (``SCL``, 20 m), for --mask-clouds."""
+    if _PRODUCT.match(folder.name)[1] == "L1C":
+        raise ImageryError(
+            f"{folder.name} is a Level-1C product: it has no scene classification (SCL) to mask "
+            "clouds with (--mask-clouds); give its Level-2A product, or leave out --mask-clouds"
+        )
+    files = sorted(folder.glob("GRANULE/*/IMG_DATA/R20m/*_SCL_20m.jp2"))
+    if len(files) != 1:
+        raise ImageryError(
+            f"{folder.name} holds {len(files) or 'no'} scene classification files "
+            "(GRANULE/*/IMG_DATA/R20m/T..._SCL_20m.jp2) where --mask-clouds needs one: is the "
+            "download complete and unzipped?"
+        )
+    return files[0], "scl"
+
+
 # -- a file the user wrote from such a product, offset and all -----------------------------------
 DARKEST_WITH_OFFSET = 950  # reflectance x 10000 + 1000: a scene's darkest values sit near 1000
 

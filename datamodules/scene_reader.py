@@ -1,7 +1,8 @@
 """Windows of a :class:`~datamodules.imagery.Scene` read on its grid: its files stacked band by
 band, band files warped onto the finest band's grid, a band file's missing pixels (outside
 it, or its nodata) made nodata in every band, and the pixels a file's alpha band or internal
-mask masks written as the scene's nodata value."""
+mask masks, or a product's quality band marks as cloud (``--mask-clouds``), written as the
+scene's nodata value."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class SceneReader:
     def __init__(self, scene: Scene):
         self.scene = scene
         self._handles: dict[Path, object] = {}
+        self._clouds = None  # a product's quality band, read as a cloud mask (--mask-clouds)
         self._outside: list[tuple[int, int, int, int]] = []
         g, nd = scene.grid, scene.nodata
         for f, _ in scene.band_sources:
@@ -58,6 +60,12 @@ class SceneReader:
                 ds = warp_to_grid(ds, g, Resampling.bilinear, **kw)
             self._handles[f] = ds
         self._per_band = len(self._handles) > 1
+        if (q := scene.quality) is not None and q.spec is not None:
+            ds = rasterio.open(q.path)
+            if ds.transform != g.transform or ds.width != g.width or ds.height != g.height:
+                # SCL at 20 m onto the 10 m grid; outside it, its value 0 (no data) masks
+                ds = warp_to_grid(ds, g, Resampling.nearest)
+            self._clouds = ds
         self._fill = nd if nd is not None else np.nan
         if self._outside and nd is None and not np.issubdtype(np.dtype(scene.dtype), np.floating):
             self.close()
@@ -90,6 +98,10 @@ class SceneReader:
                 masked = ds.dataset_mask(window=window) == 0
             if masked.any():
                 data[:, masked] = np.asarray(self._fill).astype(data.dtype)
+        if self._clouds is not None:
+            clouds = self.scene.quality.invalid(self._clouds.read(1, window=window))
+            if clouds.any():
+                data[:, clouds] = np.asarray(self._fill).astype(data.dtype)
         for band, offset in zip(data, self.scene.product_offsets or (), strict=False):
             if offset is not None:  # an ESA band file of baseline >= 04.00: offset taken off
                 offset.harmonise(band, self.scene.nodata)
@@ -113,7 +125,7 @@ class SceneReader:
             data[:, missing] = np.asarray(self._fill).astype(data.dtype)
 
     def close(self) -> None:
-        for h in self._handles.values():
+        for h in [*self._handles.values(), *filter(None, [self._clouds])]:
             h.close()
 
     def __enter__(self):
@@ -169,7 +181,7 @@ def _coarsest_overview(scene: Scene, size: int) -> tuple[Path, int] | None:
     """``(file, overview level)`` of the coarsest overview at least ``size`` px on each edge,
     for a scene that is one file on the scene's grid, read as stored; else None."""
     files = {f for f, _ in scene.band_sources}
-    if len(files) != 1 or scene.masked or scene.product_offsets:
+    if len(files) != 1 or scene.masked or scene.product_offsets or scene.quality:
         return None
     path = files.pop()
     g = scene.grid

@@ -171,6 +171,7 @@ def run(folder: Path) -> dict:
             "source": f"{comp.provenance['catalog']}: {', '.join(items)}",
         }
         opts.chip_size = opts.chip_size or encoder.record["patch_size"]
+        opts.mask_clouds = False  # the composite is cloud-masked already
         summary = embed_scene(
             encoder, comp.images, out, sensor=comp.sensor, options=opts, provenance=prov
         )

@@ -237,10 +237,27 @@ def result(folder: Path, base_url: str) -> dict:
         "resolution": summary["resolution"],
         "shape": summary["shape"],
         "provenance": summary["provenance"],
-        "input": summary.get("input"),
+        "input": _as_sent(summary.get("input"), req),
         "seconds": summary["seconds"],
         "links": {Path(f).stem: f"{base}/{f}" for f in files},
     }
+
+
+def _as_sent(value, req: dict):
+    """The summary's words about the input as the client sent it: its file names for the
+    server's, form fields for CLI flags (:func:`serve.uploads.rename_in_message`)."""
+    from .uploads import rename_in_message
+
+    if isinstance(value, str):
+        names = dict(
+            zip(map(Path, req.get("inputs", [])), req.get("input_names", []), strict=False)
+        )
+        return rename_in_message(value, names)
+    if isinstance(value, list):
+        return [_as_sent(v, req) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_sent(v, req) for k, v in value.items()}
+    return value
 
 
 class PredictKind(JobKind):

@@ -14,15 +14,18 @@ SENSOR = "sentinel-2-l2a"
 SNAP_NAMES = {"blue": "B2", "green": "B3", "red": "B4", "nir08": "B8A"}  # synth's bands
 
 
-def _product(folder, base, transform, crs, *, href=None):
+def _product(folder, base, transform, crs, *, href=None, scl=None):
     """A resampled Sentinel-2 L2A product (baseline 05.10) as SNAP saves it: each band stored
     as reflectance x 10000 + 1000 in an ENVI file, the .dim saying 0.0001 and -0.1; besides, a
-    band SNAP adds (view_zenith_mean) and a virtual band without a file."""
+    band SNAP adds (view_zenith_mean), the scene classification ``scl`` when given, and a
+    virtual band without a file."""
     data = folder / "subset.data"
     data.mkdir(parents=True)
     bands = [(SNAP_NAMES[b], np.where(base[i] > 0, base[i] + 1000, 0).astype("uint16"))
              for i, b in enumerate(BANDS)]  # fmt: skip
     bands.append(("view_zenith_mean", np.full(base.shape[1:], 4.5, "float32")))
+    if scl is not None:
+        bands.append(("quality_scene_classification", scl))
     infos, files = [], []
     for index, (name, arr) in enumerate(bands):
         profile = dict(driver="ENVI", width=arr.shape[1], height=arr.shape[0], count=1,

@@ -44,6 +44,7 @@ class EmbedOptions:
     precision: str = "auto"  # as for prediction: auto, fp32, bf16
     device: str = "auto"
     group_rows: int = 4096  # rows per Parquet row group
+    mask_clouds: bool = False  # the scene's quality band makes its clouds nodata (chips skipped)
 
 
 class Embedder(Predictor):
@@ -165,7 +166,7 @@ def embed_scene(
     o = options or EmbedOptions()
     t0 = time.time()
     chip = o.chip_size or default_chip(encoder.record)
-    inputs = prepare_inputs(encoder.record, list(images), bands, sensor, dates)
+    inputs = prepare_inputs(encoder.record, list(images), bands, sensor, dates, o.mask_clouds)
     emb = Embedder(encoder, inputs.scenes, o, chip, inputs.conversion)
     constants = file_constants(encoder, inputs.scenes, provenance)
     meta = file_metadata(encoder, emb, inputs, o, provenance)
@@ -288,12 +289,12 @@ def _day(d):
     return d.date() if isinstance(d, datetime) else d
 
 
-def open_checked(images, *, bands=None, sensor=None, dates=None):
+def open_checked(images, *, bands=None, sensor=None, dates=None, mask_clouds=False):
     """The scenes of ``images`` (as prediction opens them)."""
     from datamodules.imagery import ImageryError, open_scenes
 
     try:
-        return open_scenes(images, bands=bands, sensor=sensor, dates=dates)
+        return open_scenes(images, bands=bands, sensor=sensor, dates=dates, mask_clouds=mask_clouds)
     except ImageryError as e:
         raise EmbedError(str(e)) from None
 
@@ -315,7 +316,10 @@ def embed_images(
     chip = o.chip_size or source.default_chip()
     imagery = None
     if not source.model:
-        imagery = Imagery.of(open_checked(images, bands=bands, sensor=sensor, dates=dates), sensor)
+        scenes = open_checked(
+            images, bands=bands, sensor=sensor, dates=dates, mask_clouds=o.mask_clouds
+        )
+        imagery = Imagery.of(scenes, sensor)
     encoder = source.build(imagery, chip)
     return embed_scene(
         encoder,

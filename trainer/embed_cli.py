@@ -93,6 +93,7 @@ def run_embed(args) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         device=args.device,
+        mask_clouds=args.mask_clouds,
     )
     if args.aoi:
         from datamodules.stac_cli import imagery_for_predict
@@ -105,6 +106,7 @@ def run_embed(args) -> int:
         prov["source"] = f"{prov['imagery']['catalog']}: {', '.join(items)}"
         chip = args.chip_size or encoder.record["patch_size"]
         opts.chip_size = chip
+        opts.mask_clouds = False  # the composite is cloud-masked already
         summary = embed_scene(
             encoder, images, args.out, sensor=args.sensor, options=opts, provenance=prov
         )

@@ -25,6 +25,7 @@ import rasterio
 
 from datamodules.errors import UserError
 from datamodules.imagery import ImageryError, Scene, date_order, open_scenes
+from datamodules.product_quality import cloud_note, quality_kind
 from datamodules.s2_products import offset_suspect
 from datamodules.sensors import stored_units
 from datamodules.units import Unit, UnitError, affine, float_reflectance, value_ratio
@@ -71,6 +72,9 @@ class Inputs:
         values = [s.offset_note() for s in self.scenes]
         if any(values):  # ESA band files with the offset of baseline >= 04.00, taken off
             out["values"] = values
+        clouds = [cloud_note(s) for s in self.scenes]
+        if any(clouds):  # a product's quality band: read as a cloud mask, or not
+            out["clouds"] = clouds
         return out
 
 
@@ -82,15 +86,18 @@ def describe(summary: dict) -> list[str]:
         f"input: {summary['sensor'] or 'sensor unknown'} ({summary['sensor_source']}){converted}; "
         f"nodata {summary['nodata']} ({summary['nodata_source']}); dates {summary['date_order']}"
     )
-    return [line, *filter(None, summary.get("values", []))]
+    return [line, *filter(None, summary.get("values", []) + summary.get("clouds", []))]
 
 
-def prepare_inputs(rec: dict, images: list, bands, sensor, dates) -> Inputs:
-    """Open the scenes for a model and decide sensor, bands, units and date order."""
+def prepare_inputs(
+    rec: dict, images: list, bands, sensor, dates, mask_clouds: bool = False
+) -> Inputs:
+    """Open the scenes for a model and decide sensor, bands, units and date order;
+    ``mask_clouds``: products' quality bands make their clouds nodata."""
     model_sensor = rec.get("sensor")
     source = "given" if sensor else ("the model's" if model_sensor else "none")
     sensor = sensor or model_sensor
-    scenes = _open(images, bands, sensor, dates, rec)
+    scenes = _open(images, bands, sensor, dates, rec, mask_clouds)
     out = Inputs(scenes, list(images), sensor, source)
     note = scenes[0].fill_value_note()
     if note:
@@ -190,11 +197,11 @@ def _as_reflectance(out: Inputs, rec: dict, raw: np.ndarray, mean: np.ndarray) -
     return True
 
 
-def _open(images, bands, sensor, dates, rec) -> list[Scene]:
+def _open(images, bands, sensor, dates, rec, mask_clouds) -> list[Scene]:
     try:
-        return open_scenes(images, bands=bands, sensor=sensor, dates=dates)
+        return open_scenes(images, bands=bands, sensor=sensor, dates=dates, mask_clouds=mask_clouds)
     except ImageryError as e:
-        if bands or not _unnamed(images):
+        if bands or not _unnamed(images) or any(map(quality_kind, images)):
             raise PredictError(str(e)) from None
     counts = set()
     for p in images:
@@ -210,7 +217,9 @@ def _open(images, bands, sensor, dates, rec) -> list[Scene]:
         stacklevel=3,
     )
     try:
-        return open_scenes(images, bands=list(rec["bands"]), sensor=sensor, dates=dates)
+        return open_scenes(
+            images, bands=list(rec["bands"]), sensor=sensor, dates=dates, mask_clouds=mask_clouds
+        )
     except ImageryError as e:
         raise PredictError(str(e)) from None
 

@@ -6,7 +6,7 @@ these rows. Rows that are not over HTTP (``http=None``) exist for the CLI alone,
 
 from __future__ import annotations
 
-from datamodules.options import FILE, Option
+from datamodules.options import FILE, MASK_CLOUDS, Option
 
 BATCH_HELP = "chips per forward pass (default: chips of ~512² px, 2 at a time in bf16 on the CPU)"
 PRECISION = Option(
@@ -64,6 +64,7 @@ PREDICT = (
         "units where possible, else refused",
     ),
     DATES,
+    MASK_CLOUDS,
     Option(
         "outputs",
         default="classes,confidence,polygons",
@@ -164,6 +165,7 @@ EMBED = (
     BANDS,
     Option("sensor", http="upload", help="sensor id (Clay's statistics depend on it)"),
     DATES,
+    MASK_CLOUDS,
     Option(
         "chip_size",
         int,

@@ -20,7 +20,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from datamodules.imagery import bound_block_cache
@@ -256,6 +256,8 @@ def predict_aoi(
     )
     names = [Path(p).name for p in comp.images]
     provenance = (provenance or {}) | {"inputs": names, "imagery": comp.provenance}
+    if (o := kwargs.get("options")) is not None and o.mask_clouds:  # the composite is masked
+        kwargs["options"] = replace(o, mask_clouds=False)
     images = list(comp.images)
     return predict_scene(
         model,

@@ -57,6 +57,7 @@ class PredictOptions:
     # worker's share of its machine's cores on a cluster. CPU kernels may sum in another order
     # with another count, so results are bit-identical across runs with the same count
     threads: int | None = None
+    mask_clouds: bool = False  # a product's quality band makes its clouds nodata
 
 
 def check_frames(scenes: list[Scene], task: str, frames: int) -> list[Scene]:
@@ -402,7 +403,7 @@ def open_predictor(model, images, *, bands=None, sensor=None, dates=None, option
     date order) and bound to it: the :class:`Predictor` and what was decided about the input."""
     from .inputs import prepare_inputs
 
-    inputs = prepare_inputs(model.record, list(images), bands, sensor, dates)
+    inputs = prepare_inputs(model.record, list(images), bands, sensor, dates, options.mask_clouds)
     pred = Predictor(model, inputs.scenes, options, inputs.conversion)
     if pred.precision_note:  # bf16 asked for where the CPU emulates it: said in the summary
         inputs.notes.append(pred.precision_note)

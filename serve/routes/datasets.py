@@ -65,7 +65,7 @@ def create_dataset(
     } | {
         k: form[k]
         for k in ("block_size", "seed", "min_class_pixels", "task", "chip_size", "multi_label")
-        + ("change_classes",)
+        + ("change_classes", "mask_clouds")
     }
     staging = serve_dir() / "uploads" / secrets.token_hex(8)
     staging.mkdir(parents=True)

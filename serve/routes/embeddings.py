@@ -215,7 +215,9 @@ def _create_aoi(ctx, owner, req: EmbedAoiRequest):
 
 
 def _options(p: EmbedParams) -> dict:
-    return p.model_dump(include={"chip_size", "stride", "dtype", "min_valid", "precision"})
+    return p.model_dump(
+        include={"chip_size", "stride", "dtype", "min_valid", "precision", "mask_clouds"}
+    )
 
 
 def _limits(ctx) -> dict:
