@@ -117,12 +117,36 @@ def mask_with(scene, path: Path, kind: str) -> None:
     """Make the clouds quality band ``path`` marks nodata in ``scene`` (``--mask-clouds``)."""
     from .image_masks import mask_fill
 
+    _check_covers(path, scene.grid)
     scene.quality = quality_of(path, kind)
     if scene.nodata is None:  # the masked pixels need a value that means nodata
         scene.nodata = mask_fill(scene.dtype)
         scene.nodata_source = (
             f"{scene.nodata:g} where {path.name} masks clouds (--mask-clouds); the image files "
             "declare none"
+        )
+
+
+def _check_covers(path: Path, grid) -> None:
+    """Refuse a quality band file that does not cover the scene (another scene's)."""
+    from rasterio.warp import transform_bounds
+
+    try:
+        with rasterio.open(path) as ds:
+            crs, bounds = ds.crs, ds.bounds
+    except rasterio.errors.RasterioIOError as e:
+        raise ImageryError(f"cannot read the quality band {path.name}: {e}") from None
+    if crs is None:
+        raise ImageryError(f"the quality band {path.name} has no CRS: give the scene's own file")
+    left, bottom, right, top = transform_bounds(crs, grid.crs, *bounds)
+    g = grid.bounds
+    inside = max(0.0, min(right, g[2]) - max(left, g[0])) * max(
+        0.0, min(top, g[3]) - max(bottom, g[1])
+    )
+    if inside < 0.99 * (g[2] - g[0]) * (g[3] - g[1]):
+        raise ImageryError(
+            f"the quality band {path.name} covers {inside / ((g[2] - g[0]) * (g[3] - g[1])):.0%} "
+            "of the scene: give the quality file of the same scene as the image files"
         )
 
 

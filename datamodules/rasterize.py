@@ -195,11 +195,14 @@ def write_rasters(
         for r in readers:
             r.close()
     if isinstance(labels, PolygonLabels):
-        _say_unused_polygons(labels, result.unit_stats, under_nodata)
+        clouds = any(s.quality is not None and s.quality.spec is not None for s in scenes)
+        _say_unused_polygons(labels, result.unit_stats, under_nodata, clouds)
     return result
 
 
-def _say_unused_polygons(labels: PolygonLabels, stats: dict, under_nodata: set) -> None:
+def _say_unused_polygons(
+    labels: PolygonLabels, stats: dict, under_nodata: set, clouds: bool = False
+) -> None:
     """Warn about label polygons that gave no labelled pixel: those wholly on the imagery's
     nodata, and those that cover no pixel centre of their own (smaller than a pixel, or
     wholly under smaller polygons, which are drawn over them)."""
@@ -207,9 +210,10 @@ def _say_unused_polygons(labels: PolygonLabels, stats: dict, under_nodata: set) 
     on_nodata = (ids & under_nodata) - set(stats)
     unseen = ids - set(stats) - under_nodata
     if on_nodata:
+        masked = " (which includes the clouds masked by --mask-clouds)" if clouds else ""
         warnings.warn(
-            f"{len(on_nodata)} label polygon(s) lie wholly on the imagery's nodata and were "
-            "not used",
+            f"{len(on_nodata)} label polygon(s) lie wholly on the imagery's nodata{masked} and "
+            "were not used",
             stacklevel=3,
         )
     if unseen:

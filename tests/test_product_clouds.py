@@ -5,12 +5,14 @@ band was not read; where there is no such band the option is refused, saying wha
 
 import json
 
+import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio import Affine
 from rasterio.windows import Window
+from shapely.geometry import box
 from synth import make_labels, make_scene
 from test_landsat_products import L9, OLI, _scene
 from test_s2_products import _product as _safe
@@ -87,11 +89,19 @@ def test_a_landsat_scene_s_clouds_are_nodata_with_mask_clouds(surface, tmp_path)
 def test_data_add_train_and_predict_with_mask_clouds(home, surface, tmp_path, capsys):
     folder = _cloudy(tmp_path / L9, surface)
     labels = make_labels(tmp_path, surface["scene"], surface["cmap"])
+    gdf = gpd.read_file(labels)  # and one polygon drawn on the cloud
+    on_cloud = gpd.GeoSeries([box(500150, 4199750, 500350, 4199850)], crs="EPSG:32633")
+    gdf.loc[len(gdf)] = [gdf.class_name.iloc[0], on_cloud.to_crs(gdf.crs).iloc[0]]
+    gdf.to_file(labels)
     args = ["data", "add", "--name", "l9", "--image", str(folder), "--sensor", "landsat-c2-l2",
             "--labels", str(labels), "--class-column", "class_name", "--block-size", "32",
             "--mask-clouds"]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
-    assert "clouds masked (--mask-clouds)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "clouds masked (--mask-clouds)" in err
+    assert (
+        "1 label polygon(s) lie wholly on the imagery's nodata (which includes the clouds " in err
+    )
     ds = home / "datasets" / "l9"
     clouds = _clouds()
     with rasterio.open(ds / "image.tif") as src:
@@ -240,6 +250,12 @@ def test_band_files_and_their_quality_file(surface, tmp_path, capsys):
     masked = open_scenes([surface["scene"], tmp_path / "SCL.tif"], mask_clouds=True)[0]
     assert (_read(masked)[:, clouds] == 0).all()
     np.testing.assert_array_equal(_read(masked)[:, ~clouds], surface["stack"][:, ~clouds])
+    # another scene's quality file
+    away = profile | {"transform": profile["transform"] @ Affine.translation(0, 500)}
+    with rasterio.open(tmp_path / "T33UUQ_SCL.tif", "w", **away) as dst:
+        dst.write(scl[None].astype("uint8"))
+    with pytest.raises(ImageryError, match=r"T33UUQ_SCL.tif covers 0% of the scene: give the"):
+        open_scenes([surface["scene"], tmp_path / "T33UUQ_SCL.tif"], mask_clouds=True)
     # without --mask-clouds the quality file is not an image band; the hint, followed
     with pytest.raises(ImageryError, match=r"Fmask.tif is a quality band \(Fmask\), not an image "
                        r"band: add --mask-clouds .* or leave it out"):  # fmt: skip
