@@ -1,13 +1,17 @@
-"""Clouds masked in products as delivered (``--mask-clouds``): the quality band a product
-carries, read with the rule the STAC presets apply to the same band.
+"""Clouds masked with the scene's own quality band (``--mask-clouds``), read with the rule
+the STAC presets apply to the same band.
 
-A Landsat scene's ``QA_PIXEL`` (bits: fill, dilated cloud, cirrus, cloud, cloud shadow) and a
+A Landsat scene's ``QA_PIXEL`` (bits: fill, dilated cloud, cirrus, cloud, cloud shadow), a
 Sentinel-2 L2A product's scene classification (``SCL``: no data, saturated, cloud shadow,
 clouds of medium and high probability, thin cirrus; in a SNAP product the band
-``quality_scene_classification``) say where the ground is not seen. With ``--mask-clouds``
-those pixels are read as nodata in every band (:class:`~datamodules.scene_reader.SceneReader`):
-no label on them is trained on, and prediction gives them no class. Without it the quality
-band is not read, and a note says so: masking changes the pixels the user chose.
+``quality_scene_classification``), HLS's ``Fmask`` (cirrus, cloud, adjacent, shadow) and a
+Level-1C product's ``MSK_CLASSI_B00.jp2`` (opaque clouds, cirrus) say where the ground is not
+seen. A product as delivered (:mod:`datamodules.products`) brings its own; with image files,
+the quality file is one more ``--image``, known by its provider's name for it. With
+``--mask-clouds`` those pixels are read as nodata in every band
+(:class:`~datamodules.scene_reader.SceneReader`): no label on them is trained on, and
+prediction gives them no class. Without it the quality band is not read, and a note says so:
+masking changes the pixels the user chose.
 """
 
 from __future__ import annotations
@@ -34,21 +38,25 @@ _MEANING = {
         10: "thin cirrus",
     },
     "fmask": {0: "cirrus", 1: "cloud", 2: "adjacent to cloud/shadow", 3: "cloud shadow"},
+    "msk_classi": {1: "opaque clouds", 2: "cirrus"},  # its bands (3: snow and ice, kept)
 }
+# the bands of the file read (1-based): a Level-1C product's MSK_CLASSI_B00.jp2 holds one
+# layer per mask, flagged pixels non-zero (processing baseline 04.00 and later)
+_BANDS = {"msk_classi": (1, 2)}
 # the preset (catalog, sensor) whose mask rule reads the same band
 _PRESET = {
     "qa_pixel": ("earth_search", "landsat-c2-l2"),
     "scl": ("earth_search", "sentinel-2-l2a"),
     "fmask": ("earthdata_lpcloud", "hls"),
 }
-_EMPTY = {  # outside the swath
+_EMPTY = {  # outside the swath (MSK_CLASSI does not say)
     "qa_pixel": lambda v: (v & 1) != 0,
     "scl": lambda v: v == 0,
     "fmask": lambda v: v == 255,
 }
 # a quality band file among band files, by its name: LC09_..._QA_PIXEL.TIF, SCL.tif (Earth
 # Search's asset), T33UUP_..._SCL_20m.jp2 (ESA), HLS.S30.T33UUP.2023163T101021.v2.0.Fmask.tif
-_NAMED = {"qa_pixel": "QA_PIXEL", "scl": "SCL", "fmask": "FMASK"}
+_NAMED = {"qa_pixel": "QA_PIXEL", "scl": "SCL", "fmask": "FMASK", "msk_classi": "MSK_CLASSI_B00"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,20 @@ class Quality:
     """A product's quality band and the rule of its values that mean "no clear view"."""
 
     path: Path
-    kind: str  # "qa_pixel" or "scl"
+    kind: str  # a key of _MEANING
     spec: object = None  # datamodules.stac.MaskSpec, set by :func:`quality_of`
-    share: float | None = None  # of the scene's pixels inside the swath, masked (None: not read)
+    share: float | None = None  # of the scene's pixels (inside the swath) masked (None: not read)
+
+    @property
+    def bands(self) -> tuple[int, ...]:
+        return _BANDS.get(self.kind, (1,))
 
     def describe(self) -> str:
         spec, meaning = self.spec, _MEANING[self.kind]
-        if spec.bits:
+        if len(self.bands) > 1:
+            what = f"bands {', '.join(map(str, self.bands))}"
+            names = [meaning[b] for b in self.bands]
+        elif spec.bits:
             what = f"bits {', '.join(map(str, spec.bits))}"
             names = [meaning.get(b, f"bit {b}") for b in spec.bits]
         else:
@@ -72,26 +87,41 @@ class Quality:
         return f"{self.path.name} marks {listed} ({what})"
 
     def invalid(self, values: np.ndarray) -> np.ndarray:
-        return self.spec.invalid(values)
+        """Where ``values`` (``[bands, h, w]``, its :attr:`bands`) mean no clear view."""
+        return np.any([self.spec.invalid(v) for v in values], axis=0)
+
+    def read_invalid(self, ds, **kw) -> np.ndarray:
+        """:meth:`invalid` of a window of the open file ``ds`` (``kw``: of ``ds.read``)."""
+        return self.invalid(ds.read(list(self.bands), **kw))
 
 
 def quality_of(path: Path, kind: str) -> Quality:
     """The :class:`Quality` of band file ``path`` (``kind``: ``"qa_pixel"`` or ``"scl"``) with
     the presets' rule, and the share of the pixels inside the swath it masks (from a read
     reduced to about 1024 px)."""
-    from .stac import load_catalog  # import-light: only for --mask-clouds
+    from .stac import MaskSpec, load_catalog  # import-light: only for --mask-clouds
 
-    catalog, sensor = _PRESET[kind]
-    spec = load_catalog(catalog).sensors[sensor].collections[0].mask
+    if kind in _PRESET:
+        catalog, sensor = _PRESET[kind]
+        spec = load_catalog(catalog).sensors[sensor].collections[0].mask
+    else:  # a layer per mask: flagged where not 0
+        spec = MaskSpec(kind.upper(), bits=tuple(range(8)))
     q = Quality(path, kind, spec)
     try:
         with rasterio.open(path) as ds:
+            if ds.count < max(q.bands):
+                raise ImageryError(
+                    f"the quality band {path.name} has {ds.count} band(s); a "
+                    f"{_NAMED.get(kind, kind)} file has {max(q.bands)} or more"
+                )
             scale = max(1, max(ds.width, ds.height) // 1024)
             shape = (max(1, ds.height // scale), max(1, ds.width // scale))
-            values = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+            values = ds.read(list(q.bands), out_shape=(len(q.bands), *shape),
+                             resampling=Resampling.nearest)  # fmt: skip
     except rasterio.errors.RasterioIOError as e:
         raise ImageryError(f"cannot read the quality band {path.name}: {e}") from None
-    inside = ~_EMPTY[kind](values.astype(np.int64))
+    empty = _EMPTY.get(kind)
+    inside = ~empty(values[0].astype(np.int64)) if empty else np.ones(shape, bool)
     share = float((q.invalid(values) & inside).sum() / max(int(inside.sum()), 1))
     return Quality(path, kind, spec, share)
 
@@ -107,8 +137,9 @@ def cloud_note(scene) -> str | None:
             f"{q.path.name} not read: clouds and their shadows stay in the image; with "
             "--mask-clouds they are nodata"
         )
+    where = "in the swath" if q.kind in _EMPTY else "of the tile"
     return (
-        f"clouds masked (--mask-clouds): {q.share:.1%} of the pixels in the swath are nodata, "
+        f"clouds masked (--mask-clouds): {q.share:.1%} of the pixels {where} are nodata, "
         f"where {q.describe()}"
     )
 

@@ -221,20 +221,33 @@ def product_bands(folder: Path, sensor, bands: list[str] | None) -> tuple[list[P
 
 
 def quality_band(folder: Path, sensor) -> tuple[Path, str]:
-    """An L2A product's scene classification (``SCL``, 20 m), for --mask-clouds."""
+    """The product's cloud mask, for --mask-clouds: an L2A product's scene classification
+    (``SCL``, 20 m), an L1C product's ``MSK_CLASSI_B00.jp2`` (60 m; baseline 04.00 and later)."""
     if _PRODUCT.match(folder.name)[1] == "L1C":
-        raise ImageryError(
-            f"{folder.name} is a Level-1C product: it has no scene classification (SCL) to mask "
-            "clouds with (--mask-clouds); give its Level-2A product, or leave out --mask-clouds"
+        pattern, what, kind = (
+            "GRANULE/*/QI_DATA/MSK_CLASSI_B00.jp2",
+            "cloud mask files",
+            "msk_classi",
         )
-    files = sorted(folder.glob("GRANULE/*/IMG_DATA/R20m/*_SCL_20m.jp2"))
+        if not list(folder.glob(pattern)) and list(folder.glob("GRANULE/*/QI_DATA/*.gml")):
+            raise ImageryError(
+                f"{folder.name} keeps its cloud mask as GML (processing baseline before 04.00), "
+                "which geotune does not read (--mask-clouds): give its Level-2A product, or "
+                "leave out --mask-clouds"
+            )
+    else:
+        pattern, what, kind = (
+            "GRANULE/*/IMG_DATA/R20m/*_SCL_20m.jp2",
+            "scene classification files",
+            "scl",
+        )
+    files = sorted(folder.glob(pattern))
     if len(files) != 1:
         raise ImageryError(
-            f"{folder.name} holds {len(files) or 'no'} scene classification files "
-            "(GRANULE/*/IMG_DATA/R20m/T..._SCL_20m.jp2) where --mask-clouds needs one: is the "
-            "download complete and unzipped?"
+            f"{folder.name} holds {len(files) or 'no'} {what} ({pattern}) where "
+            "--mask-clouds needs one: is the download complete and unzipped?"
         )
-    return files[0], "scl"
+    return files[0], kind
 
 
 # -- a file the user wrote from such a product, offset and all -----------------------------------

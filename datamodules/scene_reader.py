@@ -99,7 +99,7 @@ class SceneReader:
             if masked.any():
                 data[:, masked] = np.asarray(self._fill).astype(data.dtype)
         if self._clouds is not None:
-            clouds = self.scene.quality.invalid(self._clouds.read(1, window=window))
+            clouds = self.scene.quality.read_invalid(self._clouds, window=window)
             if clouds.any():
                 data[:, clouds] = np.asarray(self._fill).astype(data.dtype)
         for band, offset in zip(data, self.scene.product_offsets or (), strict=False):

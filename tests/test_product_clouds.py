@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio import Affine
+from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import box
 from synth import make_labels, make_scene
@@ -163,6 +164,32 @@ def test_a_sentinel_2_l2a_product_s_clouds_from_its_scl(tmp_path):
     assert f"{path.name} not read" in cloud_note(plain)
 
 
+def test_a_sentinel_2_l1c_product_s_clouds_from_its_msk_classi(tmp_path):
+    scene, _ = make_scene(tmp_path, size=96, seed=5)
+    with rasterio.open(scene) as src:
+        base = src.read()
+    b02 = _safe(tmp_path, base, "20230612", "0509", level="L1C")[0]
+    classi = np.zeros((3, 16, 16), "uint8")  # opaque, cirrus, snow and ice at 60 m
+    classi[0, 2:5, 2:6] = 1
+    classi[1, 10:12, 3:5] = 1
+    classi[2, 12:16, 12:16] = 1  # snow: kept
+    (b02.parents[1] / "QI_DATA").mkdir()
+    profile = dict(driver="JP2OpenJPEG", width=16, height=16, count=3, dtype="uint8",
+                   crs="EPSG:32633", transform=from_origin(500000.0, 4200000.0, 60, 60),
+                   QUALITY=100, REVERSIBLE="YES")  # fmt: skip
+    with rasterio.open(b02.parents[1] / "QI_DATA" / "MSK_CLASSI_B00.jp2", "w", **profile) as dst:
+        dst.write(classi)
+    masked = open_scenes([b02.parents[3]], sensor="sentinel-2-l1c", mask_clouds=True)[0]
+    clouds = np.kron(classi[0] | classi[1], np.ones((6, 6), "uint8")).astype(bool)
+    got, want = _read(masked), _read(open_scenes([b02.parents[3]], sensor="sentinel-2-l1c")[0])
+    assert (got[:, clouds] == 0).all()
+    np.testing.assert_array_equal(got[:, ~clouds], want[:, ~clouds])
+    assert cloud_note(masked) == (
+        f"clouds masked (--mask-clouds): {clouds.mean():.1%} of the pixels of the tile are "
+        "nodata, where MSK_CLASSI_B00.jp2 marks opaque clouds or cirrus (bands 1, 2)"
+    )
+
+
 def test_a_snap_product_s_clouds_from_its_scene_classification(tmp_path):
     scene, _ = make_scene(tmp_path, size=96, seed=6)
     with rasterio.open(scene) as src:
@@ -192,9 +219,13 @@ def test_mask_clouds_without_a_quality_band_says_what_to_give(home, surface, tmp
     with pytest.raises(ImageryError, match=r"holds no LC09_.*_QA_PIXEL.TIF .* unpack the whole"):
         open_scenes([folder], sensor="landsat-c2-l2", mask_clouds=True)
     assert cloud_note(open_scenes([folder], sensor="landsat-c2-l2")[0]) is None
-    # a Sentinel-2 L1C product: no scene classification
-    b02 = _safe(tmp_path / "l1c", surface["stack"], "20230612", "0509", level="L1C")[0]
-    with pytest.raises(ImageryError, match=r"is a Level-1C product: it has no scene classifi"):
+    # a Sentinel-2 L1C product of a baseline before 04.00: its cloud mask is GML
+    b02 = _safe(tmp_path / "l1c", surface["stack"], "20210612", "0300", level="L1C")[0]
+    with pytest.raises(ImageryError, match=r"holds no cloud mask files \(GRANULE/\*/QI_DATA/MSK"):
+        open_scenes([b02.parents[3]], sensor="sentinel-2-l1c", mask_clouds=True)
+    (b02.parents[1] / "QI_DATA").mkdir()
+    (b02.parents[1] / "QI_DATA" / "MSK_CLOUDS_B00.gml").write_text("<eop:Mask/>")
+    with pytest.raises(ImageryError, match=r"keeps its cloud mask as GML .* its Level-2A product"):
         open_scenes([b02.parents[3]], sensor="sentinel-2-l1c", mask_clouds=True)
     # a SNAP product without its scene classification band
     with rasterio.open(surface["scene"]) as src:
