@@ -19,6 +19,7 @@ from pathlib import Path
 from rasterio.enums import ColorInterp
 
 from .errors import ImageryError
+from .product_quality import quality_kind
 from .sensors import Sensor
 
 
@@ -55,7 +56,13 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
             f"sensor's bands are: {', '.join(sensor.band_names)}. Fix the band descriptions, or "
             "name the file's bands in order with --bands"
         )
-    unknown = [d for d, n in zip(desc, names, strict=True) if n is None]
+    unknown = [d for d, n in zip(desc, names, strict=True) if n is None and not quality_kind(d)]
+    for d in (d for d, n in zip(desc, names, strict=True) if n is None and quality_kind(d)):
+        warnings.warn(
+            f"{file_name}: band {d!r} is a quality band, not an image band: left out (the "
+            "clouds it marks are nodata with --mask-clouds)",
+            stacklevel=4,
+        )
     if unknown:
         warnings.warn(
             f"{file_name}: band description{'s' if len(unknown) > 1 else ''} "

@@ -40,7 +40,7 @@ from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
 from .image_checks import check_file, check_one_unit
 from .image_masks import mask_fill, mask_of
-from .product_quality import masked_scenes, quality_hint
+from .product_quality import masked_scenes, quality_hint, quality_kind
 from .products import product_of, product_scenes
 from .s2_products import esa_band_file, scene_offsets
 from .sensors import get_sensor
@@ -262,8 +262,8 @@ def _multiband_scene(info, bands, sens) -> Scene:
                 f"{f.name} has {what} but --bands names {len(bands)}: {','.join(bands)}"
             )
         names = list(bands)
-    elif desc and sens is None:
-        names = desc
+    elif desc and sens is None:  # a quality band (SCL, QA_PIXEL) is no image band
+        names = [None if quality_kind(d) else d for d in desc]
     elif desc and (named := names_for_sensor(desc, sens, f.name)):
         names = named
     elif sens is not None:

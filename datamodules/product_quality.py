@@ -39,6 +39,7 @@ _MEANING = {
     },
     "fmask": {0: "cirrus", 1: "cloud", 2: "adjacent to cloud/shadow", 3: "cloud shadow"},
     "msk_classi": {1: "opaque clouds", 2: "cirrus"},  # its bands (3: snow and ice, kept)
+    "qa60": {10: "opaque clouds", 11: "cirrus"},  # Earth Engine's Sentinel-2 QA60 bits
 }
 # the bands of the file read (1-based): a Level-1C product's MSK_CLASSI_B00.jp2 holds one
 # layer per mask, flagged pixels non-zero (processing baseline 04.00 and later)
@@ -56,7 +57,16 @@ _EMPTY = {  # outside the swath (MSK_CLASSI does not say)
 }
 # a quality band file among band files, by its name: LC09_..._QA_PIXEL.TIF, SCL.tif (Earth
 # Search's asset), T33UUP_..._SCL_20m.jp2 (ESA), HLS.S30.T33UUP.2023163T101021.v2.0.Fmask.tif
-_NAMED = {"qa_pixel": "QA_PIXEL", "scl": "SCL", "fmask": "FMASK", "msk_classi": "MSK_CLASSI_B00"}
+# (in this order of preference; a stack's band description may say the same: Earth Engine
+# exports SCL, QA_PIXEL, QA60 as bands)
+_NAMED = {
+    "scl": "SCL",
+    "qa_pixel": "QA_PIXEL",
+    "fmask": "FMASK",
+    "msk_classi": "MSK_CLASSI_B00",
+    "qa60": "QA60",
+}
+_RULES = {"msk_classi": tuple(range(8)), "qa60": (10, 11)}  # bits; no preset reads these
 
 
 @dataclass(frozen=True)
@@ -67,10 +77,15 @@ class Quality:
     kind: str  # a key of _MEANING
     spec: object = None  # datamodules.stac.MaskSpec, set by :func:`quality_of`
     share: float | None = None  # of the scene's pixels (inside the swath) masked (None: not read)
+    band: int | None = None  # the band of a stack that is the quality band (1-based)
 
     @property
     def bands(self) -> tuple[int, ...]:
-        return _BANDS.get(self.kind, (1,))
+        return (self.band,) if self.band else _BANDS.get(self.kind, (1,))
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name} band {self.band}" if self.band else self.path.name
 
     def describe(self) -> str:
         spec, meaning = self.spec, _MEANING[self.kind]
@@ -84,7 +99,7 @@ class Quality:
             what = f"classes {', '.join(map(str, spec.classes))}"
             names = [meaning.get(c, f"class {c}") for c in spec.classes]
         listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
-        return f"{self.path.name} marks {listed} ({what})"
+        return f"{self.name} marks {listed} ({what})"
 
     def invalid(self, values: np.ndarray) -> np.ndarray:
         """Where ``values`` (``[bands, h, w]``, its :attr:`bands`) mean no clear view."""
@@ -95,7 +110,7 @@ class Quality:
         return self.invalid(ds.read(list(self.bands), **kw))
 
 
-def quality_of(path: Path, kind: str) -> Quality:
+def quality_of(path: Path, kind: str, band: int | None = None) -> Quality:
     """The :class:`Quality` of band file ``path`` (``kind``: ``"qa_pixel"`` or ``"scl"``) with
     the presets' rule, and the share of the pixels inside the swath it masks (from a read
     reduced to about 1024 px)."""
@@ -104,9 +119,9 @@ def quality_of(path: Path, kind: str) -> Quality:
     if kind in _PRESET:
         catalog, sensor = _PRESET[kind]
         spec = load_catalog(catalog).sensors[sensor].collections[0].mask
-    else:  # a layer per mask: flagged where not 0
-        spec = MaskSpec(kind.upper(), bits=tuple(range(8)))
-    q = Quality(path, kind, spec)
+    else:  # MSK_CLASSI: a layer per mask, flagged where not 0; QA60: bits
+        spec = MaskSpec(kind.upper(), bits=_RULES[kind])
+    q = Quality(path, kind, spec, band=band)
     try:
         with rasterio.open(path) as ds:
             if ds.count < max(q.bands):
@@ -123,7 +138,7 @@ def quality_of(path: Path, kind: str) -> Quality:
     empty = _EMPTY.get(kind)
     inside = ~empty(values[0].astype(np.int64)) if empty else np.ones(shape, bool)
     share = float((q.invalid(values) & inside).sum() / max(int(inside.sum()), 1))
-    return Quality(path, kind, spec, share)
+    return Quality(path, kind, spec, share, band)
 
 
 def cloud_note(scene) -> str | None:
@@ -134,7 +149,7 @@ def cloud_note(scene) -> str | None:
         return None
     if q.spec is None:
         return (
-            f"{q.path.name} not read: clouds and their shadows stay in the image; with "
+            f"{q.name} not read: clouds and their shadows stay in the image; with "
             "--mask-clouds they are nodata"
         )
     where = "in the swath" if q.kind in _EMPTY else "of the tile"
@@ -144,12 +159,14 @@ def cloud_note(scene) -> str | None:
     )
 
 
-def mask_with(scene, path: Path, kind: str) -> None:
-    """Make the clouds quality band ``path`` marks nodata in ``scene`` (``--mask-clouds``)."""
+def mask_with(scene, path: Path, kind: str, band: int | None = None) -> None:
+    """Make the clouds quality band ``path`` (its ``band``, in a stack) marks nodata in
+    ``scene`` (``--mask-clouds``)."""
     from .image_masks import mask_fill
 
-    _check_covers(path, scene.grid)
-    scene.quality = quality_of(path, kind)
+    if band is None:
+        _check_covers(path, scene.grid)
+    scene.quality = quality_of(path, kind, band)
     if scene.nodata is None:  # the masked pixels need a value that means nodata
         scene.nodata = mask_fill(scene.dtype)
         scene.nodata_source = (
@@ -181,46 +198,74 @@ def _check_covers(path: Path, grid) -> None:
         )
 
 
-def quality_kind(path: Path) -> str | None:
-    """``"qa_pixel"``, ``"scl"`` or ``"fmask"`` when the file's name says it is such a quality
-    band; else None."""
-    stem = Path(path).stem.upper()
+def quality_kind(path: Path | str) -> str | None:
+    """The kind of quality band (a key of :data:`_NAMED`) a file's name, or a band's
+    description, says it is; else None."""
+    stem = Path(path).stem.upper() if isinstance(path, Path) else path.strip().upper()
     for kind, word in _NAMED.items():
         if re.search(rf"(^|[_\-.]){word}($|[_\-.])", stem):
             return kind
     return None
 
 
-def quality_among(files: list[Path]) -> tuple[tuple[Path, str], list[Path]]:
-    """The one quality band file among image files given with ``--mask-clouds``, and the rest."""
-    found = [(f, k) for f in files if (k := quality_kind(f))]
-    if len(found) == 1 and len(files) > 1:
-        return found[0], [f for f in files if f != found[0][0]]
-    if found and len(files) > 1:
+def _quality_file(files: list[Path]) -> tuple[Path, str] | None:
+    """The one quality band file among image files given with ``--mask-clouds``: named so, and
+    holding as many bands as such a file (a stack named ``s2_qa60.tif`` is a stack)."""
+    found = [
+        (f, k) for f in files if (k := quality_kind(f)) and _count(f) == max(_BANDS.get(k, (1,)))
+    ]
+    if len(found) > 1 or (found and len(files) == 1):
         raise ImageryError(
-            f"--mask-clouds takes one quality band file with the image files, got "
-            f"{', '.join(f.name for f, _ in found)}: give one scene at a time"
+            f"--mask-clouds takes one quality band file with the image files of one scene, got "
+            f"{', '.join(f.name for f, _ in found)} with {len(files) - len(found)} image file(s)"
         )
-    raise ImageryError(
-        "With --mask-clouds, geotune reads a quality band: a product's (a Landsat scene's folder: QA_PIXEL; a "
-        "Sentinel-2 L2A .SAFE or SNAP product: its scene classification), or a quality file "
-        "given with --image beside the scene's image files (..._QA_PIXEL.TIF, SCL.tif, HLS's "
-        f"...Fmask.tif). {Path(files[0]).name} comes without one: add the scene's quality file "
-        "with --image, or leave out --mask-clouds"
-    )
+    return found[0] if found else None
+
+
+def _count(path: Path) -> int | None:
+    try:
+        with rasterio.open(path) as ds:
+            return ds.count
+    except rasterio.errors.RasterioIOError:
+        return None  # said where the file is opened as an image
+
+
+def _quality_band(path: Path) -> tuple[int, str] | None:
+    """A stack's band that is a quality band, by its description (preferred as :data:`_NAMED`
+    orders them): ``(band, kind)``."""
+    with rasterio.open(path) as ds:
+        found = {k: i for i, d in enumerate(ds.descriptions, 1) if d and (k := quality_kind(d))}
+    kind = next((k for k in _NAMED if k in found), None)
+    return (found[kind], kind) if kind else None
 
 
 def masked_scenes(files: list[Path], scenes_of) -> list:
-    """The scene of image files given with their quality band file and ``--mask-clouds``
-    (``scenes_of(files)`` makes the scenes of the others), its clouds masked."""
-    (quality, kind), rest = quality_among(files)
-    scenes = scenes_of(rest)
-    if len(scenes) > 1:
+    """The scenes of image files with ``--mask-clouds`` (``scenes_of(files)`` makes them), their
+    clouds masked by the quality file given beside them (one scene), or by a quality band each
+    stack holds (an Earth Engine export's ``SCL``, ``QA_PIXEL``, ``QA60``)."""
+    given = _quality_file(files)
+    if given is not None:
+        scenes = scenes_of([f for f in files if f != given[0]])
+        if len(scenes) > 1:
+            raise ImageryError(
+                "--mask-clouds with image files takes one date: its band files (or one "
+                "multi-band file) and its quality file"
+            )
+        mask_with(scenes[0], *given)
+        return scenes
+    scenes = scenes_of(files)
+    inside = [_quality_band(s.files[0]) if len(set(s.files)) == 1 else None for s in scenes]
+    if not all(inside):
         raise ImageryError(
-            "--mask-clouds with image files takes one date: its band files (or one multi-band "
-            "file) and its quality file"
+            "With --mask-clouds, geotune reads a quality band: a product's (a Landsat scene's "
+            "folder: QA_PIXEL; a Sentinel-2 .SAFE or SNAP product: its cloud mask), a quality "
+            "file given with --image beside the scene's image files (..._QA_PIXEL.TIF, SCL.tif, "
+            "HLS's ...Fmask.tif), or a band of the stack described as SCL, QA_PIXEL or QA60. "
+            f"{Path(files[0]).name} comes without one: add the scene's quality file with "
+            "--image, or leave out --mask-clouds"
         )
-    mask_with(scenes[0], quality, kind)
+    for scene, (band, kind) in zip(scenes, inside, strict=True):
+        mask_with(scene, scene.files[0], kind, band)
     return scenes
 
 
@@ -240,7 +285,6 @@ __all__ = [
     "cloud_note",
     "mask_with",
     "masked_scenes",
-    "quality_among",
     "quality_hint",
     "quality_kind",
     "quality_of",

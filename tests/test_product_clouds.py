@@ -293,7 +293,10 @@ def test_band_files_and_their_quality_file(surface, tmp_path, capsys):
         open_scenes([*files, quality], sensor="hls")
     assert open_scenes(files, sensor="hls")[0].quality is None
     # two quality files, or two dates: one scene at a time
-    with pytest.raises(ImageryError, match=r"one quality band file .* give one scene at a time"):
+    with pytest.raises(
+        ImageryError,
+        match=r"one quality band file with the image files of one scene, got HLS.*Fmask.tif, SCL.tif",
+    ):
         open_scenes([*files, quality, tmp_path / "SCL.tif"], sensor="hls", mask_clouds=True)
     with pytest.raises(ImageryError, match=r"takes one date: its band files \(or one multi-band"):
         open_scenes([surface["scene"], surface["scene"], tmp_path / "SCL.tif"], mask_clouds=True)
@@ -362,3 +365,40 @@ def test_embed_skips_the_chips_a_cloud_covers(home, surface, tmp_path, capsys):
         assert ("clouds masked" if extra else "QA_PIXEL.TIF not read") in printed
     # 32 px chips on 96 px: the cloud covers over 10% of three of the nine
     assert chips == {"masked": 6, "plain": 9}
+
+
+def _export(path, surface, names: list[str], quality: np.ndarray):
+    """A stack as Earth Engine exports it: the bands, then a quality band, each described."""
+    profile = surface["profile"] | {"count": len(names) + 1}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.concatenate([surface["stack"], quality[None].astype("uint16")]))
+        dst.descriptions = (*names, QUALITY_NAME[path.stem])
+    return path
+
+
+QUALITY_NAME = {"s2": "SCL", "s2_qa60": "QA60", "l9": "QA_PIXEL"}
+
+
+def test_a_stack_s_own_quality_band_masks_its_clouds(surface, tmp_path):
+    clouds = _clouds()
+    scl = _export(tmp_path / "s2.tif", surface, ["B2", "B3", "B4", "B8A"], np.where(clouds, 8, 4))
+    masked = open_scenes([scl], sensor="sentinel-2-l2a", mask_clouds=True)[0]
+    assert masked.bands == ["blue", "green", "red", "nir08"]  # the quality band is no band
+    assert (_read(masked)[:, clouds] == 0).all()
+    np.testing.assert_array_equal(_read(masked)[:, ~clouds], surface["stack"][:, ~clouds])
+    assert "s2.tif band 5 marks no data, saturated or defective" in cloud_note(masked)
+    qa60 = np.where(clouds, 1 << 10, 0)
+    qa60[0:5, 0:5] = 1 << 11  # cirrus
+    s2 = _export(tmp_path / "s2_qa60.tif", surface, ["B2", "B3", "B4", "B8A"], qa60)
+    masked = open_scenes([s2], sensor="sentinel-2-l2a", mask_clouds=True)[0]
+    assert (_read(masked)[:, qa60 > 0] == 0).all() and (_read(masked)[:, qa60 == 0] > 0).all()
+    assert "band 5 marks opaque clouds or cirrus (bits 10, 11)" in cloud_note(masked)
+    # without the option the quality band is left out, and said to be one
+    with pytest.warns(UserWarning, match=r"band 'SCL' is a quality band, not an image band: left"):
+        plain = open_scenes([scl], sensor="sentinel-2-l2a")[0]
+    assert plain.bands == ["blue", "green", "red", "nir08"] and plain.quality is None
+    l9 = _export(tmp_path / "l9.tif", surface, list(OLI), np.where(clouds, 21824 | 8, 21824))
+    assert open_scenes([l9])[0].bands == list(OLI)  # no sensor: QA_PIXEL is still no band
+    # two dates, each its own quality band
+    both = open_scenes([scl, s2], sensor="sentinel-2-l2a", mask_clouds=True)
+    assert [(s.quality.kind, s.quality.band) for s in both] == [("scl", 5), ("qa60", 5)]
