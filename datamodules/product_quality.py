@@ -71,7 +71,8 @@ _RULES = {"msk_classi": tuple(range(8)), "qa60": (10, 11)}  # bits; no preset re
 
 @dataclass(frozen=True)
 class Quality:
-    """A product's quality band and the rule of its values that mean "no clear view"."""
+    """A scene's quality band (a file, or a band of its stack) and the rule of its values that
+    mean "no clear view"; without a rule (``spec`` None) a band that was there but not read."""
 
     path: Path
     kind: str  # a key of _MEANING
@@ -111,9 +112,9 @@ class Quality:
 
 
 def quality_of(path: Path, kind: str, band: int | None = None) -> Quality:
-    """The :class:`Quality` of band file ``path`` (``kind``: ``"qa_pixel"`` or ``"scl"``) with
-    the presets' rule, and the share of the pixels inside the swath it masks (from a read
-    reduced to about 1024 px)."""
+    """The :class:`Quality` of ``path`` (its ``band``, in a stack; ``kind``: a key of
+    :data:`_NAMED`) with the presets' rule for the same band, and the share of the pixels inside
+    the swath it masks (from a read reduced to about 1024 px)."""
     from .stac import MaskSpec, load_catalog  # import-light: only for --mask-clouds
 
     if kind in _PRESET:
