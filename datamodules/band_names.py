@@ -59,8 +59,8 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
     unknown = [d for d, n in zip(desc, names, strict=True) if n is None and not quality_kind(d)]
     for d in (d for d, n in zip(desc, names, strict=True) if n is None and quality_kind(d)):
         warnings.warn(
-            f"{file_name}: band {d!r} is a quality band, not an image band: left out (the "
-            "clouds it marks are nodata with --mask-clouds)",
+            f"{file_name}: band {d!r} is a quality band, not an image band: left out of the "
+            "image bands (it is the cloud mask with --mask-clouds)",
             stacklevel=4,
         )
     if unknown:

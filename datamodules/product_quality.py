@@ -153,7 +153,7 @@ def cloud_note(scene) -> str | None:
             f"{q.name} not read: clouds and their shadows stay in the image; with "
             "--mask-clouds they are nodata"
         )
-    where = "in the swath" if q.kind in _EMPTY else "of the tile"
+    where = "in the swath" if q.kind in _EMPTY else "of the scene"
     return (
         f"clouds masked (--mask-clouds): {q.share:.1%} of the pixels {where} are nodata, "
         f"where {q.describe()}"

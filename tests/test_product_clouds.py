@@ -185,7 +185,7 @@ def test_a_sentinel_2_l1c_product_s_clouds_from_its_msk_classi(tmp_path):
     assert (got[:, clouds] == 0).all()
     np.testing.assert_array_equal(got[:, ~clouds], want[:, ~clouds])
     assert cloud_note(masked) == (
-        f"clouds masked (--mask-clouds): {clouds.mean():.1%} of the pixels of the tile are "
+        f"clouds masked (--mask-clouds): {clouds.mean():.1%} of the pixels of the scene are "
         "nodata, where MSK_CLASSI_B00.jp2 marks opaque clouds or cirrus (bands 1, 2)"
     )
 
