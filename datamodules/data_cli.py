@@ -94,10 +94,9 @@ def describe(ds: Dataset) -> str:
         f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}"
     )
     images = m.get("images") or []
-    for image in images:  # ESA band files: the offset of baseline >= 04.00 taken off
-        if image.get("values"):
-            when = f"{image['date'] or image['path']}: " if len(images) > 1 else ""
-            lines.append(when + image["values"])
+    for image in images:  # ESA's offset taken off; the clouds masked, or not
+        when = f"{image['date'] or image['path']}: " if len(images) > 1 else ""
+        lines += [when + image[k] for k in ("values", "clouds") if image.get(k)]
     src = m.get("source", {})
     labels = f"labels: {src.get('labels', '?')} ({m.get('label_kind', '?')})"
     if src.get("labels_after"):
@@ -108,6 +107,11 @@ def describe(ds: Dataset) -> str:
         )
     if src.get("legend"):
         labels += f", {src['legend']}"
+    if src.get("n_label_parts"):
+        labels += (
+            f", {src['n_labels']} features in {src['n_label_parts']} polygons (each part of a "
+            "multi-part feature is a label of its own)"
+        )
     if src.get("n_invalid_repaired"):
         labels += f", {src['n_invalid_repaired']} invalid geometries repaired"
     if task == "classification":

@@ -231,7 +231,9 @@ def source_part(
     if legend:
         source["legend"] = legend
     if gdf is not None:
-        source["n_labels"] = len(gdf)
+        source["n_labels"] = gdf.attrs.get("n_features", len(gdf))
+        if len(gdf) != source["n_labels"]:  # multi-part polygons: each part a label unit
+            source["n_label_parts"] = len(gdf)
         source["n_invalid_repaired"] = int(gdf.attrs.get("n_invalid_repaired", 0))
     return source
 

@@ -83,6 +83,12 @@ def vector_source(
     values = [v for val in gdf["value"] for v in (val if multi_label else (val,))]
     table = _class_table(classes_file, values, background, first)
     if task != "classification":
+        # each part of a multi-part polygon is a label unit of its own: a class dissolved into
+        # one feature (QGIS's Dissolve) is still the separate areas it was drawn as, and the
+        # spatial split may put them in different splits instead of cutting "one polygon"
+        parts = gdf.explode(index_parts=False).reset_index(drop=True)
+        parts.attrs = dict(gdf.attrs) | {"n_features": len(gdf)}
+        gdf = parts
         gdf["class_id"] = gdf["value"].map(table.lookup)
         gdf["unit_id"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
         gdf["area"] = gdf.geometry.area

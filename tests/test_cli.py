@@ -201,3 +201,13 @@ def test_console_log_lines_are_messages_and_a_library_warning_says_its_level():
     assert line(logging.WARNING, "store is old") == "WARNING: store is old"
     # not geotune's own "error: ..." line, which a service job's failure is read from
     assert line(logging.ERROR, "run failed") == "ERROR: run failed"
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback(home):
+    """``geotune data list | head -1`` where head has gone: no traceback, no hang."""
+    for args in (["data", "list"], ["data", "add", "--help"]):
+        p = subprocess.Popen(GEOTUNE + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env_with_home(home))  # fmt: skip
+        p.stdout.close()  # the reader leaves before a line is written
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) in (0, 1) and "Traceback" not in err, err

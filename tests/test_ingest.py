@@ -825,3 +825,23 @@ def test_an_image_given_as_labels_is_named(home, scene, tmp_path):
     with pytest.raises(LabelError, match=r"holds \d+ distinct values; .* at most 254 classes"):
         _add("band_as_labels", scene["image"], one, class_column=None)
     assert list_datasets() == []
+
+
+def test_each_part_of_a_dissolved_class_is_a_label_of_its_own(home, scene, tmp_path):
+    """QGIS's Dissolve makes one multi-part feature per class; its parts are still separate
+    areas, each a label unit the spatial split places, not one polygon cut across splits."""
+    import geopandas as gpd
+
+    gdf = gpd.read_file(scene["labels"])
+    dissolved = gdf.dissolve(by="class_name").reset_index()
+    path = tmp_path / "dissolved.gpkg"
+    dissolved.to_file(path)
+    parts = len(dissolved.explode(index_parts=False))
+    assert len(dissolved) == 3 < parts
+    ds = _add("dissolved", scene["image"], path)
+    base = _add("plain", scene["image"], scene["labels"])
+    np.testing.assert_array_equal(_read(ds.file("mask")), _read(base.file("mask")))
+    assert len(np.unique(_read(ds.file("units")))) - 1 == parts  # 0: no unit
+    src = ds.manifest["source"]
+    assert (src["n_labels"], src["n_label_parts"]) == (3, parts)
+    assert all(ds.manifest["splits"]["pixels"][s] for s in ("train", "val", "test"))

@@ -103,11 +103,17 @@ def entry() -> None:
     loaded torch, torchvision and MLflow takes about 2 s here (measured: 7.9 s → 5.3 s for a
     small ``geotune predict``) and frees nothing a finished process needs, so the commands in
     ``FAST_EXIT`` flush their output and leave at once; the others exit normally."""
+    import os
+
     argv = sys.argv[1:]
-    code = main(argv)
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (``geotune data show x | head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if argv and argv[0] in FAST_EXIT:
         import logging
-        import os
 
         logging.shutdown()
         sys.stdout.flush()
