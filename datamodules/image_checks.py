@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import ImageryError
+
+
+def check_local(paths) -> None:
+    """``--image`` names files on this machine: a URL is said to be one, with how to get it."""
+    for p in map(str, paths):
+        m = re.match(r"^([a-z][a-z0-9+.-]*)://", p, re.I)
+        if m is None:
+            continue
+        get = (
+            f"download it first (curl -LO {p}) and give the file"
+            if m[1].lower() in ("http", "https")
+            else "copy it to this machine first and give the file"
+        )
+        raise ImageryError(
+            f"--image takes files on this machine, not URLs ({p}): {get}, or let geotune fetch "
+            "imagery from a STAC catalog by dates (--start and --end; predict also --aoi)"
+        )
 
 
 def check_file(ds, f: Path) -> None:

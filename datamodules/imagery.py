@@ -38,7 +38,7 @@ from rasterio.windows import Window
 from .band_names import name_from_filename, names_for_sensor, names_from_descriptions
 from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
-from .image_checks import check_file, check_one_unit
+from .image_checks import check_file, check_local, check_one_unit
 from .image_masks import mask_fill, mask_of
 from .product_quality import masked_scenes, quality_hint, quality_kind
 from .products import product_of, product_scenes
@@ -153,6 +153,7 @@ def open_scenes(
             "no imagery given: pass --image scene.tif (repeat for band files or dates)"
         )
     sens = get_sensor(sensor) if sensor else None
+    check_local(paths)
     files = [Path(p).expanduser() for p in paths]
     products = [product_of(f) for f in files]
     if any(products):  # one product (.SAFE, a Landsat scene, a SNAP .dim) per date

@@ -845,3 +845,41 @@ def test_each_part_of_a_dissolved_class_is_a_label_of_its_own(home, scene, tmp_p
     src = ds.manifest["source"]
     assert (src["n_labels"], src["n_label_parts"]) == (3, parts)
     assert all(ds.manifest["splits"]["pixels"][s] for s in ("train", "val", "test"))
+
+
+def test_a_url_given_as_image_is_said_to_be_one_and_the_download_hint_works(scene, tmp_path):
+    import functools
+    import re
+    import shlex
+    import shutil
+    import subprocess
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from datamodules.imagery import open_scenes
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(scene["dir"]))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{scene['image'].name}"
+        with pytest.raises(
+            ImageryError, match=r"--image takes files on this machine, not URL"
+        ) as e:
+            open_scenes([url])
+        line = re.search(r"\((curl -LO \S+)\)", str(e.value))[1]
+        get = tmp_path / "download"
+        get.mkdir()
+        if shutil.which("curl"):  # the hint, followed
+            subprocess.run(shlex.split(line), cwd=get, check=True, capture_output=True)
+        else:  # the same request without curl
+            import httpx
+
+            (get / scene["image"].name).write_bytes(httpx.get(url).content)
+        got = get / scene["image"].name
+        assert got.read_bytes() == scene["image"].read_bytes()
+        assert open_scenes([got])[0].bands == open_scenes([scene["image"]])[0].bands
+    finally:
+        server.shutdown()
+    with pytest.raises(ImageryError, match=r"\(s3://b/x.tif\): copy it to this machine first"):
+        open_scenes(["s3://b/x.tif"])
