@@ -58,6 +58,15 @@ def make_scene(
     return path, cmap
 
 
+def band_surface(folder: Path, size: int = 96, seed: int = 4) -> dict:
+    """A synthetic scene in ``folder`` and what writing it as band files needs: its ``stack``
+    of values and a one-band ``profile``."""
+    scene, cmap = make_scene(folder, size=size, seed=seed)
+    with rasterio.open(scene) as src:
+        return {"tmp": Path(folder), "scene": scene, "cmap": cmap, "stack": src.read(),
+                "profile": src.profile | {"count": 1}}  # fmt: skip
+
+
 def make_labels(
     folder: Path, scene: Path, cmap: np.ndarray, seed: int = 0, keep: float = 0.7, name: str = "labels.geojson",
     column: str = "class_name", to_crs: str | None = "EPSG:4326", driver: str | None = None, cell: int = 20,

@@ -4,7 +4,7 @@ band, quality bands, the MTL file) is one --image, its bands named by its missio
 import numpy as np
 import pytest
 import rasterio
-from synth import make_labels, make_scene
+from synth import band_surface, make_labels
 
 from datamodules.imagery import ImageryError, open_scenes
 from trainer.cli import main
@@ -17,11 +17,7 @@ TM = {"blue": "SR_B1", "green": "SR_B2", "red": "SR_B3", "nir08": "SR_B4"}
 
 @pytest.fixture(scope="module")
 def surface(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("landsat")
-    scene, cmap = make_scene(tmp, size=96, seed=4)
-    with rasterio.open(scene) as src:
-        return {"tmp": tmp, "scene": scene, "cmap": cmap, "stack": src.read(),
-                "profile": src.profile | {"count": 1}}  # fmt: skip
+    return band_surface(tmp_path_factory.mktemp("landsat"))
 
 
 def _scene(folder, scene_id, ids, surface, *, mtl=True):

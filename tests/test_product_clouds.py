@@ -14,7 +14,7 @@ from rasterio import Affine
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import box
-from synth import make_labels, make_scene
+from synth import band_surface, make_labels, make_scene
 from test_landsat_products import L9, OLI, _scene
 from test_s2_products import _product as _safe
 from test_snap_products import _product as _snap
@@ -31,11 +31,7 @@ CLOUD, SHADOW = (10, 30, 10, 40), (50, 60, 50, 70)  # rows, cols of the QA_PIXEL
 
 @pytest.fixture(scope="module")
 def surface(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("clouds")
-    scene, cmap = make_scene(tmp, size=96, seed=4)
-    with rasterio.open(scene) as src:
-        return {"tmp": tmp, "scene": scene, "cmap": cmap, "stack": src.read(),
-                "profile": src.profile | {"count": 1}}  # fmt: skip
+    return band_surface(tmp_path_factory.mktemp("clouds"))
 
 
 def _cloudy(folder, surface):
