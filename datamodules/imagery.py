@@ -87,7 +87,7 @@ class Scene:
     alpha_band: int | None = None  # the file's alpha band (1-based) when it is the mask
     # per band: the offset of an ESA product's band file, subtracted when read (s2_products)
     product_offsets: list | None = None
-    quality: object = None  # a product's quality band (product_quality.Quality; masks with spec)
+    quality: object = None  # its quality band (product_quality.Quality; masks when it has a rule)
     # (n, size) and the valid pixels sampled from it (scene_reader.sample_pixels), read once
     pixel_sample: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -146,8 +146,9 @@ def open_scenes(
     mask_clouds: bool = False,
 ) -> list[Scene]:
     """Inspect the files (or products as delivered: :mod:`datamodules.products`), name their
-    bands, and return one :class:`Scene` per date. ``mask_clouds``: a product's quality band
-    makes its clouds nodata (:mod:`datamodules.product_quality`)."""
+    bands, and return one :class:`Scene` per date. ``mask_clouds``: the scene's quality band
+    (a product's, a quality file among ``paths``, a stack's own) makes its clouds nodata
+    (:mod:`datamodules.product_quality`)."""
     if not paths:
         raise ImageryError(
             "no imagery given: pass --image scene.tif (repeat for band files or dates)"

@@ -63,7 +63,7 @@ class SceneReader:
         if (q := scene.quality) is not None and q.spec is not None:
             ds = rasterio.open(q.path)
             if ds.transform != g.transform or ds.width != g.width or ds.height != g.height:
-                # SCL at 20 m onto the 10 m grid; outside it, its value 0 (no data) masks
+                # SCL at 20 m, MSK_CLASSI at 60 m: onto the 10 m grid, nearest (it covers it)
                 ds = warp_to_grid(ds, g, Resampling.nearest)
             self._clouds = ds
         self._fill = nd if nd is not None else np.nan
