@@ -56,8 +56,9 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
             f"sensor's bands are: {', '.join(sensor.band_names)}. Fix the band descriptions, or "
             "name the file's bands in order with --bands"
         )
-    unknown = [d for d, n in zip(desc, names, strict=True) if n is None and not quality_kind(d)]
-    for d in (d for d, n in zip(desc, names, strict=True) if n is None and quality_kind(d)):
+    left = [(d, quality_kind(d) is not None) for d, n in zip(desc, names, strict=True) if n is None]
+    unknown = [d for d, quality in left if not quality]
+    for d in (d for d, quality in left if quality):
         warnings.warn(
             f"{file_name}: band {d!r} is a quality band, not an image band: left out of the "
             "image bands (it is the cloud mask with --mask-clouds)",

@@ -111,10 +111,11 @@ class Quality:
         return self.invalid(ds.read(list(self.bands), **kw))
 
 
-def quality_of(path: Path, kind: str, band: int | None = None) -> Quality:
+def quality_of(path: Path, kind: str, band: int | None = None, grid=None) -> Quality:
     """The :class:`Quality` of ``path`` (its ``band``, in a stack; ``kind``: a key of
     :data:`_NAMED`) with the presets' rule for the same band, and the share of the pixels inside
-    the swath it masks (from a read reduced to about 1024 px)."""
+    the swath it masks (from a read reduced to about 1024 px). With ``grid``, a file that does
+    not cover it (another scene's) is refused."""
     from .stac import MaskSpec, load_catalog  # import-light: only for --mask-clouds
 
     if kind in _PRESET:
@@ -125,6 +126,8 @@ def quality_of(path: Path, kind: str, band: int | None = None) -> Quality:
     q = Quality(path, kind, spec, band=band)
     try:
         with rasterio.open(path) as ds:
+            if grid is not None:
+                _check_covers(ds, path, grid)
             if ds.count < max(q.bands):
                 raise ImageryError(
                     f"the quality band {path.name} has {ds.count} band(s); a "
@@ -165,9 +168,7 @@ def mask_with(scene, path: Path, kind: str, band: int | None = None) -> None:
     ``scene`` (``--mask-clouds``)."""
     from .image_masks import mask_fill
 
-    if band is None:
-        _check_covers(path, scene.grid)
-    scene.quality = quality_of(path, kind, band)
+    scene.quality = quality_of(path, kind, band, scene.grid if band is None else None)
     if scene.nodata is None:  # the masked pixels need a value that means nodata
         scene.nodata = mask_fill(scene.dtype)
         scene.nodata_source = (
@@ -176,15 +177,12 @@ def mask_with(scene, path: Path, kind: str, band: int | None = None) -> None:
         )
 
 
-def _check_covers(path: Path, grid) -> None:
-    """Refuse a quality band file that does not cover the scene (another scene's)."""
+def _check_covers(ds, path: Path, grid) -> None:
+    """Refuse a quality band file (open as ``ds``) that does not cover the scene (another
+    scene's)."""
     from rasterio.warp import transform_bounds
 
-    try:
-        with rasterio.open(path) as ds:
-            crs, bounds = ds.crs, ds.bounds
-    except rasterio.errors.RasterioIOError as e:
-        raise ImageryError(f"cannot read the quality band {path.name}: {e}") from None
+    crs, bounds = ds.crs, ds.bounds
     if crs is None:
         raise ImageryError(f"the quality band {path.name} has no CRS: give the scene's own file")
     left, bottom, right, top = transform_bounds(crs, grid.crs, *bounds)

@@ -248,16 +248,18 @@ def _as_sent(value, req: dict):
     server's, form fields for CLI flags (:func:`serve.uploads.rename_in_message`)."""
     from .uploads import rename_in_message
 
-    if isinstance(value, str):
-        names = dict(
-            zip(map(Path, req.get("inputs", [])), req.get("input_names", []), strict=False)
-        )
-        return rename_in_message(value, names)
-    if isinstance(value, list):
-        return [_as_sent(v, req) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_sent(v, req) for k, v in value.items()}
-    return value
+    names = dict(zip(map(Path, req.get("inputs", [])), req.get("input_names", []), strict=False))
+
+    def sent(v):
+        if isinstance(v, str):
+            return rename_in_message(v, names)
+        if isinstance(v, list):
+            return [sent(x) for x in v]
+        if isinstance(v, dict):
+            return {k: sent(x) for k, x in v.items()}
+        return v
+
+    return sent(value)
 
 
 class PredictKind(JobKind):
