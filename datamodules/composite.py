@@ -59,6 +59,7 @@ from .stac import (
     search_items,
 )
 from .stac_source import item_grids, output_grid, usable_bands
+from .stac_twins import one_per_acquisition
 
 
 @dataclass
@@ -271,9 +272,11 @@ def _plan(req, sensor, bands, max_cloud, max_items, cat, read, bands_hint) -> Pl
             f"no {sensor} items in {cat.name} ({cat.url}) over the AOI between {req.start} and "
             f"{req.end}{_cloud_text(max_cloud)}. Widen the dates or raise --max-cloud."
         )
+    found, twins = one_per_acquisition(searched, source)
     bands, left_out, found, skipped = usable_bands(
-        searched, sensor, configured, bands, bands_hint, cat.name
+        found, sensor, configured, bands, bands_hint, cat.name
     )
+    skipped |= twins
     chosen, over_cap = choose(found, req.spans, max_items)
     _check_periods(chosen, req.spans, sensor, max_cloud)
     return Plan(

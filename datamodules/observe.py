@@ -26,25 +26,31 @@ from .stac import Found, Observation, StacError
 
 
 # -- radiometric harmonisation to the values of the sensor table ---------------------------------
-def s2_offset_applies(item) -> bool:
-    """Does this Sentinel-2 item still carry the -1000 offset of processing baseline >= 04.00?"""
+def s2_offset_applies(item, asset=None) -> bool:
+    """Does this Sentinel-2 item still carry the -1000 offset of processing baseline >= 04.00?
+    The provider's flag, else the baseline, else the band asset's ``raster:bands`` offset (not
+    0: still in the values, as Earth Search documents), else ESA's switch date (a reprocessed
+    collection's old dates have the offset too: they need one of the others)."""
     props = item.properties
     if props.get("earthsearch:boa_offset_applied") is True:
         return False  # the provider already subtracted it
     baseline = props.get("s2:processing_baseline")
     if baseline is not None:
         return float(baseline) >= 4.0
+    rb = ((asset.extra_fields.get("raster:bands") if asset is not None else None) or [{}])[0]
+    if rb.get("offset") is not None:
+        return float(rb["offset"]) != 0.0
     when = item.datetime or datetime.fromisoformat(props["start_datetime"].replace("Z", "+00:00"))
     return when.date() >= BASELINE_04_DATE
 
 
-def _s2_boa_offset(arr: np.ndarray, item) -> tuple[np.ndarray, str | None]:
-    if not s2_offset_applies(item):
+def _s2_boa_offset(arr: np.ndarray, item, asset) -> tuple[np.ndarray, str | None]:
+    if not s2_offset_applies(item, asset):
         return arr, None
     return harmonised(arr, -1000.0), "subtracted the -1000 offset (baseline >= 04.00)"
 
 
-def _linear_to_db(arr: np.ndarray, item) -> tuple[np.ndarray, str | None]:
+def _linear_to_db(arr: np.ndarray, item, asset) -> tuple[np.ndarray, str | None]:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(arr > 0, 10.0 * np.log10(arr), np.nan), "linear power to dB"
 
@@ -165,11 +171,11 @@ class BlockReader:
         arr = self._get(f, f.spec.assets[band], band, win, "band")
         if arr is None:
             return np.full((win.height, win.width), np.nan, dtype=np.float32)
-        rule = f.spec.harmonize
+        rule, asset = f.spec.harmonize, f.item.assets[f.spec.assets[band]]
         if rule:  # a known rule governs (the items' raster:bands describe the values before it)
-            arr, note = HARMONIZE[rule](arr, f.item)
+            arr, note = HARMONIZE[rule](arr, f.item, asset)
         else:
-            arr, note = self._to_sensor_units(arr, f.item.assets[f.spec.assets[band]], band)
+            arr, note = self._to_sensor_units(arr, asset, band)
         if note and note not in self.notes.setdefault(f.item.id, []):
             self.notes[f.item.id].append(note)
         return arr

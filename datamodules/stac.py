@@ -248,6 +248,8 @@ def search_items(
         else:
             items = _api_search(catalog, spec, aoi, start, end, max_cloud, timeout)
         for it in items:
+            if it.collection_id not in (None, spec.collection):
+                continue  # a server that answers with other collections' items too
             f = Found(it, spec)
             if not (start <= f.when.date() <= end):
                 continue  # APIs differ on inclusive ends and time zones: one rule here

@@ -152,6 +152,17 @@ def report_imagery(p: dict, out: Path) -> None:
             f"{', '.join(p['bands'])}",
             file=sys.stderr,
         )
+    reasons = [u["reason"] for u in p["unused_items"]]
+    twins = sum(r.startswith("the same acquisition") for r in reasons)
+    lacking = sum(r.startswith("lacks") for r in reasons)
+    if twins or lacking:
+        said = [f"{twins} found in two collections, read from one"] if twins else []
+        said += [f"{lacking} lacking assets"] if lacking else []
+        print(
+            f"note: items left out: {' and '.join(said)} (each with why: unused_items in "
+            f"{out / 'provenance.json'})",
+            file=sys.stderr,
+        )
 
 
 def _dates_given(args) -> bool:

@@ -48,8 +48,9 @@ def usable_bands(
     """The bands to composite, the configured bands left out, the items kept, and why others
     were skipped (item id → reason).
 
-    Without ``asked`` (the default bands) the bands are those every item has; with ``asked``
-    (``--bands`` or a model's), items lacking one are skipped, and when no item has them all
+    Without ``asked`` the bands are :func:`_default_bands`; with ``asked`` (``--bands`` or a
+    model's), items lacking one are skipped (so is an item without its quality mask, where other
+    items of its collection have theirs), and when no item has them all
     the message names the missing assets and ``what`` to change; and, where the items' asset
     keys are another preset's than ``catalog``'s (a copy of Planetary Computer's items read
     with ``earth_search``), that preset."""
@@ -58,23 +59,27 @@ def usable_bands(
         return [b for b in bands if f.spec.assets[b] not in f.item.assets]
 
     mask_less = [f for f in found if f.spec.mask and f.spec.mask.asset not in f.item.assets]
-    if mask_less:
-        f = mask_less[0]
+    lost = {f.spec.collection for f in found} - {
+        f.spec.collection for f in found if f not in mask_less
+    }
+    if lost:  # no item of a collection has its mask: the config's key, not a broken item
+        f = next(f for f in mask_less if f.spec.collection in lost)
         raise StacError(
             f"item {f.item.id} of {f.spec.collection} has no quality-mask asset "
             f"{f.spec.mask.asset!r} (its assets: {', '.join(f.item.assets)}). "
             + (_preset_of_keys(found, sensor, catalog) or "Set the mask's asset key in the "
                "catalog config (mask: {asset: KEY, ...})")
         )  # fmt: skip
-    if not asked:
-        bands = [b for b in configured if all(not missing(f, [b]) for f in found)]
-        left_out = [b for b in configured if b not in bands]
-        if not bands:
+    skipped = {f.item.id: f"lacks its quality-mask asset {f.spec.mask.asset!r}" for f in mask_less}
+    found = [f for f in found if f not in mask_less]
+    default = not asked
+    if default:
+        asked = _default_bands(found, configured)
+        if not asked:
             raise StacError(
                 f"no {sensor} band is in every item found; {_lack_text(found, configured)}. "
                 + (_preset_of_keys(found, sensor, catalog) or "Fix the asset keys of the catalog config.")
             )  # fmt: skip
-        return bands, left_out, found, {}
     keep = [f for f in found if not missing(f, asked)]
     if not keep:
         have = [b for b in configured if any(not missing(f, [b]) for f in found)]
@@ -83,13 +88,31 @@ def usable_bands(
             f"no item found has every band asked for: {_lack_text(found, asked)}. "
             + (other or f"{what} (bands the items have: {', '.join(have) or 'none'})")
         )
-    skipped = {
+    skipped |= {
         f.item.id: "lacks the asset(s) "
         + ", ".join(repr(f.spec.assets[b]) for b in missing(f, asked))
         for f in found
         if missing(f, asked)
     }
-    return list(asked), [], keep, skipped
+    left_out = [b for b in configured if b not in asked] if default else []
+    return list(asked), left_out, keep, skipped
+
+
+def _default_bands(found: list[Found], configured: list[str]) -> list[str]:
+    """The bands of a composite made without ``--bands``: of the sets of configured bands the
+    items hold, the one that keeps the most band x item pairs. Items that lack a band everyone
+    else has (a provider's broken item with two of its twelve assets) are left out rather than
+    take the band from every other item; bands few items have are left out rather than the
+    items."""
+    held = [frozenset(b for b in configured if f.spec.assets[b] in f.item.assets) for f in found]
+    candidates = set(held) | {frozenset.intersection(*held)}
+
+    def score(bands: frozenset) -> tuple[int, int]:
+        n = sum(bands <= h for h in held)
+        return len(bands) * n, n
+
+    best = max(candidates, key=lambda c: (*score(c), sorted(c)))
+    return [b for b in configured if b in best]
 
 
 def _preset_of_keys(found: list[Found], sensor: str, catalog: str | None) -> str:

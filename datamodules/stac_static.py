@@ -5,13 +5,14 @@ a ``collection.json`` (walked with pystac, children and items), one item's JSON,
 ItemCollection (a GeoJSON FeatureCollection of items, as STAC APIs answer searches and as
 ``stac-client search --save`` and ``stac-asset download`` write them; its items' relative asset
 hrefs are relative to that file), and a stac-geoparquet file (the bulk copies Planetary Computer
-publishes of whole collections; read with pyarrow, from disk only). A local catalog's JSON is read from this machine only: a link
-out of it (``https://``, ``s3://``) is refused, not fetched.
+publishes of whole collections; read with pyarrow, from disk only). A local catalog's JSON is
+read from this machine only: a link out of it (``https://``, ``s3://``) is refused, not fetched.
 
 Items are matched to the catalog config's collections by their ``collection`` field. A file
-whose items are all of other collections (a copy of Earth Search's ``sentinel-2-c1-l2a`` read
-with the preset that searches ``sentinel-2-l2a``) is said, with the collections it holds and
-the config to change, rather than answered "no items, widen the dates".
+whose items are all of other collections (a copy of Earth Search v0's ``sentinel-s2-l2a-cogs``
+read with the preset that searches v1's ``sentinel-2-c1-l2a`` and ``sentinel-2-l2a``) is said,
+with the collections it holds and the config to change, rather than answered "no items, widen
+the dates".
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def _other_collections(catalog: Catalog, source: SensorSource, held: Counter) ->
     if found:
         text += (
             f". It holds {found}: if that is {source.sensor} imagery, copy {config} to a file of "
-            f"your own, set the `collection:` under `{source.sensor}:` to {named[0][0]} "
+            f"your own, set a `collection:` under `{source.sensor}:` to {named[0][0]} "
             "(and its `assets:` to the items' asset keys), and pass --catalog that-file.yaml"
         )
     if unnamed:

@@ -315,16 +315,21 @@ class AssetServer:
 
 
 def stac_api_app(folder: Path, items: list[dict]):
-    """stac-fastapi-geoparquet over a stac-geoparquet file of ``items``, DuckDB's spatial
+    """stac-fastapi-geoparquet over ``items``, one stac-geoparquet file per collection (the
+    server answers a file's rows as the collection it was asked for), DuckDB's spatial
     extension from the rustac-duckdb-extensions wheel (nothing downloaded)."""
     import rustac
     import rustac_duckdb_extensions
     from stac_fastapi.geoparquet import Settings
 
-    path = folder / "items.parquet"
+    by_collection: dict[str, list[dict]] = {}
+    for item in items:
+        by_collection.setdefault(item["collection"], []).append(item)
+    paths = [folder / f"items-{c}.parquet" for c in by_collection]
 
     async def write():
-        await rustac.write(str(path), items)
+        for path, group in zip(paths, by_collection.values(), strict=True):
+            await rustac.write(str(path), group)
 
     asyncio.run(write())
     client = rustac.DuckdbClient(
@@ -335,12 +340,12 @@ def stac_api_app(folder: Path, items: list[dict]):
         stac_fastapi_landing_id="geotune-test",
         stac_fastapi_title="geotune test catalog",
         stac_fastapi_description="Synthetic Sentinel-2 L2A items",
-        stac_fastapi_geoparquet_href=str(path),
+        stac_fastapi_geoparquet_href=str(paths[0]),
     )
-    return _geoparquet_app(settings, client)
+    return _geoparquet_app(settings, client, paths)
 
 
-def _geoparquet_app(settings, client):
+def _geoparquet_app(settings, client, paths):
     """``stac_fastapi.geoparquet.api.create`` as written, but for two things this stack's
     newer FastAPI/Starlette need: the app gets its ``extra`` (settings, collections, DuckDB
     client, read by the package's lifespan) as an attribute, since FastAPI no longer takes
@@ -359,7 +364,7 @@ def _geoparquet_app(settings, client):
     )
     from starlette.middleware import Middleware
 
-    collections = gp.collections_from_geoparquet_href(settings.stac_fastapi_geoparquet_href, client)
+    collections = [c for p in paths for c in gp.collections_from_geoparquet_href(str(p), client)]
     app = FastAPI(
         lifespan=gp.lifespan, openapi_url=settings.openapi_url, docs_url=settings.docs_url
     )

@@ -2,7 +2,7 @@
 from a static catalog of small COGs written here (the same code path as a remote catalog)."""
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from datamodules.composite import composite_for_aoi
 from datamodules.observe import s2_offset_applies
 from datamodules.stac import (
     PRESETS_DIR,
+    Found,
     MaskSpec,
     NoImageryError,
     StacError,
@@ -126,7 +127,14 @@ def test_sentinel2_offset_rule():
     flag = {"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True}
     assert not s2_offset_applies(item(**flag))
     assert s2_offset_applies(item())  # no baseline: ESA's switch date decides (2022-01-25)
-    assert not s2_offset_applies(pystac.Item("x", None, None, datetime(2021, 6, 1), {}))
+    old = pystac.Item("x", None, None, datetime(2021, 6, 1), {})
+    assert not s2_offset_applies(old)
+    # a reprocessed old date (Collection 1) without its baseline: the band's raster:bands say
+    band = pystac.Asset("red.tif", extra_fields={"raster:bands": [{"scale": 1e-4, "offset": -0.1}]})
+    assert s2_offset_applies(old, band)
+    band.extra_fields["raster:bands"][0]["offset"] = 0
+    assert not s2_offset_applies(item(), band)
+    assert not s2_offset_applies(item(**{"s2:processing_baseline": "03.01"}), band)
 
 
 def test_aoi_parsing_limits_and_grid(tmp_path):
@@ -416,20 +424,28 @@ def test_a_local_copy_in_any_of_stacs_shapes_gives_the_same_composite(catalog, t
     one = next(Path(catalog["url"]).parent.rglob(f"{C}.json"))
     assert composite(one, "one")[1] == [C]
 
-    c1 = folder / "c1.json"
+    c1 = folder / "c1.json"  # Earth Search's Collection 1 copied to disk: the preset reads it
     for item in features:
         item["collection"] = "sentinel-2-c1-l2a"
     c1.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    with pytest.raises(StacError, match="holds 6 items, none of collection sentinel-2-l2a") as e:
-        composite(c1, "c1")
-    assert "It holds sentinel-2-c1-l2a (6)" in str(e.value)
+    got = composite(c1, "c1")
+    assert got[1] == want[1] and np.array_equal(got[0], want[0])
+
+    v0 = folder / "v0.json"  # Earth Search v0's collection: not what the preset searches
+    for item in features:
+        item["collection"] = "sentinel-s2-l2a-cogs"
+    v0.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(StacError, match="holds 6 items, none of collection sentinel-2-c1-l2a, "
+                       "sentinel-2-l2a") as e:  # fmt: skip
+        composite(v0, "v0")
+    assert "It holds sentinel-s2-l2a-cogs (6)" in str(e.value)
     # the hint, followed: the preset copied with its collection set
     preset = (PRESETS_DIR / "earth_search.yaml").read_text()
     own = tmp_path / "own.yaml"
     own.write_text(
-        preset.replace("- collection: sentinel-2-l2a", "- collection: sentinel-2-c1-l2a")
+        preset.replace("- collection: sentinel-2-l2a", "- collection: sentinel-s2-l2a-cogs")
     )
-    got = composite(c1, "own", preset=str(own))
+    got = composite(v0, "own", preset=str(own))
     assert got[1] == want[1] and np.array_equal(got[0], want[0])
 
     for item in features:
@@ -487,3 +503,64 @@ def test_the_margin_around_labels_is_searched_too(catalog, tmp_path, monkeypatch
     run(catalog, tmp_path / "margin", clip=False, margin_px=64)
     run(catalog, tmp_path / "clip", clip=True, margin_px=64)
     assert seen[0].contains(geom) and seen[0].area > geom.area and seen[1].equals(geom)
+
+
+def test_one_acquisition_in_two_collections_is_read_once_and_broken_items_give_way():
+    """Twins are told by platform, tile and time (Earth Search's grid:code or mgrs:* fields,
+    Planetary Computer's s2:mgrs_tile, Landsat's WRS-2 path/row), else by footprint; default
+    bands are not cut down to what a broken item has."""
+    from datamodules.stac_source import usable_bands
+    from datamodules.stac_twins import one_per_acquisition
+
+    es = load_catalog("earth_search").source("sentinel-2-l2a")
+    c1, old = es.collections
+    all_keys = [*c1.assets.values(), "scl"]
+
+    def found(spec, id_, minute=0, keys=all_keys, **props):
+        when = datetime(2024, 5, 1, 10, tzinfo=UTC) + timedelta(minutes=minute)
+        props = {"platform": "sentinel-2a", **props}
+        item = pystac.Item(id_, None, [10, 40, 11, 41], when, props)
+        for k in keys:
+            item.add_asset(k, pystac.Asset(f"{id_}/{k}.tif"))
+        return Found(item, spec)
+
+    tile = {"grid:code": "MGRS-33SVB"}
+    mgrs = {"mgrs:utm_zone": 33, "mgrs:latitude_band": "S", "mgrs:grid_square": "VB"}
+    a = found(old, "old-a", **tile)  # clearest first: the order kept
+    b = found(c1, "c1-a", **mgrs)  # the same tile, said the other way
+    c = found(old, "old-b", **{"grid:code": "MGRS-33SWB"})  # the neighbouring tile
+    d = found(old, "old-c", minute=100, **tile)  # the next orbit
+    e = found(old, "old-d", platform="sentinel-2b", **tile)
+    kept, twins = one_per_acquisition([a, b, c, d, e], es)
+    assert [f.item.id for f in kept] == ["c1-a", "old-b", "old-c", "old-d"]
+    assert twins == {"old-a": "the same acquisition as c1-a of sentinel-2-c1-l2a, read from "
+                     "there (the catalog config lists sentinel-2-c1-l2a first)"}  # fmt: skip
+    # no tile ids: the footprints decide; Planetary Computer's tile field; one collection
+    assert len(one_per_acquisition([found(old, "x"), found(c1, "y")], es)[0]) == 1
+    pc = {"s2:mgrs_tile": "33SVB"}
+    assert len(one_per_acquisition([found(old, "x", **pc), found(c1, "y", **tile)], es)[0]) == 1
+    landsat = load_catalog("earth_search").source("landsat-c2-l2")
+    wrs = {"landsat:wrs_path": "190", "landsat:wrs_row": "31", "platform": "landsat-9"}
+    lc = [found(landsat.collections[0], i, keys=["red"], **wrs) for i in ("p", "q")]
+    assert len(one_per_acquisition(lc, landsat)[0]) == 2  # one collection: every item kept
+
+    # a broken item (two assets, no SCL) among whole ones: left out, with why; the bands stay
+    whole = [found(old, f"w{i}", minute=i * 200, **tile) for i in range(3)]
+    broken = found(old, "broken", minute=700, keys=["coastal", "nir09"], **tile)
+    bands, left_out, keep, skipped = usable_bands([*whole, broken], "sentinel-2-l2a",
+                                                  es.bands(), None, "")  # fmt: skip
+    assert (
+        bands == es.bands() and left_out == [] and [f.item.id for f in keep] == ["w0", "w1", "w2"]
+    )
+    assert skipped == {"broken": "lacks its quality-mask asset 'scl'"}
+    broken = found(old, "broken", minute=700, keys=["coastal", "nir09", "scl"], **tile)
+    bands, _, keep, skipped = usable_bands([*whole, broken], "sentinel-2-l2a", es.bands(), None, "")
+    assert bands == es.bands() and skipped["broken"].startswith("lacks the asset(s) 'blue', ")
+    # a band only one item has is left out, not the other items
+    extra = [found(old, f"e{i}", minute=i * 200, keys=[k for k in all_keys if k != "nir09"])
+             for i in range(3)] + [found(old, "e9", minute=900)]  # fmt: skip
+    bands, left_out, keep, _ = usable_bands(extra, "sentinel-2-l2a", es.bands(), None, "")
+    assert left_out == ["nir09"] and len(keep) == 4
+    # no item of a collection with its mask: the config's key is wrong, said at once
+    with pytest.raises(StacError, match="has no quality-mask asset 'scl'"):
+        usable_bands([found(old, "z", keys=["red"])], "sentinel-2-l2a", es.bands(), None, "")

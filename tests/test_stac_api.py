@@ -176,3 +176,62 @@ def test_earthdata_login_is_sent_and_its_absence_is_a_message(remote, tmp_path, 
         r = run(remote, tmp_path / "out", catalog=str(path), catalog_url=None)
     assert r.images[0].is_file()
     shutil.rmtree(tmp_path / "out")
+
+
+def test_collection_1_is_read_first_and_its_gaps_from_the_older_collection(remote, tmp_path):
+    """Earth Search indexes Sentinel-2 twice: Collection 1 (reprocessed, baseline >= 05.00,
+    the -1000 offset in its values) and the older sentinel-2-l2a. The preset searches both:
+    an acquisition in both is read once, from Collection 1; its gaps (here 2022) and a broken
+    Collection 1 item (two assets of five, no SCL) come from the older collection. The
+    composite is the one the older collection alone gives."""
+    from dataclasses import replace
+
+    from stac_synth import item_dict, scenes, write_scene
+
+    root = remote["dir"] / "assets"
+    old = {s.id: s for s in scenes()}
+    twins = {  # Collection 1's id → the older collection's item of the same acquisition
+        "S2A_T33SVB_20210610T100000_L2A": "S2A_33SVB_20210610_0_L2A",
+        "S2A_T33SVB_20230620T100000_L2A": "S2A_33SVB_20230620_0_L2A",
+    }
+    c1 = []
+    for new_id, old_id in twins.items():
+        s = replace(old[old_id], id=new_id, baseline="05.00", offset_in_values=True,
+                    flag_applied=None, when=old[old_id].when.replace(microsecond=24000))  # fmt: skip
+        paths = write_scene(root, s)
+        item = item_dict(s, {k: f"{remote['base']}/{p.relative_to(root).as_posix()}"
+                             for k, p in paths.items()})  # fmt: skip
+        item["collection"] = "sentinel-2-c1-l2a"
+        if new_id.startswith("S2A_T33SVB_2023"):  # as Element84/earth-search#36 reports
+            item["assets"] = {k: v for k, v in item["assets"].items() if k in ("blue", "nir08")}
+        c1.append(item)
+    want = run(remote, tmp_path / "older")
+    with serve(stac_api_app(tmp_path, remote["items"] + c1)) as api:
+        rasterio.cache.invalidate_all()
+        r = composite_for_aoi(aoi(), "2021-01-01", "2023-12-31", "sentinel-2-l2a",
+                              tmp_path / "both", bands=BANDS, catalog="earth_search",
+                              catalog_url=api, progress=False)  # fmt: skip
+    p = r.provenance
+    assert p["collections"] == ["sentinel-2-c1-l2a", "sentinel-2-l2a"]
+    assert p["n_items_found"] == 6
+    used = {i["id"]: i["collection"] for i in p["items"]}
+    assert used == {
+        "S2A_T33SVB_20210610T100000_L2A": "sentinel-2-c1-l2a",
+        "S2B_33SVB_20220615_0_L2A": "sentinel-2-l2a",  # Collection 1's gap
+        "S2B_33SWB_20220615_0_L2A": "sentinel-2-l2a",
+        "S2A_33SVB_20230620_0_L2A": "sentinel-2-l2a",  # its twin is broken
+    }
+    why = {i["id"]: i["reason"] for i in p["unused_items"]}
+    assert why == {
+        "S2A_33SVB_20210610_0_L2A": "the same acquisition as S2A_T33SVB_20210610T100000_L2A of "
+        "sentinel-2-c1-l2a, read from there (the catalog config lists sentinel-2-c1-l2a first)",
+        "S2A_T33SVB_20230620T100000_L2A": "the same acquisition as S2A_33SVB_20230620_0_L2A of "
+        "sentinel-2-l2a, read from there (this item lacks assets that one has)",
+    }
+    assert "subtracted the -1000 offset (baseline >= 04.00)" in next(
+        i["harmonized"] for i in p["items"] if i["id"].startswith("S2A_T33SVB_2021")
+    )
+    with rasterio.open(r.images[0]) as got, rasterio.open(want.images[0]) as src:
+        assert got.profile == src.profile and np.array_equal(got.read(), src.read())
+    with rasterio.open(r.count) as got, rasterio.open(want.count) as src:
+        assert np.array_equal(got.read(), src.read())  # no acquisition counted twice
