@@ -61,7 +61,7 @@ def names_for_sensor(desc: list[str], sensor: Sensor, file_name: str) -> list[st
     for d in (d for d, quality in left if quality):
         warnings.warn(
             f"{file_name}: band {d!r} is a quality band, not an image band: left out of the "
-            "image bands (it is the cloud mask with --mask-clouds)",
+            "image bands (--mask-clouds reads the clouds from the quality bands)",
             stacklevel=4,
         )
     if unknown:

@@ -67,6 +67,8 @@ _NAMED = {
     "qa60": "QA60",
 }
 _RULES = {"msk_classi": tuple(range(8)), "qa60": (10, 11)}  # bits; no preset reads these
+# Earth Engine's Sentinel-2 bands of MSK_CLASSI's layers (1 where flagged); snow is kept
+_CLASSI_BANDS = ("MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS", "MSK_CLASSI_SNOW_ICE")
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,31 @@ class Quality:
     kind: str  # a key of _MEANING
     spec: object = None  # datamodules.stac.MaskSpec, set by :func:`quality_of`
     share: float | None = None  # of the scene's pixels (inside the swath) masked (None: not read)
-    band: int | None = None  # the band of a stack that is the quality band (1-based)
+    # the band(s) of a stack that are the quality band (1-based; Earth Engine's
+    # MSK_CLASSI_OPAQUE and MSK_CLASSI_CIRRUS are two)
+    band: int | tuple[int, ...] | None = None
 
     @property
     def bands(self) -> tuple[int, ...]:
+        if isinstance(self.band, tuple):
+            return self.band
         return (self.band,) if self.band else _BANDS.get(self.kind, (1,))
 
     @property
     def name(self) -> str:
-        return f"{self.path.name} band {self.band}" if self.band else self.path.name
+        if self.band is None:
+            return self.path.name
+        what = f"bands {', '.join(map(str, self.bands))}" if len(self.bands) > 1 else "band"
+        return f"{self.path.name} {what}" + ("" if len(self.bands) > 1 else f" {self.band}")
 
     def describe(self) -> str:
         spec, meaning = self.spec, _MEANING[self.kind]
-        if len(self.bands) > 1:
-            what = f"bands {', '.join(map(str, self.bands))}"
-            names = [meaning[b] for b in self.bands]
-        elif spec.bits:
+        if len(self.bands) > 1:  # layers: MSK_CLASSI's opaque clouds, then cirrus
+            what = "" if self.band else f" (bands {', '.join(map(str, self.bands))})"
+            names = list(meaning.values())[: len(self.bands)]
+            listed = " or ".join(names)
+            return f"{self.name} marks {listed}{what}"
+        if spec.bits:
             what = f"bits {', '.join(map(str, spec.bits))}"
             names = [meaning.get(b, f"bit {b}") for b in spec.bits]
         else:
@@ -157,10 +168,17 @@ def cloud_note(scene) -> str | None:
             "--mask-clouds they are nodata"
         )
     where = "in the swath" if q.kind in _EMPTY else "of the scene"
-    return (
+    note = (
         f"clouds masked (--mask-clouds): {q.share:.1%} of the pixels {where} are nodata, "
         f"where {q.describe()}"
     )
+    if q.kind == "qa60" and q.share == 0:
+        note += (
+            "; QA60 marks no pixel: if the scene has clouds, it is from the years Earth Engine "
+            "left QA60 empty (February 2022 to February 2024): export MSK_CLASSI_OPAQUE and "
+            "MSK_CLASSI_CIRRUS with the bands (or SCL, from COPERNICUS/S2_SR_HARMONIZED)"
+        )
+    return note
 
 
 def mask_with(scene, path: Path, kind: str, band: int | None = None) -> None:
@@ -204,6 +222,8 @@ def quality_kind(path: Path | str) -> str | None:
     for kind, word in _NAMED.items():
         if re.search(rf"(^|[_\-.]){word}($|[_\-.])", stem):
             return kind
+    if stem in _CLASSI_BANDS:  # Earth Engine's Sentinel-2 bands of the same layers
+        return "msk_classi"
     return None
 
 
@@ -229,11 +249,16 @@ def _count(path: Path) -> int | None:
         return None  # said where the file is opened as an image
 
 
-def _quality_band(path: Path) -> tuple[int, str] | None:
+def _quality_band(path: Path) -> tuple[int | tuple[int, ...], str] | None:
     """A stack's band that is a quality band, by its description (preferred as :data:`_NAMED`
-    orders them): ``(band, kind)``."""
+    orders them): ``(band, kind)``; Earth Engine's ``MSK_CLASSI_OPAQUE`` and
+    ``MSK_CLASSI_CIRRUS`` are read together (before ``QA60``, which Earth Engine made from them
+    from February 2024 and left empty before that since February 2022)."""
     with rasterio.open(path) as ds:
-        found = {k: i for i, d in enumerate(ds.descriptions, 1) if d and (k := quality_kind(d))}
+        desc = [(d or "").strip().upper() for d in ds.descriptions]
+    if all(b in desc for b in _CLASSI_BANDS[:2]):
+        return tuple(desc.index(b) + 1 for b in _CLASSI_BANDS[:2]), "msk_classi"
+    found = {k: i for i, d in enumerate(desc, 1) if (k := quality_kind(d)) and k != "msk_classi"}
     kind = next((k for k in _NAMED if k in found), None)
     return (found[kind], kind) if kind else None
 
@@ -241,7 +266,7 @@ def _quality_band(path: Path) -> tuple[int, str] | None:
 def masked_scenes(files: list[Path], scenes_of) -> list:
     """The scenes of image files with ``--mask-clouds`` (``scenes_of(files)`` makes them), their
     clouds masked by the quality file given beside them (one scene), or by a quality band each
-    stack holds (an Earth Engine export's ``SCL``, ``QA_PIXEL``, ``QA60``)."""
+    stack holds (an Earth Engine export's ``SCL``, ``QA_PIXEL``, ``MSK_CLASSI_*``, ``QA60``)."""
     given = _quality_file(files)
     if given is not None:
         scenes = scenes_of([f for f in files if f != given[0]])
@@ -259,7 +284,8 @@ def masked_scenes(files: list[Path], scenes_of) -> list:
             "With --mask-clouds, geotune reads a quality band: a product's (a Landsat scene's "
             "folder: QA_PIXEL; a Sentinel-2 .SAFE or SNAP product: its cloud mask), a quality "
             "file given with --image beside the scene's image files (..._QA_PIXEL.TIF, SCL.tif, "
-            "HLS's ...Fmask.tif), or a band of the stack described as SCL, QA_PIXEL or QA60. "
+            "HLS's ...Fmask.tif), or a band of the stack described as SCL, QA_PIXEL, QA60 or "
+            "MSK_CLASSI_OPAQUE and MSK_CLASSI_CIRRUS. "
             f"{Path(files[0]).name} comes without one: add the scene's quality file with "
             "--image, or leave out --mask-clouds"
         )

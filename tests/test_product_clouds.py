@@ -398,3 +398,45 @@ def test_a_stack_s_own_quality_band_masks_its_clouds(surface, tmp_path):
     # two dates, each its own quality band
     both = open_scenes([scl, s2], sensor="sentinel-2-l2a", mask_clouds=True)
     assert [(s.quality.kind, s.quality.band) for s in both] == [("scl", 5), ("qa60", 5)]
+
+
+def test_earth_engine_msk_classi_bands_mask_and_an_empty_qa60_is_said(surface, tmp_path):
+    """An Earth Engine export of COPERNICUS/S2_HARMONIZED from 2023: its QA60 is empty (Earth
+    Engine stopped filling it in February 2022 and built it from MSK_CLASSI from February 2024);
+    the MSK_CLASSI_OPAQUE and MSK_CLASSI_CIRRUS bands are what says where the clouds are."""
+    clouds = _clouds()
+    cirrus, snow = np.zeros_like(clouds), np.zeros_like(clouds)
+    cirrus[80:90, 0:20] = True
+    snow[0:8, 60:90] = True
+    names = ["B2", "B3", "B4", "B8A", "QA60", "MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS",
+             "MSK_CLASSI_SNOW_ICE"]  # fmt: skip
+    layers = [np.zeros_like(clouds), clouds, cirrus, snow]
+    path = tmp_path / "S2_2023.tif"
+    with rasterio.open(path, "w", **surface["profile"] | {"count": len(names)}) as dst:
+        dst.write(np.concatenate([surface["stack"], np.stack(layers).astype("uint16")]))
+        dst.descriptions = tuple(names)
+    masked = open_scenes([path], sensor="sentinel-2-l2a", mask_clouds=True)[0]
+    assert masked.bands == ["blue", "green", "red", "nir08"]  # no quality layer is a band
+    assert (masked.quality.kind, masked.quality.band) == ("msk_classi", (6, 7))
+    got = _read(masked)
+    assert (got[:, clouds | cirrus] == 0).all() and (got[:, ~(clouds | cirrus)] > 0).all()
+    share = (clouds | cirrus).mean()
+    assert cloud_note(masked) == (
+        f"clouds masked (--mask-clouds): {share:.1%} of the pixels of the scene are nodata, "
+        "where S2_2023.tif bands 6, 7 marks opaque clouds or cirrus"
+    )
+    with pytest.warns(UserWarning, match="band 'MSK_CLASSI_SNOW_ICE' is a quality band"):
+        assert open_scenes([path], sensor="sentinel-2-l2a")[0].bands == masked.bands
+
+    # only the empty QA60: masked by it, and the note says why nothing was
+    only_qa60 = _export(tmp_path / "s2_qa60.tif", surface, ["B2", "B3", "B4", "B8A"], layers[0])
+    note = cloud_note(open_scenes([only_qa60], sensor="sentinel-2-l2a", mask_clouds=True)[0])
+    assert note.startswith("clouds masked (--mask-clouds): 0.0% of the pixels")
+    assert (
+        "QA60 marks no pixel: if the scene has clouds, it is from the years Earth Engine " in note
+    )
+    # one of the two layers alone is not a cloud mask: said, with what to export
+    with rasterio.open(path, "r+") as dst:
+        dst.descriptions = (*names[:4], "B11", "MSK_CLASSI_OPAQUE", "B12", "MSK_CLASSI_SNOW_ICE")
+    with pytest.raises(ImageryError, match="QA60 or MSK_CLASSI_OPAQUE and MSK_CLASSI_CIRRUS"):
+        open_scenes([path], sensor="sentinel-2-l2a", mask_clouds=True)
