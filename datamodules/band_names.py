@@ -92,6 +92,9 @@ def name_from_filename(path: Path, sensor: Sensor | None) -> str | None:
         # Landsat's SR_B5/ST_B10 are not another sensor's B5/B10
         if re.search(rf"(^|[_\-.])(?<!sr_)(?<!st_){re.escape(_unpadded(band_id))}($|[_\-.])", stem)
     ]
+    if not hits:  # named by the band's name itself, whole or last: red.tif, T33UUP_2023_nir08.tif
+        last = re.split(r"[_\-.]", path.stem.lower())[-1]
+        hits = [b for b in sensor.band_names if b.lower() in (path.stem.lower(), last)]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -34,7 +34,7 @@ class Option:
     gt: float | None = None
     le: float | None = None
     flag: str | None = None
-    repeat: bool = False  # CLI: the flag repeats (one value each); HTTP: a comma-separated list
+    repeat: bool = False  # CLI: one or more values (the flag may repeat); HTTP: comma-separated
     required: bool | str = False  # True, or "http": required over HTTP alone
     metavar: str | None = None
     cli: bool = True
@@ -93,8 +93,8 @@ def add_options(parser, options: tuple[Option, ...]) -> None:
             kw["required"] = True
         else:
             kw["default"] = o.default
-        if o.repeat:
-            kw["action"] = "append"
+        if o.repeat:  # --image a.tif b.tif (as a shell's *.tif gives them) or repeated
+            kw["action"], kw["nargs"] = "extend", "+"
         if o.choices:
             kw["choices"] = list(o.choices)
         if o.type in (int, float):
@@ -145,11 +145,10 @@ INGEST = (
         FILE,
         repeat=True,
         required="http",
-        help="GeoTIFF/COG: one multi-band file per date, or one file per band (CLI: repeat "
-        "--image, or give a product per date: a Sentinel-2 .SAFE, a Landsat scene's folder, a "
-        "SNAP .dim; or "
-        "fetch imagery for the labels' "
-        "extent: --start, --end, --sensor)",
+        help="GeoTIFF/COG: one multi-band file per date, or one file per band (CLI: --image "
+        "takes several files, e.g. bands/*.tif, or repeat it; or give a product per date: a "
+        "Sentinel-2 .SAFE, a Landsat scene's folder, a SNAP .dim; or fetch imagery for the "
+        "labels' extent: --start, --end, --sensor)",
     ),
     Option(
         "labels",

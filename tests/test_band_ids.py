@@ -145,3 +145,39 @@ def test_snaps_band_files_are_named_by_their_file_names(tmp_path):
         assert src.descriptions == ("Band 1",)
     scene = open_scenes(files, sensor="sentinel-2-l2a")[0]
     assert _bands(scene) == {"blue": 1, "green": 2, "red": 3, "nir": 4}
+
+
+def test_files_named_by_band_name_are_those_bands_and_a_shell_glob_gives_them(
+    home, tmp_path, capsys
+):
+    """Band files named by the band itself (red.tif, as a STAC asset key or a script names
+    them; or its last word: T33UUP_2023_nir08.tif) are those bands; a name that only starts
+    with one (red_edge.tif) is none. ``--image bands/*.tif`` takes them all, as a shell
+    expands it."""
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    names = {"blue.tif": 1, "Green.TIF": 2, "T33UUP_2023_red.tif": 3, "nir08.tif": 4}
+    files = [_file(folder / n, v) for n, v in names.items()]
+    assert _bands(open_scenes(files, sensor="sentinel-2-l2a")[0]) == {
+        "blue": 1, "green": 2, "red": 3, "nir08": 4}  # fmt: skip
+    edge = _file(tmp_path / "red_edge.tif", 9)
+    with pytest.raises(ImageryError, match="red_edge.tif names no band of sensor sentinel-2-l2a"):
+        open_scenes([*files, edge], sensor="sentinel-2-l2a")
+    scene, cmap = make_scene(tmp_path, size=96, seed=3)
+    labels = make_labels(tmp_path, scene, cmap)
+    with rasterio.open(scene) as src:
+        stack, profile = src.read(), src.profile
+    for i, band in enumerate(("blue", "green", "red", "nir08")):
+        with rasterio.open(folder / f"{band}.tif", "w", **(profile | {"count": 1})) as dst:
+            dst.write(stack[i][None])
+    (folder / "Green.TIF").unlink()
+    (folder / "T33UUP_2023_red.tif").unlink()
+    globbed = sorted(str(p) for p in folder.glob("*.tif"))  # blue, green, nir08, red
+    args = ["data", "add", "--name", "glob", "--image", *globbed, "--sensor", "sentinel-2-l2a",
+            "--labels", str(labels), "--class-column", "class_name", "--block-size", "32"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    with rasterio.open(home / "datasets" / "glob" / "image.tif") as src:
+        got = dict(zip(src.descriptions, src.read(), strict=True))
+    assert sorted(got) == ["blue", "green", "nir08", "red"]
+    for i, band in enumerate(("blue", "green", "red", "nir08")):
+        np.testing.assert_array_equal(got[band], stack[i])

@@ -41,9 +41,9 @@ IMAGE = Option(
     repeat=True,
     http="upload",
     required="http",
-    help="the scene: a GeoTIFF/COG (repeat for band files or dates); or an area and "
-    "dates (CLI: --aoi, --start, --end; or a product per date: a Sentinel-2 .SAFE, a Landsat "
-    "scene's folder, a SNAP .dim)",
+    help="the scene: a GeoTIFF/COG, or several for band files or dates (CLI: --image a.tif "
+    "b.tif, or repeat --image); or an area and dates (CLI: --aoi, --start, --end; or a product "
+    "per date: a Sentinel-2 .SAFE, a Landsat scene's folder, a SNAP .dim)",
 )
 
 PREDICT = (
