@@ -23,6 +23,15 @@ from .product_quality import quality_kind
 from .sensors import Sensor
 
 
+def colour_names(ds) -> list[str] | None:
+    """``red, green, blue`` for a file whose bands but its alpha band are interpreted as red,
+    green and blue (an orthophoto; GDAL's default for any 3-band 8-bit file), else None."""
+    interp = [ci for ci in ds.colorinterp if ci != ColorInterp.alpha]
+    if interp == [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
+        return ["red", "green", "blue"]
+    return None
+
+
 def names_from_descriptions(ds) -> list[str] | None:
     """The band descriptions, alpha bands left out (they are the mask), when every band has one."""
     desc = [

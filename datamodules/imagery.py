@@ -35,7 +35,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .band_names import name_from_filename, names_for_sensor, names_from_descriptions
+from .band_names import colour_names, name_from_filename, names_for_sensor, names_from_descriptions
 from .dates import check_distinct, day_number, file_date, parse_date
 from .errors import ImageryError
 from .image_checks import check_file, check_local, check_one_unit
@@ -212,6 +212,7 @@ def _scenes(files: list[Path], bands, sens) -> list[Scene]:
                     list(ds.scales),
                     list(ds.offsets),
                     mask_of(ds),
+                    colour_names(ds),
                 )
             )
     counts = {i[1] for i in infos}
@@ -252,7 +253,7 @@ def _nodata(declared, sens) -> tuple[float | None, str]:
 
 
 def _multiband_scene(info, bands, sens) -> Scene:
-    f, count, crs, transform, w, h, dtype, nodata, desc, fdate, scales, offsets, mask = info
+    f, count, crs, transform, w, h, dtype, nodata, desc, fdate, scales, offsets, mask, rgb = info
     kind, alpha = mask
     if alpha:  # the mask, not an image band: named and counted without it
         count -= len(alpha)
@@ -276,6 +277,13 @@ def _multiband_scene(info, bands, sens) -> Scene:
                 f"e.g. --bands {','.join(sens.band_names[:count])}"
             )
         names = sens.band_names
+    elif rgb:  # GDAL's default for 3 bytes: an orthophoto, or a colour-infrared one
+        raise ImageryError(
+            f"cannot tell the bands of {f.name} ({what}, no band descriptions; its colour "
+            "interpretation says red, green, blue, which GDAL gives every 3-band 8-bit file). "
+            "An RGB photo: pass --sensor rgb (8-bit) or --bands red,green,blue; a "
+            "colour-infrared one: --bands nir,red,green"
+        )
     else:
         raise ImageryError(
             f"cannot tell the bands of {f.name} ({what}, no band descriptions). "

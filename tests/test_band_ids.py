@@ -181,3 +181,34 @@ def test_files_named_by_band_name_are_those_bands_and_a_shell_glob_gives_them(
     assert sorted(got) == ["blue", "green", "nir08", "red"]
     for i, band in enumerate(("blue", "green", "red", "nir08")):
         np.testing.assert_array_equal(got[band], stack[i])
+
+
+def test_an_rgb_orthomosaic_without_descriptions_is_told_how_to_name_its_bands(
+    home, tmp_path, capsys
+):
+    """An RGBA orthomosaic (OpenDroneMap, a QGIS export) has no band descriptions, and its
+    colour interpretation (red, green, blue) is GDAL's default for any 3-band 8-bit file,
+    colour-infrared photos too: the message gives both fixes, and the first works."""
+    scene, cmap = make_scene(tmp_path, size=96, seed=3)
+    with rasterio.open(scene) as src:
+        rgb, profile = src.read([3, 2, 1]), src.profile
+    ortho = tmp_path / "ortho.tif"
+    profile |= {"count": 4, "dtype": "uint8", "nodata": None, "photometric": "RGB", "alpha": "YES"}
+    with rasterio.open(ortho, "w", **profile) as dst:
+        dst.write(
+            np.concatenate([np.clip(rgb // 12, 0, 255), np.full((1, 96, 96), 255)]).astype("uint8")
+        )
+    with pytest.raises(ImageryError) as e:
+        open_scenes([ortho])
+    assert str(e.value) == (
+        "cannot tell the bands of ortho.tif (3 bands besides its alpha band, no band "
+        "descriptions; its colour interpretation says red, green, blue, which GDAL gives every "
+        "3-band 8-bit file). An RGB photo: pass --sensor rgb (8-bit) or --bands red,green,blue; "
+        "a colour-infrared one: --bands nir,red,green"
+    )
+    labels = make_labels(tmp_path, scene, cmap)
+    args = ["data", "add", "--name", "ortho", "--image", str(ortho), "--sensor", "rgb",
+            "--labels", str(labels), "--class-column", "class_name", "--block-size", "32"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    with rasterio.open(home / "datasets" / "ortho" / "image.tif") as src:
+        assert src.descriptions == ("red", "green", "blue")
