@@ -172,11 +172,12 @@ def cloud_note(scene) -> str | None:
         f"clouds masked (--mask-clouds): {q.share:.1%} of the pixels {where} are nodata, "
         f"where {q.describe()}"
     )
-    if q.kind == "qa60" and q.share == 0:
+    if q.kind == "qa60" and q.share < 0.0005:  # 0.0% as printed
         note += (
-            "; QA60 marks no pixel: if the scene has clouds, it is from the years Earth Engine "
-            "left QA60 empty (February 2022 to February 2024): export MSK_CLASSI_OPAQUE and "
-            "MSK_CLASSI_CIRRUS with the bands (or SCL, from COPERNICUS/S2_SR_HARMONIZED)"
+            "; QA60 marks next to no pixel: if the scene has clouds, it is from the years "
+            "Earth Engine left QA60 empty (February 2022 to February 2024): export "
+            "MSK_CLASSI_OPAQUE and MSK_CLASSI_CIRRUS with the bands (or SCL, from "
+            "COPERNICUS/S2_SR_HARMONIZED)"
         )
     return note
 
