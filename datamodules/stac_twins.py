@@ -10,6 +10,7 @@ kept from the collection listed first, so that it is not counted twice in a medi
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from .stac import Found, SensorSource
@@ -18,19 +19,22 @@ SAME_ACQUISITION_S = 300  # a tile is seen again by its platform one orbit (~100
 
 
 def tile(item) -> str | None:
-    """The item's tile (MGRS for Sentinel-2, WRS-2 path/row for Landsat) where it says so."""
+    """The item's tile (MGRS for Sentinel-2, WRS-2 path/row for Landsat) where it says so, in
+    one spelling: ``MGRS-5QKB`` whether a provider writes zone 5 as ``5`` or ``05``."""
     p = item.properties
     if p.get("grid:code"):
-        return str(p["grid:code"])
-    if p.get("s2:mgrs_tile"):
-        return f"MGRS-{p['s2:mgrs_tile']}"
-    mgrs = [p.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square")]
-    if all(v is not None for v in mgrs):
-        return "MGRS-{:02d}{}{}".format(int(mgrs[0]), *mgrs[1:])
-    wrs = [p.get(k) for k in ("landsat:wrs_path", "landsat:wrs_row")]
-    if all(v is not None for v in wrs):
-        return "WRS2-{:03d}{:03d}".format(*(int(v) for v in wrs))
-    return None
+        code = str(p["grid:code"]).upper()
+    elif p.get("s2:mgrs_tile"):
+        code = f"MGRS-{p['s2:mgrs_tile']}".upper()
+    elif all(
+        p.get(k) is not None for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square")
+    ):
+        code = f"MGRS-{p['mgrs:utm_zone']}{p['mgrs:latitude_band']}{p['mgrs:grid_square']}".upper()
+    elif all(p.get(k) is not None for k in ("landsat:wrs_path", "landsat:wrs_row")):
+        code = f"WRS2-{int(p['landsat:wrs_path']):03d}{int(p['landsat:wrs_row']):03d}"
+    else:
+        return None
+    return re.sub(r"(?<=[-])0+(?=\d)", "", code)  # no zeros before a number
 
 
 def same_acquisition(a: Found, b: Found) -> bool:

@@ -539,6 +539,12 @@ def test_one_acquisition_in_two_collections_is_read_once_and_broken_items_give_w
     assert len(one_per_acquisition([found(old, "x"), found(c1, "y")], es)[0]) == 1
     pc = {"s2:mgrs_tile": "33SVB"}
     assert len(one_per_acquisition([found(old, "x", **pc), found(c1, "y", **tile)], es)[0]) == 1
+    zone5 = {"mgrs:utm_zone": 5, "mgrs:latitude_band": "Q", "mgrs:grid_square": "KB"}
+    padded = {"grid:code": "MGRS-05QKB"}  # zone 5 written either way is one tile
+    assert (
+        len(one_per_acquisition([found(old, "x", **zone5), found(c1, "y", **padded)], es)[0]) == 1
+    )
+    assert len(one_per_acquisition([found(old, "x", **zone5), found(c1, "y", **tile)], es)[0]) == 2
     landsat = load_catalog("earth_search").source("landsat-c2-l2")
     wrs = {"landsat:wrs_path": "190", "landsat:wrs_row": "31", "platform": "landsat-9"}
     lc = [found(landsat.collections[0], i, keys=["red"], **wrs) for i in ("p", "q")]
