@@ -83,6 +83,17 @@ def run(args, images: list[str] | None = None, imagery: dict | None = None) -> i
     return 0
 
 
+def _unit(m) -> str:
+    """The unit of the grid's pixel size: its CRS's (degrees for a geographic one)."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(m["crs_wkt"]) if m.get("crs_wkt") else CRS.from_user_input(m["crs"])
+    if crs.is_geographic:
+        return "°"
+    factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
+    return "m" if abs(factor - 1.0) < 1e-9 else crs.linear_units
+
+
 def describe(ds: Dataset) -> str:
     """Classes, counts, bands, dates, CRS and splits of a dataset, as text."""
     m = ds.manifest
@@ -91,7 +102,7 @@ def describe(ds: Dataset) -> str:
     dates = ", ".join(d or "unknown" for d in m["dates"])
     lines.append(f"sensor: {m['sensor'] or '-'}  bands: {', '.join(m['bands'])}  dates: {dates}")
     lines.append(
-        f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} m, {m['crs']}"
+        f"grid: {m['shape'][1]}x{m['shape'][0]} px at {m['resolution'][0]:g} {_unit(m)}, {m['crs']}"
     )
     images = m.get("images") or []
     for image in images:  # ESA's offset taken off; the clouds masked, or not

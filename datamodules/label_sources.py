@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 
 from .imagery import Grid, warp_to_grid
 from .labels import ClassTable, LabelError, read_vector
@@ -91,7 +92,9 @@ def vector_source(
         gdf = parts
         gdf["class_id"] = gdf["value"].map(table.lookup)
         gdf["unit_id"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
-        gdf["area"] = gdf.geometry.area
+        # in the grid's units: an order (smaller polygons drawn over larger ones), so degrees²
+        # serve a geographic grid too (geopandas would warn about them)
+        gdf["area"] = shapely.area(gdf.geometry.values)
     return gdf, table
 
 
