@@ -67,6 +67,24 @@ def band_surface(folder: Path, size: int = 96, seed: int = 4) -> dict:
                 "profile": src.profile | {"count": 1}}  # fmt: skip
 
 
+def in_crs(src_path: Path, out_path: Path, crs: str) -> Path:
+    """``src_path`` reprojected to ``crs`` (its own pixel count; band descriptions kept), as a
+    tool that exports in degrees or Web Mercator writes it."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as src:
+        t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        out = np.zeros((src.count, h, w), src.dtypes[0])
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=t, dst_crs=crs)  # fmt: skip
+        profile = src.profile | {"crs": crs, "transform": t, "width": w, "height": h}
+        names = src.descriptions
+    with rasterio.open(out_path, "w", **profile) as dst:
+        dst.write(out)
+        dst.descriptions = names
+    return out_path
+
+
 def make_labels(
     folder: Path, scene: Path, cmap: np.ndarray, seed: int = 0, keep: float = 0.7, name: str = "labels.geojson",
     column: str = "class_name", to_crs: str | None = "EPSG:4326", driver: str | None = None, cell: int = 20,

@@ -890,26 +890,17 @@ def test_a_scene_in_degrees_gives_a_dataset_without_library_warnings(home, scene
     degrees, and no geopandas warning about areas in a geographic CRS reaches the user."""
     import warnings
 
-    from rasterio.warp import calculate_default_transform, reproject
+    from synth import in_crs
 
     from datamodules.data_cli import describe
 
-    with rasterio.open(scene["image"]) as src:
-        t, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
-                                              *src.bounds)  # fmt: skip
-        out = np.zeros((src.count, h, w), src.dtypes[0])
-        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs,
-                  dst_transform=t, dst_crs="EPSG:4326")  # fmt: skip
-        profile = src.profile | {"crs": "EPSG:4326", "transform": t, "width": w, "height": h}
-        names = src.descriptions
-    degrees = tmp_path / "degrees.tif"
-    with rasterio.open(degrees, "w", **profile) as dst:
-        dst.write(out)
-        dst.descriptions = names
+    degrees = in_crs(scene["image"], tmp_path / "degrees.tif", "EPSG:4326")
+    with rasterio.open(degrees) as src:
+        t, w, h = src.transform, src.width, src.height
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = ingest(name="deg", images=[degrees], labels=scene["labels"],
                     class_column="class_name", block_size=32, progress=False)  # fmt: skip
-    assert not [w for w in caught if "geographic CRS" in str(w.message)]
+    assert not [c for c in caught if "geographic CRS" in str(c.message)]
     assert f"grid: {w}x{h} px at {abs(t.a):g} °, EPSG:4326" in describe(ds)
     assert sum(c["pixels"] for c in ds.manifest["classes"]) > 1000

@@ -357,3 +357,35 @@ def test_scene_medians_read_a_one_file_scenes_coarsest_overview(tmp_path):
         dst.write(data)
     (scene,) = open_scenes([without])
     assert scene_medians(scene, ["red"]) is None
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857"])
+def test_a_model_of_a_scene_in_degrees_or_web_mercator_predicts_that_scene(
+    home, scene, tmp_path, crs
+):
+    """A dataset in degrees (Copernicus Browser's default) or Web Mercator (a web map's
+    export, 1.3x the ground size at 38°N): the model records its pixel size in metres on the
+    ground, so the same scene passes the resolution check, and the outputs are on its grid."""
+    from synth import in_crs
+
+    from datamodules.ingest import ingest
+
+    image = in_crs(scene["image"], tmp_path / "scene.tif", crs)
+    ingest(name="geo", images=[image], labels=scene["labels"], class_column="class_name",
+           block_size=32, progress=False)  # fmt: skip
+    train(
+        compose(
+            "train",
+            ["data.dataset=geo", "backbone.weights=random", "register.name=geo",
+             "data.num_workers=0", "data.patch_size=32", "+trainer.fast_dev_run=true",
+             "backbone.size=tiny", "register.alias=champion"],
+        )
+    )  # fmt: skip
+    model = load_model("geo@champion")
+    metres = model.record["resolution"]
+    assert all(8.0 < v < 12.0 for v in metres)  # the 10 m pixels, not 0.0001° or 12.7 units
+    out = predict_scene(model, [image], tmp_path / "out", options=FP32, progress=False)
+    with rasterio.open(image) as src, rasterio.open(tmp_path / "out" / "classes.tif") as got:
+        assert (got.crs, got.transform, got.shape) == (src.crs, src.transform, src.shape)
+        assert (got.read(1) != 255).mean() > 0.9
+    assert out["resolution"] == list(src.res)  # the summary's: the grid's own units

@@ -433,7 +433,8 @@ def test_earth_engine_msk_classi_bands_mask_and_an_empty_qa60_is_said(surface, t
     note = cloud_note(open_scenes([only_qa60], sensor="sentinel-2-l2a", mask_clouds=True)[0])
     assert note.startswith("clouds masked (--mask-clouds): 0.0% of the pixels")
     assert (
-        "QA60 marks next to no pixel: if the scene has clouds, it is from the years Earth Engine " in note
+        "QA60 marks next to no pixel: if the scene has clouds, it is from the years Earth Engine "
+        in note
     )
     # one of the two layers alone is not a cloud mask: said, with what to export
     with rasterio.open(path, "r+") as dst:

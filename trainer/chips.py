@@ -118,6 +118,25 @@ def ground_resolution(grid) -> tuple[float, float]:
     return dx, dy
 
 
+def dataset_metres(m) -> list[float]:
+    """The pixel size in metres a model of dataset manifest ``m`` records (its resolution
+    check, a foundation model's GSD, the resolution of imagery fetched for it): the grid's
+    own size where its CRS is projected at true scale there (UTM: within 1%), else measured on
+    the ground at its centre (a scene in degrees; Web Mercator away from the equator)."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(m.crs_wkt)
+    (rx, ry), (left, _, _, top) = m.resolution, m.bounds
+    grid = Grid(crs, Affine(rx, 0.0, left, 0.0, -ry, top), m.shape[1], m.shape[0])
+    if crs.is_projected:
+        unit = crs.linear_units_factor[1]
+        ground = ground_resolution(grid)
+        if abs(ground[0] / (rx * unit) - 1.0) < 0.01:
+            return [rx * unit, ry * unit]
+        return [round(v, 6) for v in ground]
+    return [round(v, 6) for v in ground_resolution(grid)]
+
+
 class ChipCache:
     """Chip probabilities shared between neighbouring tiles of one pass (row-major tile order).
 

@@ -104,7 +104,7 @@ def cmd_models(args) -> int:
         )
         print(
             f"  sensor {info['sensor']}, bands {','.join(info['bands'])}, "
-            f"resolution {info['resolution']}"
+            f"pixels {' x '.join(f'{v:g}' for v in info['resolution'] or []) or '?'} m"
         )
         print(f"  classes {', '.join(c['name'] for c in info['classes'])}")
         print(f"  normalisation: {norm.get('source')} ({norm.get('conversion')})\n")

@@ -73,6 +73,7 @@ def build(cfg: DictConfig, cls) -> Built:
 
     from .backbones import get_entry
     from .backbones.adapt import backbone_for_dataset
+    from .chips import dataset_metres
 
     dm = instantiate(cfg.data, seed=cfg.seed)
     ds = dm.ds
@@ -90,7 +91,7 @@ def build(cfg: DictConfig, cls) -> Built:
         classes=ds.classes,
         ignore_index=ds.ignore_index,
         bands=bands,
-        gsd=float(ds.manifest.resolution[0]),
+        gsd=float(dataset_metres(ds.manifest)[0]),
         finetune=cfg.backbone.finetune,
         last_n=cfg.backbone.last_n,
         _convert_="all",
@@ -344,6 +345,7 @@ def make_callbacks(configs, monitor: bool) -> dict:
 def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: int) -> dict:
     from rasterio.warp import transform_bounds
 
+    from .chips import dataset_metres
     from .record import RECORD_VERSION
 
     spec = backbone.spec
@@ -371,7 +373,7 @@ def model_record(cfg, ds, backbone, b_kwargs, task, bands, run_id, patch_size: i
         "std": list(spec.std),
         "normalization": spec.normalization,
         "sensor": ds.manifest.sensor,
-        "resolution": ds.manifest.resolution,
+        "resolution": dataset_metres(ds.manifest),  # metres on the ground
         "num_frames": len(ds.images),
         "patch_size": int(patch_size),
         "overlap": max(16, int(patch_size) // 8),
