@@ -161,6 +161,8 @@ def test_data_train_models_predict_from_the_command_line(home, scene, tmp_path):
     assert shown["described_version"] == 2 and shown["bands"] == ["blue", "green", "red", "nir08"]
     assert shown["normalization"]["statistics"] == "dataset"
     assert "test/mIoU" in run(["models", "show", "clim"], home).stdout
+    for named in ("clim@champion", "models:/clim/1"):  # as predict --model names it
+        assert json.loads(run(["models", "show", named, "--json"], home).stdout) == shown
     for args in (["models", "show", "clm"], ["models", "alias", "clm", "champion", "1"]):
         p = run(args, home, check=False)
         assert p.returncode == 2 and "Traceback" not in p.stderr and "\x1b[" not in p.stderr

@@ -12,7 +12,7 @@ def add_models_parsers(sub) -> None:
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s = msub.add_parser("show", help="a model: what it predicts, its versions and test metrics")
-    s.add_argument("name")
+    s.add_argument("name", help="NAME (or NAME@ALIAS, models:/NAME/VERSION: the same model)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s = msub.add_parser(
         "alias", help="point an alias at a version: geotune models alias NAME champion 3"
@@ -93,7 +93,9 @@ def cmd_models(args) -> int:
             rows = [_version_cells(m["registered_name"], r) for m in found for r in m["versions"]]
             print(_table(VERSION_COLUMNS, rows))
     elif args.models_cmd == "show":
-        info = models.detail(client, _model_or_explain(client, args.name))
+        # NAME, or how predict names a model (NAME@ALIAS, models:/NAME/3): all its versions
+        name = args.name.removeprefix("models:/").split("@")[0].split("/")[0]
+        info = models.detail(client, _model_or_explain(client, name))
         if args.json:
             print(json.dumps(info, indent=2))
             return 0
