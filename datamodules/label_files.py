@@ -233,8 +233,9 @@ def _reader_reason(error: Exception, path: Path) -> str:
     return text[:300] or error.__class__.__name__
 
 
-def checked_frame(gdf, path: Path) -> None:
-    """Refuse what has no labels to read: no geometry column, no features, no CRS, or
+def checked_frame(gdf, path: Path, grid=None) -> None:
+    """Refuse what has no labels to read: no geometry column, no features, no CRS (saying which
+    CRS its coordinates look like, the imagery's ``grid``'s where they fall on it), or
     coordinates that do not fit the CRS the file states."""
     if getattr(gdf, "_geometry_column_name", None) is None:
         raise LabelError(
@@ -246,10 +247,7 @@ def checked_frame(gdf, path: Path) -> None:
             f"{path.name} holds no features; draw or export the label polygons into it first"
         )
     if gdf.crs is None:
-        raise LabelError(
-            f"{path.name} has no CRS. Save it with one (GeoJSON is EPSG:4326 by definition; "
-            "for other formats set it, e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg)."
-        )
+        raise LabelError(_no_crs(gdf, path, grid))
     if gdf.crs.is_geographic:
         x0, y0, x1, y1 = gdf.total_bounds
         if min(x0, y0) < -180.001 or x1 > 360.001 or max(abs(y0), abs(y1)) > 90.001:
@@ -260,6 +258,32 @@ def checked_frame(gdf, path: Path) -> None:
                 "EPSG:4326). Save the labels with their CRS, e.g. ogr2ogr -s_srs EPSG:XXXX "
                 f"-t_srs EPSG:4326 labels_4326.geojson {path.name}, or as a GeoPackage."
             )
+
+
+def _no_crs(gdf, path: Path, grid) -> str:
+    """What to do about labels without a CRS: the CRS their coordinates look like (longitude/
+    latitude; else projected, and the imagery's CRS where they fall on the imagery in it), set
+    with geopandas, which geotune installs."""
+    x0, y0, x1, y1 = (float(v) for v in gdf.total_bounds)
+    where = f"x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}"
+    crs = "EPSG:XXXX"
+    if -180.001 <= x0 and x1 <= 360.001 and max(abs(y0), abs(y1)) <= 90.001:
+        guess, crs = "they look like longitude/latitude (EPSG:4326)", "EPSG:4326"
+    else:
+        guess = "they are projected coordinates"
+        if grid is not None and grid.crs is not None:
+            g0, g1, g2, g3 = grid.bounds
+            if x0 < g2 and x1 > g0 and y0 < g3 and y1 > g1:
+                epsg = grid.crs.to_epsg()
+                crs = f"EPSG:{epsg}" if epsg else crs
+                guess += f" that fall on the imagery read in its CRS ({crs})"
+    fixed = f"{path.stem}_crs.gpkg"
+    return (
+        f"{path.name} has no CRS (its coordinates: {where}; {guess}). Save it with the CRS its "
+        "coordinates are in (GeoJSON is EPSG:4326 by definition), e.g. in its folder with the "
+        'Python geotune runs in (geopandas comes with it): python -c "import geopandas as g; '
+        f"g.read_file('{path.name}').set_crs('{crs}').to_file('{fixed}')\", then give {fixed}"
+    )
 
 
 def one_spelling(values, path: Path, column: str):

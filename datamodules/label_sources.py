@@ -53,13 +53,14 @@ def vector_source(
         points=task == "classification",
         split_column=split_column,
         multi_label=multi_label,
+        grid=grid,
     )
     if vector_check is not None:
         vector_check(gdf, labels)
     gdf = gdf.to_crs(grid.crs)
     first = None
     if labels_after is not None:
-        after = read_vector(labels_after, class_column)
+        after = read_vector(labels_after, class_column, grid=grid)
         if vector_check is not None:
             vector_check(after, labels_after)
         after = after.to_crs(grid.crs)

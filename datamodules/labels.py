@@ -212,8 +212,10 @@ def read_vector(
     split_column: str | None = None,
     multi_label: bool = False,
     layer: str | None = None,
+    grid=None,
 ):
-    """Read label features (of ``layer``, in a file of several), check CRS/columns/geometries;
+    """Read label features (of ``layer``, in a file of several), check CRS/columns/geometries
+    (without a CRS, the message names the imagery ``grid``'s where the coordinates fall on it);
     returns a GeoDataFrame.
 
     Columns: ``value`` (a class name or integer; with ``multi_label`` a tuple of them from a
@@ -223,7 +225,7 @@ def read_vector(
     """
     path = Path(path).expanduser()
     gdf = read_frame(path, class_column, layer)
-    checked_frame(gdf, path)
+    checked_frame(gdf, path, grid)
     column = _column(gdf, path, class_column, "class", "--class-column")
     keep = {column: "value"}
     if split_column:

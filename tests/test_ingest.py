@@ -417,14 +417,33 @@ def test_unreadable_files_say_what_is_accepted(home, tmp_path, scene):
     assert list_datasets() == []
 
 
-def test_labels_without_crs(home, tmp_path, scene):
+def test_labels_without_crs_are_told_the_crs_they_look_like_and_the_fix_works(
+    home, tmp_path, scene
+):
+    """A CSV with a WKT column (QGIS's export) or a shapefile without its .prj has no CRS: the
+    message says whether the coordinates look like longitude/latitude or are projected and fall
+    on the imagery in its CRS, and its command sets that CRS."""
+    import subprocess
+    import sys
+
     import geopandas as gpd
 
     gdf = gpd.read_file(scene["labels"]).to_crs("EPSG:32633")
-    path = tmp_path / "nocrs.gpkg"
-    gdf.set_crs(None, allow_override=True).to_file(path)
-    with pytest.raises(LabelError, match=r"nocrs.gpkg has no CRS. Save it with one"):
+    table = gdf.assign(WKT=gdf.geometry.to_wkt()).drop(columns="geometry")
+    path = tmp_path / "labels_wkt.csv"
+    table[["WKT", "class_name"]].to_csv(path, index=False)
+    with pytest.raises(LabelError) as e:
         _add("x", scene["image"], path)
+    text = str(e.value)
+    assert text.startswith("labels_wkt.csv has no CRS (its coordinates: x ")
+    assert "projected coordinates that fall on the imagery read in its CRS (EPSG:32633)" in text
+    command = text.split("python -c ", 1)[1].split(", then give")[0].strip('"')
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    _add("x", scene["image"], tmp_path / "labels_wkt_crs.gpkg")
+    lonlat = tmp_path / "nocrs.gpkg"
+    gdf.to_crs(4326).set_crs(None, allow_override=True).to_file(lonlat)
+    with pytest.raises(LabelError, match=r"they look like longitude/latitude \(EPSG:4326\)"):
+        _add("y", scene["image"], lonlat)
 
 
 def test_kml_from_google_earth_names_its_class_column(home, tmp_path, scene):
