@@ -59,10 +59,12 @@ def usable_bands(
         return [b for b in bands if f.spec.assets[b] not in f.item.assets]
 
     mask_less = [f for f in found if f.spec.mask and f.spec.mask.asset not in f.item.assets]
-    lost = {f.spec.collection for f in found} - {
-        f.spec.collection for f in found if f not in mask_less
-    }
-    if lost:  # no item of a collection has its mask: the config's key, not a broken item
+    n_of = Counter(f.spec.collection for f in found)
+    lost = set(n_of) - {f.spec.collection for f in found if f not in mask_less}
+    # no item of a collection has its mask: the config's key, not a broken item (unless it is
+    # that collection's one item, and other items are left)
+    lost = {c for c in lost if n_of[c] > 1 or len(mask_less) == len(found)}
+    if lost:
         f = next(f for f in mask_less if f.spec.collection in lost)
         raise StacError(
             f"item {f.item.id} of {f.spec.collection} has no quality-mask asset "

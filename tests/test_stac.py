@@ -567,6 +567,13 @@ def test_one_acquisition_in_two_collections_is_read_once_and_broken_items_give_w
              for i in range(3)] + [found(old, "e9", minute=900)]  # fmt: skip
     bands, left_out, keep, _ = usable_bands(extra, "sentinel-2-l2a", es.bands(), None, "")
     assert left_out == ["nir09"] and len(keep) == 4
+    # a collection's one item is broken (no twin on its date): left out, the others read
+    lone = found(c1, "c1-broken", minute=900, keys=["coastal", "nir09"], **tile)
+    bands, _, keep, skipped = usable_bands([*whole, lone], "sentinel-2-l2a", es.bands(), None, "")
+    assert [f.item.id for f in keep] == ["w0", "w1", "w2"] and "c1-broken" in skipped
     # no item of a collection with its mask: the config's key is wrong, said at once
+    two = [found(c1, f"c1-{i}", minute=900 + i * 200, keys=["red"]) for i in range(2)]
+    with pytest.raises(StacError, match="item c1-0 of sentinel-2-c1-l2a has no quality-mask"):
+        usable_bands([*whole, *two], "sentinel-2-l2a", es.bands(), None, "")
     with pytest.raises(StacError, match="has no quality-mask asset 'scl'"):
         usable_bands([found(old, "z", keys=["red"])], "sentinel-2-l2a", es.bands(), None, "")
