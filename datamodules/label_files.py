@@ -250,7 +250,7 @@ def checked_frame(gdf, path: Path, grid=None) -> None:
         raise LabelError(_no_crs(gdf, path, grid))
     if gdf.crs.is_geographic:
         x0, y0, x1, y1 = gdf.total_bounds
-        if min(x0, y0) < -180.001 or x1 > 360.001 or max(abs(y0), abs(y1)) > 90.001:
+        if not _fits_lonlat(x0, y0, x1, y1):
             raise LabelError(
                 f"{path.name} says its coordinates are longitude/latitude ({gdf.crs.to_string()}) "
                 f"but they reach x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}: they are projected "
@@ -260,6 +260,11 @@ def checked_frame(gdf, path: Path, grid=None) -> None:
             )
 
 
+def _fits_lonlat(x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether bounds can be longitude/latitude (x within -180..360, y within ±90)."""
+    return -180.001 <= x0 and x1 <= 360.001 and max(abs(y0), abs(y1)) <= 90.001
+
+
 def _no_crs(gdf, path: Path, grid) -> str:
     """What to do about labels without a CRS: the CRS their coordinates look like (longitude/
     latitude; else projected, and the imagery's CRS where they fall on the imagery in it), set
@@ -267,7 +272,7 @@ def _no_crs(gdf, path: Path, grid) -> str:
     x0, y0, x1, y1 = (float(v) for v in gdf.total_bounds)
     where = f"x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}"
     crs = "EPSG:XXXX"
-    if -180.001 <= x0 and x1 <= 360.001 and max(abs(y0), abs(y1)) <= 90.001:
+    if _fits_lonlat(x0, y0, x1, y1):
         guess, crs = "they look like longitude/latitude (EPSG:4326)", "EPSG:4326"
     else:
         guess = "they are projected coordinates"

@@ -152,9 +152,12 @@ def report_imagery(p: dict, out: Path) -> None:
             f"{', '.join(p['bands'])}",
             file=sys.stderr,
         )
+    from .stac_source import LACKS
+    from .stac_twins import TWIN
+
     reasons = [u["reason"] for u in p["unused_items"]]
-    twins = sum(r.startswith("the same acquisition") for r in reasons)
-    lacking = sum(r.startswith("lacks") for r in reasons)
+    twins = sum(r.startswith(TWIN) for r in reasons)
+    lacking = sum(r.startswith(LACKS) for r in reasons)
     if twins or lacking:
         said = [f"{twins} found in two collections, read from one"] if twins else []
         said += [f"{lacking} lacking assets"] if lacking else []

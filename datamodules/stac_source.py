@@ -37,6 +37,9 @@ class AssetGrid:
 
 
 # -- bands ----------------------------------------------------------------------------------------
+LACKS = "lacks"  # how the reason of an item left out for a missing asset starts
+
+
 def usable_bands(
     found: list[Found],
     sensor: str,
@@ -72,7 +75,9 @@ def usable_bands(
             + (_preset_of_keys(found, sensor, catalog) or "Set the mask's asset key in the "
                "catalog config (mask: {asset: KEY, ...})")
         )  # fmt: skip
-    skipped = {f.item.id: f"lacks its quality-mask asset {f.spec.mask.asset!r}" for f in mask_less}
+    skipped = {
+        f.item.id: f"{LACKS} its quality-mask asset {f.spec.mask.asset!r}" for f in mask_less
+    }
     found = [f for f in found if f not in mask_less]
     default = not asked
     if default:
@@ -91,7 +96,7 @@ def usable_bands(
             + (other or f"{what} (bands the items have: {', '.join(have) or 'none'})")
         )
     skipped |= {
-        f.item.id: "lacks the asset(s) "
+        f.item.id: f"{LACKS} the asset(s) "
         + ", ".join(repr(f.spec.assets[b]) for b in missing(f, asked))
         for f in found
         if missing(f, asked)
@@ -246,4 +251,4 @@ def output_grid(
     return grid, info
 
 
-__all__ = ["AssetGrid", "item_grids", "output_grid", "usable_bands"]
+__all__ = ["LACKS", "AssetGrid", "item_grids", "output_grid", "usable_bands"]

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from .stac import Found, SensorSource
 
+TWIN = "the same acquisition as"  # how a left-out twin's reason starts
 SAME_ACQUISITION_S = 300  # a tile is seen again by its platform one orbit (~100 min) later
 
 
@@ -94,10 +95,9 @@ def one_per_acquisition(
                 else "this item lacks assets that one has"
             )
             twins[f.item.id] = (
-                f"the same acquisition as {twin.item.id} of {twin.spec.collection}, read from "
-                f"there ({why})"
+                f"{TWIN} {twin.item.id} of {twin.spec.collection}, read from there ({why})"
             )
     return [f for f in found if id(f) not in dropped], twins
 
 
-__all__ = ["one_per_acquisition", "same_acquisition", "tile"]
+__all__ = ["TWIN", "one_per_acquisition", "same_acquisition", "tile"]
